@@ -1,0 +1,59 @@
+"""Bidders with fixed policies: truthful (bids Q*), random (uniform) and constant.
+
+`truthful` bids Q*(s, phi) of the stationary discounted task. Where some |Q*| exceeds 1 credit
+(Duality), every valuation is divided by max |Q*| so bids fit the range [0, 1], and negative
+valuations bid 0; the ranking of primitives, hence the allocation, is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from market.society import Society
+from market.tasks import Task
+
+
+class TableBidder:
+    """Bids a fixed value per (state, bidder), the same in every episode."""
+
+    def __init__(self, table: NDArray[np.float64]) -> None:
+        self.table = table
+
+    def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        return self.table[states]
+
+
+class RandomBidder:
+    """Bids uniformly at random on [0, 1], from its own generator."""
+
+    def __init__(self, n_bidders: int, rng: np.random.Generator) -> None:
+        self.n_bidders, self.rng = n_bidders, rng
+
+    def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        return self.rng.random((len(states), self.n_bidders))
+
+
+def truthful_values(task: Task, gamma: float) -> NDArray[np.float64]:
+    """Q*(s, a) scaled into the bid range as the module docstring says."""
+    q = task.q_star(gamma)
+    scale = max(1.0, float(np.abs(q).max()))
+    return np.clip(q / scale, 0.0, 1.0)
+
+
+BIDDERS = ("truthful", "random", "constant")
+
+
+def make_bidder(
+    name: str, task: Task, society: Society, gamma: float, rng: np.random.Generator,
+    constant: float = 0.5,
+) -> TableBidder | RandomBidder:  # fmt: skip
+    """The fixed bidder called `name` for every bidder of `society`."""
+    prims = list(society.primitive_of)
+    if name == "truthful":
+        return TableBidder(truthful_values(task, gamma)[:, prims])
+    if name == "random":
+        return RandomBidder(len(prims), rng)
+    if name == "constant":
+        return TableBidder(np.full((task.n_states, len(prims)), constant))
+    raise ValueError(f"unknown bidder {name!r}; choose one of: {', '.join(BIDDERS)}")

@@ -1,0 +1,190 @@
+"""The `market` command line: simulate a society into an audited ledger, and audit it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import numpy as np
+import polars as pl
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from agents.fixed import BIDDERS, make_bidder
+from ledger.errors import LedgerError
+from ledger.units import to_credit
+from market import rundir
+from market.audit import AuditReport, audit
+from market.kernel import EpisodeResult
+from market.mechanisms import parse as parse_mechanism
+from market.run import RunConfig, simulate
+from market.society import Society
+from market.tasks import TASKS, make_task
+
+app = typer.Typer(
+    help="An event-sourced economic simulation engine for decentralized RL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+USER_ERRORS = (ValueError, ValidationError, LedgerError, OSError)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a one-line error and exit non-zero."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guarded(action: Callable[[], T]) -> T:
+    """Run `action`, turning anything a user can cause into a one-line error."""
+    try:
+        return action()
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        fail(f"{where}: {first['msg']}")
+    except USER_ERRORS as e:
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+@app.command("simulate")
+def simulate_cmd(
+    task: Annotated[str, typer.Option(help=f"One of: {', '.join(TASKS)}.")] = "chain",
+    mechanism: Annotated[str, typer.Option(help="ccv, v, bb, fp or env.")] = "ccv",
+    bidder: Annotated[str, typer.Option(help=f"One of: {', '.join(BIDDERS)}.")] = "truthful",
+    episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 1000,
+    seed: Annotated[int, typer.Option(help="The one seed every random number derives from.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="A new run directory (default: runs/...).")] = None,
+    solitary: Annotated[bool, typer.Option(help="No clones: one bidder per primitive.")] = False,
+    gamma: Annotated[float, typer.Option(help="Discount of utilities and truthful bids.")] = 0.99,
+    constant: Annotated[float, typer.Option(help="The bid of the constant bidder.")] = 0.5,
+    concurrency: Annotated[int, typer.Option(help="Episodes running at once.")] = 1,
+) -> None:
+    """Run a society of fixed bidders into a new run directory, then audit it."""
+    config = guarded(
+        lambda: RunConfig(
+            task=task, mechanism=parse_mechanism(mechanism), bidder=bidder, cloned=not solitary,
+            episodes=episodes, seed=seed, gamma=gamma, constant=constant, concurrency=concurrency,
+        )  # fmt: skip
+    )
+    run_task = guarded(lambda: make_task(config.task))
+    society = Society.of(run_task, config.cloned)
+    (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
+    policy = guarded(
+        lambda: make_bidder(
+            config.bidder, run_task, society, config.gamma, np.random.default_rng(policy_seed),
+            config.constant,
+        )  # fmt: skip
+    )
+    name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
+    run = guarded(lambda: rundir.new_run_dir(out, name))
+    guarded(lambda: run.mkdir(parents=True, exist_ok=True))
+    rundir.write_json(run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")})
+    ledger = guarded(lambda: rundir.DiskLedger(run / rundir.LEDGER))
+    with _progress() as progress:
+        bar = progress.add_task("episodes", total=config.episodes)
+        every = max(1, config.episodes // 200)
+
+        def tick(result: EpisodeResult) -> None:
+            if (result.episode + 1) % every == 0:
+                progress.update(bar, completed=result.episode + 1)
+
+        summary = simulate(config, ledger, policy, tick)
+        progress.update(bar, completed=config.episodes)
+    report = audit(ledger)
+    rundir.write_json(
+        run / rundir.SUMMARY,
+        {
+            "events": summary.events, "seconds": summary.seconds, "episodes": summary.episodes,
+            "mean_return": summary.mean_return, "balances": dict(summary.balances),
+            "audit": "clean" if report.ok else str(report.violation), "head": ledger.head,
+        },
+    )  # fmt: skip
+    console.print(f"run written to [bold]{run}[/]")
+    table = Table(title="summary", show_header=False)
+    table.add_row("events written", f"{summary.events:,}")
+    table.add_row("events/s", f"{summary.events / max(summary.seconds, 1e-9):,.0f}")
+    table.add_row("episodes", f"{summary.episodes:,}")
+    table.add_row("mean return", f"{to_credit(summary.mean_return):.4f} credit")
+    table.add_row("ledger head", ledger.head[:16])
+    console.print(table)
+    console.print(_wealth_table(summary.balances))
+    console.print(_verdict(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("audit")
+def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Check a run's ledger from its stored events alone; exit 0 only when it is clean."""
+    ledger = guarded(lambda: rundir.open_run_ledger(run))
+    report = guarded(lambda: audit(ledger))
+    console.print(_verdict(report), soft_wrap=True)
+    for note in report.torn_tail:
+        console.print(f"[yellow]torn tail:[/] {note}", soft_wrap=True)
+    console.print(_audit_table(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(),
+        MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True,
+    )  # fmt: skip
+
+
+def _verdict(report: AuditReport) -> str:
+    if not report.ok:
+        return f"[bold red]AUDIT FAILED[/] {report.violation}"
+    minted = f", {to_credit(report.minted):.6f} credit minted by the mechanism" if report.minted else ""
+    torn = f", torn tail reported ({len(report.torn_tail)})" if report.torn_tail else ""
+    return (
+        f"[bold green]AUDIT CLEAN[/] {report.events:,} events, {report.auctions:,} auctions, "
+        f"{report.episodes:,} episodes; every rule holds{minted}{torn}"
+    )
+
+
+def _audit_table(report: AuditReport) -> Table:
+    table = Table(title="credit by mechanism (credit)")
+    for col in ("mechanism", "episodes", "auctions", "rewards in", "paid", "minted"):
+        table.add_column(col, justify="left" if col == "mechanism" else "right")
+    for row in report.per_mechanism:
+        table.add_row(
+            str(row["mechanism"]), f"{row['episodes']:,}", f"{row['auctions']:,}",
+            *(f"{to_credit(int(str(row[k] or 0))):.6f}" for k in ("rewards_in", "paid", "minted")),
+        )  # fmt: skip
+    table.add_row(
+        "total", f"{report.episodes:,}", f"{report.auctions:,}",
+        f"{to_credit(report.rewards_in):.6f}", "", f"{to_credit(report.minted):.6f}",
+        style="bold",
+    )  # fmt: skip
+    return table
+
+
+def _wealth_table(balances: dict[str, int]) -> Table:
+    frame = pl.DataFrame({"account": list(balances), "units": list(balances.values())})
+    table = Table(title="final wealth")
+    table.add_column("account")
+    table.add_column("credit", justify="right")
+    for account, units in frame.sort("account").iter_rows():
+        table.add_row(account, f"{to_credit(units):.6f}")
+    return table
+
+
+def main() -> None:
+    """Entry point for `python cli.py`."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

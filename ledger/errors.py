@@ -1,0 +1,21 @@
+"""Typed errors of the ledger; each message is one line a user can act on."""
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises."""
+
+
+class SequenceError(LedgerError):
+    """A transaction's sequence numbers are duplicate, out of order or not contiguous."""
+
+
+class UnbalancedTransaction(LedgerError):
+    """A transaction moves money that is not an exact non-negative integer transfer."""
+
+
+class UnknownAccount(LedgerError):
+    """Money moves to or from an account that has not been opened."""
+
+
+class CorruptLedger(LedgerError):
+    """A stored ledger cannot be read, or its committed contents fail their hashes."""

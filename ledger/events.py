@@ -1,0 +1,177 @@
+"""The typed events of the ledger: one frozen Pydantic model per kind, in one union.
+
+Every event carries a global sequence number (`seq`), the transaction it belongs to (`tx`, the
+seq of the transaction's first event), the run id, the episode, the step and the SimPy time.
+Money-moving events are transfers `src -> dst` of a non-negative integer `amount` in units
+(see `ledger.units`); a transfer balances by construction, so the books always sum to zero.
+New kinds (accounts closing, rent, ...) are added here as new models, not as a new ledger.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, TypeAdapter
+
+ENVIRONMENT = "environment"
+"""The account that pays rewards and sells the first state of every episode."""
+AUCTIONEER = "auctioneer"
+"""The account that mints credit where a mechanism creates it (Vickrey's b1 - b2)."""
+
+
+class EventBase(BaseModel):
+    """Fields every event carries; events are immutable once made."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: NonNegativeInt
+    tx: NonNegativeInt
+    run: str
+    episode: int
+    step: int
+    time: float
+
+
+class Transfer(EventBase):
+    """A money-moving event: `amount` units leave `src` and arrive at `dst`."""
+
+    src: str
+    dst: str
+    amount: NonNegativeInt
+
+
+class RunStart(EventBase):
+    """Opens a run: the seed and the full configuration (JSON) that produced it."""
+
+    kind: Literal["run_start"] = "run_start"
+    seed: int
+    config: str
+
+
+class Open(EventBase):
+    """Opens an account; no money may move to or from an account before it is opened."""
+
+    kind: Literal["open"] = "open"
+    account: str
+
+
+class EpisodeStart(EventBase):
+    """Starts an episode of `task` settled by `mechanism` with discount `gamma`."""
+
+    kind: Literal["episode_start"] = "episode_start"
+    task: str
+    mechanism: str
+    cloned: bool
+    gamma: float
+    state: int
+
+
+class Bid(EventBase):
+    """Bidder `account` (running primitive `primitive`) bids `amount` units for `state`."""
+
+    kind: Literal["bid"] = "bid"
+    account: str
+    primitive: int
+    state: int
+    amount: NonNegativeInt
+
+
+class Allocate(EventBase):
+    """The auction for `state` is won by `account` with its bid `amount`."""
+
+    kind: Literal["allocate"] = "allocate"
+    account: str
+    primitive: int
+    state: int
+    amount: NonNegativeInt
+
+
+class Pay(Transfer):
+    """The winner (`src`) pays the price of the auction to the seller (`dst`)."""
+
+    kind: Literal["pay"] = "pay"
+
+
+class Mint(Transfer):
+    """Credit the mechanism creates: the auctioneer (`src`) credits the seller (`dst`)."""
+
+    kind: Literal["mint"] = "mint"
+
+
+class Transform(EventBase):
+    """The winner's primitive transforms `state` into `next_state`, taking `duration` time."""
+
+    kind: Literal["transform"] = "transform"
+    account: str
+    primitive: int
+    state: int
+    next_state: int
+    duration: float
+    done: bool
+
+
+class Reward(Transfer):
+    """The environment's reward for the winner's transformation.
+
+    A positive reward flows `environment -> winner`; a negative one (a penalty) flows
+    `winner -> environment`. Amounts are never negative; direction carries the sign.
+    """
+
+    kind: Literal["reward"] = "reward"
+
+
+class EpisodeEnd(EventBase):
+    """Ends an episode after `steps` auctions with undiscounted return `episode_return`."""
+
+    kind: Literal["episode_end"] = "episode_end"
+    steps: int
+    episode_return: int
+
+
+class Balance(EventBase):
+    """A statement of `account`'s balance as the producer held it live at this point.
+
+    The audit checks that a replay of every earlier event gives the same number.
+    """
+
+    kind: Literal["balance"] = "balance"
+    account: str
+    amount: int
+
+
+class RunEnd(EventBase):
+    """Closes a run; the `Balance` statements of the same transaction follow it."""
+
+    kind: Literal["run_end"] = "run_end"
+    episodes: int
+
+
+Event = Annotated[
+    RunStart
+    | Open
+    | EpisodeStart
+    | Bid
+    | Allocate
+    | Pay
+    | Mint
+    | Transform
+    | Reward
+    | EpisodeEnd
+    | Balance
+    | RunEnd,
+    Field(discriminator="kind"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+TRANSFER_KINDS: frozenset[str] = frozenset({"pay", "mint", "reward"})
+"""The kinds that move money; each is a `Transfer`."""
+EVENT_TYPES: tuple[type[EventBase], ...] = (
+    RunStart, Open, EpisodeStart, Bid, Allocate, Pay, Mint, Transform, Reward, EpisodeEnd,
+    Balance, RunEnd,
+)  # fmt: skip
+
+
+def accounts_of(event: EventBase) -> tuple[str, ...]:
+    """The accounts an event is addressed to (a bidder, a payer, a payee)."""
+    d = event.__dict__
+    return tuple(d[k] for k in ("account", "src", "dst") if d.get(k) is not None)

@@ -1,0 +1,77 @@
+"""The ledger interface and its in-memory backend.
+
+A ledger is append-only and totally ordered: `append` takes one transaction, checks it whole
+against the head (sequence, transfers, accounts) and either takes all of it or raises a typed
+error and takes nothing. Readers see committed events as a Polars frame, one row per event.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+
+import polars as pl
+
+from ledger import schema, transaction
+from ledger.events import Event, EventBase
+
+
+class Ledger(abc.ABC):
+    """An append-only, totally ordered store of events with atomic transaction appends."""
+
+    def __init__(self) -> None:
+        self.next_seq = 0
+        self.accounts: frozenset[str] = frozenset()
+
+    def append(self, tx: Sequence[EventBase]) -> None:
+        """Check `tx` whole and stage it; on any violation raise and stage nothing."""
+        opened = transaction.check(tx, self.next_seq, self.accounts)
+        self._stage(tx)
+        self.next_seq += len(tx)
+        if opened:
+            self.accounts = self.accounts | opened
+
+    @abc.abstractmethod
+    def _stage(self, tx: Sequence[EventBase]) -> None:
+        """Keep a checked transaction; it is committed by the next `flush`."""
+
+    def flush(self) -> None:
+        """Commit every staged transaction (a no-op where staging is committing)."""
+
+    def close(self) -> None:
+        """Commit what is staged and release the store."""
+        self.flush()
+
+    @abc.abstractmethod
+    def scan(self) -> pl.LazyFrame:
+        """Committed events as a lazy Polars frame in `schema.SCHEMA`, ordered by seq."""
+
+    def events(self, start: int = 0) -> Iterator[Event]:
+        """Committed events from sequence number `start` on, as typed models."""
+        frame = self.scan().filter(pl.col("seq") >= start).collect()
+        yield from schema.from_table(frame.to_arrow())
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class MemoryLedger(Ledger):
+    """A ledger held in memory: staging is committing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._events: list[EventBase] = []
+
+    def _stage(self, tx: Sequence[EventBase]) -> None:
+        self._events.extend(tx)
+
+    def scan(self) -> pl.LazyFrame:
+        frame = pl.from_arrow(schema.to_table(self._events))
+        assert isinstance(frame, pl.DataFrame)
+        return frame.lazy()

@@ -1,0 +1,44 @@
+"""A run directory: `config.json` (what was run), `ledger/` (what happened), `summary.json`.
+
+Nothing in a run directory is ever overwritten: a new run needs a new directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ledger.disk import MANIFEST, DiskLedger
+from ledger.errors import CorruptLedger
+
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+LEDGER = "ledger"
+
+
+def new_run_dir(out: Path | None, default_name: str, root: Path = Path("runs")) -> Path:
+    """`out` if it holds no run yet, else a fresh `root/default_name[-k]`."""
+    if out is not None:
+        if (out / LEDGER / MANIFEST).exists() or (out / CONFIG).exists():
+            raise FileExistsError(f"{out} already holds a run; choose another --out")
+        return out
+    candidate, k = root / default_name, 1
+    while candidate.exists():
+        k += 1
+        candidate = root / f"{default_name}-{k}"
+    return candidate
+
+
+def open_run_ledger(run: Path) -> DiskLedger:
+    """The ledger of run directory `run` (or `run` itself when it is a ledger directory)."""
+    if not run.exists():
+        raise FileNotFoundError(f"{run}: no such run directory")
+    path = run / LEDGER if (run / LEDGER).is_dir() else run
+    if not (path / MANIFEST).is_file():
+        raise CorruptLedger(f"{run}: not a run directory (no {LEDGER}/{MANIFEST})")
+    return DiskLedger.open_existing(path)
+
+
+def write_json(path: Path, data: dict[str, object]) -> None:
+    """Write `data` as indented JSON."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,118 @@
+"""The tabular tasks of Chang et al. (2020): Bandit, Chain, Duality, with Q* by value iteration.
+
+A task is a deterministic MDP over integer states: `step(state, primitive)` gives the next
+state, the reward (credit), whether the episode ends, and the duration in SimPy time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one transformation did."""
+
+    next_state: int
+    reward: float
+    done: bool
+    duration: float = 1.0
+
+
+class Task:
+    """A deterministic tabular task; subclasses define the transition table."""
+
+    name: str = ""
+    n_states: int = 0
+    primitive_names: tuple[str, ...] = ()
+    horizon: int = 1
+    start: int = 0
+
+    @property
+    def n_primitives(self) -> int:
+        """How many primitives (transformations) the task offers."""
+        return len(self.primitive_names)
+
+    def step(self, state: int, primitive: int) -> Outcome:
+        """Apply primitive `primitive` to `state`."""
+        raise NotImplementedError
+
+    def q_star(self, gamma: float, sweeps: int = 10_000) -> NDArray[np.float64]:
+        """Q*(s, a) of the stationary discounted MDP (the time-out is not part of the state)."""
+        q = np.zeros((self.n_states, self.n_primitives))
+        table = [[self.step(s, a) for a in range(self.n_primitives)] for s in range(self.n_states)]
+        for _ in range(sweeps):
+            v = q.max(axis=1)
+            new = np.array(
+                [[o.reward + (0.0 if o.done else gamma**o.duration * v[o.next_state]) for o in row]
+                 for row in table]
+            )  # fmt: skip
+            if np.array_equal(new, q):
+                break
+            q = new
+        return q
+
+
+class Bandit(Task):
+    """One state, one step, four arms paying 0.2, 0.4, 0.6, 0.8."""
+
+    name = "bandit"
+    n_states = 1
+    primitive_names = ("arm0", "arm1", "arm2", "arm3")
+    horizon = 1
+    payouts = (0.2, 0.4, 0.6, 0.8)
+
+    def step(self, state: int, primitive: int) -> Outcome:
+        return Outcome(next_state=0, reward=self.payouts[primitive], done=True)
+
+
+class Chain(Task):
+    """States 0..5 from 0; R moves right, L left (stays at 0); reaching 5 pays 0.8 and ends."""
+
+    name = "chain"
+    n_states = 6
+    primitive_names = ("L", "R")
+    horizon = 20
+    goal = 5
+
+    def step(self, state: int, primitive: int) -> Outcome:
+        if state == self.goal:  # the goal is terminal: nothing more happens there
+            return Outcome(next_state=state, reward=0.0, done=True)
+        nxt = state + 1 if primitive == 1 else max(state - 1, 0)
+        done = nxt == self.goal
+        return Outcome(next_state=nxt, reward=0.8 if done else 0.0, done=done)
+
+
+class Duality(Task):
+    """States 0, 1 and an absorbing 2 paying -1 per step; alternating a1, a0 pays 0.5 a step."""
+
+    name = "duality"
+    n_states = 3
+    primitive_names = ("a0", "a1")
+    horizon = 10
+    table = {
+        (0, 0): (2, 0.0),
+        (0, 1): (1, 0.5),
+        (1, 0): (0, 0.5),
+        (1, 1): (1, 0.3),
+        (2, 0): (2, -1.0),
+        (2, 1): (2, -1.0),
+    }
+
+    def step(self, state: int, primitive: int) -> Outcome:
+        nxt, reward = self.table[(state, primitive)]
+        return Outcome(next_state=nxt, reward=reward, done=False)
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Bandit, Chain, Duality)}
+
+
+def make_task(name: str) -> Task:
+    """The task called `name`; a ValueError names the choices otherwise."""
+    try:
+        return TASKS[name]()
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
