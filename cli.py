@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
@@ -16,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents.fixed import BIDDERS, make_bidder
+from ledger.disk import DiskLedger
 from ledger.errors import LedgerError
 from ledger.units import to_credit
 from market import rundir
@@ -63,7 +63,9 @@ def simulate_cmd(
     bidder: Annotated[str, typer.Option(help=f"One of: {', '.join(BIDDERS)}.")] = "truthful",
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 1000,
     seed: Annotated[int, typer.Option(help="The one seed every random number derives from.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="A new run directory (default: runs/...).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="A new run directory (default: runs/...).")
+    ] = None,
     solitary: Annotated[bool, typer.Option(help="No clones: one bidder per primitive.")] = False,
     gamma: Annotated[float, typer.Option(help="Discount of utilities and truthful bids.")] = 0.99,
     constant: Annotated[float, typer.Option(help="The bid of the constant bidder.")] = 0.5,
@@ -72,24 +74,37 @@ def simulate_cmd(
     """Run a society of fixed bidders into a new run directory, then audit it."""
     config = guarded(
         lambda: RunConfig(
-            task=task, mechanism=parse_mechanism(mechanism), bidder=bidder, cloned=not solitary,
-            episodes=episodes, seed=seed, gamma=gamma, constant=constant, concurrency=concurrency,
-        )  # fmt: skip
+            task=task,
+            mechanism=parse_mechanism(mechanism),
+            bidder=bidder,
+            cloned=not solitary,
+            episodes=episodes,
+            seed=seed,
+            gamma=gamma,
+            constant=constant,
+            concurrency=concurrency,
+        )
     )
     run_task = guarded(lambda: make_task(config.task))
     society = Society.of(run_task, config.cloned)
     (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
     policy = guarded(
         lambda: make_bidder(
-            config.bidder, run_task, society, config.gamma, np.random.default_rng(policy_seed),
+            config.bidder,
+            run_task,
+            society,
+            config.gamma,
+            np.random.default_rng(policy_seed),
             config.constant,
-        )  # fmt: skip
+        )
     )
     name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
     run = guarded(lambda: rundir.new_run_dir(out, name))
     guarded(lambda: run.mkdir(parents=True, exist_ok=True))
-    rundir.write_json(run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")})
-    ledger = guarded(lambda: rundir.DiskLedger(run / rundir.LEDGER))
+    rundir.write_json(
+        run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")}
+    )
+    ledger = guarded(lambda: DiskLedger(run / rundir.LEDGER))
     with _progress() as progress:
         bar = progress.add_task("episodes", total=config.episodes)
         every = max(1, config.episodes // 200)
@@ -104,11 +119,15 @@ def simulate_cmd(
     rundir.write_json(
         run / rundir.SUMMARY,
         {
-            "events": summary.events, "seconds": summary.seconds, "episodes": summary.episodes,
-            "mean_return": summary.mean_return, "balances": dict(summary.balances),
-            "audit": "clean" if report.ok else str(report.violation), "head": ledger.head,
+            "events": summary.events,
+            "seconds": summary.seconds,
+            "episodes": summary.episodes,
+            "mean_return": summary.mean_return,
+            "balances": dict(summary.balances),
+            "audit": "clean" if report.ok else str(report.violation),
+            "head": ledger.head,
         },
-    )  # fmt: skip
+    )
     console.print(f"run written to [bold]{run}[/]")
     table = Table(title="summary", show_header=False)
     table.add_row("events written", f"{summary.events:,}")
@@ -138,15 +157,21 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(),
-        MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True,
-    )  # fmt: skip
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
 
 
 def _verdict(report: AuditReport) -> str:
     if not report.ok:
         return f"[bold red]AUDIT FAILED[/] {report.violation}"
-    minted = f", {to_credit(report.minted):.6f} credit minted by the mechanism" if report.minted else ""
+    minted = (
+        f", {to_credit(report.minted):.6f} credit minted by the mechanism" if report.minted else ""
+    )
     torn = f", torn tail reported ({len(report.torn_tail)})" if report.torn_tail else ""
     return (
         f"[bold green]AUDIT CLEAN[/] {report.events:,} events, {report.auctions:,} auctions, "
@@ -160,14 +185,20 @@ def _audit_table(report: AuditReport) -> Table:
         table.add_column(col, justify="left" if col == "mechanism" else "right")
     for row in report.per_mechanism:
         table.add_row(
-            str(row["mechanism"]), f"{row['episodes']:,}", f"{row['auctions']:,}",
+            str(row["mechanism"]),
+            f"{row['episodes']:,}",
+            f"{row['auctions']:,}",
             *(f"{to_credit(int(str(row[k] or 0))):.6f}" for k in ("rewards_in", "paid", "minted")),
-        )  # fmt: skip
+        )
     table.add_row(
-        "total", f"{report.episodes:,}", f"{report.auctions:,}",
-        f"{to_credit(report.rewards_in):.6f}", "", f"{to_credit(report.minted):.6f}",
+        "total",
+        f"{report.episodes:,}",
+        f"{report.auctions:,}",
+        f"{to_credit(report.rewards_in):.6f}",
+        "",
+        f"{to_credit(report.minted):.6f}",
         style="bold",
-    )  # fmt: skip
+    )
     return table
 
 
@@ -187,4 +218,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -45,9 +45,13 @@ BIDDERS = ("truthful", "random", "constant")
 
 
 def make_bidder(
-    name: str, task: Task, society: Society, gamma: float, rng: np.random.Generator,
+    name: str,
+    task: Task,
+    society: Society,
+    gamma: float,
+    rng: np.random.Generator,
     constant: float = 0.5,
-) -> TableBidder | RandomBidder:  # fmt: skip
+) -> TableBidder | RandomBidder:
     """The fixed bidder called `name` for every bidder of `society`."""
     prims = list(society.primitive_of)
     if name == "truthful":

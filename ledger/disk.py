@@ -13,9 +13,9 @@ next commit so the sequence continues from the last committed event.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ledger import chain, schema
 from ledger.errors import CorruptLedger
-from ledger.events import EventBase
 from ledger.store import Ledger
+from ledger.transaction import Record
 
 MANIFEST = "chain.jsonl"
 DEFAULT_BATCH_EVENTS = 65_536
@@ -55,7 +55,7 @@ class DiskLedger(Ledger):
         self.path.mkdir(parents=True, exist_ok=True)
         self.batch_events = batch_events
         self.links, self.torn_tail = _read_manifest(self.path)
-        self._staged: list[EventBase] = []
+        self._staged: list[Record] = []
         if self.links:
             self.next_seq = self.links[-1].last_seq + 1
             opened = self.scan().filter(pl.col("kind") == "open").select("account").collect()
@@ -73,8 +73,8 @@ class DiskLedger(Ledger):
         """The link of the last committed batch (the whole ledger's fingerprint)."""
         return self.links[-1].link if self.links else chain.GENESIS
 
-    def _stage(self, tx: Sequence[EventBase]) -> None:
-        self._staged.extend(tx)
+    def _stage(self, records: list[Record]) -> None:
+        self._staged.extend(records)
         if len(self._staged) >= self.batch_events:
             self.flush()
 
@@ -84,14 +84,18 @@ class DiskLedger(Ledger):
         if self.torn_tail:
             self._set_aside_torn()
         data = _encode(schema.to_table(self._staged))
-        first, last = self._staged[0].seq, self._staged[-1].seq
+        first, last = self._staged[0][1][0], self._staged[-1][1][0]
         name = f"seg-{first:012d}.arrow"
         _write_atomic(self.path / name, data)
         d = chain.digest(data)
         entry = Link(
-            segment=name, first_seq=first, last_seq=last, digest=d, prev=self.head,
+            segment=name,
+            first_seq=first,
+            last_seq=last,
+            digest=d,
+            prev=self.head,
             link=chain.link(self.head, d, first, last),
-        )  # fmt: skip
+        )
         with open(self.path / MANIFEST, "a", encoding="utf-8") as f:
             f.write(entry.model_dump_json() + "\n")
             f.flush()
@@ -102,7 +106,7 @@ class DiskLedger(Ledger):
     def scan(self) -> pl.LazyFrame:
         paths = [str(self.path / link.segment) for link in self.links]
         if not paths:
-            return pl.LazyFrame(schema=pl.Schema(pl.from_arrow(SCHEMA_EMPTY).schema))
+            return pl.LazyFrame(pl.DataFrame(SCHEMA_EMPTY))
         return pl.scan_ipc(paths)
 
     def check_chain(self) -> None:
@@ -169,7 +173,7 @@ def _read_manifest(path: Path) -> tuple[list[Link], list[str]]:
             links.append(Link.model_validate(json.loads(line)))
         except (ValueError, ValidationError):
             raise CorruptLedger(f"{manifest}: line {i + 1} is not a chain record") from None
-    for prev, entry in zip(links, links[1:]):
+    for prev, entry in itertools.pairwise(links):
         if entry.first_seq != prev.last_seq + 1:
             raise CorruptLedger(f"{manifest}: batch {entry.segment} does not follow {prev.segment}")
     committed = {link.segment for link in links}

@@ -9,7 +9,7 @@ New kinds (accounts closing, rent, ...) are added here as new models, not as a n
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, TypeAdapter
 
@@ -26,6 +26,16 @@ class EventBase(BaseModel):
 
     seq: NonNegativeInt
     tx: NonNegativeInt
+    run: str
+    episode: int
+    step: int
+    time: float
+
+
+class Header(TypedDict):
+    """The common fields but `seq`, shared by every event of one transaction."""
+
+    tx: int
     run: str
     episode: int
     step: int
@@ -166,12 +176,30 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 TRANSFER_KINDS: frozenset[str] = frozenset({"pay", "mint", "reward"})
 """The kinds that move money; each is a `Transfer`."""
 EVENT_TYPES: tuple[type[EventBase], ...] = (
-    RunStart, Open, EpisodeStart, Bid, Allocate, Pay, Mint, Transform, Reward, EpisodeEnd,
-    Balance, RunEnd,
-)  # fmt: skip
+    RunStart,
+    Open,
+    EpisodeStart,
+    Bid,
+    Allocate,
+    Pay,
+    Mint,
+    Transform,
+    Reward,
+    EpisodeEnd,
+    Balance,
+    RunEnd,
+)
 
 
 def accounts_of(event: EventBase) -> tuple[str, ...]:
     """The accounts an event is addressed to (a bidder, a payer, a payee)."""
     d = event.__dict__
     return tuple(d[k] for k in ("account", "src", "dst") if d.get(k) is not None)
+
+
+FIELDS: dict[type[EventBase], tuple[str, ...]] = {
+    cls: tuple(f for f in cls.model_fields if f != "kind") for cls in EVENT_TYPES
+}
+"""Each kind's fields in record order: the six common fields first, then its own."""
+KIND: dict[type[EventBase], str] = {cls: cls.model_fields["kind"].default for cls in EVENT_TYPES}
+"""Each model's `kind` tag."""

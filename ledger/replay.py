@@ -5,13 +5,14 @@ Every transfer subtracts its amount from `src` and adds it to `dst`; nothing els
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import polars as pl
 
-from ledger.events import EventBase, Transfer
 from ledger.events import TRANSFER_KINDS as _KINDS
+from ledger.events import EventBase
 from ledger.store import Ledger
+from ledger.transaction import Transaction, as_transaction
 
 Balances = dict[str, int]
 
@@ -22,13 +23,12 @@ class LiveBalances:
     def __init__(self) -> None:
         self.balances: Balances = {}
 
-    def apply(self, tx: Iterable[EventBase]) -> None:
+    def apply(self, tx: Transaction | Sequence[EventBase]) -> None:
         """Fold one transaction's transfers into the balances."""
         b = self.balances
-        for e in tx:
-            if isinstance(e, Transfer):
-                b[e.src] = b.get(e.src, 0) - e.amount
-                b[e.dst] = b.get(e.dst, 0) + e.amount
+        for src, dst, amount in as_transaction(tx).transfers():
+            b[src] = b.get(src, 0) - amount
+            b[dst] = b.get(dst, 0) + amount
 
 
 def postings(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -44,7 +44,7 @@ def replay_frame(frame: pl.LazyFrame, upto: int | None = None) -> Balances:
     if upto is not None:
         frame = frame.filter(pl.col("seq") <= upto)
     sums = postings(frame).group_by("account").agg(pl.col("delta").sum()).collect()
-    return {a: int(d) for a, d in zip(sums["account"], sums["delta"])}
+    return {a: int(d) for a, d in zip(sums["account"], sums["delta"], strict=True)}
 
 
 def replay(ledger: Ledger, upto: int | None = None) -> Balances:

@@ -6,11 +6,18 @@ The table is the union of every kind's fields; a field a kind does not have is n
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from ledger.events import EVENT_ADAPTER, Event, EventBase
+from ledger.events import EVENT_ADAPTER, FIELDS, KIND, Event
+from ledger.transaction import Record
+
+_MODELS = tuple(FIELDS)
+_CODE = {m: i for i, m in enumerate(_MODELS)}
 
 SCHEMA = pa.schema(
     [
@@ -44,13 +51,41 @@ SCHEMA = pa.schema(
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
 
-def to_table(events: Sequence[EventBase]) -> pa.Table:
-    """Events as an Arrow table in `SCHEMA`, one row per event, in the given order."""
-    dicts = [e.__dict__ for e in events]
-    return pa.table(
-        [pa.array([d.get(c) for d in dicts], type=f.type) for c, f in zip(COLUMNS, SCHEMA)],
-        schema=SCHEMA,
-    )
+def to_table(records: Sequence[Record]) -> pa.Table:
+    """Event records as an Arrow table in `SCHEMA`, one row per event, in the given order.
+
+    Speed: records are grouped by kind with NumPy and transposed at C level (`zip(*rows)`),
+    then put back in order; a row-by-row, column-by-column loop costs several times more.
+    """
+    if not records:
+        return SCHEMA.empty_table()
+    models = list(map(itemgetter(0), records))
+    values = list(map(itemgetter(1), records))
+    codes = np.fromiter(map(_CODE.__getitem__, models), dtype=np.int64, count=len(models))
+    parts = []
+    for code in np.unique(codes):
+        model = _MODELS[code]
+        at = np.flatnonzero(codes == code)
+        rows = itemgetter(*at.tolist())(values) if len(at) > 1 else [values[at[0]]]
+        cols = {
+            n: pa.array(v, type=SCHEMA.field(n).type)
+            for n, v in zip(FIELDS[model], zip(*rows, strict=True), strict=True)
+        }
+        cols["kind"] = pa.array([KIND[model]] * len(at), type=pa.string())
+        cols["_at"] = pa.array(at)
+        parts.append(pa.table(cols))
+    table = pa.concat_tables(parts, promote_options="default")
+    table = table.take(pc.sort_indices(table["_at"])).drop_columns("_at")
+    return _conform(table)
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """`table` with every schema column, nulls where absent, in schema order."""
+    n = table.num_rows
+    cols = [
+        table[f.name] if f.name in table.column_names else pa.nulls(n, type=f.type) for f in SCHEMA
+    ]
+    return pa.table(cols, schema=SCHEMA)
 
 
 def from_rows(rows: Iterable[dict[str, Any]]) -> Iterator[Event]:

@@ -15,6 +15,7 @@ import polars as pl
 
 from ledger import schema, transaction
 from ledger.events import Event, EventBase
+from ledger.transaction import Record, Transaction, as_transaction
 
 
 class Ledger(abc.ABC):
@@ -24,20 +25,21 @@ class Ledger(abc.ABC):
         self.next_seq = 0
         self.accounts: frozenset[str] = frozenset()
 
-    def append(self, tx: Sequence[EventBase]) -> None:
+    def append(self, tx: Transaction | Sequence[EventBase]) -> None:
         """Check `tx` whole and stage it; on any violation raise and stage nothing."""
+        tx = as_transaction(tx)
         opened = transaction.check(tx, self.next_seq, self.accounts)
-        self._stage(tx)
+        self._stage(tx.records)
         self.next_seq += len(tx)
         if opened:
             self.accounts = self.accounts | opened
 
     @abc.abstractmethod
-    def _stage(self, tx: Sequence[EventBase]) -> None:
+    def _stage(self, records: list[Record]) -> None:
         """Keep a checked transaction; it is committed by the next `flush`."""
 
-    def flush(self) -> None:
-        """Commit every staged transaction (a no-op where staging is committing)."""
+    def flush(self) -> None:  # noqa: B027 (a no-op where staging is committing)
+        """Commit every staged transaction."""
 
     def close(self) -> None:
         """Commit what is staged and release the store."""
@@ -66,12 +68,12 @@ class MemoryLedger(Ledger):
 
     def __init__(self) -> None:
         super().__init__()
-        self._events: list[EventBase] = []
+        self._records: list[Record] = []
 
-    def _stage(self, tx: Sequence[EventBase]) -> None:
-        self._events.extend(tx)
+    def _stage(self, records: list[Record]) -> None:
+        self._records.extend(records)
 
     def scan(self) -> pl.LazyFrame:
-        frame = pl.from_arrow(schema.to_table(self._events))
+        frame = pl.from_arrow(schema.to_table(self._records))
         assert isinstance(frame, pl.DataFrame)
         return frame.lazy()

@@ -1,50 +1,105 @@
-"""The rules every transaction must pass before any of it is written.
+"""A transaction (the events of one auction step, or a run's opening or closing) and its rules.
 
-A transaction is the events of one auction step (or of a run's opening or closing). It goes
-in whole or not at all: `check` raises a typed error and the caller writes nothing.
+A transaction holds its events as compact records, `(model, values)` with the values in
+`FIELDS[model]` order, and makes typed Pydantic events from them on demand (validated).
+Speed: the kernel writes millions of events and most are never read back as objects, so it
+builds records; `Transaction.of` takes ready-made events for everyone else.
+
+A transaction goes into a ledger whole or not at all: `check` raises a typed error first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any
 
 from ledger.errors import SequenceError, UnbalancedTransaction, UnknownAccount
-from ledger.events import EventBase, Open, Pay, Transfer
+from ledger.events import FIELDS, Event, EventBase, Open, Pay, Transfer
+
+Record = tuple[type[EventBase], tuple[Any, ...]]
+TRANSFER_TYPES: frozenset[type[EventBase]] = frozenset(c for c in FIELDS if issubclass(c, Transfer))
+_SRC, _DST, _AMOUNT, _ACCOUNT = 6, 7, 8, 6  # positions after the six common fields
+assert all(FIELDS[c][_SRC : _AMOUNT + 1] == ("src", "dst", "amount") for c in TRANSFER_TYPES)
+assert FIELDS[Open][_ACCOUNT] == "account"
 
 
-def check(tx: Sequence[EventBase], next_seq: int, accounts: frozenset[str]) -> frozenset[str]:
+class Transaction:
+    """The events of one atomic step, in sequence order."""
+
+    __slots__ = ("_events", "records")
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        self._events: list[Event] | None = None
+
+    @classmethod
+    def of(cls, events: Iterable[EventBase]) -> Transaction:
+        """A transaction of ready-made (already validated) events."""
+        records = [(type(e), itemgetter(*FIELDS[type(e)])(e.__dict__)) for e in events]
+        return cls(records)
+
+    def events(self) -> list[Event]:
+        """The typed events, each validated against its model (made once, then kept)."""
+        if self._events is None:
+            self._events = [
+                m.model_validate(dict(zip(FIELDS[m], v, strict=True)))  # type: ignore[misc]
+                for m, v in self.records
+            ]
+        return self._events
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events())
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def transfers(self) -> Iterator[tuple[str, str, int]]:
+        """(src, dst, amount) of every money-moving event."""
+        for model, v in self.records:
+            if model in TRANSFER_TYPES:
+                yield v[_SRC], v[_DST], v[_AMOUNT]
+
+
+def as_transaction(tx: Transaction | Sequence[EventBase]) -> Transaction:
+    """`tx` as a Transaction."""
+    return tx if isinstance(tx, Transaction) else Transaction.of(tx)
+
+
+def check(tx: Transaction, next_seq: int, accounts: frozenset[str]) -> frozenset[str]:
     """Validate `tx` against the ledger head; return the accounts it opens."""
-    if not tx:
+    records = tx.records
+    if not records:
         raise SequenceError("empty transaction")
-    _check_sequence(tx, next_seq)
-    opened = frozenset(e.account for e in tx if isinstance(e, Open))
+    _check_sequence(records, next_seq)
+    opened = frozenset(v[_ACCOUNT] for m, v in records if m is Open)
     known = accounts | opened
-    for e in tx:
-        if isinstance(e, Transfer):
-            _check_transfer(e, known)
+    for model, v in records:
+        if model in TRANSFER_TYPES:
+            _check_transfer(model, v, known)
     return opened
 
 
-def _check_sequence(tx: Sequence[EventBase], next_seq: int) -> None:
-    first = tx[0].seq
+def _check_sequence(records: list[Record], next_seq: int) -> None:
+    first = records[0][1][0]
     if first < next_seq:
         raise SequenceError(f"duplicate sequence number {first}: the ledger is at {next_seq}")
-    for i, e in enumerate(tx):
-        if e.seq != next_seq + i:
-            raise SequenceError(f"out-of-order sequence number {e.seq}: expected {next_seq + i}")
-        if e.tx != first:
-            raise SequenceError(f"event {e.seq} names transaction {e.tx}, expected {first}")
+    for i, (_, v) in enumerate(records):
+        if v[0] != next_seq + i:
+            raise SequenceError(f"out-of-order sequence number {v[0]}: expected {next_seq + i}")
+        if v[1] != first:
+            raise SequenceError(f"event {v[0]} names transaction {v[1]}, expected {first}")
 
 
-def _check_transfer(e: Transfer, known: frozenset[str]) -> None:
-    amount = e.amount
+def _check_transfer(model: type[EventBase], v: tuple[Any, ...], known: frozenset[str]) -> None:
+    amount = v[_AMOUNT]
     if type(amount) is not int or amount < 0:
         raise UnbalancedTransaction(
-            f"event {e.seq}: {e.__class__.__name__} amount {amount!r} is not a whole, "
+            f"event {v[0]}: {model.__name__} amount {amount!r} is not a whole, "
             "non-negative number of units"
         )
-    for account in (e.src, e.dst):
+    for account in (v[_SRC], v[_DST]):
         if account not in known:
-            raise UnknownAccount(f"event {e.seq}: account {account!r} was never opened")
-    if e.src == e.dst and not isinstance(e, Pay):
-        raise UnbalancedTransaction(f"event {e.seq}: a {e.__class__.__name__} to itself")
+            raise UnknownAccount(f"event {v[0]}: account {account!r} was never opened")
+    if v[_SRC] == v[_DST] and model is not Pay:
+        raise UnbalancedTransaction(f"event {v[0]}: a {model.__name__} to itself")

@@ -16,3 +16,8 @@ def to_units(credit: float) -> int:
 def to_credit(units: int) -> float:
     """A unit count as credit, for display and learning signals only."""
     return units / UNIT
+
+
+def quantise_bids(bids: list[float]) -> list[int]:
+    """Bids drawn as credit, clipped to [0, 1] credit and quantised to whole units."""
+    return [min(max(round(b * UNIT), 0), UNIT) for b in bids]

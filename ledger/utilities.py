@@ -21,7 +21,7 @@ Key = tuple[int, int, str]
 
 def utilities(events: Iterable[EventBase], gamma: Num) -> dict[Key, Num]:
     """U for every (episode, step, bidder) in `events`, from ledger amounts in units."""
-    zero = gamma * 0
+    zero = gamma - gamma
     u: dict[Key, Num] = {}
     discount: dict[tuple[int, int], Num] = {}
     for e in events:
@@ -29,7 +29,7 @@ def utilities(events: Iterable[EventBase], gamma: Num) -> dict[Key, Num]:
         if isinstance(e, Bid):
             u.setdefault((ep, t, e.account), zero)
         elif isinstance(e, Transform):
-            discount[(ep, t)] = gamma ** _whole(e.duration)
+            discount[(ep, t)] = _discount(gamma, e.duration)
         elif isinstance(e, Reward):
             if e.dst != ENVIRONMENT:
                 u[(ep, t, e.dst)] = u.get((ep, t, e.dst), zero) + e.amount
@@ -44,6 +44,8 @@ def utilities(events: Iterable[EventBase], gamma: Num) -> dict[Key, Num]:
     return u
 
 
-def _whole(duration: float) -> int | float:
-    """An integral duration as int, so that a Fraction gamma stays exact."""
-    return int(duration) if float(duration).is_integer() else duration
+def _discount(gamma: Num, duration: float) -> Num:
+    """gamma ** duration, exact for a Fraction gamma and a whole duration."""
+    if float(duration).is_integer():
+        return gamma ** int(duration)
+    return type(gamma)(float(gamma) ** duration)

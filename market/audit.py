@@ -90,7 +90,9 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
     return report
 
 
-def _first(df: pl.DataFrame, bad: pl.Expr, rule: str, expected: pl.Expr, got: pl.Expr) -> list[Violation]:
+def _first(
+    df: pl.DataFrame, bad: pl.Expr, rule: str, expected: pl.Expr, got: pl.Expr
+) -> list[Violation]:
     """The first row where `bad` holds, as a violation (an empty list when there is none)."""
     rows = df.filter(bad.fill_null(True)).sort("seq").head(1)
     if rows.is_empty():
@@ -117,21 +119,39 @@ def _balance(df: pl.DataFrame) -> list[Violation]:
     self_transfer = (_C("src") == _C("dst")) & (_C("kind") != "pay")
     opened = (_C("o_src") < _C("seq")) & (_C("o_dst") < _C("seq"))
     return [
-        *_first(t, ~whole | self_transfer, "balance", pl.lit("a whole transfer"),
-                pl.format("{} {} -> {} of {}", "kind", "src", "dst", "amount")),
-        *_first(t, ~opened, "balance", pl.lit("accounts opened before use"),
-                pl.format("{} -> {}", "src", "dst")),
-    ]  # fmt: skip
+        *_first(
+            t,
+            ~whole | self_transfer,
+            "balance",
+            pl.lit("a whole transfer"),
+            pl.format("{} {} -> {} of {}", "kind", "src", "dst", "amount"),
+        ),
+        *_first(
+            t,
+            ~opened,
+            "balance",
+            pl.lit("accounts opened before use"),
+            pl.format("{} -> {}", "src", "dst"),
+        ),
+    ]
 
 
 def _auctions(df: pl.DataFrame) -> pl.DataFrame:
     """One row per auction transaction: its bids' summary and what was recorded."""
     kind, amount = _C("kind"), _C("amount")
-    bids = df.filter(kind == "bid").group_by("tx", maintain_order=True).agg(
-        _C("seq").first(), _C("episode").first(), _C("step").first(),
-        pl.len().alias("n"), amount.max().alias("b1"), amount.top_k(2).min().alias("b2"),
-        _C("account").filter(amount == amount.max()).first().alias("argmax"),
-    )  # fmt: skip
+    bids = (
+        df.filter(kind == "bid")
+        .group_by("tx", maintain_order=True)
+        .agg(
+            _C("seq").first(),
+            _C("episode").first(),
+            _C("step").first(),
+            pl.len().alias("n"),
+            amount.max().alias("b1"),
+            amount.top_k(2).min().alias("b2"),
+            _C("account").filter(amount == amount.max()).first().alias("argmax"),
+        )
+    )
     bids = bids.with_columns(pl.when(_C("n") > 1).then(_C("b2")).otherwise(0).alias("b2"))
 
     def one(k: str, **cols: pl.Expr) -> pl.DataFrame:
@@ -139,15 +159,26 @@ def _auctions(df: pl.DataFrame) -> pl.DataFrame:
 
     a = (
         bids.join(one("allocate", winner=_C("account").first(), won=amount.first()), "tx", "left")
-        .join(one("pay", paid=amount.first(), payer=_C("src").first(), payee=_C("dst").first()),
-              "tx", "left")
-        .join(one("mint", minted=amount.sum(), minter=_C("src").first(),
-                  mintee=_C("dst").first()), "tx", "left")
-        .join(one("reward", r_src=_C("src").first(), r_dst=_C("dst").first(),
-                  r_amount=amount.first()), "tx", "left")
+        .join(
+            one("pay", paid=amount.first(), payer=_C("src").first(), payee=_C("dst").first()),
+            "tx",
+            "left",
+        )
+        .join(
+            one("mint", minted=amount.sum(), minter=_C("src").first(), mintee=_C("dst").first()),
+            "tx",
+            "left",
+        )
+        .join(
+            one(
+                "reward", r_src=_C("src").first(), r_dst=_C("dst").first(), r_amount=amount.first()
+            ),
+            "tx",
+            "left",
+        )
         .join(df.filter(kind == "episode_start").select("episode", "mechanism"), "episode", "left")
         .sort("seq")
-    )  # fmt: skip
+    )
     prev = pl.struct("winner", "step").shift(1).over("episode")
     return a.with_columns(
         prev.struct.field("winner").alias("prev_winner"),
@@ -160,14 +191,16 @@ def _auctions(df: pl.DataFrame) -> pl.DataFrame:
 def _auction_rules(df: pl.DataFrame, a: pl.DataFrame) -> list[Violation]:
     mech, step = _C("mechanism"), _C("step")
     price = (
-        pl.when(mech.is_in(["ccv", "v"])).then(_C("b2"))
-        .when(mech.is_in(["bb", "fp"])).then(_C("b1"))
+        pl.when(mech.is_in(["ccv", "v"]))
+        .then(_C("b2"))
+        .when(mech.is_in(["bb", "fp"]))
+        .then(_C("b1"))
         .otherwise(None)
-    )  # fmt: skip
+    )
     mint = pl.when((mech == "v") & (step > 0)).then(_C("b1") - _C("b2")).otherwise(0)
     seller = pl.when(step == 0).then(pl.lit(ENVIRONMENT)).otherwise(_C("prev_winner"))
-    contiguous = pl.when(step == 0).then(_C("prev_step").is_null()).otherwise(
-        _C("prev_step") == step - 1
+    contiguous = (
+        pl.when(step == 0).then(_C("prev_step").is_null()).otherwise(_C("prev_step") == step - 1)
     )
     reward_ok = (_C("reward_n") == 1) & (
         ((_C("r_src") == ENVIRONMENT) & (_C("r_dst") == _C("winner")))
@@ -175,28 +208,57 @@ def _auction_rules(df: pl.DataFrame, a: pl.DataFrame) -> list[Violation]:
     )
     fmt = pl.format
     money = df.filter(_C("kind").is_in(list(TRANSFER_KINDS))).join(a.select("tx"), "tx", "anti")
-    pay_ok = pl.when(price.is_null()).then(_C("pay_n") == 0).otherwise(
-        (_C("pay_n") == 1) & (_C("paid") == price)
+    pay_ok = (
+        pl.when(price.is_null())
+        .then(_C("pay_n") == 0)
+        .otherwise((_C("pay_n") == 1) & (_C("paid") == price))
     )
-    mint_ok = (_C("minted") == mint) & ((_C("mint_n") == 0) | (
-        (_C("mint_n") == 1) & (_C("minter") == AUCTIONEER) & (_C("mintee") == seller)
-    ))  # fmt: skip
+    mint_ok = (_C("minted") == mint) & (
+        (_C("mint_n") == 0)
+        | ((_C("mint_n") == 1) & (_C("minter") == AUCTIONEER) & (_C("mintee") == seller))
+    )
     return [
-        *_first(money, pl.lit(True), "auction-only", pl.lit("money moving in an auction"),
-                fmt("{} outside any auction", "kind")),
-        *_first(a, mech.is_null() | ~contiguous, "sequence", pl.lit("an opened episode, step by step"),
-                fmt("episode {} step {}", "episode", "step")),
-        *_first(a, (_C("allocate_n") != 1) | (_C("winner") != _C("argmax")) | (_C("won") != _C("b1")),
-                "allocation", fmt("{} at {}", "argmax", "b1"), fmt("{} at {}", "winner", "won")),
+        *_first(
+            money,
+            pl.lit(True),
+            "auction-only",
+            pl.lit("money moving in an auction"),
+            fmt("{} outside any auction", "kind"),
+        ),
+        *_first(
+            a,
+            mech.is_null() | ~contiguous,
+            "sequence",
+            pl.lit("an opened episode, step by step"),
+            fmt("episode {} step {}", "episode", "step"),
+        ),
+        *_first(
+            a,
+            (_C("allocate_n") != 1) | (_C("winner") != _C("argmax")) | (_C("won") != _C("b1")),
+            "allocation",
+            fmt("{} at {}", "argmax", "b1"),
+            fmt("{} at {}", "winner", "won"),
+        ),
         *_first(a, ~pay_ok, "price", fmt("{} under {}", price, mech), _C("paid")),
-        *_first(a, (_C("pay_n") > 0) & (_C("payer") != _C("winner")), "payer", _C("winner"),
-                _C("payer")),
+        *_first(
+            a, (_C("pay_n") > 0) & (_C("payer") != _C("winner")), "payer", _C("winner"), _C("payer")
+        ),
         *_first(a, (_C("pay_n") > 0) & (_C("payee") != seller), "seller", seller, _C("payee")),
-        *_first(a, ~mint_ok, "mint", fmt("{} to {}", mint, seller),
-                fmt("{} from {} to {}", "minted", "minter", "mintee")),
-        *_first(a, ~reward_ok, "reward", pl.lit("environment <-> winner"),
-                fmt("{} -> {}", "r_src", "r_dst")),
-    ]  # fmt: skip
+        *_first(
+            a,
+            ~mint_ok,
+            "mint",
+            fmt("{} to {}", mint, seller),
+            fmt("{} from {} to {}", "minted", "minter", "mintee"),
+        ),
+        *_first(
+            a,
+            ~reward_ok,
+            "reward",
+            pl.lit("environment <-> winner"),
+            fmt("{} -> {}", "r_src", "r_dst"),
+        ),
+    ]
 
 
 def _closing(df: pl.DataFrame, report: AuditReport) -> list[Violation]:

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 
 from ledger.events import EventBase, accounts_of
 from ledger.store import Ledger
+from ledger.transaction import Transaction, as_transaction
 
-TxHandler = Callable[[Sequence[EventBase]], None]
+TxHandler = Callable[[Transaction], None]
 EventHandler = Callable[[EventBase], None]
 
 
@@ -32,13 +33,14 @@ class Bus:
         """Call `handler` with every event addressed to `account` (bids, payoffs, ...)."""
         self._by_account[account].append(handler)
 
-    def publish(self, tx: Sequence[EventBase]) -> None:
+    def publish(self, tx: Transaction | Sequence[EventBase]) -> None:
         """Append `tx` to the ledger (which may reject it whole), then deliver it."""
+        tx = as_transaction(tx)
         self.ledger.append(tx)
         for handle in self._tx_handlers:
             handle(tx)
         if self._by_account:
-            for e in tx:
+            for e in tx.events():
                 for account in accounts_of(e):
                     for on_event in self._by_account.get(account, ()):
                         on_event(e)

@@ -11,15 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import simpy
 
 from ledger.events import (
-    AUCTIONEER, ENVIRONMENT, Allocate, Bid, EpisodeEnd, EpisodeStart, EventBase, Mint, Pay,
-    Reward, Transform,
-)  # fmt: skip
-from ledger.units import UNIT, to_units
+    AUCTIONEER,
+    ENVIRONMENT,
+    Allocate,
+    Bid,
+    EpisodeEnd,
+    EpisodeStart,
+    Mint,
+    Pay,
+    Reward,
+    Transform,
+)
+from ledger.transaction import Record, Transaction
+from ledger.units import quantise_bids, to_units
 from market.bus import Bus
 from market.mechanisms import Mechanism, Settlement, settle
 from market.society import Policy, Society
@@ -85,7 +95,7 @@ class Kernel:
         task, state, seller, total = self.task, self.task.start, ENVIRONMENT, 0
         for t in range(task.horizon):
             drawn = self.policy.bids(np.array([state], dtype=np.int64))[0]
-            bids = [int(b) for b in np.rint(np.clip(drawn, 0.0, 1.0) * UNIT)]
+            bids = quantise_bids(drawn.tolist())
             s = settle(self.mechanism, bids, first_sale=t == 0)
             out = task.step(state, self._primitive_of[s.winner])
             reward = to_units(out.reward)
@@ -99,56 +109,67 @@ class Kernel:
                 return EpisodeResult(ep, t + 1, total)
         return EpisodeResult(ep, 0, 0)
 
-    def _step_events(self, st: _Step, episode_return: int | None) -> list[EventBase]:
-        """The events of one auction step, numbered from the kernel's sequence counter."""
-        seq, accounts, prims = self.seq, self._accounts, self._primitive_of
-        head = {"tx": seq, "run": self.run, "episode": st.ep, "step": st.t, "time": self.env.now}
-        w, winner, out = st.settlement.winner, accounts[st.settlement.winner], st.outcome
-        tx: list[EventBase] = []
+    def _step_events(self, st: _Step, episode_return: int | None) -> Transaction:
+        """The events of one auction step, numbered from the kernel's sequence counter.
+
+        Speed: records, not models (see `ledger.transaction`); each tuple follows its model's
+        `FIELDS` order, which `tests/test_kernel.py` checks by validating every record.
+        """
+        seq, accounts, prims, state = self.seq, self._accounts, self._primitive_of, st.state
+        head = (seq, self.run, st.ep, st.t, self.env.now)  # tx, run, episode, step, time
+        w, winner, out, s = (
+            st.settlement.winner,
+            self._accounts[st.settlement.winner],
+            st.outcome,
+            st.settlement,
+        )
+        rec: list[Record] = []
         if st.t == 0:
-            tx.append(
-                EpisodeStart(
-                    seq=seq, **head, task=self.task.name, mechanism=self.mechanism.value,
-                    cloned=self.society.cloned, gamma=self.gamma, state=st.state,
-                )  # fmt: skip
+            rec.append(
+                (
+                    EpisodeStart,
+                    (
+                        seq,
+                        *head,
+                        self.task.name,
+                        self.mechanism.value,
+                        self.society.cloned,
+                        self.gamma,
+                        state,
+                    ),
+                )
             )
         for i, b in enumerate(st.bids):
-            tx.append(
-                Bid(seq=seq + len(tx), **head, account=accounts[i], primitive=prims[i],
-                    state=st.state, amount=b)  # fmt: skip
+            rec.append((Bid, (seq + len(rec), *head, accounts[i], prims[i], state, b)))
+        rec.append((Allocate, (seq + len(rec), *head, winner, prims[w], state, st.bids[w])))
+        if s.price is not None:
+            rec.append((Pay, (seq + len(rec), *head, winner, st.seller, s.price)))
+        if s.mint:
+            rec.append((Mint, (seq + len(rec), *head, AUCTIONEER, st.seller, s.mint)))
+        rec.append(
+            (
+                Transform,
+                (
+                    seq + len(rec),
+                    *head,
+                    winner,
+                    prims[w],
+                    state,
+                    out.next_state,
+                    out.duration,
+                    out.done,
+                ),
             )
-        tx.append(
-            Allocate(seq=seq + len(tx), **head, account=winner, primitive=prims[w],
-                     state=st.state, amount=st.bids[w])  # fmt: skip
-        )
-        if st.settlement.price is not None:
-            tx.append(
-                Pay(seq=seq + len(tx), **head, src=winner, dst=st.seller,
-                    amount=st.settlement.price)  # fmt: skip
-            )
-        if st.settlement.mint:
-            tx.append(
-                Mint(seq=seq + len(tx), **head, src=AUCTIONEER, dst=st.seller,
-                     amount=st.settlement.mint)  # fmt: skip
-            )
-        tx.append(
-            Transform(seq=seq + len(tx), **head, account=winner, primitive=prims[w],
-                      state=st.state, next_state=out.next_state, duration=out.duration,
-                      done=out.done)  # fmt: skip
         )
         src, dst = (ENVIRONMENT, winner) if st.reward >= 0 else (winner, ENVIRONMENT)
-        tx.append(Reward(seq=seq + len(tx), **head, src=src, dst=dst, amount=abs(st.reward)))
+        rec.append((Reward, (seq + len(rec), *head, src, dst, abs(st.reward))))
         if episode_return is not None:
-            tx.append(
-                EpisodeEnd(seq=seq + len(tx), **head, steps=st.t + 1,
-                           episode_return=episode_return)  # fmt: skip
-            )
-        self.seq = seq + len(tx)
-        return tx
+            rec.append((EpisodeEnd, (seq + len(rec), *head, st.t + 1, episode_return)))
+        self.seq = seq + len(rec)
+        return Transaction(rec)
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
+class _Step(NamedTuple):
     """What one auction step decided, before it becomes events."""
 
     ep: int

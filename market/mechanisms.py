@@ -15,8 +15,8 @@ seller; the environment at the first auction of an episode):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Mechanism(StrEnum):
@@ -33,8 +33,7 @@ PAYS_SECOND_PRICE = frozenset({Mechanism.CCV, Mechanism.V})
 PAYS_FIRST_PRICE = frozenset({Mechanism.BB, Mechanism.FP})
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(NamedTuple):
     """The outcome of one auction: who won, at what price, and what credit is created."""
 
     winner: int

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ledger.events import AUCTIONEER, ENVIRONMENT, Balance, Open, RunEnd, RunStart
+from ledger.events import AUCTIONEER, ENVIRONMENT, Balance, Header, Open, RunEnd, RunStart
 from ledger.replay import Balances, LiveBalances
 from ledger.store import Ledger
 from market.bus import Bus
@@ -78,23 +78,35 @@ def simulate(
 
     start, first_seq = time.perf_counter(), ledger.next_seq
     accounts = (ENVIRONMENT, AUCTIONEER, *society.accounts)
-    head = {"run": config.run_id, "episode": -1, "step": -1, "time": 0.0, "tx": first_seq}
-    opening = [RunStart(seq=first_seq, **head, seed=config.seed, config=config.model_dump_json())]
-    opening += [Open(seq=first_seq + 1 + i, **head, account=a) for i, a in enumerate(accounts)]
-    bus.publish(opening)
+    head = Header(tx=first_seq, run=config.run_id, episode=-1, step=-1, time=0.0)
+    bus.publish(
+        [
+            RunStart(seq=first_seq, **head, seed=config.seed, config=config.model_dump_json()),
+            *(Open(seq=first_seq + 1 + i, **head, account=a) for i, a in enumerate(accounts)),
+        ]
+    )
     kernel = Kernel(
-        bus=bus, run=config.run_id, task=task, society=society, mechanism=config.mechanism,
-        policy=policy, gamma=config.gamma, first_seq=ledger.next_seq,
-    )  # fmt: skip
+        bus=bus,
+        run=config.run_id,
+        task=task,
+        society=society,
+        mechanism=config.mechanism,
+        policy=policy,
+        gamma=config.gamma,
+        first_seq=ledger.next_seq,
+    )
     kernel.run_episodes(config.episodes, config.concurrency, record)
     seq = kernel.seq
-    head = {**head, "tx": seq, "time": kernel.env.now}
-    closing = [RunEnd(seq=seq, **head, episodes=len(returns))]
-    closing += [
-        Balance(seq=seq + 1 + i, **head, account=a, amount=live.balances.get(a, 0))
-        for i, a in enumerate(accounts)
-    ]
-    bus.publish(closing)
+    head = Header(tx=seq, run=config.run_id, episode=-1, step=-1, time=kernel.env.now)
+    bus.publish(
+        [
+            RunEnd(seq=seq, **head, episodes=len(returns)),
+            *(
+                Balance(seq=seq + 1 + i, **head, account=a, amount=live.balances.get(a, 0))
+                for i, a in enumerate(accounts)
+            ),
+        ]
+    )
     ledger.flush()
     return RunSummary(
         events=ledger.next_seq - first_seq,

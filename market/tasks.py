@@ -6,14 +6,13 @@ state, the reward (credit), whether the episode ends, and the duration in SimPy 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What one transformation did."""
 
     next_state: int
@@ -47,9 +46,14 @@ class Task:
         for _ in range(sweeps):
             v = q.max(axis=1)
             new = np.array(
-                [[o.reward + (0.0 if o.done else gamma**o.duration * v[o.next_state]) for o in row]
-                 for row in table]
-            )  # fmt: skip
+                [
+                    [
+                        o.reward + (0.0 if o.done else gamma**o.duration * v[o.next_state])
+                        for o in row
+                    ]
+                    for row in table
+                ]
+            )
             if np.array_equal(new, q):
                 break
             q = new
@@ -93,7 +97,7 @@ class Duality(Task):
     n_states = 3
     primitive_names = ("a0", "a1")
     horizon = 10
-    table = {
+    table: ClassVar[dict[tuple[int, int], tuple[int, float]]] = {
         (0, 0): (2, 0.0),
         (0, 1): (1, 0.5),
         (1, 0): (0, 0.5),
