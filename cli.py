@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from agents.fixed import BIDDERS, make_bidder
 from ledger.disk import DiskLedger
@@ -35,12 +38,14 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
-USER_ERRORS = (ValueError, ValidationError, LedgerError, OSError)
+USER_ERRORS = (ValueError, LedgerError, OSError)
+CORRUPT = (pl.exceptions.PolarsError, pa.ArrowException)
+"""What reading a damaged file can raise before the chain check names the damage."""
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print a one-line error and exit non-zero."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print a one-line error (user text is never read as markup) and exit non-zero."""
+    err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -51,9 +56,15 @@ def guarded(action: Callable[[], T]) -> T:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        fail(f"{where}: {first['msg']}")
+        fail(f"{where}: {first['msg']} (got {first['input']!r})")
+    except CORRUPT as e:
+        fail(f"unreadable ledger: {_one_line(e)}")
     except USER_ERRORS as e:
-        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        fail(_one_line(e))
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 @app.command("simulate")
@@ -128,7 +139,7 @@ def simulate_cmd(
             "head": ledger.head,
         },
     )
-    console.print(f"run written to [bold]{run}[/]")
+    console.print(Text.assemble("run written to ", (str(run), "bold")))
     table = Table(title="summary", show_header=False)
     table.add_row("events written", f"{summary.events:,}")
     table.add_row("events/s", f"{summary.events / max(summary.seconds, 1e-9):,.0f}")
@@ -137,7 +148,7 @@ def simulate_cmd(
     table.add_row("ledger head", ledger.head[:16])
     console.print(table)
     console.print(_wealth_table(summary.balances))
-    console.print(_verdict(report))
+    console.print(_verdict(report), soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -146,7 +157,8 @@ def simulate_cmd(
 def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Check a run's ledger from its stored events alone; exit 0 only when it is clean."""
     ledger = guarded(lambda: rundir.open_run_ledger(run))
-    report = guarded(lambda: audit(ledger))
+    recorded = guarded(lambda: rundir.recorded_head(run))
+    report = guarded(lambda: audit(ledger, expected_head=recorded))
     console.print(_verdict(report), soft_wrap=True)
     for note in report.torn_tail:
         console.print(f"[yellow]torn tail:[/] {note}", soft_wrap=True)
@@ -173,6 +185,8 @@ def _verdict(report: AuditReport) -> str:
         f", {to_credit(report.minted):.6f} credit minted by the mechanism" if report.minted else ""
     )
     torn = f", torn tail reported ({len(report.torn_tail)})" if report.torn_tail else ""
+    if not report.closed:
+        torn += "; the run was not closed, so closing balances were not checked"
     return (
         f"[bold green]AUDIT CLEAN[/] {report.events:,} events, {report.auctions:,} auctions, "
         f"{report.episodes:,} episodes; every rule holds{minted}{torn}"
@@ -213,8 +227,20 @@ def _wealth_table(balances: dict[str, int]) -> Table:
 
 
 def main() -> None:
-    """Entry point for `python cli.py`."""
-    app()
+    """The `market` console script: usage errors are one line too, not a panel."""
+    try:
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.TyperException as e:  # a usage error: bad flag, bad value, missing argument
+        ctx = getattr(e, "ctx", None)
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        err.print(Text.assemble(("error: ", "bold red"), e.format_message(), where), soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

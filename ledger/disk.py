@@ -56,10 +56,19 @@ class DiskLedger(Ledger):
         self.batch_events = batch_events
         self.links, self.torn_tail = _read_manifest(self.path)
         self._staged: list[Record] = []
+        self._verified = not self.links
         if self.links:
             self.next_seq = self.links[-1].last_seq + 1
+
+    @property
+    def accounts(self) -> frozenset[str]:
+        """The accounts opened so far; reading them first checks the stored chain."""
+        if not self._verified:
+            self.check_chain()
             opened = self.scan().filter(pl.col("kind") == "open").select("account").collect()
-            self.accounts = frozenset(opened["account"].to_list())
+            self._accounts = frozenset(opened["account"].to_list())
+            self._verified = True
+        return self._accounts
 
     @classmethod
     def open_existing(cls, path: Path | str) -> DiskLedger:
@@ -107,7 +116,7 @@ class DiskLedger(Ledger):
         paths = [str(self.path / link.segment) for link in self.links]
         if not paths:
             return pl.LazyFrame(pl.DataFrame(SCHEMA_EMPTY))
-        return pl.scan_ipc(paths)
+        return pl.scan_ipc(paths, glob=False)
 
     def check_chain(self) -> None:
         """Re-hash every committed segment and re-derive the chain; raise on the first break."""
@@ -116,16 +125,21 @@ class DiskLedger(Ledger):
             try:
                 data = (self.path / entry.segment).read_bytes()
             except OSError as e:
-                raise CorruptLedger(f"{entry.segment}: cannot read ({e.strerror})") from None
+                raise CorruptLedger(
+                    f"{entry.segment}: cannot read ({e.strerror})", entry.first_seq
+                ) from None
             found = chain.digest(data)
             if found != entry.digest:
                 raise CorruptLedger(
                     f"{entry.segment} (seq {entry.first_seq}-{entry.last_seq}): stored bytes "
-                    f"hash to {found[:12]}, chain recorded {entry.digest[:12]}"
+                    f"hash to {found[:12]}, chain recorded {entry.digest[:12]}",
+                    entry.first_seq,
                 )
             expected = chain.link(prev, found, entry.first_seq, entry.last_seq)
             if entry.prev != prev or entry.link != expected:
-                raise CorruptLedger(f"{entry.segment}: hash chain broken at seq {entry.first_seq}")
+                raise CorruptLedger(
+                    f"{entry.segment}: hash chain broken at seq {entry.first_seq}", entry.first_seq
+                )
             prev = entry.link
 
     def _set_aside_torn(self) -> None:

@@ -19,3 +19,8 @@ class UnknownAccount(LedgerError):
 
 class CorruptLedger(LedgerError):
     """A stored ledger cannot be read, or its committed contents fail their hashes."""
+
+    def __init__(self, message: str, seq: int = 0) -> None:
+        super().__init__(message)
+        self.seq = seq
+        """The first sequence number the damage touches (0 when unknown)."""

@@ -23,7 +23,12 @@ class Ledger(abc.ABC):
 
     def __init__(self) -> None:
         self.next_seq = 0
-        self.accounts: frozenset[str] = frozenset()
+        self._accounts: frozenset[str] = frozenset()
+
+    @property
+    def accounts(self) -> frozenset[str]:
+        """The accounts opened so far."""
+        return self._accounts
 
     def append(self, tx: Transaction | Sequence[EventBase]) -> None:
         """Check `tx` whole and stage it; on any violation raise and stage nothing."""
@@ -32,7 +37,7 @@ class Ledger(abc.ABC):
         self._stage(tx.records)
         self.next_seq += len(tx)
         if opened:
-            self.accounts = self.accounts | opened
+            self._accounts = self._accounts | opened
 
     @abc.abstractmethod
     def _stage(self, records: list[Record]) -> None:

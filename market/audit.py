@@ -1,18 +1,23 @@
 """The audit: every rule of the books and of the mechanisms, checked from stored events alone.
 
-Rules, in the order a violation is reported (the first by sequence number wins):
+Rules (a violation names the first broken one in sequence order):
   chain         every committed batch hashes to its chain link (on-disk ledgers)
-  sequence      seq is 0, 1, 2, ... and each transaction is a contiguous run of it
-  balance       every money event is a whole transfer between opened accounts
+  sequence      seq is 0, 1, 2, ... ; each transaction is a contiguous run of it; each
+                episode is opened and its auctions are steps 0, 1, 2, ...
+  balance       every money event is a whole transfer between accounts opened before it
   auction-only  money moves only inside an auction transaction
-  allocation    the winner is the argmax of the recorded bids (ties: lowest bidder id)
-  price         the price follows the episode's recorded mechanism
+  allocation    the winner is the argmax of the recorded bids (ties: the first bid, i.e. the
+                lowest bidder id), at its own bid
+  price         one payment at the price of the episode's recorded mechanism (none for env)
   payer         the payer is the winner
   seller        the payee is the previous winner (the environment at step 0)
   mint          credit is minted only by the auctioneer, only under `v` after the first sale,
                 exactly b1 - b2
   reward        one reward per auction, between the environment and the winner
   closing       every balance statement equals the replay of all events before it
+
+Every check is a Polars query over the whole ledger, so an audit costs a few passes over
+columns, not a Python loop over events.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from ledger.disk import DiskLedger
+from ledger.errors import CorruptLedger
 from ledger.events import AUCTIONEER, ENVIRONMENT, TRANSFER_KINDS
 from ledger.replay import replay_frame
 from ledger.store import Ledger
 
 _C = pl.col
+_MONEY = list(TRANSFER_KINDS)
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,16 @@ class Violation:
         return f"seq {self.seq}: {self.rule}: expected {self.expected}, found {self.found}"
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A rule as a query: the rows where `bad` holds break it."""
+
+    name: str
+    bad: pl.Expr
+    expected: pl.Expr
+    found: pl.Expr
+
+
 @dataclass
 class AuditReport:
     """The verdict of an audit and the totals it read off the books."""
@@ -51,6 +69,7 @@ class AuditReport:
     rewards_in: int = 0
     minted: int = 0
     closing_checked: int = 0
+    closed: bool = False
     violation: Violation | None = None
     torn_tail: list[str] = field(default_factory=list)
     per_mechanism: list[dict[str, object]] = field(default_factory=list)
@@ -61,18 +80,27 @@ class AuditReport:
         return self.violation is None
 
 
-def audit(ledger: Ledger) -> AuditReport:
-    """Audit a ledger; a broken hash chain is reported as the first violation."""
-    from ledger.disk import DiskLedger
-    from ledger.errors import CorruptLedger
+def audit(ledger: Ledger, expected_head: str | None = None) -> AuditReport:
+    """Audit a ledger; on disk, the hash chain is checked before any event is read.
 
+    `expected_head` is the chain head recorded elsewhere when the run finished: a chain that
+    was cut short, or rebuilt after an edit, ends at another head.
+    """
     report = AuditReport()
     if isinstance(ledger, DiskLedger):
         report.torn_tail = list(ledger.torn_tail)
         try:
             ledger.check_chain()
         except CorruptLedger as e:
-            report.violation = Violation(-1, "chain", "stored bytes matching the chain", str(e))
+            report.violation = Violation(e.seq, "chain", "bytes matching the chain", str(e))
+            return report
+        if expected_head is not None and ledger.head != expected_head:
+            report.violation = Violation(
+                ledger.next_seq,
+                "chain",
+                f"the recorded head {expected_head[:16]}",
+                f"head {ledger.head[:16]} (committed batches removed or rewritten)",
+            )
             return report
     return audit_frame(ledger.scan().collect(), report)
 
@@ -81,115 +109,132 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
     """Audit a frame of events in the ledger schema."""
     report = report or AuditReport()
     report.events = df.height
-    found = [*_sequence(df), *_balance(df)]
-    auctions = _auctions(df)
-    found += _auction_rules(df, auctions)
-    found += _closing(df, report)
-    report.violation = min(found, key=lambda v: v.seq, default=None)
+    if df.is_empty():
+        report.violation = Violation(0, "sequence", "a run's events", "an empty ledger")
+        return report
+    events = df.lazy()
+    auctions = _auctions(events).collect()
+    found = [
+        _first(events.with_row_index("_at"), _sequence_rules()),
+        _first(_transfers(events), _balance_rules()),
+        _first(
+            events.filter(_C("kind").is_in(_MONEY)).join(auctions.lazy(), "tx", "anti"),
+            [
+                Rule(
+                    "auction-only",
+                    pl.lit(True),
+                    pl.lit("money moving in an auction"),
+                    pl.format("{} outside any auction", "kind"),
+                )
+            ],
+        ),
+        _first(
+            _single_rows(events),
+            [
+                Rule(
+                    "sequence",
+                    pl.lit(True),
+                    pl.lit("one allocate, pay, mint and reward per auction"),
+                    pl.format("a second {}", "kind"),
+                )
+            ],
+        ),
+        _first(auctions.lazy(), _auction_rules()),
+        *_closing(df, report),
+    ]
+    report.violation = min((v for v in found if v), key=lambda v: v.seq, default=None)
+    report.closed = df.filter(_C("kind") == "run_end").height > 0
     _totals(df, auctions, report)
     return report
 
 
-def _first(
-    df: pl.DataFrame, bad: pl.Expr, rule: str, expected: pl.Expr, got: pl.Expr
-) -> list[Violation]:
-    """The first row where `bad` holds, as a violation (an empty list when there is none)."""
-    rows = df.filter(bad.fill_null(True)).sort("seq").head(1)
-    if rows.is_empty():
-        return []
-    r = rows.select(_C("seq"), expected.cast(pl.String).alias("e"), got.cast(pl.String).alias("f"))
-    return [Violation(int(r["seq"][0]), rule, str(r["e"][0]), str(r["f"][0]))]
-
-
-def _sequence(df: pl.DataFrame) -> list[Violation]:
-    d = df.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_at"))
-    out = _first(d, _C("seq") != _C("_at"), "sequence", _C("_at"), _C("seq"))
-    starts = (_C("tx") == _C("seq")) | (_C("tx") == _C("tx").shift(1))
-    return out + _first(d, ~starts, "sequence", pl.lit("a contiguous transaction"), _C("tx"))
-
-
-def _balance(df: pl.DataFrame) -> list[Violation]:
-    opens = df.filter(_C("kind") == "open").group_by("account").agg(_C("seq").min().alias("o"))
-    t = (
-        df.filter(_C("kind").is_in(list(TRANSFER_KINDS)))
-        .join(opens.rename({"account": "src", "o": "o_src"}), on="src", how="left")
-        .join(opens.rename({"account": "dst", "o": "o_dst"}), on="dst", how="left")
+def _first(frame: pl.LazyFrame, rules: list[Rule]) -> Violation | None:
+    """The first row, by seq, that breaks any of `rules`."""
+    firsts = frame.select(
+        [_C("seq").filter(r.bad.fill_null(True)).min().alias(str(i)) for i, r in enumerate(rules)]
+    ).collect()
+    hits = [(s, i) for i, s in enumerate(firsts.row(0)) if s is not None]
+    if not hits:
+        return None
+    seq, i = min(hits)
+    rule = rules[i]
+    row = frame.filter(_C("seq") == seq).select(
+        rule.expected.cast(pl.String).alias("e"), rule.found.cast(pl.String).alias("f")
     )
-    whole = _C("amount").is_not_null() & (_C("amount") >= 0)
-    self_transfer = (_C("src") == _C("dst")) & (_C("kind") != "pay")
-    opened = (_C("o_src") < _C("seq")) & (_C("o_dst") < _C("seq"))
+    e, f = row.collect().row(0)
+    return Violation(seq, rule.name, str(e), str(f))
+
+
+def _sequence_rules() -> list[Rule]:
+    starts = (_C("tx") == _C("seq")) | (_C("tx") == _C("tx").shift(1))
     return [
-        *_first(
-            t,
-            ~whole | self_transfer,
-            "balance",
-            pl.lit("a whole transfer"),
-            pl.format("{} {} -> {} of {}", "kind", "src", "dst", "amount"),
-        ),
-        *_first(
-            t,
-            ~opened,
-            "balance",
-            pl.lit("accounts opened before use"),
-            pl.format("{} -> {}", "src", "dst"),
-        ),
+        Rule("sequence", _C("seq") != _C("_at"), _C("_at"), _C("seq")),
+        Rule("sequence", ~starts, pl.lit("a contiguous transaction"), _C("tx")),
     ]
 
 
-def _auctions(df: pl.DataFrame) -> pl.DataFrame:
+def _transfers(events: pl.LazyFrame) -> pl.LazyFrame:
+    opens = events.filter(_C("kind") == "open").group_by("account").agg(_C("seq").min().alias("o"))
+    return (
+        events.filter(_C("kind").is_in(_MONEY))
+        .join(opens.rename({"account": "src", "o": "o_src"}), on="src", how="left")
+        .join(opens.rename({"account": "dst", "o": "o_dst"}), on="dst", how="left")
+    )
+
+
+def _balance_rules() -> list[Rule]:
+    whole = _C("amount").is_not_null() & (_C("amount") >= 0)
+    self_transfer = (_C("src") == _C("dst")) & (_C("kind") != "pay")
+    opened = (_C("o_src") < _C("seq")) & (_C("o_dst") < _C("seq"))
+    move = pl.format("{} {} -> {} of {}", "kind", "src", "dst", "amount")
+    return [
+        Rule("balance", ~whole | self_transfer, pl.lit("a whole transfer"), move),
+        Rule("balance", ~opened, pl.lit("accounts opened before use"), move),
+    ]
+
+
+def _single_rows(events: pl.LazyFrame) -> pl.LazyFrame:
+    """The second and later allocate/pay/mint/reward events of any one transaction."""
+    once = events.filter(_C("kind").is_in(["allocate", "pay", "mint", "reward"]))
+    return once.filter(pl.struct("tx", "kind").is_first_distinct().not_())
+
+
+def _auctions(events: pl.LazyFrame) -> pl.LazyFrame:
     """One row per auction transaction: its bids' summary and what was recorded."""
     kind, amount = _C("kind"), _C("amount")
     bids = (
-        df.filter(kind == "bid")
-        .group_by("tx", maintain_order=True)
+        events.filter(kind == "bid")
+        .group_by("tx")
         .agg(
             _C("seq").first(),
             _C("episode").first(),
             _C("step").first(),
-            pl.len().alias("n"),
             amount.max().alias("b1"),
-            amount.top_k(2).min().alias("b2"),
-            _C("account").filter(amount == amount.max()).first().alias("argmax"),
+            amount.sort(descending=True).get(1, null_on_oob=True).fill_null(0).alias("b2"),
+            _C("account").get(amount.arg_max()).alias("argmax"),
         )
     )
-    bids = bids.with_columns(pl.when(_C("n") > 1).then(_C("b2")).otherwise(0).alias("b2"))
 
-    def one(k: str, **cols: pl.Expr) -> pl.DataFrame:
-        return df.filter(kind == k).group_by("tx").agg(pl.len().alias(f"{k}_n"), **cols)
+    def one(k: str, **cols: str) -> pl.LazyFrame:
+        return events.filter(kind == k).select("tx", **{n: _C(c) for n, c in cols.items()})
 
     a = (
-        bids.join(one("allocate", winner=_C("account").first(), won=amount.first()), "tx", "left")
-        .join(
-            one("pay", paid=amount.first(), payer=_C("src").first(), payee=_C("dst").first()),
-            "tx",
-            "left",
-        )
-        .join(
-            one("mint", minted=amount.sum(), minter=_C("src").first(), mintee=_C("dst").first()),
-            "tx",
-            "left",
-        )
-        .join(
-            one(
-                "reward", r_src=_C("src").first(), r_dst=_C("dst").first(), r_amount=amount.first()
-            ),
-            "tx",
-            "left",
-        )
-        .join(df.filter(kind == "episode_start").select("episode", "mechanism"), "episode", "left")
+        bids.join(one("allocate", winner="account", won="amount"), "tx", "left")
+        .join(one("pay", paid="amount", payer="src", payee="dst"), "tx", "left")
+        .join(one("mint", minted="amount", minter="src", mintee="dst"), "tx", "left")
+        .join(one("reward", r_src="src", r_dst="dst", r_amount="amount"), "tx", "left")
+        .join(one("episode_start", episode="episode", mechanism="mechanism"), "episode", "left")
+        .drop("tx_right")
         .sort("seq")
     )
-    prev = pl.struct("winner", "step").shift(1).over("episode")
     return a.with_columns(
-        prev.struct.field("winner").alias("prev_winner"),
-        prev.struct.field("step").alias("prev_step"),
-        _C("minted").fill_null(0),
-        *(_C(f"{k}_n").fill_null(0) for k in ("allocate", "pay", "mint", "reward")),
+        _C("winner").shift(1).over("episode").alias("prev_winner"),
+        _C("step").shift(1).over("episode").alias("prev_step"),
     )
 
 
-def _auction_rules(df: pl.DataFrame, a: pl.DataFrame) -> list[Violation]:
-    mech, step = _C("mechanism"), _C("step")
+def _auction_rules() -> list[Rule]:
+    mech, step, fmt = _C("mechanism"), _C("step"), pl.format
     price = (
         pl.when(mech.is_in(["ccv", "v"]))
         .then(_C("b2"))
@@ -199,71 +244,59 @@ def _auction_rules(df: pl.DataFrame, a: pl.DataFrame) -> list[Violation]:
     )
     mint = pl.when((mech == "v") & (step > 0)).then(_C("b1") - _C("b2")).otherwise(0)
     seller = pl.when(step == 0).then(pl.lit(ENVIRONMENT)).otherwise(_C("prev_winner"))
-    contiguous = (
+    in_order = (
         pl.when(step == 0).then(_C("prev_step").is_null()).otherwise(_C("prev_step") == step - 1)
     )
-    reward_ok = (_C("reward_n") == 1) & (
-        ((_C("r_src") == ENVIRONMENT) & (_C("r_dst") == _C("winner")))
-        | ((_C("r_dst") == ENVIRONMENT) & (_C("r_src") == _C("winner")))
+    paid = _C("paid").is_not_null()
+    pay_ok = pl.when(price.is_null()).then(~paid).otherwise(paid & (_C("paid") == price))
+    minted = _C("minted").is_not_null()
+    mint_ok = (
+        pl.when(minted)
+        .then((_C("minted") == mint) & (_C("minter") == AUCTIONEER) & (_C("mintee") == seller))
+        .otherwise(mint == 0)
     )
-    fmt = pl.format
-    money = df.filter(_C("kind").is_in(list(TRANSFER_KINDS))).join(a.select("tx"), "tx", "anti")
-    pay_ok = (
-        pl.when(price.is_null())
-        .then(_C("pay_n") == 0)
-        .otherwise((_C("pay_n") == 1) & (_C("paid") == price))
-    )
-    mint_ok = (_C("minted") == mint) & (
-        (_C("mint_n") == 0)
-        | ((_C("mint_n") == 1) & (_C("minter") == AUCTIONEER) & (_C("mintee") == seller))
+    reward_ok = ((_C("r_src") == ENVIRONMENT) & (_C("r_dst") == _C("winner"))) | (
+        (_C("r_dst") == ENVIRONMENT) & (_C("r_src") == _C("winner"))
     )
     return [
-        *_first(
-            money,
-            pl.lit(True),
-            "auction-only",
-            pl.lit("money moving in an auction"),
-            fmt("{} outside any auction", "kind"),
-        ),
-        *_first(
-            a,
-            mech.is_null() | ~contiguous,
+        Rule(
             "sequence",
+            mech.is_null() | ~in_order,
             pl.lit("an opened episode, step by step"),
             fmt("episode {} step {}", "episode", "step"),
         ),
-        *_first(
-            a,
-            (_C("allocate_n") != 1) | (_C("winner") != _C("argmax")) | (_C("won") != _C("b1")),
+        Rule(
             "allocation",
+            (_C("winner") != _C("argmax")) | (_C("won") != _C("b1")),
             fmt("{} at {}", "argmax", "b1"),
             fmt("{} at {}", "winner", "won"),
         ),
-        *_first(a, ~pay_ok, "price", fmt("{} under {}", price, mech), _C("paid")),
-        *_first(
-            a, (_C("pay_n") > 0) & (_C("payer") != _C("winner")), "payer", _C("winner"), _C("payer")
+        Rule(
+            "price",
+            ~pay_ok,
+            fmt("{} under {}", price.fill_null(pl.lit("no payment")), mech),
+            _C("paid").fill_null(pl.lit("no payment")),
         ),
-        *_first(a, (_C("pay_n") > 0) & (_C("payee") != seller), "seller", seller, _C("payee")),
-        *_first(
-            a,
-            ~mint_ok,
+        Rule("payer", paid & (_C("payer") != _C("winner")), _C("winner"), _C("payer")),
+        Rule("seller", paid & (_C("payee") != seller), seller, _C("payee")),
+        Rule(
             "mint",
+            ~mint_ok,
             fmt("{} to {}", mint, seller),
             fmt("{} from {} to {}", "minted", "minter", "mintee"),
         ),
-        *_first(
-            a,
-            ~reward_ok,
+        Rule(
             "reward",
+            ~reward_ok,
             pl.lit("environment <-> winner"),
             fmt("{} -> {}", "r_src", "r_dst"),
         ),
     ]
 
 
-def _closing(df: pl.DataFrame, report: AuditReport) -> list[Violation]:
+def _closing(df: pl.DataFrame, report: AuditReport) -> list[Violation | None]:
     statements = df.filter(_C("kind") == "balance")
-    found: list[Violation] = []
+    found: list[Violation | None] = []
     for (tx,), group in statements.group_by("tx", maintain_order=True):
         assert isinstance(tx, int)
         replayed = replay_frame(df.lazy(), upto=tx - 1)
@@ -280,10 +313,10 @@ def _totals(df: pl.DataFrame, a: pl.DataFrame, report: AuditReport) -> None:
     report.episodes = df.filter(_C("kind") == "episode_start").height
     signed = pl.when(_C("r_src") == ENVIRONMENT).then(_C("r_amount")).otherwise(-_C("r_amount"))
     per = (
-        a.group_by("mechanism", maintain_order=True)
+        a.group_by("mechanism")
         .agg(
-            pl.len().alias("auctions"),
             _C("episode").n_unique().alias("episodes"),
+            pl.len().alias("auctions"),
             signed.sum().alias("rewards_in"),
             _C("paid").sum().alias("paid"),
             _C("minted").sum().alias("minted"),

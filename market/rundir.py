@@ -42,3 +42,15 @@ def open_run_ledger(run: Path) -> DiskLedger:
 def write_json(path: Path, data: dict[str, object]) -> None:
     """Write `data` as indented JSON."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def recorded_head(run: Path) -> str | None:
+    """The ledger head `summary.json` recorded when the run finished (None if absent)."""
+    path = run / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        head = json.loads(path.read_text(encoding="utf-8")).get("head")
+    except (ValueError, AttributeError):
+        raise CorruptLedger(f"{path}: not a run summary") from None
+    return head if isinstance(head, str) else None

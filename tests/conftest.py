@@ -1,0 +1,147 @@
+"""Shared fixtures and small builders of hand-made transactions for the ledger tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.disk import DiskLedger
+from ledger.events import (
+    ENVIRONMENT,
+    Allocate,
+    Balance,
+    Bid,
+    EpisodeEnd,
+    EpisodeStart,
+    EventBase,
+    Mint,
+    Open,
+    Pay,
+    Reward,
+    RunEnd,
+    RunStart,
+    Transfer,
+    Transform,
+)
+from ledger.store import Ledger, MemoryLedger
+
+RUN = "test-run"
+ALICE, BOB = "alice", "bob"
+ACCOUNTS: tuple[str, ...] = (ENVIRONMENT, "auctioneer", ALICE, BOB)
+SMALL_BATCH = 4
+"""Events per disk batch in tests: small, so that a short history spans several segments."""
+
+Tx = list[EventBase]
+Move = tuple[type[Transfer], str, str, int]
+"""(kind, src, dst, amount) of one transfer."""
+
+
+def head(seq: int, tx: int, step: int = 0) -> dict[str, Any]:
+    """The fields every event carries; step -1 marks a run's opening or closing (episode -1)."""
+    episode = -1 if step == -1 else 0
+    return {"seq": seq, "tx": tx, "run": RUN, "episode": episode, "step": step, "time": seq / 4}
+
+
+def opening(first: int = 0, accounts: Sequence[str] = ACCOUNTS) -> Tx:
+    """A run's opening transaction: RunStart, then one Open per account."""
+    h = head(first, first, step=-1)
+    return [
+        RunStart(**h, seed=7, config='{"task": "chain"}'),
+        *(Open(**{**h, "seq": first + 1 + i}, account=a) for i, a in enumerate(accounts)),
+    ]
+
+
+def moves(first: int, *transfers: Move) -> Tx:
+    """A transaction of transfers only, its events numbered from `first`."""
+    return [
+        kind(**head(first + i, first), src=src, dst=dst, amount=amount)
+        for i, (kind, src, dst, amount) in enumerate(transfers)
+    ]
+
+
+def auction(first: int, step: int, winner: str, seller: str, reward: int) -> Tx:
+    """One Vickrey auction step: two bids, allocation, pay, mint after the first sale, reward."""
+    loser, price = (BOB if winner == ALICE else ALICE), 5 + step
+    h = iter(head(first + i, first, step) for i in range(7))
+    tx: Tx = [
+        Bid(**next(h), account=winner, primitive=0, state=step, amount=price + 3),
+        Bid(**next(h), account=loser, primitive=1, state=step, amount=price),
+        Allocate(**next(h), account=winner, primitive=0, state=step, amount=price + 3),
+        Pay(**next(h), src=winner, dst=seller, amount=price),
+    ]
+    if step > 0:
+        tx.append(Mint(**next(h), src="auctioneer", dst=seller, amount=3))
+    tx.append(Transform(**next(h), account=winner, primitive=0, state=step,
+                        next_state=step + 1, duration=1.0, done=step == 2))  # fmt: skip
+    src, dst = (ENVIRONMENT, winner) if reward >= 0 else (winner, ENVIRONMENT)
+    tx.append(Reward(**next(h), src=src, dst=dst, amount=abs(reward)))
+    return tx
+
+
+def history() -> list[Tx]:
+    """A small audit-clean run: opening, one Vickrey episode of three auctions, closing."""
+    txs = [opening(0)]
+    txs.append([EpisodeStart(**head(next_seq(txs), next_seq(txs)), task="chain",
+                             mechanism="v", cloned=True, gamma=0.5, state=0)])  # fmt: skip
+    seller = ENVIRONMENT
+    for step, (winner, reward) in enumerate(((ALICE, 10), (BOB, -4), (ALICE, 30))):
+        txs.append(auction(next_seq(txs), step, winner, seller, reward))
+        seller = winner
+    txs.append([EpisodeEnd(**head(next_seq(txs), next_seq(txs), 2), steps=3, episode_return=36)])
+    h = head(next_seq(txs), next_seq(txs), step=-1)
+    balances = fold(txs)
+    txs.append([
+        RunEnd(**h, episodes=1),
+        *(Balance(**{**h, "seq": h["seq"] + 1 + i}, account=a, amount=balances.get(a, 0))
+          for i, a in enumerate(ACCOUNTS)),
+    ])  # fmt: skip
+    return txs
+
+
+def fold(txs: Sequence[Tx]) -> dict[str, int]:
+    """Balances by hand: every transfer moves its amount from `src` to `dst`."""
+    out: dict[str, int] = {}
+    for e in (e for tx in txs for e in tx if isinstance(e, Transfer)):
+        out[e.src] = out.get(e.src, 0) - e.amount
+        out[e.dst] = out.get(e.dst, 0) + e.amount
+    return out
+
+
+def next_seq(txs: Sequence[Tx]) -> int:
+    """The sequence number that follows `txs`."""
+    return sum(len(tx) for tx in txs)
+
+
+def append_all(ledger: Ledger, txs: Sequence[Tx]) -> None:
+    """Append every transaction of `txs`, then commit them."""
+    for tx in txs:
+        ledger.append(tx)
+    ledger.flush()
+
+
+def committed(ledger: Ledger) -> list[EventBase]:
+    """Everything the ledger has committed, after committing what is staged."""
+    ledger.flush()
+    return list(ledger.events())
+
+
+@pytest.fixture(params=["memory", "disk"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """An empty ledger of every backend (disk with small batches)."""
+    ledger: Ledger
+    if request.param == "memory":
+        ledger = MemoryLedger()
+    else:
+        ledger = DiskLedger(tmp_path / "ledger", batch_events=SMALL_BATCH)
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture
+def opened(backend: Ledger) -> Ledger:
+    """A ledger of every backend holding only the opening transaction."""
+    append_all(backend, [opening(0)])
+    return backend
