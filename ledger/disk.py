@@ -145,6 +145,11 @@ class DiskLedger(Ledger):
     def _set_aside_torn(self) -> None:
         torn_dir = self.path / "torn"
         torn_dir.mkdir(exist_ok=True)
+        raw = (self.path / MANIFEST).read_bytes()
+        tail = raw[raw.rfind(b"\n") + 1 :]
+        if tail:
+            with open(torn_dir / f"{MANIFEST}.tail", "ab") as f:
+                f.write(tail + b"\n")
         committed = {link.segment for link in self.links}
         for p in self.path.iterdir():
             if p.is_file() and p.name.startswith("seg-") and p.name not in committed:

@@ -13,6 +13,10 @@ class UnbalancedTransaction(LedgerError):
     """A transaction moves money that is not an exact non-negative integer transfer."""
 
 
+class InvalidEvent(LedgerError):
+    """An event breaks its own model's rules (a wrong type, a negative bid, ...)."""
+
+
 class UnknownAccount(LedgerError):
     """Money moves to or from an account that has not been opened."""
 

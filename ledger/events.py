@@ -13,6 +13,11 @@ from typing import Annotated, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, TypeAdapter
 
+Units = Annotated[int, Field(strict=True, ge=0)]
+"""A non-negative amount of money units: an int, never coerced from a float or a string."""
+SignedUnits = Annotated[int, Field(strict=True)]
+"""A balance in units, which may be negative."""
+
 ENVIRONMENT = "environment"
 """The account that pays rewards and sells the first state of every episode."""
 AUCTIONEER = "auctioneer"
@@ -47,7 +52,7 @@ class Transfer(EventBase):
 
     src: str
     dst: str
-    amount: NonNegativeInt
+    amount: Units
 
 
 class RunStart(EventBase):
@@ -83,7 +88,7 @@ class Bid(EventBase):
     account: str
     primitive: int
     state: int
-    amount: NonNegativeInt
+    amount: Units
 
 
 class Allocate(EventBase):
@@ -93,7 +98,7 @@ class Allocate(EventBase):
     account: str
     primitive: int
     state: int
-    amount: NonNegativeInt
+    amount: Units
 
 
 class Pay(Transfer):
@@ -146,7 +151,7 @@ class Balance(EventBase):
 
     kind: Literal["balance"] = "balance"
     account: str
-    amount: int
+    amount: SignedUnits
 
 
 class RunEnd(EventBase):
@@ -192,9 +197,9 @@ EVENT_TYPES: tuple[type[EventBase], ...] = (
 
 
 def accounts_of(event: EventBase) -> tuple[str, ...]:
-    """The accounts an event is addressed to (a bidder, a payer, a payee)."""
+    """The accounts an event is addressed to (a bidder, a payer, a payee), each once."""
     d = event.__dict__
-    return tuple(d[k] for k in ("account", "src", "dst") if d.get(k) is not None)
+    return tuple(dict.fromkeys(d[k] for k in ("account", "src", "dst") if d.get(k) is not None))
 
 
 FIELDS: dict[type[EventBase], tuple[str, ...]] = {

@@ -43,7 +43,8 @@ def replay_frame(frame: pl.LazyFrame, upto: int | None = None) -> Balances:
     """Balances after every event with seq <= `upto` (all events when None)."""
     if upto is not None:
         frame = frame.filter(pl.col("seq") <= upto)
-    sums = postings(frame).group_by("account").agg(pl.col("delta").sum()).collect()
+    # Int128: each amount fits int64, but an account's total over a long run may not.
+    sums = postings(frame).group_by("account").agg(pl.col("delta").cast(pl.Int128).sum()).collect()
     return {a: int(d) for a, d in zip(sums["account"], sums["delta"], strict=True)}
 
 

@@ -14,11 +14,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
-from ledger.errors import SequenceError, UnbalancedTransaction, UnknownAccount
+from pydantic import ValidationError
+
+from ledger.errors import InvalidEvent, SequenceError, UnbalancedTransaction, UnknownAccount
 from ledger.events import FIELDS, Event, EventBase, Open, Pay, Transfer
 
 Record = tuple[type[EventBase], tuple[Any, ...]]
 TRANSFER_TYPES: frozenset[type[EventBase]] = frozenset(c for c in FIELDS if issubclass(c, Transfer))
+MAX_AMOUNT = 2**63 - 1
+"""The largest amount one event can carry (the stores keep amounts as int64)."""
 _SRC, _DST, _AMOUNT, _ACCOUNT = 6, 7, 8, 6  # positions after the six common fields
 assert all(FIELDS[c][_SRC : _AMOUNT + 1] == ("src", "dst", "amount") for c in TRANSFER_TYPES)
 assert FIELDS[Open][_ACCOUNT] == "account"
@@ -35,8 +39,12 @@ class Transaction:
 
     @classmethod
     def of(cls, events: Iterable[EventBase]) -> Transaction:
-        """A transaction of ready-made (already validated) events."""
-        records = [(type(e), itemgetter(*FIELDS[type(e)])(e.__dict__)) for e in events]
+        """A transaction of ready-made events, each re-validated against its model.
+
+        (Events made with `model_construct` skip Pydantic's checks; here they cannot.)
+        """
+        checked = [_validated(e) for e in events]
+        records = [(type(e), itemgetter(*FIELDS[type(e)])(e.__dict__)) for e in checked]
         return cls(records)
 
     def events(self) -> list[Event]:
@@ -61,6 +69,16 @@ class Transaction:
                 yield v[_SRC], v[_DST], v[_AMOUNT]
 
 
+def _validated(e: EventBase) -> EventBase:
+    try:
+        return type(e).model_validate(e.__dict__)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        seq = e.__dict__.get("seq")
+        raise InvalidEvent(f"event {seq}: {type(e).__name__}.{where}: {first['msg']}") from None
+
+
 def as_transaction(tx: Transaction | Sequence[EventBase]) -> Transaction:
     """`tx` as a Transaction."""
     return tx if isinstance(tx, Transaction) else Transaction.of(tx)
@@ -72,12 +90,14 @@ def check(tx: Transaction, next_seq: int, accounts: frozenset[str]) -> frozenset
     if not records:
         raise SequenceError("empty transaction")
     _check_sequence(records, next_seq)
-    opened = frozenset(v[_ACCOUNT] for m, v in records if m is Open)
-    known = accounts | opened
+    known, opened = set(accounts), set()
     for model, v in records:
-        if model in TRANSFER_TYPES:
+        if model is Open:
+            known.add(v[_ACCOUNT])
+            opened.add(v[_ACCOUNT])
+        elif model in TRANSFER_TYPES:
             _check_transfer(model, v, known)
-    return opened
+    return frozenset(opened)
 
 
 def _check_sequence(records: list[Record], next_seq: int) -> None:
@@ -91,12 +111,12 @@ def _check_sequence(records: list[Record], next_seq: int) -> None:
             raise SequenceError(f"event {v[0]} names transaction {v[1]}, expected {first}")
 
 
-def _check_transfer(model: type[EventBase], v: tuple[Any, ...], known: frozenset[str]) -> None:
+def _check_transfer(model: type[EventBase], v: tuple[Any, ...], known: set[str]) -> None:
     amount = v[_AMOUNT]
-    if type(amount) is not int or amount < 0:
+    if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:
         raise UnbalancedTransaction(
-            f"event {v[0]}: {model.__name__} amount {amount!r} is not a whole, "
-            "non-negative number of units"
+            f"event {v[0]}: {model.__name__} amount {amount!r} is not a whole number of units "
+            f"in [0, {MAX_AMOUNT}]"
         )
     for account in (v[_SRC], v[_DST]):
         if account not in known:

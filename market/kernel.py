@@ -60,10 +60,11 @@ class Kernel:
         gamma: float,
         first_seq: int,
         first_episode: int = 0,
+        start_time: float = 0.0,
     ) -> None:
         self.bus, self.run, self.task, self.society = bus, run, task, society
         self.mechanism, self.policy, self.gamma = mechanism, policy, gamma
-        self.env = simpy.Environment()
+        self.env = simpy.Environment(initial_time=start_time)
         self.seq = first_seq
         self.next_episode = first_episode
         self._accounts = society.accounts

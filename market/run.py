@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.events import AUCTIONEER, ENVIRONMENT, Balance, Header, Open, RunEnd, RunStart
-from ledger.replay import Balances, LiveBalances
+from ledger.replay import Balances, LiveBalances, replay
 from ledger.store import Ledger
 from market.bus import Bus
 from market.kernel import EpisodeResult, Kernel
@@ -62,12 +63,21 @@ def simulate(
     ledger: Ledger,
     policy: Policy,
     on_episode: Callable[[EpisodeResult], None] | None = None,
+    bus: Bus | None = None,
 ) -> RunSummary:
-    """Run `config` with `policy` into `ledger` (opened, run, closed and flushed)."""
+    """Run `config` with `policy` into `ledger` (opened, run, closed and flushed).
+
+    Pass a `bus` over the same ledger to have subscribers (learners, monitors) see every
+    committed transaction.
+    """
     task = make_task(config.task)
     society = Society.of(task, config.cloned)
-    bus = Bus(ledger)
+    bus = bus if bus is not None else Bus(ledger)
+    if bus.ledger is not ledger:
+        raise ValueError("the bus must publish into the run's ledger")
     live = LiveBalances()
+    resume = _Continuation.of(ledger)
+    live.balances.update(resume.balances)
     bus.subscribe_all(live.apply)
     returns: list[int] = []
 
@@ -78,11 +88,12 @@ def simulate(
 
     start, first_seq = time.perf_counter(), ledger.next_seq
     accounts = (ENVIRONMENT, AUCTIONEER, *society.accounts)
-    head = Header(tx=first_seq, run=config.run_id, episode=-1, step=-1, time=0.0)
+    new = [a for a in accounts if a not in ledger.accounts]
+    head = Header(tx=first_seq, run=config.run_id, episode=-1, step=-1, time=resume.time)
     bus.publish(
         [
             RunStart(seq=first_seq, **head, seed=config.seed, config=config.model_dump_json()),
-            *(Open(seq=first_seq + 1 + i, **head, account=a) for i, a in enumerate(accounts)),
+            *(Open(seq=first_seq + 1 + i, **head, account=a) for i, a in enumerate(new)),
         ]
     )
     kernel = Kernel(
@@ -94,6 +105,8 @@ def simulate(
         policy=policy,
         gamma=config.gamma,
         first_seq=ledger.next_seq,
+        first_episode=resume.next_episode,
+        start_time=resume.time,
     )
     kernel.run_episodes(config.episodes, config.concurrency, record)
     seq = kernel.seq
@@ -103,7 +116,7 @@ def simulate(
             RunEnd(seq=seq, **head, episodes=len(returns)),
             *(
                 Balance(seq=seq + 1 + i, **head, account=a, amount=live.balances.get(a, 0))
-                for i, a in enumerate(accounts)
+                for i, a in enumerate(sorted(ledger.accounts))
             ),
         ]
     )
@@ -115,3 +128,20 @@ def simulate(
         mean_return=sum(returns) // max(len(returns), 1),
         balances={a: live.balances.get(a, 0) for a in accounts},
     )
+
+
+@dataclass(frozen=True)
+class _Continuation:
+    """Where a run appended to a non-empty ledger picks up: balances, episode number, time."""
+
+    balances: Balances
+    next_episode: int
+    time: float
+
+    @classmethod
+    def of(cls, ledger: Ledger) -> _Continuation:
+        if ledger.next_seq == 0:
+            return cls({}, 0, 0.0)
+        frame = ledger.scan()
+        last = frame.select(pl.col("episode").max(), pl.col("time").max()).collect().row(0)
+        return cls(replay(ledger), max(last[0], -1) + 1, float(last[1]))

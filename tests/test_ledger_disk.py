@@ -199,12 +199,6 @@ def test_half_written_line_is_dropped_by_next_commit(tmp_path: Path) -> None:
     again.check_chain()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DiskLedger._set_aside_torn rewrites chain.jsonl from the committed links and "
-    "discards the half-written line; unlike a stray segment it is not kept under torn/, "
-    "although the module docstring says every torn piece is set aside there",
-)
 def test_half_written_line_is_set_aside_under_torn(tmp_path: Path) -> None:
     """The bytes of a half-written manifest line are kept under `torn/`, not discarded."""
     path = _filled(tmp_path)
@@ -307,6 +301,24 @@ def test_audit_reports_edited_event_as_chain_violation(tmp_path: Path) -> None:
     assert report.violation.rule == "chain"
 
 
+def test_append_to_edited_ledger_is_refused(tmp_path: Path) -> None:
+    """A reopened ledger checks its chain before it takes a new transaction."""
+    path = _filled(tmp_path)
+    _edit_amount(path)
+    with pytest.raises(CorruptLedger):
+        DiskLedger(path).append(_more(EVENTS))
+
+
+def test_audit_detects_batches_cut_from_the_end(tmp_path: Path) -> None:
+    """Against the head recorded at the end of a run, a chain cut short is a `chain` violation."""
+    path = _filled(tmp_path)
+    recorded = DiskLedger(path).head
+    name, _ = _uncommit_last(path)
+    (path / name).unlink()
+    report = audit(DiskLedger(path), expected_head=recorded)
+    assert report.violation is not None and report.violation.rule == "chain"
+
+
 def _truncate(path: Path) -> None:
     segment = _segments(path)[1]
     data = segment.read_bytes()
@@ -348,7 +360,7 @@ def test_manifest_line_that_is_not_a_record_is_corrupt(tmp_path: Path) -> None:
     """A committed manifest line that is not a chain record makes open raise CorruptLedger."""
     path = _filled(tmp_path)
     text = (path / MANIFEST).read_text().splitlines(keepends=True)
-    text[1] = "not json\n"
+    text[-1] = "not json\n"
     (path / MANIFEST).write_text("".join(text))
     with pytest.raises(CorruptLedger):
         DiskLedger(path)

@@ -1,0 +1,140 @@
+"""The kernel, the bus and runs: record layout, subscribers, concurrency, time, continuation."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from agents.fixed import RandomBidder, make_bidder
+from ledger.errors import UnknownAccount
+from ledger.events import ENVIRONMENT, EventBase, Pay, Transform, accounts_of
+from ledger.replay import replay
+from ledger.store import MemoryLedger
+from ledger.transaction import Transaction
+from market.audit import audit
+from market.bus import Bus
+from market.kernel import Kernel
+from market.mechanisms import Mechanism
+from market.run import RunConfig, simulate
+from market.society import Society
+from market.tasks import make_task
+
+
+def run(config: RunConfig, ledger: MemoryLedger | None = None) -> MemoryLedger:
+    """Simulate `config` with its fixed bidder into a (new) memory ledger."""
+    ledger = ledger if ledger is not None else MemoryLedger()
+    task = make_task(config.task)
+    policy = make_bidder(
+        config.bidder, task, Society.of(task, config.cloned), config.gamma,
+        np.random.default_rng(config.seed),
+    )  # fmt: skip
+    simulate(config, ledger, policy)
+    return ledger
+
+
+def random_policy(seed: int = 0) -> RandomBidder:
+    """Uniform bidders for a cloned Chain society."""
+    return RandomBidder(len(Society.of(make_task("chain")).accounts), np.random.default_rng(seed))
+
+
+def test_every_kernel_record_validates_as_its_typed_event() -> None:
+    """The kernel's compact records follow their models' field order: each one validates."""
+    ledger = MemoryLedger()
+    bus = Bus(ledger)
+    validated: list[EventBase] = []
+    bus.subscribe_all(lambda tx: validated.extend(tx.events()))
+    simulate(
+        RunConfig(mechanism="v", bidder="random", episodes=5), ledger, random_policy(), bus=bus
+    )
+    assert validated == list(ledger.events())
+    kinds = {type(e).__name__ for e in validated}
+    assert {"Bid", "Allocate", "Pay", "Mint", "Transform", "Reward", "EpisodeEnd"} <= kinds
+
+
+def test_a_rejected_transaction_reaches_no_subscriber() -> None:
+    """The bus delivers only what the ledger took: a refused auction step is seen by nobody."""
+    ledger = MemoryLedger()
+    bus = Bus(ledger)
+    seen: list[Transaction] = []
+    bus.subscribe_all(seen.append)
+    task = make_task("chain")
+    kernel = Kernel(
+        bus=bus, run="r", task=task, society=Society.of(task), mechanism=Mechanism.CCV,
+        policy=random_policy(), gamma=0.99, first_seq=0,
+    )  # fmt: skip
+    with pytest.raises(UnknownAccount):  # no account was ever opened
+        kernel.run_episodes(1)
+    assert seen == [] and ledger.next_seq == 0
+
+
+def test_subscriber_gets_exactly_the_events_addressed_to_its_account() -> None:
+    """`Bus.subscribe(account)` delivers every event naming the account and nothing else."""
+    ledger = MemoryLedger()
+    bus = Bus(ledger)
+    got: list[EventBase] = []
+    bus.subscribe("R.1", got.append)
+    simulate(RunConfig(bidder="random", episodes=4), ledger, random_policy(), bus=bus)
+    expected = [e for e in ledger.events() if "R.1" in accounts_of(e)]
+    assert got == expected and len(got) > 0
+
+
+def test_concurrent_episodes_interleave_and_still_audit_clean() -> None:
+    """Many episodes in one SimPy environment interleave their events; the books still hold."""
+    config = RunConfig(task="chain", mechanism="v", bidder="random", episodes=40, concurrency=8)
+    ledger = run(config)
+    frame = ledger.scan().collect()
+    auctions = frame.filter(kind="allocate")["episode"].to_list()
+    assert auctions != sorted(auctions)  # episodes really ran at the same time
+    report = audit(ledger)
+    assert report.ok, report.violation
+    assert report.episodes == 40
+
+
+def test_simpy_time_advances_by_the_transformation_duration() -> None:
+    """Consecutive auctions of an episode are one duration apart in SimPy time."""
+    ledger = run(RunConfig(task="chain", bidder="random", episodes=3))
+    transforms = [e for e in ledger.events() if isinstance(e, Transform)]
+    for a, b in itertools.pairwise(transforms):
+        if a.episode == b.episode:
+            assert b.time - a.time == a.duration
+
+
+def test_same_seed_same_events_different_seed_different_bids() -> None:
+    """One seed drives every random number: equal seeds give equal ledgers."""
+    a = run(RunConfig(bidder="random", episodes=5, seed=3)).scan().collect()
+    b = run(RunConfig(bidder="random", episodes=5, seed=3)).scan().collect()
+    c = run(RunConfig(bidder="random", episodes=5, seed=4)).scan().collect()
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_runs_appended_to_one_ledger_continue_and_audit_clean() -> None:
+    """A second run on a used ledger continues episodes, time and balances; the audit holds."""
+    ledger = run(RunConfig(mechanism="ccv", bidder="random", episodes=6, seed=0))
+    before = replay(ledger)
+    run(RunConfig(mechanism="v", bidder="random", episodes=6, seed=1), ledger)
+    frame = ledger.scan().collect()
+    starts = frame.filter(kind="episode_start")
+    assert starts["episode"].to_list() == list(range(12))
+    assert starts["time"].is_sorted()
+    report = audit(ledger)
+    assert report.ok, report.violation
+    assert {m["mechanism"] for m in report.per_mechanism} == {"ccv", "v"}
+    assert report.closing_checked == 2 * len(ledger.accounts)
+    assert before != replay(ledger)
+
+
+def test_transaction_of_events_round_trips_records() -> None:
+    """Ready-made events become records and come back as equal typed events."""
+    ledger = run(RunConfig(episodes=2))
+    events = list(ledger.events())
+    assert Transaction.of(events).events() == events
+
+
+def test_first_payment_of_every_episode_goes_to_the_environment() -> None:
+    """The first auction of an episode sells the environment's state."""
+    ledger = run(RunConfig(bidder="random", episodes=10))
+    pays = [e for e in ledger.events() if isinstance(e, Pay) and e.step == 0]
+    assert len(pays) == 10 and all(p.dst == ENVIRONMENT for p in pays)
