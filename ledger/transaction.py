@@ -85,41 +85,46 @@ def as_transaction(tx: Transaction | Sequence[EventBase]) -> Transaction:
 
 
 def check(tx: Transaction, next_seq: int, accounts: frozenset[str]) -> frozenset[str]:
-    """Validate `tx` against the ledger head; return the accounts it opens."""
+    """Validate `tx` against the ledger head; return the accounts it opens.
+
+    One pass over the records checks their numbering and their transfers, in order, so an
+    account opened later in the same transaction is not yet known to an earlier transfer.
+    """
     records = tx.records
     if not records:
         raise SequenceError("empty transaction")
-    _check_sequence(records, next_seq)
-    known, opened = set(accounts), set()
-    for model, v in records:
-        if model is Open:
-            known.add(v[_ACCOUNT])
-            opened.add(v[_ACCOUNT])
-        elif model in TRANSFER_TYPES:
-            _check_transfer(model, v, known)
-    return frozenset(opened)
-
-
-def _check_sequence(records: list[Record], next_seq: int) -> None:
     first = records[0][1][0]
     if first < next_seq:
         raise SequenceError(f"duplicate sequence number {first}: the ledger is at {next_seq}")
-    for i, (_, v) in enumerate(records):
-        if v[0] != next_seq + i:
-            raise SequenceError(f"out-of-order sequence number {v[0]}: expected {next_seq + i}")
+    known: frozenset[str] | set[str] = accounts
+    opened: set[str] = set()
+    seq = next_seq
+    for model, v in records:
+        if v[0] != seq:
+            raise SequenceError(f"out-of-order sequence number {v[0]}: expected {seq}")
         if v[1] != first:
             raise SequenceError(f"event {v[0]} names transaction {v[1]}, expected {first}")
+        seq += 1
+        if model in TRANSFER_TYPES:
+            _check_transfer(model, v, known)
+        elif model is Open:
+            known = {*known, v[_ACCOUNT]}
+            opened.add(v[_ACCOUNT])
+    return frozenset(opened)
 
 
-def _check_transfer(model: type[EventBase], v: tuple[Any, ...], known: set[str]) -> None:
+def _check_transfer(
+    model: type[EventBase], v: tuple[Any, ...], known: frozenset[str] | set[str]
+) -> None:
     amount = v[_AMOUNT]
     if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:
         raise UnbalancedTransaction(
             f"event {v[0]}: {model.__name__} amount {amount!r} is not a whole number of units "
             f"in [0, {MAX_AMOUNT}]"
         )
-    for account in (v[_SRC], v[_DST]):
-        if account not in known:
-            raise UnknownAccount(f"event {v[0]}: account {account!r} was never opened")
-    if v[_SRC] == v[_DST] and model is not Pay:
+    src, dst = v[_SRC], v[_DST]
+    if src not in known or dst not in known:
+        missing = src if src not in known else dst
+        raise UnknownAccount(f"event {v[0]}: account {missing!r} was never opened")
+    if src == dst and model is not Pay:
         raise UnbalancedTransaction(f"event {v[0]}: a {model.__name__} to itself")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import simpy
@@ -23,12 +23,13 @@ from ledger.events import (
     Bid,
     EpisodeEnd,
     EpisodeStart,
+    EventBase,
     Mint,
     Pay,
     Reward,
     Transform,
 )
-from ledger.transaction import Record, Transaction
+from ledger.transaction import Transaction
 from ledger.units import quantise_bids, to_units
 from market.bus import Bus
 from market.mechanisms import Mechanism, Settlement, settle
@@ -68,7 +69,7 @@ class Kernel:
         self.seq = first_seq
         self.next_episode = first_episode
         self._accounts = society.accounts
-        self._primitive_of = society.primitive_of
+        self._prims = society.primitive_of
 
     def run_episodes(
         self,
@@ -98,7 +99,7 @@ class Kernel:
             drawn = self.policy.bids(np.array([state], dtype=np.int64))[0]
             bids = quantise_bids(drawn.tolist())
             s = settle(self.mechanism, bids, first_sale=t == 0)
-            out = task.step(state, self._primitive_of[s.winner])
+            out = task.step(state, self._prims[s.winner])
             reward = to_units(out.reward)
             total += reward
             step = _Step(ep, t, state, bids, seller, s, out, reward)
@@ -113,61 +114,35 @@ class Kernel:
     def _step_events(self, st: _Step, episode_return: int | None) -> Transaction:
         """The events of one auction step, numbered from the kernel's sequence counter.
 
-        Speed: records, not models (see `ledger.transaction`); each tuple follows its model's
-        `FIELDS` order, which `tests/test_kernel.py` checks by validating every record.
+        Speed: records, not models (see `ledger.transaction`): each is the model and its
+        values in `FIELDS` order, the six common fields first; `tests/test_kernel.py`
+        validates every record of real runs against its model.
         """
-        seq, accounts, prims, state = self.seq, self._accounts, self._primitive_of, st.state
-        head = (seq, self.run, st.ep, st.t, self.env.now)  # tx, run, episode, step, time
-        w, winner, out, s = (
-            st.settlement.winner,
-            self._accounts[st.settlement.winner],
-            st.outcome,
-            st.settlement,
-        )
-        rec: list[Record] = []
+        s, out, state, bids, prims = st.settlement, st.outcome, st.state, st.bids, self._prims
+        w, winner = s.winner, self._accounts[s.winner]
+        own: list[tuple[type[EventBase], tuple[Any, ...]]] = []
         if st.t == 0:
-            rec.append(
+            own.append(
                 (
                     EpisodeStart,
-                    (
-                        seq,
-                        *head,
-                        self.task.name,
-                        self.mechanism.value,
-                        self.society.cloned,
-                        self.gamma,
-                        state,
-                    ),
+                    (self.task.name, self.mechanism.value, self.society.cloned, self.gamma, state),
                 )
             )
-        for i, b in enumerate(st.bids):
-            rec.append((Bid, (seq + len(rec), *head, accounts[i], prims[i], state, b)))
-        rec.append((Allocate, (seq + len(rec), *head, winner, prims[w], state, st.bids[w])))
+        bidders = zip(self._accounts, prims, bids, strict=True)
+        own += [(Bid, (a, p, state, b)) for a, p, b in bidders]
+        own.append((Allocate, (winner, prims[w], state, bids[w])))
         if s.price is not None:
-            rec.append((Pay, (seq + len(rec), *head, winner, st.seller, s.price)))
+            own.append((Pay, (winner, st.seller, s.price)))
         if s.mint:
-            rec.append((Mint, (seq + len(rec), *head, AUCTIONEER, st.seller, s.mint)))
-        rec.append(
-            (
-                Transform,
-                (
-                    seq + len(rec),
-                    *head,
-                    winner,
-                    prims[w],
-                    state,
-                    out.next_state,
-                    out.duration,
-                    out.done,
-                ),
-            )
-        )
-        src, dst = (ENVIRONMENT, winner) if st.reward >= 0 else (winner, ENVIRONMENT)
-        rec.append((Reward, (seq + len(rec), *head, src, dst, abs(st.reward))))
+            own.append((Mint, (AUCTIONEER, st.seller, s.mint)))
+        own.append((Transform, (winner, prims[w], state, out.next_state, out.duration, out.done)))
+        paid_to = (ENVIRONMENT, winner) if st.reward >= 0 else (winner, ENVIRONMENT)
+        own.append((Reward, (*paid_to, abs(st.reward))))
         if episode_return is not None:
-            rec.append((EpisodeEnd, (seq + len(rec), *head, st.t + 1, episode_return)))
-        self.seq = seq + len(rec)
-        return Transaction(rec)
+            own.append((EpisodeEnd, (st.t + 1, episode_return)))
+        seq, head = self.seq, (self.seq, self.run, st.ep, st.t, self.env.now)
+        self.seq = seq + len(own)
+        return Transaction([(m, (seq + i, *head, *v)) for i, (m, v) in enumerate(own)])
 
 
 class _Step(NamedTuple):
