@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ledger import chain, schema
 from ledger.errors import CorruptLedger
 from ledger.store import Ledger
-from ledger.transaction import Record
+from ledger.transaction import Transaction
 
 MANIFEST = "chain.jsonl"
 DEFAULT_BATCH_EVENTS = 65_536
@@ -55,7 +55,8 @@ class DiskLedger(Ledger):
         self.path.mkdir(parents=True, exist_ok=True)
         self.batch_events = batch_events
         self.links, self.torn_tail = _read_manifest(self.path)
-        self._staged: list[Record] = []
+        self._staged: list[Transaction] = []
+        self._staged_events = 0
         self._verified = not self.links
         if self.links:
             self.next_seq = self.links[-1].last_seq + 1
@@ -82,9 +83,10 @@ class DiskLedger(Ledger):
         """The link of the last committed batch (the whole ledger's fingerprint)."""
         return self.links[-1].link if self.links else chain.GENESIS
 
-    def _stage(self, records: list[Record]) -> None:
-        self._staged.extend(records)
-        if len(self._staged) >= self.batch_events:
+    def _stage(self, tx: Transaction) -> None:
+        self._staged.append(tx)
+        self._staged_events += len(tx)
+        if self._staged_events >= self.batch_events:
             self.flush()
 
     def flush(self) -> None:
@@ -93,7 +95,8 @@ class DiskLedger(Ledger):
         if self.torn_tail:
             self._set_aside_torn()
         data = _encode(schema.to_table(self._staged))
-        first, last = self._staged[0][1][0], self._staged[-1][1][0]
+        first = self._staged[0].first_seq
+        last = self._staged[-1].first_seq + len(self._staged[-1]) - 1
         name = f"seg-{first:012d}.arrow"
         _write_atomic(self.path / name, data)
         d = chain.digest(data)
@@ -111,6 +114,7 @@ class DiskLedger(Ledger):
             os.fsync(f.fileno())
         self.links.append(entry)
         self._staged.clear()
+        self._staged_events = 0
 
     def scan(self) -> pl.LazyFrame:
         paths = [str(self.path / link.segment) for link in self.links]

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledger.events import EVENT_ADAPTER, FIELDS, KIND, Event
-from ledger.transaction import Record
+from ledger.transaction import HEADER, OWN, Transaction
 
 _MODELS = tuple(FIELDS)
 _CODE = {m: i for i, m in enumerate(_MODELS)}
@@ -51,31 +51,45 @@ SCHEMA = pa.schema(
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
 
-def to_table(records: Sequence[Record]) -> pa.Table:
-    """Event records as an Arrow table in `SCHEMA`, one row per event, in the given order.
+def to_table(txs: Sequence[Transaction]) -> pa.Table:
+    """Transactions as an Arrow table in `SCHEMA`, one row per event, in order.
 
-    Speed: records are grouped by kind with NumPy and transposed at C level (`zip(*rows)`),
-    then put back in order; a row-by-row, column-by-column loop costs several times more.
+    Speed: headers are expanded with NumPy (one per transaction, not per event); events are
+    grouped by kind with NumPy and transposed at C level (`zip(*rows)`), then put back in
+    order. A row-by-row, column-by-column loop costs several times more.
     """
-    if not records:
+    if not txs:
         return SCHEMA.empty_table()
-    models = list(map(itemgetter(0), records))
-    values = list(map(itemgetter(1), records))
+    sizes = np.fromiter(map(len, txs), dtype=np.int64, count=len(txs))
+    owner = pa.array(np.repeat(np.arange(len(txs)), sizes))
+    headers = list(zip(*(t.header for t in txs), strict=True))
+    firsts = np.asarray(headers[0], dtype=np.int64)
+    offsets = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    common = {"seq": pa.array(np.repeat(firsts, sizes) + offsets)} | {
+        name: pa.array(values, type=SCHEMA.field(name).type).take(owner)
+        for name, values in zip(HEADER, headers, strict=True)
+    }
+    body = [e for t in txs for e in t.body]
+    models = list(map(itemgetter(0), body))
+    values = list(map(itemgetter(1), body))
     codes = np.fromiter(map(_CODE.__getitem__, models), dtype=np.int64, count=len(models))
     parts = []
     for code in np.unique(codes):
         model = _MODELS[code]
         at = np.flatnonzero(codes == code)
         rows = itemgetter(*at.tolist())(values) if len(at) > 1 else [values[at[0]]]
+        names = OWN[model]
         cols = {
             n: pa.array(v, type=SCHEMA.field(n).type)
-            for n, v in zip(FIELDS[model], zip(*rows, strict=True), strict=True)
+            for n, v in zip(names, zip(*rows, strict=True), strict=True)
         }
         cols["kind"] = pa.array([KIND[model]] * len(at), type=pa.string())
         cols["_at"] = pa.array(at)
         parts.append(pa.table(cols))
     table = pa.concat_tables(parts, promote_options="default")
     table = table.take(pc.sort_indices(table["_at"])).drop_columns("_at")
+    for name, column in common.items():
+        table = table.append_column(name, column)
     return _conform(table)
 
 

@@ -15,7 +15,7 @@ import polars as pl
 
 from ledger import schema, transaction
 from ledger.events import Event, EventBase
-from ledger.transaction import Record, Transaction, as_transaction
+from ledger.transaction import Transaction, as_transaction
 
 
 class Ledger(abc.ABC):
@@ -34,13 +34,13 @@ class Ledger(abc.ABC):
         """Check `tx` whole and stage it; on any violation raise and stage nothing."""
         tx = as_transaction(tx)
         opened = transaction.check(tx, self.next_seq, self.accounts)
-        self._stage(tx.records)
+        self._stage(tx)
         self.next_seq += len(tx)
         if opened:
             self._accounts = self._accounts | opened
 
     @abc.abstractmethod
-    def _stage(self, records: list[Record]) -> None:
+    def _stage(self, tx: Transaction) -> None:
         """Keep a checked transaction; it is committed by the next `flush`."""
 
     def flush(self) -> None:  # noqa: B027 (a no-op where staging is committing)
@@ -73,12 +73,12 @@ class MemoryLedger(Ledger):
 
     def __init__(self) -> None:
         super().__init__()
-        self._records: list[Record] = []
+        self._txs: list[Transaction] = []
 
-    def _stage(self, records: list[Record]) -> None:
-        self._records.extend(records)
+    def _stage(self, tx: Transaction) -> None:
+        self._txs.append(tx)
 
     def scan(self) -> pl.LazyFrame:
-        frame = pl.from_arrow(schema.to_table(self._records))
+        frame = pl.from_arrow(schema.to_table(self._txs))
         assert isinstance(frame, pl.DataFrame)
         return frame.lazy()

@@ -1,9 +1,14 @@
-"""A transaction (the events of one auction step, or a run's opening or closing) and its rules.
+"""A transaction: the events of one moment of one episode, and the rules it must pass.
 
-A transaction holds its events as compact records, `(model, values)` with the values in
-`FIELDS[model]` order, and makes typed Pydantic events from them on demand (validated).
-Speed: the kernel writes millions of events and most are never read back as objects, so it
-builds records; `Transaction.of` takes ready-made events for everyone else.
+A transaction is one auction step (or a run's opening or closing). Its events share one
+header (the transaction id `tx`, which is the first event's `seq`, the run, the episode, the
+step and the SimPy time) and are numbered `tx, tx + 1, ...`. It is held compactly, as that
+header plus `(model, own values)` per event (the values in `OWN[model]` order), and makes
+typed Pydantic events from them on demand, validated.
+
+Speed: the kernel writes millions of events and few are read back as objects, so it builds
+this compact form directly (tuples cost a fraction of a validated model);
+`Transaction.of` takes ready-made events, re-validated, for everyone else.
 
 A transaction goes into a ledger whole or not at all: `check` raises a typed error first.
 """
@@ -19,22 +24,30 @@ from pydantic import ValidationError
 from ledger.errors import InvalidEvent, SequenceError, UnbalancedTransaction, UnknownAccount
 from ledger.events import FIELDS, Event, EventBase, Open, Pay, Transfer
 
-Record = tuple[type[EventBase], tuple[Any, ...]]
+HEADER = ("tx", "run", "episode", "step", "time")
+"""The fields every event of a transaction shares (with `seq` = tx + its position)."""
+OWN: dict[type[EventBase], tuple[str, ...]] = {m: f[len(HEADER) + 1 :] for m, f in FIELDS.items()}
+"""Each kind's own fields, in the order a compact event lists them."""
+assert all(f[: len(HEADER) + 1] == ("seq", *HEADER) for f in FIELDS.values())
+
+Header = tuple[int, str, int, int, float]
+Body = tuple[type[EventBase], tuple[Any, ...]]
 TRANSFER_TYPES: frozenset[type[EventBase]] = frozenset(c for c in FIELDS if issubclass(c, Transfer))
 MAX_AMOUNT = 2**63 - 1
 """The largest amount one event can carry (the stores keep amounts as int64)."""
-_SRC, _DST, _AMOUNT, _ACCOUNT = 6, 7, 8, 6  # positions after the six common fields
-assert all(FIELDS[c][_SRC : _AMOUNT + 1] == ("src", "dst", "amount") for c in TRANSFER_TYPES)
-assert FIELDS[Open][_ACCOUNT] == "account"
+_SRC, _DST, _AMOUNT, _ACCOUNT = 0, 1, 2, 0
+assert all(OWN[c][:3] == ("src", "dst", "amount") for c in TRANSFER_TYPES)
+assert OWN[Open][_ACCOUNT] == "account"
 
 
 class Transaction:
-    """The events of one atomic step, in sequence order."""
+    """The events of one atomic step: a shared header and each event's own values."""
 
-    __slots__ = ("_events", "records")
+    __slots__ = ("_events", "body", "header")
 
-    def __init__(self, records: list[Record]) -> None:
-        self.records = records
+    def __init__(self, header: Header, body: list[Body]) -> None:
+        self.header = header
+        self.body = body
         self._events: list[Event] | None = None
 
     @classmethod
@@ -44,15 +57,43 @@ class Transaction:
         (Events made with `model_construct` skip Pydantic's checks; here they cannot.)
         """
         checked = [_validated(e) for e in events]
-        records = [(type(e), itemgetter(*FIELDS[type(e)])(e.__dict__)) for e in checked]
-        return cls(records)
+        if not checked:
+            raise SequenceError("empty transaction")
+        first = checked[0].__dict__
+        header: Header = itemgetter(*HEADER)(first)
+        for i, e in enumerate(checked):
+            d = e.__dict__
+            if d["seq"] != first["seq"] + i:
+                raise SequenceError(
+                    f"out-of-order sequence number {d['seq']}: expected {first['seq'] + i}"
+                )
+            if d["tx"] != first["seq"]:
+                raise SequenceError(
+                    f"event {d['seq']} names transaction {d['tx']}, expected {first['seq']}"
+                )
+            if itemgetter(*HEADER)(d) != header:
+                raise InvalidEvent(
+                    f"event {d['seq']}: the events of one transaction share "
+                    "its run, episode, step and time"
+                )
+        return cls(
+            header, [(type(e), tuple(map(e.__dict__.__getitem__, OWN[type(e)]))) for e in checked]
+        )
+
+    @property
+    def first_seq(self) -> int:
+        """The sequence number of the first event (also the transaction's id)."""
+        return self.header[0]
 
     def events(self) -> list[Event]:
         """The typed events, each validated against its model (made once, then kept)."""
         if self._events is None:
+            common = dict(zip(HEADER, self.header, strict=True))
             self._events = [
-                m.model_validate(dict(zip(FIELDS[m], v, strict=True)))  # type: ignore[misc]
-                for m, v in self.records
+                m.model_validate(  # type: ignore[misc]
+                    {"seq": self.header[0] + i, **common, **dict(zip(OWN[m], v, strict=True))}
+                )
+                for i, (m, v) in enumerate(self.body)
             ]
         return self._events
 
@@ -60,11 +101,11 @@ class Transaction:
         return iter(self.events())
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.body)
 
     def transfers(self) -> Iterator[tuple[str, str, int]]:
         """(src, dst, amount) of every money-moving event."""
-        for model, v in self.records:
+        for model, v in self.body:
             if model in TRANSFER_TYPES:
                 yield v[_SRC], v[_DST], v[_AMOUNT]
 
@@ -87,26 +128,21 @@ def as_transaction(tx: Transaction | Sequence[EventBase]) -> Transaction:
 def check(tx: Transaction, next_seq: int, accounts: frozenset[str]) -> frozenset[str]:
     """Validate `tx` against the ledger head; return the accounts it opens.
 
-    One pass over the records checks their numbering and their transfers, in order, so an
-    account opened later in the same transaction is not yet known to an earlier transfer.
+    Transfers are checked in order, so an account opened later in the same transaction is
+    not yet known to an earlier transfer.
     """
-    records = tx.records
-    if not records:
+    if not tx.body:
         raise SequenceError("empty transaction")
-    first = records[0][1][0]
+    first = tx.header[0]
     if first < next_seq:
         raise SequenceError(f"duplicate sequence number {first}: the ledger is at {next_seq}")
+    if first > next_seq:
+        raise SequenceError(f"out-of-order sequence number {first}: expected {next_seq}")
     known: frozenset[str] | set[str] = accounts
     opened: set[str] = set()
-    seq = next_seq
-    for model, v in records:
-        if v[0] != seq:
-            raise SequenceError(f"out-of-order sequence number {v[0]}: expected {seq}")
-        if v[1] != first:
-            raise SequenceError(f"event {v[0]} names transaction {v[1]}, expected {first}")
-        seq += 1
+    for i, (model, v) in enumerate(tx.body):
         if model in TRANSFER_TYPES:
-            _check_transfer(model, v, known)
+            _check_transfer(first + i, model, v, known)
         elif model is Open:
             known = {*known, v[_ACCOUNT]}
             opened.add(v[_ACCOUNT])
@@ -114,17 +150,17 @@ def check(tx: Transaction, next_seq: int, accounts: frozenset[str]) -> frozenset
 
 
 def _check_transfer(
-    model: type[EventBase], v: tuple[Any, ...], known: frozenset[str] | set[str]
+    seq: int, model: type[EventBase], v: tuple[Any, ...], known: frozenset[str] | set[str]
 ) -> None:
     amount = v[_AMOUNT]
     if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:
         raise UnbalancedTransaction(
-            f"event {v[0]}: {model.__name__} amount {amount!r} is not a whole number of units "
+            f"event {seq}: {model.__name__} amount {amount!r} is not a whole number of units "
             f"in [0, {MAX_AMOUNT}]"
         )
     src, dst = v[_SRC], v[_DST]
     if src not in known or dst not in known:
         missing = src if src not in known else dst
-        raise UnknownAccount(f"event {v[0]}: account {missing!r} was never opened")
+        raise UnknownAccount(f"event {seq}: account {missing!r} was never opened")
     if src == dst and model is not Pay:
-        raise UnbalancedTransaction(f"event {v[0]}: a {model.__name__} to itself")
+        raise UnbalancedTransaction(f"event {seq}: a {model.__name__} to itself")

@@ -42,7 +42,7 @@ Move = tuple[type[Transfer], str, str, int]
 def head(seq: int, tx: int, step: int = 0) -> dict[str, Any]:
     """The fields every event carries; step -1 marks a run's opening or closing (episode -1)."""
     episode = -1 if step == -1 else 0
-    return {"seq": seq, "tx": tx, "run": RUN, "episode": episode, "step": step, "time": seq / 4}
+    return {"seq": seq, "tx": tx, "run": RUN, "episode": episode, "step": step, "time": tx / 4}
 
 
 def opening(first: int = 0, accounts: Sequence[str] = ACCOUNTS) -> Tx:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agents.fixed import RandomBidder, make_bidder
-from ledger.errors import UnknownAccount
+from ledger.errors import InvalidEvent, UnknownAccount
 from ledger.events import ENVIRONMENT, EventBase, Pay, Transform, accounts_of
 from ledger.replay import replay
 from ledger.store import MemoryLedger
@@ -126,11 +126,20 @@ def test_runs_appended_to_one_ledger_continue_and_audit_clean() -> None:
     assert before != replay(ledger)
 
 
-def test_transaction_of_events_round_trips_records() -> None:
-    """Ready-made events become records and come back as equal typed events."""
-    ledger = run(RunConfig(episodes=2))
-    events = list(ledger.events())
-    assert Transaction.of(events).events() == events
+def test_transaction_of_events_round_trips_the_compact_form() -> None:
+    """Each stored transaction's events, made compact and back, are equal typed events."""
+    ledger = run(RunConfig(bidder="random", mechanism="v", episodes=2))
+    for _, group in itertools.groupby(ledger.events(), key=lambda e: e.tx):
+        events = list(group)
+        assert Transaction.of(events).events() == events
+
+
+def test_events_of_one_transaction_share_their_header() -> None:
+    """A transaction whose events disagree on episode, step, run or time is refused."""
+    events = [e for e in run(RunConfig(episodes=1)).events() if e.tx == 0]
+    bad = [events[0], events[1].model_copy(update={"time": 9.0})]
+    with pytest.raises(InvalidEvent):
+        Transaction.of(bad)
 
 
 def test_first_payment_of_every_episode_goes_to_the_environment() -> None:

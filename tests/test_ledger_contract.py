@@ -27,10 +27,10 @@ from ledger.errors import (
     UnbalancedTransaction,
     UnknownAccount,
 )
-from ledger.events import ENVIRONMENT, EVENT_TYPES, FIELDS, Bid, EventBase, Mint, Open, Pay, Reward
+from ledger.events import ENVIRONMENT, EVENT_TYPES, Bid, EventBase, Mint, Open, Pay, Reward
 from ledger.replay import LiveBalances, replay
 from ledger.store import Ledger
-from ledger.transaction import Record, Transaction
+from ledger.transaction import OWN, Body, Transaction
 from market.bus import Bus
 
 HEAD = len(ACCOUNTS) + 1
@@ -42,24 +42,25 @@ def _bad(kind: type[EventBase], **fields: Any) -> EventBase:
     return kind.model_construct(**head(HEAD + 2, HEAD), **fields)
 
 
-def _record(amount: object) -> Record:
-    """A raw last Pay record (the kernel's fast path, never validated as a model)."""
-    values = {**head(HEAD + 2, HEAD), "src": ALICE, "dst": BOB, "amount": amount}
-    return Pay, tuple(values[f] for f in FIELDS[Pay])
+def _record(amount: object) -> Body:
+    """A raw last Pay in compact form (the kernel's fast path, never validated as a model)."""
+    values = {"src": ALICE, "dst": BOB, "amount": amount}
+    return Pay, tuple(values[f] for f in OWN[Pay])
 
 
-def _with_bad(bad: EventBase | Record) -> Tx | Transaction:
+def _with_bad(bad: EventBase | Body) -> Tx | Transaction:
     """A transaction that opens an account and pays it, then ends with `bad`."""
     good: Tx = [
         Open(**head(HEAD, HEAD), account="carol"),
         Pay(**head(HEAD + 1, HEAD), src=ALICE, dst="carol", amount=5),
     ]
     if isinstance(bad, tuple):
-        return Transaction([*Transaction.of(good).records, bad])
+        compact = Transaction.of(good)
+        return Transaction(compact.header, [*compact.body, bad])
     return [*good, bad]
 
 
-BAD: dict[str, tuple[EventBase | Record, type[LedgerError]]] = {
+BAD: dict[str, tuple[EventBase | Body, type[LedgerError]]] = {
     "unopened-dst": (_bad(Pay, src=ALICE, dst="mallory", amount=1), UnknownAccount),
     "unopened-src": (_bad(Reward, src="mallory", dst=BOB, amount=1), UnknownAccount),
     "mint-to-self": (_bad(Mint, src=BOB, dst=BOB, amount=1), UnbalancedTransaction),
@@ -116,7 +117,7 @@ def test_good_transaction_appends_after_rejection(opened: Ledger, case: str) -> 
 
 @pytest.mark.parametrize("last", [_record(1), _bad(Pay, src=ALICE, dst=BOB, amount=1)])
 def test_same_transaction_with_good_last_event_appends(
-    opened: Ledger, last: EventBase | Record
+    opened: Ledger, last: EventBase | Body
 ) -> None:
     """The faults above lie in the bad event alone: with a good one the transaction appends."""
     opened.append(_with_bad(last))
