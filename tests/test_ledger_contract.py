@@ -121,7 +121,7 @@ def test_same_transaction_with_good_last_event_appends(
 ) -> None:
     """The faults above lie in the bad event alone: with a good one the transaction appends."""
     opened.append(_with_bad(last))
-    assert [e.kind for e in committed(opened)[HEAD:]] == ["open", "pay", "pay"]
+    assert [type(e).__name__ for e in committed(opened)[HEAD:]] == ["Open", "Pay", "Pay"]
 
 
 def test_pay_to_itself_is_a_valid_transfer(opened: Ledger) -> None:

@@ -263,7 +263,7 @@ def test_bandit_cloned_utilities_follow_the_table(mechanism: Mechanism) -> None:
     """Bandit, cloned: each one-step episode's winner gets payout - price; nothing is minted."""
     ledger, _ = _run("bandit", mechanism, True, BANDIT_ROWS, episodes=len(BANDIT_ROWS))
     got = utilities(ledger.events(), GAMMA)
-    expected = {}
+    expected: dict[tuple[int, int, str], Fraction] = {}
     for ep, row in enumerate(BANDIT_ROWS):
         arm = _sale(row)[0] // 2
         table = table_utilities(mechanism.value, [row], [PAYOUTS[arm]], BANDIT_ACCOUNTS)

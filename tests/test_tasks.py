@@ -19,7 +19,8 @@ def test_bandit_arm_pays_and_ends(arm: int, payout: float) -> None:
     """Bandit: one state, four arms paying 0.2, 0.4, 0.6, 0.8; every pull ends the episode."""
     task = Bandit()
     out = task.step(0, arm)
-    assert (out.next_state, out.reward, out.done) == (0, pytest.approx(payout), True)
+    assert (out.next_state, out.done) == (0, True)
+    assert out.reward == pytest.approx(payout)
     assert (task.n_states, task.n_primitives, task.horizon, task.start) == (1, 4, 1, 0)
 
 
@@ -54,7 +55,8 @@ def test_chain_r_moves_right_without_reward(state: int) -> None:
 def test_chain_reaching_the_goal_pays_and_ends() -> None:
     """Chain: R from 4 reaches the goal 5, pays 0.8 and ends the episode."""
     out = Chain().step(4, Chain.primitive_names.index("R"))
-    assert (out.next_state, out.reward, out.done) == (5, pytest.approx(0.8), True)
+    assert (out.next_state, out.done) == (5, True)
+    assert out.reward == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize(("state", "after"), [(0, 0), (1, 0), (2, 1), (3, 2), (4, 3)])
@@ -98,7 +100,8 @@ def test_duality_transitions(key: tuple[int, str], result: tuple[int, float]) ->
     """Duality: the transition and reward of each (state, primitive), never ending early."""
     state, name = key
     out = Duality().step(state, Duality.primitive_names.index(name))
-    assert (out.next_state, out.reward, out.done) == (result[0], pytest.approx(result[1]), False)
+    assert (out.next_state, out.done) == (result[0], False)
+    assert out.reward == pytest.approx(result[1])
 
 
 def test_duality_shape() -> None:
