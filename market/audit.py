@@ -60,6 +60,8 @@ class Rule:
     bad: pl.Expr
     expected: pl.Expr
     found: pl.Expr
+    at: pl.Expr = field(default_factory=lambda: _C("seq"))
+    """The seq a violation is reported at (the offending event's)."""
 
 
 @dataclass
@@ -131,17 +133,6 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
                 )
             ],
         ),
-        _first(
-            _single_rows(events),
-            [
-                Rule(
-                    "sequence",
-                    pl.lit(True),
-                    pl.lit("one allocate, pay, mint and reward per auction"),
-                    pl.format("a second {}", "kind"),
-                )
-            ],
-        ),
         _first(auctions.lazy(), _auction_rules()),
         *_closing(df, report),
     ]
@@ -154,15 +145,17 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
 def _first(frame: pl.LazyFrame, rules: list[Rule]) -> Violation | None:
     """The first row, by seq, that breaks any of `rules`."""
     firsts = frame.select(
-        [_C("seq").filter(r.bad.fill_null(True)).min().alias(str(i)) for i, r in enumerate(rules)]
+        [r.at.filter(r.bad.fill_null(True)).min().alias(str(i)) for i, r in enumerate(rules)]
     ).collect()
     hits = [(s, i) for i, s in enumerate(firsts.row(0)) if s is not None]
     if not hits:
         return None
     seq, i = min(hits)
     rule = rules[i]
-    row = frame.filter(_C("seq") == seq).select(
-        rule.expected.cast(pl.String).alias("e"), rule.found.cast(pl.String).alias("f")
+    row = (
+        frame.filter(rule.bad.fill_null(True) & (rule.at == seq))
+        .head(1)
+        .select(rule.expected.cast(pl.String).alias("e"), rule.found.cast(pl.String).alias("f"))
     )
     e, f = row.collect().row(0)
     return Violation(seq, rule.name, str(e), str(f))
@@ -196,12 +189,6 @@ def _balance_rules() -> list[Rule]:
     ]
 
 
-def _single_rows(events: pl.LazyFrame) -> pl.LazyFrame:
-    """The second and later allocate/pay/mint/reward events of any one transaction."""
-    once = events.filter(_C("kind").is_in(["allocate", "pay", "mint", "reward"]))
-    return once.filter(pl.struct("tx", "kind").is_first_distinct().not_())
-
-
 def _auctions(events: pl.LazyFrame) -> pl.LazyFrame:
     """One row per auction transaction: its bids' summary and what was recorded."""
     kind = _C("kind")
@@ -213,10 +200,10 @@ def _auctions(events: pl.LazyFrame) -> pl.LazyFrame:
         "seq", "tx", "episode", "step", "account", "amount").collect())  # fmt: skip
     a = (
         bids.lazy()
-        .join(one("allocate", winner="account", won="amount"), "tx", "left")
-        .join(one("pay", paid="amount", payer="src", payee="dst"), "tx", "left")
-        .join(one("mint", minted="amount", minter="src", mintee="dst"), "tx", "left")
-        .join(one("reward", r_src="src", r_dst="dst", r_amount="amount"), "tx", "left")
+        .join(one("allocate", winner="account", won="amount", alloc_at="seq"), "tx", "left")
+        .join(one("pay", paid="amount", payer="src", payee="dst", pay_at="seq"), "tx", "left")
+        .join(one("mint", minted="amount", minter="src", mintee="dst", mint_at="seq"), "tx", "left")
+        .join(one("reward", r_src="src", r_dst="dst", r_amount="amount", r_at="seq"), "tx", "left")
         .join(one("episode_start", episode="episode", mechanism="mechanism"), "episode", "left")
         .drop("tx_right")
         .sort("seq")
@@ -289,6 +276,12 @@ def _auction_rules() -> list[Rule]:
     return [
         Rule(
             "sequence",
+            _C("tx").is_duplicated(),
+            pl.lit("one allocate, pay, mint and reward per auction"),
+            pl.format("more in transaction {}", "tx"),
+        ),
+        Rule(
+            "sequence",
             mech.is_null() | ~in_order,
             pl.lit("an opened episode, step by step"),
             fmt("episode {} step {}", "episode", "step"),
@@ -298,26 +291,32 @@ def _auction_rules() -> list[Rule]:
             (_C("winner") != _C("argmax")) | (_C("won") != _C("b1")),
             fmt("{} at {}", "argmax", "b1"),
             fmt("{} at {}", "winner", "won"),
+            pl.coalesce("alloc_at", "seq"),
         ),
         Rule(
             "price",
             ~pay_ok,
             fmt("{} under {}", price.fill_null(pl.lit("no payment")), mech),
             _C("paid").fill_null(pl.lit("no payment")),
+            pl.coalesce("pay_at", "seq"),
         ),
-        Rule("payer", paid & (_C("payer") != _C("winner")), _C("winner"), _C("payer")),
-        Rule("seller", paid & (_C("payee") != seller), seller, _C("payee")),
+        Rule(
+            "payer", paid & (_C("payer") != _C("winner")), _C("winner"), _C("payer"), _C("pay_at")
+        ),
+        Rule("seller", paid & (_C("payee") != seller), seller, _C("payee"), _C("pay_at")),
         Rule(
             "mint",
             ~mint_ok,
             fmt("{} to {}", mint, seller),
             fmt("{} from {} to {}", "minted", "minter", "mintee"),
+            pl.coalesce("mint_at", "pay_at", "seq"),
         ),
         Rule(
             "reward",
             ~reward_ok,
             pl.lit("environment <-> winner"),
             fmt("{} -> {}", "r_src", "r_dst"),
+            pl.coalesce("r_at", "seq"),
         ),
     ]
 

@@ -1,0 +1,155 @@
+"""Each audit rule, on a real ledger with one stored fact falsified: the audit names the rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from agents.fixed import make_bidder
+from ledger.store import MemoryLedger
+from market.audit import audit_frame
+from market.run import RunConfig, simulate
+from market.society import Society
+from market.tasks import make_task
+
+
+def ledger_frame(mechanism: str) -> pl.DataFrame:
+    """The stored events of a small random-bidder Chain run under `mechanism`."""
+    config = RunConfig(task="chain", mechanism=mechanism, bidder="random", episodes=6, seed=5)
+    task = make_task("chain")
+    policy = make_bidder("random", task, Society.of(task), 0.99, np.random.default_rng(5))
+    ledger = MemoryLedger()
+    simulate(config, ledger, policy)
+    return ledger.scan().collect()
+
+
+@pytest.fixture(scope="module")
+def ccv() -> pl.DataFrame:
+    return ledger_frame("ccv")
+
+
+@pytest.fixture(scope="module")
+def vickrey() -> pl.DataFrame:
+    return ledger_frame("v")
+
+
+def first_seq(df: pl.DataFrame, kind: str, where: pl.Expr | None = None) -> int:
+    """The seq of the first `kind` event matching `where`."""
+    match = pl.col("kind") == kind
+    return int(df.filter(match if where is None else match & where)["seq"][0])
+
+
+def falsify(df: pl.DataFrame, seq: int, **values: object) -> pl.DataFrame:
+    """`df` with the event `seq` given other field values."""
+    return df.with_columns(
+        pl.when(pl.col("seq") == seq).then(pl.lit(v)).otherwise(pl.col(k)).alias(k)
+        for k, v in values.items()
+    )
+
+
+def rule_broken(df: pl.DataFrame) -> tuple[str, int]:
+    """(rule, seq) of the audit's first violation."""
+    report = audit_frame(df)
+    assert report.violation is not None
+    return report.violation.rule, report.violation.seq
+
+
+def test_clean_runs_audit_clean(ccv: pl.DataFrame, vickrey: pl.DataFrame) -> None:
+    """The unfalsified ledgers break no rule (so every failure below is the falsification's)."""
+    assert audit_frame(ccv).ok and audit_frame(vickrey).ok
+    assert audit_frame(vickrey).minted > 0
+
+
+def test_a_loser_recorded_as_winner_breaks_allocation(ccv: pl.DataFrame) -> None:
+    """The allocation must be the argmax of the recorded bids."""
+    seq = first_seq(ccv, "allocate")
+    tx = ccv.filter(pl.col("seq") == seq)["tx"][0]
+    winner = ccv.filter(pl.col("seq") == seq)["account"][0]
+    loser = ccv.filter(
+        (pl.col("tx") == tx) & (pl.col("kind") == "bid") & (pl.col("account") != winner)
+    )["account"][0]
+    assert rule_broken(falsify(ccv, seq, account=loser)) == ("allocation", seq)
+
+
+def test_a_wrong_price_breaks_price(ccv: pl.DataFrame) -> None:
+    """Under ccv the winner pays exactly the second-highest bid."""
+    seq = first_seq(ccv, "pay")
+    amount = int(ccv.filter(pl.col("seq") == seq)["amount"][0])
+    assert rule_broken(falsify(ccv, seq, amount=amount + 1)) == ("price", seq)
+
+
+def test_a_payment_from_someone_else_breaks_payer(ccv: pl.DataFrame) -> None:
+    """The payer is the winner."""
+    seq = first_seq(ccv, "pay")
+    assert rule_broken(falsify(ccv, seq, src="auctioneer")) == ("payer", seq)
+
+
+def test_a_payment_to_the_wrong_seller_breaks_seller(ccv: pl.DataFrame) -> None:
+    """After step 0 the payee is the previous winner, never the environment."""
+    seq = first_seq(ccv, "pay", pl.col("step") > 0)
+    assert rule_broken(falsify(ccv, seq, dst="environment")) == ("seller", seq)
+
+
+def test_a_wrong_mint_breaks_mint(vickrey: pl.DataFrame) -> None:
+    """Vickrey mints exactly b1 - b2 to the seller."""
+    seq = first_seq(vickrey, "mint")
+    amount = int(vickrey.filter(pl.col("seq") == seq)["amount"][0])
+    assert rule_broken(falsify(vickrey, seq, amount=amount + 1)) == ("mint", seq)
+
+
+def test_a_mint_under_ccv_breaks_mint(ccv: pl.DataFrame) -> None:
+    """CCV creates no credit: a pay turned into a mint from the auctioneer is caught."""
+    seq = first_seq(ccv, "pay", pl.col("step") > 0)
+    assert rule_broken(falsify(ccv, seq, kind="mint", src="auctioneer"))[0] in {"mint", "price"}
+
+
+def test_a_reward_to_a_loser_breaks_reward(ccv: pl.DataFrame) -> None:
+    """The reward goes between the environment and the winner."""
+    seq = first_seq(ccv, "reward")
+    assert rule_broken(falsify(ccv, seq, dst="auctioneer")) == ("reward", seq)
+
+
+def test_a_removed_event_breaks_sequence(ccv: pl.DataFrame) -> None:
+    """Sequence numbers are contiguous from 0."""
+    seq = first_seq(ccv, "transform")
+    assert rule_broken(ccv.filter(pl.col("seq") != seq)) == ("sequence", seq + 1)
+
+
+def test_a_second_payment_in_one_auction_breaks_sequence(ccv: pl.DataFrame) -> None:
+    """One allocate, pay, mint and reward per auction, even when every number is renumbered."""
+    seq = first_seq(ccv, "pay")
+    tx = int(ccv.filter(pl.col("seq") == seq)["tx"][0])
+    copy = ccv.filter(pl.col("seq") == seq)
+    df = pl.concat([ccv.filter(pl.col("seq") <= seq), copy, ccv.filter(pl.col("seq") > seq)])
+    df = df.with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
+        pl.when(pl.col("tx") > tx).then(pl.col("tx") + 1).otherwise(pl.col("tx")).alias("tx"),
+    )
+    assert rule_broken(df)[0] == "sequence"
+
+
+def test_a_transfer_from_an_unopened_account_breaks_balance(ccv: pl.DataFrame) -> None:
+    """Money moves only between accounts opened before it."""
+    seq = first_seq(ccv, "reward")
+    assert rule_broken(falsify(ccv, seq, src="mallory")) == ("balance", seq)
+
+
+def test_money_outside_an_auction_breaks_auction_only(ccv: pl.DataFrame) -> None:
+    """Money moves only inside auction transactions."""
+    seq = first_seq(ccv, "balance")
+    df = falsify(ccv, seq, kind="reward", src="environment", dst="auctioneer", amount=1)
+    assert rule_broken(df)[0] == "auction-only"
+
+
+def test_a_false_closing_statement_breaks_closing(ccv: pl.DataFrame) -> None:
+    """Each balance statement equals the replay of everything before it."""
+    seq = first_seq(ccv, "balance", pl.col("account") == "R.0")
+    amount = int(ccv.filter(pl.col("seq") == seq)["amount"][0])
+    assert rule_broken(falsify(ccv, seq, amount=amount + 1)) == ("closing", seq)
+
+
+def test_an_episode_without_its_start_breaks_sequence(ccv: pl.DataFrame) -> None:
+    """Every auction belongs to an opened episode with a recorded mechanism."""
+    seq = first_seq(ccv, "episode_start")
+    assert rule_broken(falsify(ccv, seq, kind="open", account="x"))[0] == "sequence"
