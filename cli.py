@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.fixed import BIDDERS, make_bidder
+from analyses.wealth import returns, wealth
 from ledger.disk import DiskLedger
 from ledger.errors import LedgerError
 from ledger.units import to_credit
@@ -144,10 +145,11 @@ def simulate_cmd(
     table.add_row("events written", f"{summary.events:,}")
     table.add_row("events/s", f"{summary.events / max(summary.seconds, 1e-9):,.0f}")
     table.add_row("episodes", f"{summary.episodes:,}")
-    table.add_row("mean return", f"{to_credit(summary.mean_return):.4f} credit")
+    mean_return = returns(ledger.scan()).select(pl.col("credit").mean()).item()
+    table.add_row("mean return", f"{mean_return:.4f} credit")
     table.add_row("ledger head", ledger.head[:16])
     console.print(table)
-    console.print(_wealth_table(summary.balances))
+    console.print(_wealth_table(wealth(ledger.scan())))
     console.print(_verdict(report), soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
@@ -216,13 +218,12 @@ def _audit_table(report: AuditReport) -> Table:
     return table
 
 
-def _wealth_table(balances: dict[str, int]) -> Table:
-    frame = pl.DataFrame({"account": list(balances), "units": list(balances.values())})
-    table = Table(title="final wealth")
+def _wealth_table(frame: pl.DataFrame) -> Table:
+    table = Table(title="final wealth (from the ledger)")
     table.add_column("account")
     table.add_column("credit", justify="right")
-    for account, units in frame.sort("account").iter_rows():
-        table.add_row(account, f"{to_credit(units):.6f}")
+    for account, credit in frame.select("account", "credit").iter_rows():
+        table.add_row(account, f"{credit:.6f}")
     return table
 
 
