@@ -196,21 +196,23 @@ def _auctions(events: pl.LazyFrame) -> pl.LazyFrame:
     def one(k: str, **cols: str) -> pl.LazyFrame:
         return events.filter(kind == k).select("tx", **{n: _C(c) for n, c in cols.items()})
 
-    bids = _bid_summary(events.filter(kind == "bid").select(
-        "seq", "tx", "episode", "step", "account", "amount").collect())  # fmt: skip
-    a = (
-        bids.lazy()
+    bids = events.filter(kind == "bid").select("seq", "tx", "episode", "step", "account", "amount")
+    starts = events.filter(kind == "episode_start").select("episode", "mechanism")
+    same_episode = _C("episode") == _C("episode").shift(1)
+    return (
+        _bid_summary(bids.collect())
+        .lazy()
         .join(one("allocate", winner="account", won="amount", alloc_at="seq"), "tx", "left")
         .join(one("pay", paid="amount", payer="src", payee="dst", pay_at="seq"), "tx", "left")
         .join(one("mint", minted="amount", minter="src", mintee="dst", mint_at="seq"), "tx", "left")
         .join(one("reward", r_src="src", r_dst="dst", r_amount="amount", r_at="seq"), "tx", "left")
-        .join(one("episode_start", episode="episode", mechanism="mechanism"), "episode", "left")
-        .drop("tx_right")
-        .sort("seq")
-    )
-    return a.with_columns(
-        _C("winner").shift(1).over("episode").alias("prev_winner"),
-        _C("step").shift(1).over("episode").alias("prev_step"),
+        .join(starts, "episode", "left")
+        .with_columns(_C("tx").is_duplicated().alias("repeated"))
+        .sort("episode", "seq")  # each episode's auctions in order, episodes one after another
+        .with_columns(
+            pl.when(same_episode).then(_C("winner").shift(1)).alias("prev_winner"),
+            pl.when(same_episode).then(_C("step").shift(1)).alias("prev_step"),
+        )
     )
 
 
@@ -276,7 +278,7 @@ def _auction_rules() -> list[Rule]:
     return [
         Rule(
             "sequence",
-            _C("tx").is_duplicated(),
+            _C("repeated"),
             pl.lit("one allocate, pay, mint and reward per auction"),
             pl.format("more in transaction {}", "tx"),
         ),
