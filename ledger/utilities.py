@@ -23,13 +23,13 @@ def utilities(events: Iterable[EventBase], gamma: Num) -> dict[Key, Num]:
     """U for every (episode, step, bidder) in `events`, from ledger amounts in units."""
     zero = gamma - gamma
     u: dict[Key, Num] = {}
-    discount: dict[tuple[int, int], Num] = {}
+    discounts: dict[tuple[int, int], Num] = {}
     for e in events:
         ep, t = e.episode, e.step
         if isinstance(e, Bid):
             u.setdefault((ep, t, e.account), zero)
         elif isinstance(e, Transform):
-            discount[(ep, t)] = _discount(gamma, e.duration)
+            discounts[(ep, t)] = discount(gamma, e.duration)
         elif isinstance(e, Reward):
             if e.dst != ENVIRONMENT:
                 u[(ep, t, e.dst)] = u.get((ep, t, e.dst), zero) + e.amount
@@ -40,11 +40,11 @@ def utilities(events: Iterable[EventBase], gamma: Num) -> dict[Key, Num]:
                 u[(ep, t, e.src)] = u.get((ep, t, e.src), zero) - e.amount
             if t > 0 and e.dst != ENVIRONMENT:
                 key = (ep, t - 1, e.dst)
-                u[key] = u.get(key, zero) + discount[(ep, t - 1)] * e.amount
+                u[key] = u.get(key, zero) + discounts[(ep, t - 1)] * e.amount
     return u
 
 
-def _discount(gamma: Num, duration: float) -> Num:
+def discount(gamma: Num, duration: float) -> Num:
     """gamma ** duration, exact for a Fraction gamma and a whole duration."""
     if float(duration).is_integer():
         return gamma ** int(duration)
