@@ -71,6 +71,8 @@ class Kernel:
         self.next_episode = first_episode
         self._accounts = society.accounts
         self._prims = society.primitive_of
+        self._waiting: list[tuple[int, simpy.Event]] = []
+        self._batched = False
 
     def run_episodes(
         self,
@@ -80,6 +82,7 @@ class Kernel:
     ) -> None:
         """Run `episodes` episodes, `concurrency` of them at a time."""
         last = self.next_episode + episodes
+        self._batched = concurrency > 1
         for _ in range(min(concurrency, episodes)):
             self.env.process(self._worker(last, on_episode))
         with _fewer_collections():
@@ -87,7 +90,7 @@ class Kernel:
 
     def _worker(
         self, last: int, on_episode: Callable[[EpisodeResult], None] | None
-    ) -> Generator[simpy.Event, None, None]:
+    ) -> Generator[simpy.Event, list[int], None]:
         while self.next_episode < last:
             ep = self.next_episode
             self.next_episode += 1
@@ -95,11 +98,10 @@ class Kernel:
             if on_episode is not None:
                 on_episode(result)
 
-    def _episode(self, ep: int) -> Generator[simpy.Event, None, EpisodeResult]:
+    def _episode(self, ep: int) -> Generator[simpy.Event, list[int], EpisodeResult]:
         task, state, seller, total = self.task, self.task.start, ENVIRONMENT, 0
         for t in range(task.horizon):
-            drawn = self.policy.bids(np.array([state], dtype=np.int64))[0]
-            bids = quantise_bids(drawn.tolist())
+            bids = yield from self._bids(state)
             s = settle(self.mechanism, bids, first_sale=t == 0)
             out = task.step(state, self._prims[s.winner])
             reward = to_units(out.reward)
@@ -112,6 +114,29 @@ class Kernel:
             if last:
                 return EpisodeResult(ep, t + 1, total)
         return EpisodeResult(ep, 0, 0)
+
+    def _bids(self, state: int) -> Generator[simpy.Event, list[int], list[int]]:
+        """Every bidder's bid for `state`, in units.
+
+        With several episodes running, the bids of all episodes auctioning at the same SimPy
+        time come from one policy call (a round): the first to ask schedules the round with
+        a zero delay, which SimPy runs after every episode already due at that time.
+        """
+        if not self._batched:
+            drawn = self.policy.bids(np.array([state], dtype=np.int64))[0]
+            return quantise_bids(drawn.tolist())
+        if not self._waiting:
+            self.env.timeout(0).callbacks.append(self._draw_round)
+        ready = self.env.event()
+        self._waiting.append((state, ready))
+        bids: list[int] = yield ready
+        return bids
+
+    def _draw_round(self, _round: simpy.Event) -> None:
+        waiting, self._waiting = self._waiting, []
+        drawn = self.policy.bids(np.array([state for state, _ in waiting], dtype=np.int64))
+        for (_, ready), row in zip(waiting, drawn.tolist(), strict=True):
+            ready.succeed(quantise_bids(row))
 
     def _step_events(self, st: _Step, episode_return: int | None) -> Transaction:
         """The events of one auction step, numbered from the kernel's sequence counter.

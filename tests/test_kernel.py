@@ -27,9 +27,12 @@ def run(config: RunConfig, ledger: MemoryLedger | None = None) -> MemoryLedger:
     ledger = ledger if ledger is not None else MemoryLedger()
     task = make_task(config.task)
     policy = make_bidder(
-        config.bidder, task, Society.of(task, config.cloned), config.gamma,
+        config.bidder,
+        task,
+        Society.of(task, config.cloned),
+        config.gamma,
         np.random.default_rng(config.seed),
-    )  # fmt: skip
+    )
     simulate(config, ledger, policy)
     return ledger
 
@@ -61,9 +64,15 @@ def test_a_rejected_transaction_reaches_no_subscriber() -> None:
     bus.subscribe_all(seen.append)
     task = make_task("chain")
     kernel = Kernel(
-        bus=bus, run="r", task=task, society=Society.of(task), mechanism=Mechanism.CCV,
-        policy=random_policy(), gamma=0.99, first_seq=0,
-    )  # fmt: skip
+        bus=bus,
+        run="r",
+        task=task,
+        society=Society.of(task),
+        mechanism=Mechanism.CCV,
+        policy=random_policy(),
+        gamma=0.99,
+        first_seq=0,
+    )
     with pytest.raises(UnknownAccount):  # no account was ever opened
         kernel.run_episodes(1)
     assert seen == [] and ledger.next_seq == 0
@@ -147,3 +156,38 @@ def test_first_payment_of_every_episode_goes_to_the_environment() -> None:
     ledger = run(RunConfig(bidder="random", episodes=10))
     pays = [e for e in ledger.events() if isinstance(e, Pay) and e.step == 0]
     assert len(pays) == 10 and all(p.dst == ENVIRONMENT for p in pays)
+
+
+class CountingPolicy:
+    """Uniform bids that record the size of every batch they were asked for."""
+
+    def __init__(self, n_bidders: int) -> None:
+        self.inner = RandomBidder(n_bidders, np.random.default_rng(0))
+        self.batches: list[int] = []
+
+    def bids(self, states: np.ndarray) -> np.ndarray:
+        self.batches.append(len(states))
+        return self.inner.bids(states)
+
+
+def test_concurrent_episodes_draw_each_rounds_bids_in_one_policy_call() -> None:
+    """With K episodes at once, one policy call serves every auction of a SimPy instant."""
+    policy = CountingPolicy(len(Society.of(make_task("chain")).accounts))
+    ledger = MemoryLedger()
+    config = RunConfig(mechanism="v", bidder="random", episodes=64, concurrency=16)
+    simulate(config, ledger, policy)
+    auctions = ledger.scan().collect().filter(kind="allocate").height
+    assert sum(policy.batches) == auctions
+    assert max(policy.batches) == 16 and len(policy.batches) < auctions / 4
+    assert audit(ledger).ok
+
+
+def test_one_episode_at_a_time_gives_the_same_bids_batched_or_not() -> None:
+    """Rounds change how bids are drawn, not which: one stream of draws, in auction order."""
+    a = run(RunConfig(bidder="random", episodes=1, seed=2, concurrency=1))
+    b = run(RunConfig(bidder="random", episodes=1, seed=2, concurrency=2))
+    bids = [
+        frame.filter(kind="bid")["amount"].to_list()
+        for frame in (a.scan().collect(), b.scan().collect())
+    ]
+    assert bids[0] == bids[1] and len(bids[0]) > 0
