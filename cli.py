@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
@@ -18,16 +20,19 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.fixed import BIDDERS, make_bidder
+from agents.learning import LearningSociety
+from agents.ppo_bidder import PPOConfig
 from analyses.wealth import returns, wealth
 from ledger.disk import DiskLedger
 from ledger.errors import LedgerError
 from ledger.units import to_credit
 from market import rundir
 from market.audit import AuditReport, audit
+from market.bus import Bus
 from market.kernel import EpisodeResult
 from market.mechanisms import parse as parse_mechanism
-from market.run import RunConfig, simulate
-from market.society import Society
+from market.run import RunConfig, RunSummary, simulate
+from market.society import Policy, Society
 from market.tasks import TASKS, make_task
 
 app = typer.Typer(
@@ -73,7 +78,9 @@ def simulate_cmd(
     task: Annotated[str, typer.Option(help=f"One of: {', '.join(TASKS)}.")] = "chain",
     mechanism: Annotated[str, typer.Option(help="ccv, v, bb, fp or env.")] = "ccv",
     bidder: Annotated[str, typer.Option(help=f"One of: {', '.join(BIDDERS)}.")] = "truthful",
-    episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 1000,
+    learn: Annotated[bool, typer.Option(help="PPO primitives learn from their payoffs.")] = False,
+    episodes: Annotated[int | None, typer.Option(help="Episodes to run [default: 1000].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Env steps (auctions) to run.")] = None,
     seed: Annotated[int, typer.Option(help="The one seed every random number derives from.")] = 0,
     out: Annotated[
         Path | None, typer.Option(help="A new run directory (default: runs/...).")
@@ -81,35 +88,46 @@ def simulate_cmd(
     solitary: Annotated[bool, typer.Option(help="No clones: one bidder per primitive.")] = False,
     gamma: Annotated[float, typer.Option(help="Discount of utilities and truthful bids.")] = 0.99,
     constant: Annotated[float, typer.Option(help="The bid of the constant bidder.")] = 0.5,
-    concurrency: Annotated[int, typer.Option(help="Episodes running at once.")] = 1,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Episodes running at once [default: 1; 32 with --learn].")
+    ] = None,
 ) -> None:
-    """Run a society of fixed bidders into a new run directory, then audit it."""
+    """Run a society into a new run directory, then audit it."""
+    ppo = PPOConfig(gamma=gamma) if learn else None
     config = guarded(
         lambda: RunConfig(
             task=task,
             mechanism=parse_mechanism(mechanism),
-            bidder=bidder,
+            bidder="ppo" if learn else bidder,
             cloned=not solitary,
-            episodes=episodes,
+            episodes=episodes if episodes is not None or steps is not None else 1000,
+            steps=steps,
             seed=seed,
             gamma=gamma,
             constant=constant,
-            concurrency=concurrency,
+            concurrency=concurrency if concurrency is not None else (32 if learn else 1),
+            learner=ppo.model_dump() if ppo is not None else None,
         )
     )
     run_task = guarded(lambda: make_task(config.task))
     society = Society.of(run_task, config.cloned)
     (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
-    policy = guarded(
-        lambda: make_bidder(
-            config.bidder,
-            run_task,
-            society,
-            config.gamma,
-            np.random.default_rng(policy_seed),
-            config.constant,
+    learner: LearningSociety | None = None
+    policy: Policy
+    if ppo is not None:
+        learner = LearningSociety(run_task, society, ppo, int(policy_seed.generate_state(1)[0]))
+        policy = learner
+    else:
+        policy = guarded(
+            lambda: make_bidder(
+                config.bidder,
+                run_task,
+                society,
+                config.gamma,
+                np.random.default_rng(policy_seed),
+                config.constant,
+            )
         )
-    )
     name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
     run = guarded(lambda: rundir.new_run_dir(out, name))
     guarded(lambda: run.mkdir(parents=True, exist_ok=True))
@@ -117,16 +135,10 @@ def simulate_cmd(
         run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")}
     )
     ledger = guarded(lambda: DiskLedger(run / rundir.LEDGER))
-    with _progress() as progress:
-        bar = progress.add_task("episodes", total=config.episodes)
-        every = max(1, config.episodes // 200)
-
-        def tick(result: EpisodeResult) -> None:
-            if (result.episode + 1) % every == 0:
-                progress.update(bar, completed=result.episode + 1)
-
-        summary = simulate(config, ledger, policy, tick)
-        progress.update(bar, completed=config.episodes)
+    bus = Bus(ledger)
+    if learner is not None:
+        learner.attach(bus)
+    summary = _run_with_progress(config, ledger, policy, bus, learner)
     report = audit(ledger)
     rundir.write_json(
         run / rundir.SUMMARY,
@@ -167,6 +179,41 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
     console.print(_audit_table(report))
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _run_with_progress(
+    config: RunConfig,
+    ledger: DiskLedger,
+    policy: Policy,
+    bus: Bus,
+    learner: LearningSociety | None,
+) -> RunSummary:
+    """`simulate` under a progress bar: env steps (or episodes), steps/s, return, bids."""
+    by_steps = config.steps is not None
+    total = config.steps if by_steps else config.episodes
+    done = {"steps": 0, "episodes": 0}
+    recent: deque[int] = deque(maxlen=100)
+    start = time.perf_counter()
+    with _progress() as progress:
+        bar = progress.add_task("env steps" if by_steps else "episodes", total=total)
+
+        def tick(result: EpisodeResult) -> None:
+            done["steps"] += result.steps
+            done["episodes"] += 1
+            recent.append(result.episode_return)
+            if done["episodes"] % 20:
+                return
+            rate = done["steps"] / max(time.perf_counter() - start, 1e-9)
+            text = f"{rate:,.0f} steps/s  return {to_credit(int(np.mean(recent))):.3f}"
+            if learner is not None:
+                text += "  bids " + " ".join(f"{b:.2f}" for b in learner.mean_bids())
+            progress.update(
+                bar, completed=done["steps" if by_steps else "episodes"], description=text
+            )
+
+        summary = simulate(config, ledger, policy, tick, bus=bus)
+        progress.update(bar, completed=total)
+    return summary
 
 
 def _progress() -> Progress:

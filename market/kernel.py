@@ -73,25 +73,39 @@ class Kernel:
         self._prims = society.primitive_of
         self._waiting: list[tuple[int, simpy.Event]] = []
         self._batched = False
+        self._max_steps: int | None = None
+        self.steps = 0
+        """Auctions held so far (env steps)."""
 
     def run_episodes(
         self,
-        episodes: int,
+        episodes: int | None,
         concurrency: int = 1,
         on_episode: Callable[[EpisodeResult], None] | None = None,
+        max_steps: int | None = None,
     ) -> None:
-        """Run `episodes` episodes, `concurrency` of them at a time."""
-        last = self.next_episode + episodes
+        """Run `episodes` episodes, `concurrency` at a time; with `max_steps`, start no new
+        episode once that many auctions have been held (those under way finish)."""
+        if episodes is None and max_steps is None:
+            raise ValueError("give a number of episodes or of steps")
+        last = self.next_episode + episodes if episodes is not None else None
         self._batched = concurrency > 1
-        for _ in range(min(concurrency, episodes)):
+        self._max_steps = self.steps + max_steps if max_steps is not None else None
+        for _ in range(concurrency if episodes is None else min(concurrency, episodes)):
             self.env.process(self._worker(last, on_episode))
         with _fewer_collections():
             self.env.run()
 
+    def _more(self, last: int | None) -> bool:
+        """Whether a worker may start another episode."""
+        if last is not None and self.next_episode >= last:
+            return False
+        return self._max_steps is None or self.steps < self._max_steps
+
     def _worker(
-        self, last: int, on_episode: Callable[[EpisodeResult], None] | None
+        self, last: int | None, on_episode: Callable[[EpisodeResult], None] | None
     ) -> Generator[simpy.Event, list[int], None]:
-        while self.next_episode < last:
+        while self._more(last):
             ep = self.next_episode
             self.next_episode += 1
             result = yield from self._episode(ep)
@@ -106,6 +120,7 @@ class Kernel:
             out = task.step(state, self._prims[s.winner])
             reward = to_units(out.reward)
             total += reward
+            self.steps += 1
             step = _Step(ep, t, state, bids, seller, s, out, reward)
             last = out.done or t == task.horizon - 1
             self.bus.publish(self._step_events(step, episode_return=total if last else None))

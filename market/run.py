@@ -11,9 +11,10 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ledger.events import AUCTIONEER, ENVIRONMENT, Balance, Header, Open, RunEnd, RunStart
 from ledger.replay import Balances, LiveBalances, replay
@@ -34,11 +35,21 @@ class RunConfig(BaseModel):
     mechanism: Mechanism = Mechanism.CCV
     bidder: str = "truthful"
     cloned: bool = True
-    episodes: int = Field(default=1000, ge=1)
+    episodes: int | None = Field(default=1000, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    """Env steps (auctions) after which no new episode starts; None: run `episodes`."""
+    learner: dict[str, Any] | None = None
+    """The learning bidder's own configuration, when the bidder learns (recorded, hashed)."""
     seed: int = Field(default=0, ge=0)
     gamma: float = Field(default=0.99, gt=0.0, le=1.0)
     constant: float = Field(default=0.5, ge=0.0, le=1.0)
     concurrency: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RunConfig:
+        if self.episodes is None and self.steps is None:
+            raise ValueError("give a number of episodes or of steps")
+        return self
 
     @property
     def run_id(self) -> str:
@@ -108,7 +119,7 @@ def simulate(
         first_episode=resume.next_episode,
         start_time=resume.time,
     )
-    kernel.run_episodes(config.episodes, config.concurrency, record)
+    kernel.run_episodes(config.episodes, config.concurrency, record, config.steps)
     seq = kernel.seq
     head = Header(tx=seq, run=config.run_id, episode=-1, step=-1, time=kernel.env.now)
     bus.publish(

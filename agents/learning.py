@@ -1,0 +1,72 @@
+"""A learning society: PPO primitives that bid for the kernel and learn from the bus.
+
+The society's only data is what the ledger commits: a `PayoffTracker` on the bus folds each
+bidder's auction utility from the payoff events addressed to its account (its reward, its
+payment out, its discounted payment in from the next sale), and hands over the finished
+(state, bid, utility) samples. Clones feed their primitive's one buffer; when every
+primitive has a full batch, all of them take one PPO update together.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agents.ppo_bidder import PPOBidders, PPOConfig
+from ledger.payoffs import PayoffTracker, Sample
+from ledger.units import UNIT
+from market.bus import Bus
+from market.society import Society
+from market.tasks import Task
+
+
+class LearningSociety:
+    """The bidders of a society as PPO primitives trained on their ledger payoffs."""
+
+    def __init__(self, task: Task, society: Society, config: PPOConfig, seed: int) -> None:
+        self.config = config
+        self.agent = PPOBidders(task.n_states, society.primitive_of, config, seed)
+        n = self.agent.n_primitives
+        self._states: list[list[int]] = [[] for _ in range(n)]
+        self._bids: list[list[float]] = [[] for _ in range(n)]
+        self._utilities: list[list[float]] = [[] for _ in range(n)]
+        self.updates: list[dict[str, float]] = []
+        self.recent_bids: list[deque[float]] = [deque(maxlen=1000) for _ in range(n)]
+        self.received: list[Sample[float]] = []
+        """Every sample the bus delivered, kept only when `keep_samples` is set (tests)."""
+        self.keep_samples = False
+
+    def attach(self, bus: Bus) -> None:
+        """Learn from every transaction the bus commits from now on."""
+        bus.subscribe_all(PayoffTracker(self.config.gamma, self._on_sample).apply)
+
+    def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Every bidder's bid at each state, drawn in one batched call."""
+        return self.agent.bids(states)
+
+    def _on_sample(self, sample: Sample[float]) -> None:
+        p = sample.primitive
+        bid = sample.bid / UNIT
+        self._states[p].append(sample.state)
+        self._bids[p].append(bid)
+        self._utilities[p].append(sample.utility / UNIT)
+        self.recent_bids[p].append(bid)
+        if self.keep_samples:
+            self.received.append(sample)
+        if all(len(s) >= self.config.batch for s in self._states):
+            self._update()
+
+    def _update(self) -> None:
+        k = self.config.batch
+        take = [np.asarray([c[:k] for c in col]) for col in (self._states, self._bids, self._utilities)]
+        for col in (self._states, self._bids, self._utilities):
+            for p in range(len(col)):
+                del col[p][:k]
+        metrics = self.agent.update(take[0], take[1], take[2])
+        self.updates.append(metrics | {"mean_utility": float(take[2].mean())})
+
+    def mean_bids(self) -> list[float]:
+        """Each primitive's mean bid over its last 1000 bids."""
+        return [float(np.mean(b)) if b else float("nan") for b in self.recent_bids]
