@@ -34,34 +34,36 @@ class LearningSociety:
         self._utilities: list[list[float]] = [[] for _ in range(n)]
         self.updates: list[dict[str, float]] = []
         self.recent_bids: list[deque[float]] = [deque(maxlen=1000) for _ in range(n)]
-        self.received: list[Sample[float]] = []
+        self.received: list[Sample] = []
         """Every sample the bus delivered, kept only when `keep_samples` is set (tests)."""
         self.keep_samples = False
 
     def attach(self, bus: Bus) -> None:
         """Learn from every transaction the bus commits from now on."""
-        bus.subscribe_all(PayoffTracker(self.config.gamma, self._on_sample).apply)
+        bus.subscribe_all(PayoffTracker(self.config.gamma, self._on_samples).apply)
 
     def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
         """Every bidder's bid at each state, drawn in one batched call."""
         return self.agent.bids(states)
 
-    def _on_sample(self, sample: Sample[float]) -> None:
-        p = sample.primitive
-        bid = sample.bid / UNIT
-        self._states[p].append(sample.state)
-        self._bids[p].append(bid)
-        self._utilities[p].append(sample.utility / UNIT)
-        self.recent_bids[p].append(bid)
+    def _on_samples(self, samples: list[Sample]) -> None:
+        """One finished auction: every bidder's (state, bid, utility), into its buffer."""
+        for _, _, _, p, state, units, utility in samples:
+            bid = units / UNIT
+            self._states[p].append(state)
+            self._bids[p].append(bid)
+            self._utilities[p].append(float(utility) / UNIT)
+            self.recent_bids[p].append(bid)
         if self.keep_samples:
-            self.received.append(sample)
-        if all(len(s) >= self.config.batch for s in self._states):
+            self.received.extend(samples)
+        if min(map(len, self._states)) >= self.config.batch:
             self._update()
 
     def _update(self) -> None:
         k = self.config.batch
-        take = [np.asarray([c[:k] for c in col]) for col in (self._states, self._bids, self._utilities)]
-        for col in (self._states, self._bids, self._utilities):
+        columns = (self._states, self._bids, self._utilities)
+        take = [np.asarray([c[:k] for c in col]) for col in columns]
+        for col in columns:
             for p in range(len(col)):
                 del col[p][:k]
         metrics = self.agent.update(take[0], take[1], take[2])

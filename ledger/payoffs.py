@@ -3,14 +3,16 @@
 The same rule as `ledger.utilities.utilities`, computed incrementally: a bidder's utility
 for step t is final once the episode's next auction has paid for the state it sold (or the
 episode has ended), and is then handed to `on_sample` with the state and the bid it made.
-This is how learners get their data: from the ledger's own events, nothing else.
+Samples come a finished auction at a time (every bidder of it at once). This is how learners
+get their data: from the ledger's own events, nothing else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic
+from fractions import Fraction
+from typing import Generic, NamedTuple
 
 from ledger.events import ENVIRONMENT, Bid, EpisodeEnd, EventBase, Mint, Pay, Reward, Transform
 from ledger.transaction import OWN, Transaction
@@ -28,8 +30,7 @@ _SRC, _DST, _AMOUNT = (_at(Pay, f) for f in ("src", "dst", "amount"))
 _DURATION = _at(Transform, "duration")
 
 
-@dataclass(frozen=True, slots=True)
-class Sample(Generic[Num]):
+class Sample(NamedTuple):
     """One bidder's finished auction: what it saw, what it bid, what it got (units)."""
 
     episode: int
@@ -38,7 +39,7 @@ class Sample(Generic[Num]):
     primitive: int
     state: int
     bid: int
-    utility: Num
+    utility: float | Fraction
 
 
 @dataclass(slots=True)
@@ -54,9 +55,9 @@ class _Step(Generic[Num]):
 class PayoffTracker(Generic[Num]):
     """Turns committed auction transactions into finished (state, bid, utility) samples."""
 
-    def __init__(self, gamma: Num, on_sample: Callable[[Sample[Num]], None]) -> None:
+    def __init__(self, gamma: Num, on_samples: Callable[[list[Sample]], None]) -> None:
         self.gamma: Num = gamma
-        self.on_sample: Callable[[Sample[Num]], None] = on_sample
+        self.on_samples: Callable[[list[Sample]], None] = on_samples
         self._open: dict[int, _Step[Num]] = {}
 
     def apply(self, tx: Transaction) -> None:
@@ -67,7 +68,7 @@ class PayoffTracker(Generic[Num]):
             return
         previous = self._open.pop(episode, None)
         zero = self.gamma - self.gamma
-        now = _Step[Num](t, zero, [], {})
+        now: _Step[Num] = _Step(t, zero, [], {})
         ended = False
         for model, v in body:
             if model is Bid:
@@ -96,9 +97,5 @@ class PayoffTracker(Generic[Num]):
             self._open[episode] = now
 
     def _emit(self, episode: int, step: _Step[Num]) -> None:
-        for account, primitive, state, bid in step.bids:
-            self.on_sample(
-                Sample(episode, step.step, account, primitive, state, bid, step.utility[account])
-            )
-
-
+        u, t = step.utility, step.step
+        self.on_samples([Sample(episode, t, a, p, s, b, u[a]) for a, p, s, b in step.bids])

@@ -26,8 +26,8 @@ def test_live_samples_equal_the_utilities_of_the_stored_ledger(
     gamma = Fraction(99, 100)
     ledger = MemoryLedger()
     bus = Bus(ledger)
-    samples: list[Sample[Fraction]] = []
-    bus.subscribe_all(PayoffTracker(gamma, samples.append).apply)
+    samples: list[Sample] = []
+    bus.subscribe_all(PayoffTracker(gamma, samples.extend).apply)
     society = Society.of(make_task(task))
     policy = RandomBidder(len(society.accounts), np.random.default_rng(1))
     config = RunConfig(
