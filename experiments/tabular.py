@@ -65,7 +65,7 @@ WINDOW = 2000
 
 def run_one(
     setting: Setting, seed: int, scale: float
-) -> tuple[dict[str, object], list[dict[str, float]]]:
+) -> tuple[dict[str, object], list[dict[str, object]]]:
     """One learning run: its summary row and its learning curve."""
     torch.set_num_threads(1)
     task = make_task(setting.task)
@@ -82,46 +82,62 @@ def run_one(
         learner=ppo.model_dump(),
     )
     learner = LearningSociety(task, Society.of(task, setting.cloned), ppo, seed)
-    window: deque[float] = deque(maxlen=WINDOW if setting.task == "bandit" else 100)
-    state = {"steps": 0, "hit_steps": None, "hit_seconds": None, "next_point": 0}
-    curve: list[dict[str, float]] = []
-    start = time.perf_counter()
-
-    def on_episode(result: EpisodeResult) -> None:
-        state["steps"] += result.steps
-        ret = result.episode_return / UNIT
-        window.append(float(abs(ret - 0.8) < 1e-9) if setting.task == "bandit" else ret)
-        score = float(np.mean(window))
-        if state["hit_steps"] is None and len(window) == window.maxlen and score >= setting.target:
-            state["hit_steps"], state["hit_seconds"] = state["steps"], time.perf_counter() - start
-        if state["steps"] >= state["next_point"]:
-            curve.append(
-                {"steps": state["steps"], "score": score, "seconds": time.perf_counter() - start}
-            )
-            state["next_point"] += max(config.steps // 100, 1)
-
+    tracker = _Tracker(setting, budget=int(setting.budget * scale))
     with tempfile.TemporaryDirectory() as tmp:
         ledger = DiskLedger(Path(tmp) / "ledger")
         bus = Bus(ledger)
         learner.attach(bus)
-        summary = simulate(config, ledger, learner, on_episode, bus=bus)
-        seconds = time.perf_counter() - start
+        summary = simulate(config, ledger, learner, tracker.on_episode, bus=bus)
+        seconds = time.perf_counter() - tracker.start
         report = audit(ledger)
         last = ledger.scan().filter(pl.col("kind") == "allocate").tail(WINDOW).collect()
     row: dict[str, object] = {
         **asdict(setting),
         "seed": seed,
-        "steps": state["steps"],
+        "steps": tracker.steps,
         "seconds": seconds,
-        "steps_per_s": state["steps"] / seconds,
-        "steps_to_criterion": state["hit_steps"],
-        "seconds_to_criterion": state["hit_seconds"],
-        "final_score": float(np.mean(window)),
+        "steps_per_s": tracker.steps / seconds,
+        "steps_to_criterion": tracker.hit_steps,
+        "seconds_to_criterion": tracker.hit_seconds,
+        "final_score": tracker.score(),
         "audit_clean": report.ok,
         "events": summary.events,
     }
     row |= _task_metrics(task, setting, learner, last)
-    return row, [{**p, "label": setting.label, "task": setting.task, "seed": seed} for p in curve]
+    curve = [
+        {**p, "label": setting.label, "task": setting.task, "seed": seed} for p in tracker.curve
+    ]
+    return row, curve
+
+
+class _Tracker:
+    """Follows a run's recent score, the first time it meets the criterion, and its curve."""
+
+    def __init__(self, setting: Setting, budget: int) -> None:
+        self.setting, self.every = setting, max(budget // 100, 1)
+        self.window: deque[float] = deque(maxlen=WINDOW if setting.task == "bandit" else 100)
+        self.steps, self.next_point = 0, 0
+        self.hit_steps: int | None = None
+        self.hit_seconds: float | None = None
+        self.curve: list[dict[str, object]] = []
+        self.start = time.perf_counter()
+
+    def score(self) -> float:
+        """The recent train return (Bandit: the share of episodes arm 3 won)."""
+        return float(np.mean(self.window)) if self.window else float("nan")
+
+    def on_episode(self, result: EpisodeResult) -> None:
+        self.steps += result.steps
+        ret = result.episode_return / UNIT
+        bandit = self.setting.task == "bandit"
+        self.window.append(float(abs(ret - 0.8) < 1e-9) if bandit else ret)
+        full = len(self.window) == self.window.maxlen
+        if self.hit_steps is None and full and self.score() >= self.setting.target:
+            self.hit_steps, self.hit_seconds = self.steps, time.perf_counter() - self.start
+        if self.steps >= self.next_point:
+            elapsed = time.perf_counter() - self.start
+            self.curve.append({"steps": self.steps, "score": self.score(), "seconds": elapsed})
+            self.next_point += self.every
 
 
 def _task_metrics(
@@ -139,7 +155,7 @@ def _task_metrics(
         out["mean_abs_bid_minus_q"] = float(np.mean(np.abs(won["bid"].to_numpy() - q_won)))
     if setting.task == "bandit":
         out["mean_bids"] = " ".join(f"{m:.2f}" for m in means[:, 0])
-        out["arm3_share"] = float((last["primitive"] == 3).mean())
+        out["arm3_share"] = float((last["primitive"].to_numpy() == 3).mean())
     return out
 
 
@@ -175,7 +191,7 @@ def _tables(runs: pl.DataFrame) -> str:
             cell("steps_to_criterion"),
             cell("seconds_to_criterion"),
             cell("final_score"),
-            cell("mean_abs_bid_minus_q"),
+            *([cell("mean_abs_bid_minus_q")] if task != "duality" else []),
             cell("steps_per_s"),
             *(cell(c) if c != "mean_bids" and c != "greedy" else pl.col(c).first() for c in extra),
             pl.col("audit_clean").all(),
@@ -230,8 +246,13 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step budget")
     parser.add_argument("--tasks", default="bandit,chain,duality")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/tabular"))
+    parser.add_argument("--report-only", action="store_true", help="redo tables and plots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        _plot(pl.read_parquet(args.out / "curves.parquet"), args.out)
+        print(_tables(pl.read_parquet(args.out / "runs.parquet")))
+        return
     tasks = set(args.tasks.split(","))
     jobs = [(s, seed) for s in SETTINGS if s.task in tasks for seed in range(args.seeds)]
     rows, curves = [], []
