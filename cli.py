@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from rich.text import Text
 from agents.fixed import BIDDERS, make_bidder
 from agents.learning import LearningSociety
 from agents.ppo_bidder import PPOConfig
+from agents.training import TrainingRecord, latest_snapshot, load_snapshot
 from analyses.wealth import returns, wealth
 from ledger.disk import DiskLedger
 from ledger.errors import LedgerError
@@ -33,7 +35,7 @@ from market.kernel import EpisodeResult
 from market.mechanisms import parse as parse_mechanism
 from market.run import RunConfig, RunSummary, simulate
 from market.society import Policy, Society
-from market.tasks import TASKS, make_task
+from market.tasks import TASKS, Task, make_task
 
 app = typer.Typer(
     help="An event-sourced economic simulation engine for decentralized RL.",
@@ -91,54 +93,52 @@ def simulate_cmd(
     concurrency: Annotated[
         int | None, typer.Option(help="Episodes running at once [default: 1; 32 with --learn].")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue a learning run from its last snapshot (--steps more)."),
+    ] = None,
 ) -> None:
-    """Run a society into a new run directory, then audit it."""
-    ppo = PPOConfig(gamma=gamma) if learn else None
-    config = guarded(
-        lambda: RunConfig(
-            task=task,
-            mechanism=parse_mechanism(mechanism),
-            bidder="ppo" if learn else bidder,
-            cloned=not solitary,
-            episodes=episodes if episodes is not None or steps is not None else 1000,
-            steps=steps,
-            seed=seed,
-            gamma=gamma,
-            constant=constant,
-            concurrency=concurrency if concurrency is not None else (32 if learn else 1),
-            learner=ppo.model_dump() if ppo is not None else None,
-        )
-    )
-    run_task = guarded(lambda: make_task(config.task))
-    society = Society.of(run_task, config.cloned)
-    (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
-    learner: LearningSociety | None = None
-    policy: Policy
-    if ppo is not None:
-        learner = LearningSociety(run_task, society, ppo, int(policy_seed.generate_state(1)[0]))
-        policy = learner
+    """Run a society into a new run directory (or continue one with --resume), then audit it."""
+    if resume is not None:
+        config, run, ledger = guarded(lambda: _resumed(resume, steps))
     else:
-        policy = guarded(
-            lambda: make_bidder(
-                config.bidder,
-                run_task,
-                society,
-                config.gamma,
-                np.random.default_rng(policy_seed),
-                config.constant,
+        config = guarded(
+            lambda: RunConfig(
+                task=task,
+                mechanism=parse_mechanism(mechanism),
+                bidder="ppo" if learn else bidder,
+                cloned=not solitary,
+                episodes=episodes if episodes is not None or steps is not None else 1000,
+                steps=steps,
+                seed=seed,
+                gamma=gamma,
+                constant=constant,
+                concurrency=concurrency if concurrency is not None else (32 if learn else 1),
+                learner=PPOConfig(gamma=gamma).model_dump() if learn else None,
             )
         )
-    name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
-    run = guarded(lambda: rundir.new_run_dir(out, name))
-    guarded(lambda: run.mkdir(parents=True, exist_ok=True))
-    rundir.write_json(
-        run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")}
-    )
-    ledger = guarded(lambda: DiskLedger(run / rundir.LEDGER))
+        guarded(lambda: make_task(config.task))
+        name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
+        run = guarded(lambda: rundir.new_run_dir(out, name))
+        guarded(lambda: run.mkdir(parents=True, exist_ok=True))
+        rundir.write_json(
+            run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")}
+        )
+        ledger = guarded(lambda: DiskLedger(run / rundir.LEDGER))
+    run_task = make_task(config.task)
+    society = Society.of(run_task, config.cloned)
+    policy, learner = guarded(lambda: _policy(config, run_task, society))
     bus = Bus(ledger)
+    record: TrainingRecord | None = None
     if learner is not None:
         learner.attach(bus)
+        record = TrainingRecord(run, learner, society)
+        snapshot = latest_snapshot(run) if resume is not None else None
+        if snapshot is not None:
+            load_snapshot(learner, snapshot)
     summary = _run_with_progress(config, ledger, policy, bus, learner)
+    if record is not None:
+        record.save()
     report = audit(ledger)
     rundir.write_json(
         run / rundir.SUMMARY,
@@ -179,6 +179,36 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
     console.print(_audit_table(report))
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]:
+    """The configuration and ledger of a learning run to continue, for `steps` more."""
+    ledger = rundir.open_run_ledger(run)
+    if not (run / rundir.CONFIG).is_file():
+        raise ValueError(f"{run}: not a run directory (no {rundir.CONFIG})")
+    recorded = json.loads((run / rundir.CONFIG).read_text(encoding="utf-8"))
+    recorded.pop("run_id", None)
+    config = RunConfig.model_validate(recorded)
+    if config.learner is None:
+        raise ValueError(f"{run} is not a learning run; only learning runs resume")
+    if latest_snapshot(run) is None:
+        raise ValueError(f"{run} has no snapshot to resume from")
+    more = steps if steps is not None else config.steps
+    return config.model_copy(update={"steps": more, "episodes": None}), run, ledger
+
+
+def _policy(
+    config: RunConfig, task: Task, society: Society
+) -> tuple[Policy, LearningSociety | None]:
+    """The run's bidders: a learning society, or fixed bidders."""
+    (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
+    if config.learner is not None:
+        ppo = PPOConfig.model_validate(config.learner)
+        learner = LearningSociety(task, society, ppo, int(policy_seed.generate_state(1)[0]))
+        return learner, learner
+    rng = np.random.default_rng(policy_seed)
+    bidder = make_bidder(config.bidder, task, society, config.gamma, rng, config.constant)
+    return bidder, None
 
 
 def _run_with_progress(

@@ -10,6 +10,8 @@ primitive has a full batch, all of them take one PPO update together.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +39,10 @@ class LearningSociety:
         self.received: list[Sample] = []
         """Every sample the bus delivered, kept only when `keep_samples` is set (tests)."""
         self.keep_samples = False
+        self.auctions = 0
+        """Finished auctions this society has learned from."""
+        self.on_update: Callable[[dict[str, float]], None] | None = None
+        """Called after every update with its metrics (for metrics files and snapshots)."""
 
     def attach(self, bus: Bus) -> None:
         """Learn from every transaction the bus commits from now on."""
@@ -54,6 +60,7 @@ class LearningSociety:
             self._bids[p].append(bid)
             self._utilities[p].append(float(utility) / UNIT)
             self.recent_bids[p].append(bid)
+        self.auctions += 1
         if self.keep_samples:
             self.received.extend(samples)
         if min(map(len, self._states)) >= self.config.batch:
@@ -67,8 +74,37 @@ class LearningSociety:
             for p in range(len(col)):
                 del col[p][:k]
         metrics = self.agent.update(take[0], take[1], take[2])
-        self.updates.append(metrics | {"mean_utility": float(take[2].mean())})
+        metrics |= {"mean_utility": float(take[2].mean()), "auctions": float(self.auctions)}
+        self.updates.append(metrics)
+        if self.on_update is not None:
+            self.on_update(metrics)
 
     def mean_bids(self) -> list[float]:
         """Each primitive's mean bid over its last 1000 bids."""
         return [float(np.mean(b)) if b else float("nan") for b in self.recent_bids]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue learning where this society stands."""
+        agent = self.agent
+        return {
+            "bank": agent.bank.state_dict(),
+            "policy_opt": agent.policy_opt.state_dict(),
+            "value_opt": agent.value_opt.state_dict(),
+            "rng": agent.rng.bit_generator.state,
+            "generator": agent.generator.get_state(),
+            "buffers": (self._states, self._bids, self._utilities),
+            "updates": self.updates,
+            "auctions": self.auctions,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s output."""
+        agent = self.agent
+        agent.bank.load_state_dict(state["bank"])
+        agent.policy_opt.load_state_dict(state["policy_opt"])
+        agent.value_opt.load_state_dict(state["value_opt"])
+        agent.rng.bit_generator.state = state["rng"]
+        agent.generator.set_state(state["generator"])
+        self._states, self._bids, self._utilities = state["buffers"]
+        self.updates = list(state["updates"])
+        self.auctions = int(state["auctions"])
