@@ -117,7 +117,10 @@ def simulate_cmd(
                 learner=PPOConfig(gamma=gamma).model_dump() if learn else None,
             )
         )
-        guarded(lambda: make_task(config.task))
+    run_task = guarded(lambda: make_task(config.task))
+    society = Society.of(run_task, config.cloned)
+    policy, learner = guarded(lambda: _policy(config, run_task, society))
+    if resume is None:
         name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
         run = guarded(lambda: rundir.new_run_dir(out, name))
         guarded(lambda: run.mkdir(parents=True, exist_ok=True))
@@ -125,9 +128,6 @@ def simulate_cmd(
             run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")}
         )
         ledger = guarded(lambda: DiskLedger(run / rundir.LEDGER))
-    run_task = make_task(config.task)
-    society = Society.of(run_task, config.cloned)
-    policy, learner = guarded(lambda: _policy(config, run_task, society))
     bus = Bus(ledger)
     record: TrainingRecord | None = None
     if learner is not None:
