@@ -1,0 +1,106 @@
+"""Learning throughput: env steps/s of collection and of PPO updates, separately.
+
+A learning society of Beta-bid PPO primitives (methods.md settings) on each tabular task,
+cloned CCV, the on-disk ledger on, for a fixed number of env steps. Collection time is the
+run's wall time minus the time spent inside PPO updates.
+
+    python benchmarks/learning.py [--steps 100000] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from agents.learning import LearningSociety
+from agents.ppo_bidder import PPOConfig
+from ledger.disk import DiskLedger
+from market.bus import Bus
+from market.run import RunConfig, simulate
+from market.society import Society
+from market.tasks import make_task
+
+
+def measure(task_name: str, steps: int, concurrency: int) -> dict[str, float]:
+    """Wall seconds of a learning run, split into collection and update."""
+    task = make_task(task_name)
+    ppo = PPOConfig()
+    config = RunConfig(
+        task=task_name,
+        mechanism="ccv",
+        bidder="ppo",
+        episodes=None,
+        steps=steps,
+        concurrency=concurrency,
+        learner=ppo.model_dump(),
+    )
+    learner = LearningSociety(task, Society.of(task), ppo, seed=0)
+    spent = {"update": 0.0}
+    update = learner.agent.update
+
+    def timed_update(*args: object) -> dict[str, float]:
+        start = time.perf_counter()
+        try:
+            return update(*args)  # type: ignore[arg-type]
+        finally:
+            spent["update"] += time.perf_counter() - start
+
+    learner.agent.update = timed_update  # type: ignore[method-assign]
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = DiskLedger(Path(tmp) / "ledger")
+        bus = Bus(ledger)
+        learner.attach(bus)
+        start = time.perf_counter()
+        summary = simulate(config, ledger, learner, bus=bus)
+        total = time.perf_counter() - start
+    samples = sum(ppo.batch * learner.agent.n_primitives for _ in learner.updates)
+    return {
+        "steps": float(steps),
+        "total": total,
+        "update": spent["update"],
+        "collect": total - spent["update"],
+        "updates": float(len(learner.updates)),
+        "samples": float(samples),
+        "events": float(summary.events),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    table = Table(title=f"learning throughput, cloned CCV, {args.steps:,} env steps, one core")
+    for col in (
+        "task",
+        "env steps/s",
+        "collection steps/s",
+        "update samples/s",
+        "updates",
+        "share in updates",
+        "ledger events/s",
+    ):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task in ("bandit", "chain", "duality"):
+        m = measure(task, args.steps, args.concurrency)
+        table.add_row(
+            task,
+            f"{m['steps'] / m['total']:,.0f}",
+            f"{m['steps'] / m['collect']:,.0f}",
+            f"{m['samples'] / max(m['update'], 1e-9):,.0f}",
+            f"{m['updates']:.0f}",
+            f"{m['update'] / m['total']:.0%}",
+            f"{m['events'] / m['total']:,.0f}",
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
