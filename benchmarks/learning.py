@@ -51,7 +51,7 @@ def measure(task_name: str, steps: int, concurrency: int) -> dict[str, float]:
         finally:
             spent["update"] += time.perf_counter() - start
 
-    learner.agent.update = timed_update  # type: ignore[method-assign]
+    learner.agent.update = timed_update  # type: ignore[method-assign, assignment]
     with tempfile.TemporaryDirectory() as tmp:
         ledger = DiskLedger(Path(tmp) / "ledger")
         bus = Bus(ledger)
