@@ -153,7 +153,7 @@ class PPOBidders:
 
     def _log_prob(self, s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """log psi(b | s) of each primitive's own samples: inputs and output (P, m)."""
-        logp: torch.Tensor = self.bank.distribution(s).log_prob(b)  # type: ignore[no-untyped-call]
+        logp: torch.Tensor = self.bank.distribution(s).log_prob(b)
         return logp
 
     def _step(
@@ -169,9 +169,9 @@ class PPOBidders:
         adv = u - values.detach()
         adv = (adv - adv.mean(dim=1, keepdim=True)) / (adv.std(dim=1, keepdim=True) + 1e-8)
         dist = self.bank.distribution(s)
-        ratio = torch.exp(dist.log_prob(b) - old_logp)  # type: ignore[no-untyped-call]
+        ratio = torch.exp(dist.log_prob(b) - old_logp)
         clipped = torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip)
-        entropy = dist.entropy().mean(dim=1)  # type: ignore[no-untyped-call]
+        entropy = dist.entropy().mean(dim=1)
         policy_loss = (
             -torch.min(ratio * adv, clipped * adv).mean(dim=1) - cfg.entropy_coef * entropy
         )

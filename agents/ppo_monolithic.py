@@ -1,0 +1,133 @@
+"""The monolithic baseline: one categorical PPO agent choosing the primitive at every state.
+
+It runs in the same market, under the `env` mechanism with a solitary society: at each
+auction it bids 1 credit for the primitive it picks and 0 for the others, so the allocation
+is its action and no money but rewards moves. Its data comes from the bus like everyone
+else's: the state auctioned, the primitive allocated and the reward paid, per episode; at an
+episode's end each step's discounted return-to-go G_t becomes a sample. PPO settings are the
+primitives' (methods.md): advantage G - V(s) normalised, clip 0.2, entropy 0.1, one pass of
+minibatches of 256 over 4096 samples, value MSE + 1e-3 L2, grad-norm 40, Adam 4e-5 / 5e-3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+from torch.distributions import Categorical
+
+from agents.ppo_bidder import PPOConfig
+from ledger.events import ENVIRONMENT, Allocate, Bid, EpisodeEnd, Reward
+from ledger.transaction import OWN, Transaction
+from ledger.units import UNIT
+from market.bus import Bus
+
+
+class MonolithicPPO:
+    """A categorical policy over a task's primitives, trained on episode returns."""
+
+    def __init__(self, n_states: int, n_primitives: int, config: PPOConfig, seed: int) -> None:
+        self.config, self.n_states, self.n_actions = config, n_states, n_primitives
+        torch_seed, numpy_seed = np.random.SeedSequence(seed).generate_state(2)
+        torch.manual_seed(int(torch_seed))
+        self.generator = torch.Generator().manual_seed(int(torch_seed))
+        self.rng = np.random.default_rng(int(numpy_seed))
+        h = config.hidden
+        self.policy = nn.Sequential(nn.Linear(n_states, h), nn.ReLU(), nn.Linear(h, n_primitives))
+        self.value = nn.Sequential(nn.Linear(n_states, h), nn.ReLU(), nn.Linear(h, 1))
+        self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=config.policy_lr)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
+        self._open: dict[int, list[tuple[int, int, float]]] = {}
+        self._samples: list[tuple[int, int, float]] = []
+        self.updates: list[dict[str, float]] = []
+
+    def attach(self, bus: Bus) -> None:
+        """Learn from every transaction the bus commits from now on."""
+        bus.subscribe_all(self._on_transaction)
+
+    @torch.no_grad()
+    def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        """One-hot bids: 1 credit for the sampled primitive at each state, 0 for the rest."""
+        probs = torch.softmax(self.policy(self._one_hot(torch.as_tensor(states))), -1).numpy()
+        u = self.rng.random((len(states), 1))
+        actions = np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), self.n_actions - 1)
+        one_hot: NDArray[np.float64] = np.eye(self.n_actions)[actions]
+        return one_hot
+
+    def _one_hot(self, states: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(states, self.n_states).float()
+
+    def _on_transaction(self, tx: Transaction) -> None:
+        episode = tx.header[2]
+        state = action = None
+        reward, ended = 0.0, False
+        for model, v in tx.body:
+            if model is Bid:
+                state = v[OWN[Bid].index("state")]
+            elif model is Allocate:
+                action = v[OWN[Allocate].index("primitive")]
+            elif model is Reward:
+                src, dst, amount = v[0], v[1], v[2]
+                reward = amount / UNIT if src == ENVIRONMENT else -amount / UNIT
+                assert ENVIRONMENT in (src, dst)
+            elif model is EpisodeEnd:
+                ended = True
+        if state is None or action is None:
+            return
+        self._open.setdefault(episode, []).append((state, action, reward))
+        if ended:
+            self._finish(self._open.pop(episode))
+
+    def _finish(self, trajectory: list[tuple[int, int, float]]) -> None:
+        g = 0.0
+        returns = []
+        for _, _, r in reversed(trajectory):
+            g = r + self.config.gamma * g
+            returns.append(g)
+        for (s, a, _), ret in zip(trajectory, reversed(returns), strict=True):
+            self._samples.append((s, a, ret))
+        if len(self._samples) >= self.config.batch:
+            batch, self._samples = (
+                self._samples[: self.config.batch],
+                self._samples[self.config.batch :],
+            )
+            self._update(batch)
+
+    def _update(self, batch: list[tuple[int, int, float]]) -> None:
+        cfg = self.config
+        s = torch.tensor([b[0] for b in batch])
+        a = torch.tensor([b[1] for b in batch])
+        g = torch.tensor([b[2] for b in batch], dtype=torch.float32)
+        x = self._one_hot(s)
+        with torch.no_grad():
+            old_logp = Categorical(logits=self.policy(x)).log_prob(a)
+        order = torch.randperm(len(batch), generator=self.generator)
+        losses = []
+        for start in range(0, len(batch), cfg.minibatch):
+            i = order[start : start + cfg.minibatch]
+            values = self.value(x[i])[:, 0]
+            adv = g[i] - values.detach()
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            dist = Categorical(logits=self.policy(x[i]))
+            ratio = torch.exp(dist.log_prob(a[i]) - old_logp[i])
+            clipped = torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip)
+            policy_loss = -torch.min(ratio * adv, clipped * adv).mean()
+            policy_loss = policy_loss - cfg.entropy_coef * dist.entropy().mean()
+            l2 = torch.stack([(w**2).sum() for w in self.value.parameters()]).sum()
+            value_loss = ((values - g[i]) ** 2).mean() + cfg.value_l2 * l2
+            self.policy_opt.zero_grad()
+            self.value_opt.zero_grad()
+            (policy_loss + value_loss).backward()
+            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_(self.value.parameters(), cfg.max_grad_norm)
+            self.policy_opt.step()
+            self.value_opt.step()
+            losses.append(float(policy_loss.detach()))
+        self.updates.append({"policy_loss": float(np.mean(losses)), "mean_return": float(g.mean())})
+
+    def greedy(self) -> NDArray[np.int64]:
+        """The most likely primitive in every state."""
+        with torch.no_grad():
+            logits = self.policy(self._one_hot(torch.arange(self.n_states)))
+        return np.asarray(logits.argmax(-1).numpy(), dtype=np.int64)
