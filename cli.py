@@ -23,6 +23,7 @@ from rich.text import Text
 from agents.fixed import BIDDERS, make_bidder
 from agents.learning import LearningSociety
 from agents.ppo_bidder import PPOConfig
+from agents.ppo_monolithic import MonolithicPPO
 from agents.training import TrainingRecord, latest_snapshot, load_snapshot
 from analyses.wealth import returns, wealth
 from ledger.disk import DiskLedger
@@ -81,6 +82,9 @@ def simulate_cmd(
     mechanism: Annotated[str, typer.Option(help="ccv, v, bb, fp or env.")] = "ccv",
     bidder: Annotated[str, typer.Option(help=f"One of: {', '.join(BIDDERS)}.")] = "truthful",
     learn: Annotated[bool, typer.Option(help="PPO primitives learn from their payoffs.")] = False,
+    monolithic: Annotated[
+        bool, typer.Option(help="With --learn: the categorical PPO baseline (env, solitary).")
+    ] = False,
     episodes: Annotated[int | None, typer.Option(help="Episodes to run [default: 1000].")] = None,
     steps: Annotated[int | None, typer.Option(help="Env steps (auctions) to run.")] = None,
     seed: Annotated[int, typer.Option(help="The one seed every random number derives from.")] = 0,
@@ -105,9 +109,9 @@ def simulate_cmd(
         config = guarded(
             lambda: RunConfig(
                 task=task,
-                mechanism=parse_mechanism(mechanism),
-                bidder="ppo" if learn else bidder,
-                cloned=not solitary,
+                mechanism=parse_mechanism("env" if monolithic else mechanism),
+                bidder=("monolithic" if monolithic else "ppo") if learn else bidder,
+                cloned=not (solitary or monolithic),
                 episodes=episodes if episodes is not None or steps is not None else 1000,
                 steps=steps,
                 seed=seed,
@@ -132,6 +136,7 @@ def simulate_cmd(
     record: TrainingRecord | None = None
     if learner is not None:
         learner.attach(bus)
+    if isinstance(learner, LearningSociety):
         record = TrainingRecord(run, learner, society)
         snapshot = latest_snapshot(run) if resume is not None else None
         if snapshot is not None:
@@ -189,8 +194,8 @@ def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]
     recorded = json.loads((run / rundir.CONFIG).read_text(encoding="utf-8"))
     recorded.pop("run_id", None)
     config = RunConfig.model_validate(recorded)
-    if config.learner is None:
-        raise ValueError(f"{run} is not a learning run; only learning runs resume")
+    if config.learner is None or config.bidder == "monolithic":
+        raise ValueError(f"{run} is not a learning society's run; only those resume")
     if latest_snapshot(run) is None:
         raise ValueError(f"{run} has no snapshot to resume from")
     more = steps if steps is not None else config.steps
@@ -199,9 +204,14 @@ def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]
 
 def _policy(
     config: RunConfig, task: Task, society: Society
-) -> tuple[Policy, LearningSociety | None]:
+) -> tuple[Policy, LearningSociety | MonolithicPPO | None]:
     """The run's bidders: a learning society, or fixed bidders."""
     (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
+    if config.bidder == "monolithic":
+        ppo = PPOConfig.model_validate(config.learner)
+        seed = int(policy_seed.generate_state(1)[0])
+        agent = MonolithicPPO(task.n_states, task.n_primitives, ppo, seed)
+        return agent, agent
     if config.learner is not None:
         ppo = PPOConfig.model_validate(config.learner)
         learner = LearningSociety(task, society, ppo, int(policy_seed.generate_state(1)[0]))
@@ -216,7 +226,7 @@ def _run_with_progress(
     ledger: DiskLedger,
     policy: Policy,
     bus: Bus,
-    learner: LearningSociety | None,
+    learner: LearningSociety | MonolithicPPO | None,
 ) -> RunSummary:
     """`simulate` under a progress bar: env steps (or episodes), steps/s, return, bids."""
     by_steps = config.steps is not None
@@ -235,7 +245,7 @@ def _run_with_progress(
                 return
             rate = done["steps"] / max(time.perf_counter() - start, 1e-9)
             text = f"{rate:,.0f} steps/s  return {to_credit(int(np.mean(recent))):.3f}"
-            if learner is not None:
+            if isinstance(learner, LearningSociety):
                 text += "  bids " + " ".join(f"{b:.2f}" for b in learner.mean_bids())
             progress.update(
                 bar, completed=done["steps" if by_steps else "episodes"], description=text

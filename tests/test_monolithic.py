@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
 from agents.ppo_bidder import PPOConfig
 from agents.ppo_monolithic import MonolithicPPO
+from cli import app
 from ledger.store import MemoryLedger
 from market.audit import audit
 from market.bus import Bus
@@ -48,3 +55,17 @@ def test_monolithic_ppo_solves_chain() -> None:
     assert (agent.greedy()[:5] == 1).all()
     ends = ledger.scan().collect().filter(kind="episode_end")["episode_return"].tail(200)
     assert float(ends.to_numpy().mean()) >= 0.75 * 10**9
+
+
+def test_the_cli_runs_the_baseline_under_env_with_a_solitary_society(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--learn --monolithic` records bidder monolithic, mechanism env, no clones; it audits."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app,
+        ["simulate", "--task", "chain", "--learn", "--monolithic", "--steps", "2000", "--out", "m"],
+    )
+    assert result.exit_code == 0 and "AUDIT CLEAN" in result.output
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (config["bidder"], config["mechanism"], config["cloned"]) == ("monolithic", "env", False)

@@ -64,6 +64,6 @@ def test_only_learning_runs_with_a_snapshot_resume(cwd: Path) -> None:
     """Resuming a fixed-bidder run, or a missing one, is a one-line error."""
     market("simulate", "--episodes", "5", "--out", "fixed")
     code, out = market("simulate", "--resume", "fixed")
-    assert code == 2 and "not a learning run" in out
+    assert code == 2 and "not a learning society's run" in out
     code, out = market("simulate", "--resume", "nowhere")
     assert code == 2 and "no such run" in out
