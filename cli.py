@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import numpy as np
 import polars as pl
@@ -21,10 +21,6 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.fixed import BIDDERS, make_bidder
-from agents.learning import LearningSociety
-from agents.ppo_bidder import PPOConfig
-from agents.ppo_monolithic import MonolithicPPO
-from agents.training import TrainingRecord, latest_snapshot, load_snapshot
 from analyses.wealth import returns, wealth
 from ledger.disk import DiskLedger
 from ledger.errors import LedgerError
@@ -37,6 +33,10 @@ from market.mechanisms import parse as parse_mechanism
 from market.run import RunConfig, RunSummary, simulate
 from market.society import Policy, Society
 from market.tasks import TASKS, Task, make_task
+
+if TYPE_CHECKING:  # the learners import torch, which `market --help` should not wait for
+    from agents.learning import LearningSociety
+    from agents.ppo_monolithic import MonolithicPPO
 
 app = typer.Typer(
     help="An event-sourced economic simulation engine for decentralized RL.",
@@ -118,7 +118,7 @@ def simulate_cmd(
                 gamma=gamma,
                 constant=constant,
                 concurrency=concurrency if concurrency is not None else (32 if learn else 1),
-                learner=PPOConfig(gamma=gamma).model_dump() if learn else None,
+                learner=_ppo_config(gamma) if learn else None,
             )
         )
     run_task = guarded(lambda: make_task(config.task))
@@ -133,14 +133,17 @@ def simulate_cmd(
         )
         ledger = guarded(lambda: DiskLedger(run / rundir.LEDGER))
     bus = Bus(ledger)
-    record: TrainingRecord | None = None
+    record = None
     if learner is not None:
+        from agents.learning import LearningSociety
+        from agents.training import TrainingRecord, latest_snapshot, load_snapshot
+
         learner.attach(bus)
-    if isinstance(learner, LearningSociety):
-        record = TrainingRecord(run, learner, society)
-        snapshot = latest_snapshot(run) if resume is not None else None
-        if snapshot is not None:
-            load_snapshot(learner, snapshot)
+        if isinstance(learner, LearningSociety):
+            record = TrainingRecord(run, learner, society)
+            snapshot = latest_snapshot(run) if resume is not None else None
+            if snapshot is not None:
+                load_snapshot(learner, snapshot)
     summary = _run_with_progress(config, ledger, policy, bus, learner)
     if record is not None:
         record.save()
@@ -186,6 +189,13 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
         raise typer.Exit(1)
 
 
+def _ppo_config(gamma: float) -> dict[str, Any]:
+    """The learners' default configuration with the run's discount."""
+    from agents.ppo_bidder import PPOConfig
+
+    return PPOConfig(gamma=gamma).model_dump()
+
+
 def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]:
     """The configuration and ledger of a learning run to continue, for `steps` more."""
     ledger = rundir.open_run_ledger(run)
@@ -196,6 +206,8 @@ def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]
     config = RunConfig.model_validate(recorded)
     if config.learner is None or config.bidder == "monolithic":
         raise ValueError(f"{run} is not a learning society's run; only those resume")
+    from agents.training import latest_snapshot
+
     if latest_snapshot(run) is None:
         raise ValueError(f"{run} has no snapshot to resume from")
     more = steps if steps is not None else config.steps
@@ -205,20 +217,24 @@ def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]
 def _policy(
     config: RunConfig, task: Task, society: Society
 ) -> tuple[Policy, LearningSociety | MonolithicPPO | None]:
-    """The run's bidders: a learning society, or fixed bidders."""
+    """The run's bidders: fixed ones, a learning society, or the monolithic baseline."""
     (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
+    if config.learner is None:
+        rng = np.random.default_rng(policy_seed)
+        bidder = make_bidder(config.bidder, task, society, config.gamma, rng, config.constant)
+        return bidder, None
+    from agents.learning import LearningSociety
+    from agents.ppo_bidder import PPOConfig
+    from agents.ppo_monolithic import MonolithicPPO
+
+    ppo = PPOConfig.model_validate(config.learner)
+    seed = int(policy_seed.generate_state(1)[0])
+    learner: LearningSociety | MonolithicPPO
     if config.bidder == "monolithic":
-        ppo = PPOConfig.model_validate(config.learner)
-        seed = int(policy_seed.generate_state(1)[0])
-        agent = MonolithicPPO(task.n_states, task.n_primitives, ppo, seed)
-        return agent, agent
-    if config.learner is not None:
-        ppo = PPOConfig.model_validate(config.learner)
-        learner = LearningSociety(task, society, ppo, int(policy_seed.generate_state(1)[0]))
-        return learner, learner
-    rng = np.random.default_rng(policy_seed)
-    bidder = make_bidder(config.bidder, task, society, config.gamma, rng, config.constant)
-    return bidder, None
+        learner = MonolithicPPO(task.n_states, task.n_primitives, ppo, seed)
+    else:
+        learner = LearningSociety(task, society, ppo, seed)
+    return learner, learner
 
 
 def _run_with_progress(
@@ -245,7 +261,7 @@ def _run_with_progress(
                 return
             rate = done["steps"] / max(time.perf_counter() - start, 1e-9)
             text = f"{rate:,.0f} steps/s  return {to_credit(int(np.mean(recent))):.3f}"
-            if isinstance(learner, LearningSociety):
+            if learner is not None and hasattr(learner, "mean_bids"):
                 text += "  bids " + " ".join(f"{b:.2f}" for b in learner.mean_bids())
             progress.update(
                 bar, completed=done["steps" if by_steps else "episodes"], description=text
