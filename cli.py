@@ -223,12 +223,12 @@ def _policy(
         rng = np.random.default_rng(policy_seed)
         bidder = make_bidder(config.bidder, task, society, config.gamma, rng, config.constant)
         return bidder, None
-    from agents.learning import LearningSociety
+    from agents.learning import LearningSociety, learner_seed
     from agents.ppo_bidder import PPOConfig
     from agents.ppo_monolithic import MonolithicPPO
 
     ppo = PPOConfig.model_validate(config.learner)
-    seed = int(policy_seed.generate_state(1)[0])
+    seed = learner_seed(config.seed)
     learner: LearningSociety | MonolithicPPO
     if config.bidder == "monolithic":
         learner = MonolithicPPO(task.n_states, task.n_primitives, ppo, seed)

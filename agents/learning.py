@@ -18,10 +18,13 @@ from numpy.typing import NDArray
 
 from agents.ppo_bidder import PPOBidders, PPOConfig
 from ledger.payoffs import PayoffTracker, Sample
+from ledger.store import Ledger
 from ledger.units import UNIT
 from market.bus import Bus
+from market.kernel import EpisodeResult
+from market.run import RunConfig, RunSummary, simulate
 from market.society import Society
-from market.tasks import Task
+from market.tasks import Task, make_task
 
 
 class LearningSociety:
@@ -108,3 +111,25 @@ class LearningSociety:
         self._states, self._bids, self._utilities = state["buffers"]
         self.updates = list(state["updates"])
         self.auctions = int(state["auctions"])
+
+
+def learner_seed(run_seed: int) -> int:
+    """The learning society's seed, derived from the run's one seed (its first spawn)."""
+    (child,) = np.random.SeedSequence(run_seed).spawn(1)
+    return int(child.generate_state(1)[0])
+
+
+def run_learning(
+    config: RunConfig,
+    ledger: Ledger,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+    keep_samples: bool = False,
+) -> tuple[RunSummary, LearningSociety]:
+    """Run `config` (whose `learner` holds a PPOConfig) with a learning society."""
+    task = make_task(config.task)
+    ppo = PPOConfig.model_validate(config.learner or {})
+    learner = LearningSociety(task, Society.of(task, config.cloned), ppo, learner_seed(config.seed))
+    learner.keep_samples = keep_samples
+    bus = Bus(ledger)
+    learner.attach(bus)
+    return simulate(config, ledger, learner, on_episode, bus=bus), learner

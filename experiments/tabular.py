@@ -23,15 +23,13 @@ import polars as pl
 import torch
 from rich.progress import Progress
 
-from agents.learning import LearningSociety
+from agents.learning import LearningSociety, run_learning
 from agents.ppo_bidder import PPOConfig
 from ledger.disk import DiskLedger
 from ledger.units import UNIT
 from market.audit import audit
-from market.bus import Bus
 from market.kernel import EpisodeResult
-from market.run import RunConfig, simulate
-from market.society import Society
+from market.run import RunConfig
 from market.tasks import Task, make_task
 
 
@@ -81,13 +79,10 @@ def run_one(
         concurrency=32,
         learner=ppo.model_dump(),
     )
-    learner = LearningSociety(task, Society.of(task, setting.cloned), ppo, seed)
     tracker = _Tracker(setting, budget=int(setting.budget * scale))
     with tempfile.TemporaryDirectory() as tmp:
         ledger = DiskLedger(Path(tmp) / "ledger")
-        bus = Bus(ledger)
-        learner.attach(bus)
-        summary = simulate(config, ledger, learner, tracker.on_episode, bus=bus)
+        summary, learner = run_learning(config, ledger, tracker.on_episode)
         seconds = time.perf_counter() - tracker.start
         report = audit(ledger)
         last = ledger.scan().filter(pl.col("kind") == "allocate").tail(WINDOW).collect()

@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.learning import LearningSociety
+from agents.learning import LearningSociety, run_learning
 from agents.ppo_bidder import PPOConfig
 from ledger.store import MemoryLedger
 from ledger.utilities import utilities
 from market.audit import audit
-from market.bus import Bus
-from market.run import RunConfig, simulate
-from market.society import Society
-from market.tasks import make_task
+from market.run import RunConfig
 
 FAST = PPOConfig(batch=256, minibatch=64, policy_lr=3e-3)
 """A small batch and a larger step size, so that tests learn in seconds."""
@@ -39,13 +36,8 @@ def learn(
         concurrency=16,
         learner=ppo.model_dump(),
     )
-    run_task = make_task(task)
-    learner = LearningSociety(run_task, Society.of(run_task, cloned), ppo, seed)
-    learner.keep_samples = True
     ledger = MemoryLedger()
-    bus = Bus(ledger)
-    learner.attach(bus)
-    simulate(config, ledger, learner, bus=bus)
+    _, learner = run_learning(config, ledger, keep_samples=True)
     return ledger, learner
 
 
