@@ -83,7 +83,7 @@ def simulate_cmd(
     bidder: Annotated[str, typer.Option(help=f"One of: {', '.join(BIDDERS)}.")] = "truthful",
     learn: Annotated[bool, typer.Option(help="PPO primitives learn from their payoffs.")] = False,
     monolithic: Annotated[
-        bool, typer.Option(help="With --learn: the categorical PPO baseline (env, solitary).")
+        bool, typer.Option(help="Learn with the categorical PPO baseline (env, solitary).")
     ] = False,
     episodes: Annotated[int | None, typer.Option(help="Episodes to run [default: 1000].")] = None,
     steps: Annotated[int | None, typer.Option(help="Env steps (auctions) to run.")] = None,
@@ -103,6 +103,7 @@ def simulate_cmd(
     ] = None,
 ) -> None:
     """Run a society into a new run directory (or continue one with --resume), then audit it."""
+    learn = learn or monolithic
     if resume is not None:
         config, run, ledger = guarded(lambda: _resumed(resume, steps))
     else:
