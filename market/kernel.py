@@ -74,7 +74,6 @@ class Kernel:
         self._waiting: list[tuple[int, simpy.Event]] = []
         self._batched = False
         self._max_steps: int | None = None
-        self._stopped = False
         self.steps = 0
         """Auctions held so far (env steps)."""
 
@@ -97,13 +96,9 @@ class Kernel:
         with _fewer_collections():
             self.env.run()
 
-    def stop(self) -> None:
-        """Start no new episode (those under way finish); e.g. once a criterion is met."""
-        self._stopped = True
-
     def _more(self, last: int | None) -> bool:
         """Whether a worker may start another episode."""
-        if self._stopped or (last is not None and self.next_episode >= last):
+        if last is not None and self.next_episode >= last:
             return False
         return self._max_steps is None or self.steps < self._max_steps
 

@@ -75,12 +75,11 @@ def simulate(
     policy: Policy,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     bus: Bus | None = None,
-    stop_when: Callable[[], bool] | None = None,
 ) -> RunSummary:
     """Run `config` with `policy` into `ledger` (opened, run, closed and flushed).
 
     Pass a `bus` over the same ledger to have subscribers (learners, monitors) see every
-    committed transaction; `stop_when`, asked after every episode, ends the run early.
+    committed transaction.
     """
     task = make_task(config.task)
     society = Society.of(task, config.cloned)
@@ -97,8 +96,6 @@ def simulate(
         returns.append(result.episode_return)
         if on_episode is not None:
             on_episode(result)
-        if stop_when is not None and stop_when():
-            kernel.stop()
 
     start, first_seq = time.perf_counter(), ledger.next_seq
     accounts = (ENVIRONMENT, AUCTIONEER, *society.accounts)
