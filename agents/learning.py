@@ -108,6 +108,7 @@ class LearningSociety:
         agent.value_opt.load_state_dict(state["value_opt"])
         agent.rng.bit_generator.state = state["rng"]
         agent.generator.set_state(state["generator"])
+        agent.parameters_changed()
         self._states, self._bids, self._utilities = state["buffers"]
         self.updates = list(state["updates"])
         self.auctions = int(state["auctions"])

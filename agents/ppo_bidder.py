@@ -119,6 +119,7 @@ class PPOBidders:
         self.bank = BidderBank(self.n_primitives, n_states, self.config.hidden)
         self.policy_opt = torch.optim.Adam(self.bank.policy_params(), lr=self.config.policy_lr)
         self.value_opt = torch.optim.Adam(self.bank.value_params(), lr=self.config.value_lr)
+        self._table: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
 
     @torch.no_grad()
     def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -127,10 +128,26 @@ class PPOBidders:
         Clones draw separately from their primitive's one distribution; the draws come from
         the bank's own NumPy generator, so a seed fixes them.
         """
-        dist = self.bank.distribution(torch.as_tensor(states))
-        alpha = dist.concentration1[self.primitive_of].double().numpy()
-        beta = dist.concentration0[self.primitive_of].double().numpy()
-        return np.clip(self.rng.beta(alpha, beta), 1e-6, 1 - 1e-6).T
+        alpha, beta = self._bid_table()
+        return np.clip(self.rng.beta(alpha[:, states], beta[:, states]), 1e-6, 1 - 1e-6).T
+
+    def _bid_table(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Every bidder's Beta parameters in every state, (n_bidders, n_states).
+
+        Speed: the states are one-hot and the parameters change only at an update, so the
+        table is computed once per update and bids are drawn from it without torch.
+        """
+        if self._table is None:
+            dist = self.bank.distribution(torch.arange(self.bank.n_states))
+            self._table = (
+                dist.concentration1[self.primitive_of].double().numpy(),
+                dist.concentration0[self.primitive_of].double().numpy(),
+            )
+        return self._table
+
+    def parameters_changed(self) -> None:
+        """Forget the cached bid table (after an update or a loaded snapshot)."""
+        self._table = None
 
     def update(
         self, states: NDArray[np.int64], bids: NDArray[np.float64], utilities: NDArray[np.float64]
@@ -149,6 +166,7 @@ class PPOBidders:
             for start in range(0, n, cfg.minibatch):
                 idx = order[start : start + cfg.minibatch]
                 self._step(s[:, idx], b[:, idx], u[:, idx], old_logp[:, idx], stats)
+        self.parameters_changed()
         return {k: float(np.mean(v)) for k, v in stats.items()}
 
     def _log_prob(self, s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -50,6 +51,7 @@ def test_a_snapshot_restores_the_society_exactly(cwd: Path) -> None:
     market("simulate", "--task", "chain", "--learn", "--steps", "5000", "--out", "r")
     task = make_task("chain")
     restored = LearningSociety(task, Society.of(task), PPOConfig(), seed=99)
+    restored.bids(np.arange(6))  # the untrained society's bid table is now cached
     snapshot = latest_snapshot(cwd / "r")
     assert snapshot is not None
     load_snapshot(restored, snapshot)
@@ -58,6 +60,10 @@ def test_a_snapshot_restores_the_society_exactly(cwd: Path) -> None:
         assert torch.equal(tensor, saved["bank"][name])
     assert restored.agent.rng.bit_generator.state == saved["rng"]
     assert restored.updates == saved["updates"]
+    alpha, _ = restored.agent._bid_table()  # bids come from the restored parameters
+    dist = restored.agent.bank.distribution(torch.arange(6))
+    expected = dist.concentration1[restored.agent.primitive_of].double().numpy()
+    assert np.array_equal(alpha, expected)
 
 
 def test_only_learning_runs_with_a_snapshot_resume(cwd: Path) -> None:
