@@ -138,7 +138,8 @@ class PPOBidders:
         table is computed once per update and bids are drawn from it without torch.
         """
         if self._table is None:
-            dist = self.bank.distribution(torch.arange(self.bank.n_states))
+            with torch.no_grad():
+                dist = self.bank.distribution(torch.arange(self.bank.n_states))
             self._table = (
                 dist.concentration1[self.primitive_of].double().numpy(),
                 dist.concentration0[self.primitive_of].double().numpy(),

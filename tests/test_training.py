@@ -62,7 +62,7 @@ def test_a_snapshot_restores_the_society_exactly(cwd: Path) -> None:
     assert restored.updates == saved["updates"]
     alpha, _ = restored.agent._bid_table()  # bids come from the restored parameters
     dist = restored.agent.bank.distribution(torch.arange(6))
-    expected = dist.concentration1[restored.agent.primitive_of].double().numpy()
+    expected = dist.concentration1[restored.agent.primitive_of].detach().double().numpy()
     assert np.array_equal(alpha, expected)
 
 
