@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.fixed import BIDDERS, make_bidder
-from analyses.wealth import returns, wealth
+from analyses.wealth import wealth
 from ledger.disk import DiskLedger
 from ledger.errors import LedgerError
 from ledger.units import to_credit
@@ -166,8 +166,7 @@ def simulate_cmd(
     table.add_row("events written", f"{summary.events:,}")
     table.add_row("events/s", f"{summary.events / max(summary.seconds, 1e-9):,.0f}")
     table.add_row("episodes", f"{summary.episodes:,}")
-    mean_return = returns(ledger.scan()).select(pl.col("credit").mean()).item()
-    table.add_row("mean return", f"{mean_return:.4f} credit")
+    table.add_row("mean return", f"{to_credit(summary.mean_return):.4f} credit")
     table.add_row("ledger head", ledger.head[:16])
     console.print(table)
     console.print(_wealth_table(wealth(ledger.scan())))
