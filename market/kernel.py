@@ -128,7 +128,7 @@ class Kernel:
             state, seller = out.next_state, self._accounts[s.winner]
             if last:
                 return EpisodeResult(ep, t + 1, total)
-        return EpisodeResult(ep, 0, 0)
+        raise AssertionError("unreachable: the last step of the horizon returns above")
 
     def _bids(self, state: int) -> Generator[simpy.Event, list[int], list[int]]:
         """Every bidder's bid for `state`, in units.
