@@ -1,9 +1,11 @@
 """A learning society: PPO primitives that bid for the kernel and learn from the bus.
 
-The society's only data is what the ledger commits: a `PayoffTracker` on the bus folds each
+The society's only data is what the ledger commits: a payoff tracker on the bus folds each
 bidder's auction utility from the payoff events addressed to its account (its reward, its
 payment out, its discounted payment in from the next sale), and hands over the finished
-(state, bid, utility) samples. Clones feed their primitive's one buffer; when every
+(state, bid, utility) samples: `PayoffTracker` one transaction at a time (the episode
+kernel), `BatchPayoffTracker` a round's batch at a time (the round kernel), the same samples
+in the same order either way. Clones feed their primitive's one buffer; when every
 primitive has a full batch, all of them take one PPO update together.
 """
 
@@ -17,12 +19,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agents.ppo_bidder import PPOBidders, PPOConfig
+from ledger.payoff_columns import BatchPayoffTracker, SampleColumns
 from ledger.payoffs import PayoffTracker, Sample
 from ledger.store import Ledger
 from ledger.units import UNIT
 from market.bus import Bus
 from market.kernel import EpisodeResult
-from market.run import RunConfig, RunSummary, simulate
+from market.run import KernelChoice, RunConfig, RunSummary, simulate
 from market.society import Society
 from market.tasks import Task, make_task
 
@@ -43,13 +46,18 @@ class LearningSociety:
         """Every sample the bus delivered, kept only when `keep_samples` is set (tests)."""
         self.keep_samples = False
         self.auctions = 0
-        """Finished auctions this society has learned from."""
+        """Finished auctions delivered to this society (a round's worth at a time under the
+        round kernel; an update's metrics record the count when it ran)."""
         self.on_update: Callable[[dict[str, float]], None] | None = None
         """Called after every update with its metrics (for metrics files and snapshots)."""
 
     def attach(self, bus: Bus) -> None:
         """Learn from every transaction the bus commits from now on."""
-        bus.subscribe_all(PayoffTracker(self.config.gamma, self._on_samples).apply)
+        gamma = self.config.gamma
+        bus.subscribe_all(
+            PayoffTracker(gamma, self._on_samples).apply,
+            BatchPayoffTracker(gamma, self._on_columns).apply_batch,
+        )
 
     def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
         """Every bidder's bid at each state, drawn in one batched call."""
@@ -67,6 +75,35 @@ class LearningSociety:
         if self.keep_samples:
             self.received.extend(samples)
         if min(map(len, self._states)) >= self.config.batch:
+            self._update()
+
+    def _on_columns(self, samples: SampleColumns) -> None:
+        """A batch's finished auctions, as columns, into the buffers (in the same order)."""
+        bids = samples.bid / UNIT
+        utilities = samples.utility / UNIT
+        for p in range(self.agent.n_primitives):
+            mine = samples.primitive == p
+            self._states[p].extend(samples.state[mine].tolist())
+            self._bids[p].extend(bids[mine].tolist())
+            self._utilities[p].extend(utilities[mine].tolist())
+            self.recent_bids[p].extend(bids[mine][-1000:].tolist())
+        self.auctions += int(samples.auction[-1]) + 1
+        if self.keep_samples:
+            names = [samples.strings[a] for a in samples.account.tolist()]
+            self.received.extend(
+                Sample(*row)
+                for row in zip(
+                    samples.episode.tolist(),
+                    samples.step.tolist(),
+                    names,
+                    samples.primitive.tolist(),
+                    samples.state.tolist(),
+                    samples.bid.tolist(),
+                    samples.utility.tolist(),
+                    strict=True,
+                )
+            )
+        while min(map(len, self._states)) >= self.config.batch:
             self._update()
 
     def _update(self) -> None:
@@ -125,6 +162,7 @@ def run_learning(
     ledger: Ledger,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     keep_samples: bool = False,
+    kernel: KernelChoice = "auto",
 ) -> tuple[RunSummary, LearningSociety]:
     """Run `config` (whose `learner` holds a PPOConfig) with a learning society."""
     task = make_task(config.task)
@@ -133,4 +171,4 @@ def run_learning(
     learner.keep_samples = keep_samples
     bus = Bus(ledger)
     learner.attach(bus)
-    return simulate(config, ledger, learner, on_episode, bus=bus), learner
+    return simulate(config, ledger, learner, on_episode, bus=bus, kernel=kernel), learner

@@ -24,6 +24,7 @@ import pyarrow.ipc as ipc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ledger import chain, schema
+from ledger.batch import EventBatch, table_of
 from ledger.errors import CorruptLedger
 from ledger.store import Ledger
 from ledger.transaction import Transaction
@@ -55,7 +56,7 @@ class DiskLedger(Ledger):
         self.path.mkdir(parents=True, exist_ok=True)
         self.batch_events = batch_events
         self.links, self.torn_tail = _read_manifest(self.path)
-        self._staged: list[Transaction] = []
+        self._staged: list[Transaction | EventBatch] = []
         self._staged_events = 0
         self._verified = not self.links
         if self.links:
@@ -83,9 +84,19 @@ class DiskLedger(Ledger):
         """The link of the last committed batch (the whole ledger's fingerprint)."""
         return self.links[-1].link if self.links else chain.GENESIS
 
-    def _stage(self, tx: Transaction) -> None:
-        self._staged.append(tx)
-        self._staged_events += len(tx)
+    def _stage(self, item: Transaction | EventBatch) -> None:
+        if isinstance(item, EventBatch):
+            # Segments close after the transaction that reaches `batch_events`, wherever
+            # it sits in a batch, so both kernels write the same segments.
+            end = item.boundary_after(self.batch_events - self._staged_events)
+            while end < len(item):
+                head, item = item.split(end)
+                self._staged.append(head)
+                self._staged_events += len(head)
+                self.flush()
+                end = item.boundary_after(self.batch_events)
+        self._staged.append(item)
+        self._staged_events += len(item)
         if self._staged_events >= self.batch_events:
             self.flush()
 
@@ -94,9 +105,9 @@ class DiskLedger(Ledger):
             return
         if self.torn_tail:
             self._set_aside_torn()
-        data = _encode(schema.to_table(self._staged))
+        data = _encode(table_of(self._staged))
         first = self._staged[0].first_seq
-        last = self._staged[-1].first_seq + len(self._staged[-1]) - 1
+        last = first + self._staged_events - 1
         name = f"seg-{first:012d}.arrow"
         _write_atomic(self.path / name, data)
         d = chain.digest(data)

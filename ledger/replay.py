@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
+from ledger.batch import IS_TRANSFER, EventBatch
 from ledger.events import TRANSFER_KINDS as _KINDS
 from ledger.events import EventBase
 from ledger.store import Ledger
@@ -29,6 +31,34 @@ class LiveBalances:
         for src, dst, amount in as_transaction(tx).transfers():
             b[src] = b.get(src, 0) - amount
             b[dst] = b.get(dst, 0) + amount
+
+    def apply_batch(self, batch: EventBatch) -> None:
+        """Fold a batch's transfers: per account, its inflows minus its outflows.
+
+        Exact: sums are taken in int64 only where they cannot overflow, else as Python ints.
+        """
+        moves = IS_TRANSFER[batch.kind]
+        amount = batch.columns["amount"][moves]
+        if amount.size == 0:
+            return
+        n = len(batch.strings)
+        src, dst = batch.columns["src"][moves], batch.columns["dst"][moves]
+        if int(amount.max()) < 2**63 // (2 * amount.size):
+            delta = np.zeros(n, dtype=np.int64)
+            np.add.at(delta, dst, amount)
+            np.subtract.at(delta, src, amount)
+            changes = [(i, int(delta[i])) for i in np.flatnonzero(delta).tolist()]
+        else:
+            big = [0] * n
+            for s, d, a in zip(src.tolist(), dst.tolist(), amount.tolist(), strict=True):
+                big[s] -= a
+                big[d] += a
+            changes = [(i, v) for i, v in enumerate(big) if v]
+        b = self.balances
+        for i, v in changes:
+            name = batch.strings[i]
+            b[name] = b.get(name, 0) + v
+
 
 
 def postings(frame: pl.LazyFrame) -> pl.LazyFrame:

@@ -14,6 +14,7 @@ from types import TracebackType
 import polars as pl
 
 from ledger import schema, transaction
+from ledger.batch import EventBatch, check_batch, table_of
 from ledger.events import Event, EventBase
 from ledger.transaction import Transaction, as_transaction
 
@@ -39,9 +40,16 @@ class Ledger(abc.ABC):
         if opened:
             self._accounts = self._accounts | opened
 
+    def append_batch(self, batch: EventBatch) -> None:
+        """Check a batch of whole transactions and stage it; on any violation raise and
+        stage nothing of it."""
+        check_batch(batch, self.next_seq, self.accounts)
+        self._stage(batch)
+        self.next_seq += len(batch)
+
     @abc.abstractmethod
-    def _stage(self, tx: Transaction) -> None:
-        """Keep a checked transaction; it is committed by the next `flush`."""
+    def _stage(self, item: Transaction | EventBatch) -> None:
+        """Keep a checked transaction or batch; it is committed by the next `flush`."""
 
     def flush(self) -> None:  # noqa: B027 (a no-op where staging is committing)
         """Commit every staged transaction."""
@@ -73,12 +81,12 @@ class MemoryLedger(Ledger):
 
     def __init__(self) -> None:
         super().__init__()
-        self._txs: list[Transaction] = []
+        self._items: list[Transaction | EventBatch] = []
 
-    def _stage(self, tx: Transaction) -> None:
-        self._txs.append(tx)
+    def _stage(self, item: Transaction | EventBatch) -> None:
+        self._items.append(item)
 
     def scan(self) -> pl.LazyFrame:
-        frame = pl.from_arrow(schema.to_table(self._txs))
+        frame = pl.from_arrow(table_of(self._items))
         assert isinstance(frame, pl.DataFrame)
         return frame.lazy()

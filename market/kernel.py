@@ -93,7 +93,7 @@ class Kernel:
         self._max_steps = self.steps + max_steps if max_steps is not None else None
         for _ in range(concurrency if episodes is None else min(concurrency, episodes)):
             self.env.process(self._worker(last, on_episode))
-        with _fewer_collections():
+        with fewer_collections():
             self.env.run()
 
     def _more(self, last: int | None) -> bool:
@@ -188,7 +188,7 @@ class Kernel:
 
 
 @contextmanager
-def _fewer_collections(gen0: int = 50_000) -> Iterator[None]:
+def fewer_collections(gen0: int = 50_000) -> Iterator[None]:
     """Run with a higher generation-0 threshold for Python's cycle collector.
 
     Speed: the loop allocates millions of short-lived tuples; at the default threshold

@@ -11,7 +11,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,6 +22,7 @@ from ledger.store import Ledger
 from market.bus import Bus
 from market.kernel import EpisodeResult, Kernel
 from market.mechanisms import Mechanism
+from market.rounds import RoundKernel
 from market.society import Policy, Society
 from market.tasks import make_task
 
@@ -58,6 +59,10 @@ class RunConfig(BaseModel):
         return f"{self.task}-{self.mechanism.value}-s{self.seed}-{digest}"
 
 
+KernelChoice = Literal["auto", "episodes", "rounds"]
+KERNELS: tuple[KernelChoice, ...] = ("auto", "episodes", "rounds")
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """What a finished run reports."""
@@ -75,11 +80,15 @@ def simulate(
     policy: Policy,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     bus: Bus | None = None,
+    kernel: KernelChoice = "auto",
 ) -> RunSummary:
     """Run `config` with `policy` into `ledger` (opened, run, closed and flushed).
 
     Pass a `bus` over the same ledger to have subscribers (learners, monitors) see every
-    committed transaction.
+    committed transaction. `kernel` picks the episode kernel (one SimPy process per
+    episode) or the round kernel (all concurrent episodes as arrays); both write the same
+    ledger, so it is not part of the configuration. `auto` takes rounds when several
+    episodes run at once.
     """
     task = make_task(config.task)
     society = Society.of(task, config.cloned)
@@ -89,7 +98,7 @@ def simulate(
     live = LiveBalances()
     resume = _Continuation.of(ledger)
     live.balances.update(resume.balances)
-    bus.subscribe_all(live.apply)
+    bus.subscribe_all(live.apply, live.apply_batch)
     returns: list[int] = []
 
     def record(result: EpisodeResult) -> None:
@@ -107,7 +116,8 @@ def simulate(
             *(Open(seq=first_seq + 1 + i, **head, account=a) for i, a in enumerate(new)),
         ]
     )
-    kernel = Kernel(
+    rounds = kernel == "rounds" or (kernel == "auto" and config.concurrency > 1)
+    engine = (RoundKernel if rounds else Kernel)(
         bus=bus,
         run=config.run_id,
         task=task,
@@ -119,9 +129,9 @@ def simulate(
         first_episode=resume.next_episode,
         start_time=resume.time,
     )
-    kernel.run_episodes(config.episodes, config.concurrency, record, config.steps)
-    seq = kernel.seq
-    head = Header(tx=seq, run=config.run_id, episode=-1, step=-1, time=kernel.env.now)
+    engine.run_episodes(config.episodes, config.concurrency, record, config.steps)
+    seq = engine.seq
+    head = Header(tx=seq, run=config.run_id, episode=-1, step=-1, time=engine.env.now)
     bus.publish(
         [
             RunEnd(seq=seq, **head, episodes=len(returns)),

@@ -21,6 +21,15 @@ class Outcome(NamedTuple):
     duration: float = 1.0
 
 
+class TaskTables(NamedTuple):
+    """A tabular task's `step` for every (state, primitive) at once."""
+
+    next_state: NDArray[np.int64]
+    reward: NDArray[np.float64]
+    done: NDArray[np.bool_]
+    duration: NDArray[np.float64]
+
+
 class Task:
     """A deterministic tabular task; subclasses define the transition table."""
 
@@ -38,6 +47,17 @@ class Task:
     def step(self, state: int, primitive: int) -> Outcome:
         """Apply primitive `primitive` to `state`."""
         raise NotImplementedError
+
+    def tables(self) -> TaskTables:
+        """The whole transition table as arrays indexed [state, primitive] (for the round
+        kernel, which steps many episodes at once)."""
+        cells = [[self.step(s, a) for a in range(self.n_primitives)] for s in range(self.n_states)]
+        return TaskTables(
+            next_state=np.array([[o.next_state for o in row] for row in cells], dtype=np.int64),
+            reward=np.array([[o.reward for o in row] for row in cells], dtype=np.float64),
+            done=np.array([[o.done for o in row] for row in cells], dtype=bool),
+            duration=np.array([[o.duration for o in row] for row in cells], dtype=np.float64),
+        )
 
     def q_star(self, gamma: float, sweeps: int = 10_000) -> NDArray[np.float64]:
         """Q*(s, a) of the stationary discounted MDP (the time-out is not part of the state)."""

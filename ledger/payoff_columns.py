@@ -1,0 +1,189 @@
+"""Auction utilities folded from committed batches with array operations (a bus subscriber).
+
+The rule of `ledger.payoffs.PayoffTracker`, column-wise, for the round kernel's batches: a
+bidder's utility for an auction is its reward, minus what it paid, plus gamma^duration
+times what the episode's next auction paid it for the state it sold. An auction's samples
+are final once the next auction of its episode is committed (or its episode has ended);
+until then it is carried over to the next batch.
+
+Samples come in the order the one-transaction-at-a-time tracker gives them (by the
+transaction that finishes them; an episode's previous auction before its ending one), with
+bitwise the same float utilities: own terms are summed exactly as integers and the
+discounted income is added in row order. `tests/test_payoff_columns.py` holds it to both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ledger.batch import CODE, EventBatch
+from ledger.events import ENVIRONMENT, Bid, EpisodeEnd, Mint, Pay, Reward, Transform
+from ledger.utilities import discount
+
+_BID, _PAY, _MINT = CODE[Bid], CODE[Pay], CODE[Mint]
+_REWARD, _TRANSFORM, _END = CODE[Reward], CODE[Transform], CODE[EpisodeEnd]
+I64 = NDArray[np.int64]
+
+
+class SampleColumns(NamedTuple):
+    """Finished samples, one row per (auction, bidder), in the order they finished."""
+
+    episode: I64
+    step: I64
+    account: I64
+    """Codes into `strings`."""
+    primitive: I64
+    state: I64
+    bid: I64
+    utility: NDArray[np.float64]
+    """In units (a float: the next price enters discounted)."""
+    auction: I64
+    """The finished auction each row belongs to, numbered from 0 in this delivery."""
+    strings: tuple[str, ...]
+
+    def __len__(self) -> int:  # the number of samples, not of fields
+        return len(self.bid)
+
+
+class _Open(NamedTuple):
+    """Auctions waiting for their episode's next sale, and their bids (rows by auction)."""
+
+    episode: I64
+    step: I64
+    discount: NDArray[np.float64]
+    utility: NDArray[np.float64]
+    """(auctions, accounts) in units."""
+    bid_auction: I64
+    account: I64
+    primitive: I64
+    state: I64
+    bid: I64
+    strings: tuple[str, ...]
+
+
+def _empty(strings: tuple[str, ...]) -> _Open:
+    z = np.zeros(0, dtype=np.int64)
+    return _Open(z, z, np.zeros(0), np.zeros((0, len(strings))), z, z, z, z, z, strings)
+
+
+class BatchPayoffTracker:
+    """Turns committed batches of auction transactions into finished samples, as columns."""
+
+    def __init__(self, gamma: float, on_samples: Callable[[SampleColumns], None]) -> None:
+        self.gamma = gamma
+        self.on_samples = on_samples
+        self._open: _Open | None = None
+        self._discounts: dict[float, float] = {}
+
+    def apply_batch(self, batch: EventBatch) -> None:
+        """Fold one committed batch (rows outside auctions are ignored)."""
+        kind, cols = batch.kind, batch.columns
+        bid_rows = np.flatnonzero(kind == _BID)
+        if bid_rows.size == 0:
+            return
+        carried = self._carried(batch.strings)
+        m = len(carried.episode)
+        tx = cols["tx"]
+        auctions, first = np.unique(tx[bid_rows], return_index=True)
+        n = len(auctions)
+        at = np.searchsorted(auctions, tx).clip(max=n - 1)
+        at = np.where(auctions[at] == tx, at + m, -1)  # each row's auction, or -1
+        episode = np.concatenate([carried.episode, cols["episode"][bid_rows[first]]])
+        step = np.concatenate([carried.step, cols["step"][bid_rows[first]]])
+        ended = np.zeros(m + n, dtype=bool)
+        ended[at[(kind == _END) & (at >= 0)]] = True
+        disc = np.concatenate([carried.discount, np.zeros(n)])
+        transforms = np.flatnonzero((kind == _TRANSFORM) & (at >= 0))
+        disc[at[transforms]] = [self._discount(d) for d in cols["duration"][transforms].tolist()]
+
+        src, dst, amount = cols["src"], cols["dst"], cols["amount"]
+        env = batch.strings.index(ENVIRONMENT) if ENVIRONMENT in batch.strings else -1
+        own = np.zeros((m + n, len(batch.strings)), dtype=np.int64)
+        pays = np.flatnonzero((kind == _PAY) & (at >= 0))
+        np.subtract.at(own, (at[pays], src[pays]), amount[pays])
+        rewards = np.flatnonzero((kind == _REWARD) & (at >= 0))
+        to_env = dst[rewards] == env
+        who = np.where(to_env, src[rewards], dst[rewards])
+        np.add.at(own, (at[rewards], who), np.where(to_env, -amount[rewards], amount[rewards]))
+        utility = own.astype(np.float64)
+        utility[:m] = carried.utility
+
+        order = np.lexsort((np.arange(m + n), episode))
+        same = episode[order][1:] == episode[order][:-1]
+        prev = np.full(m + n, -1, dtype=np.int64)
+        succ = np.full(m + n, -1, dtype=np.int64)
+        prev[order[1:][same]] = order[:-1][same]
+        succ[order[:-1][same]] = order[1:][same]
+        income = np.flatnonzero(((kind == _PAY) | (kind == _MINT)) & (at >= 0) & (dst != env))
+        income = income[prev[at[income]] >= 0]
+        sold = prev[at[income]]
+        np.add.at(utility, (sold, dst[income]), disc[sold] * amount[income])
+
+        final = ended | (succ >= 0)
+        key = np.where(succ >= 0, 2 * succ, 2 * np.arange(m + n) + 1)
+        finished = np.flatnonzero(final)
+        finished = finished[np.argsort(key[finished], kind="stable")]
+        rank = np.full(m + n, -1, dtype=np.int64)
+        rank[finished] = np.arange(len(finished))
+
+        bid_auction = np.concatenate([carried.bid_auction, at[bid_rows]])
+        account = np.concatenate([carried.account, cols["account"][bid_rows]])
+        primitive = np.concatenate([carried.primitive, cols["primitive"][bid_rows]])
+        state = np.concatenate([carried.state, cols["state"][bid_rows]])
+        bid = np.concatenate([carried.bid, amount[bid_rows]])
+        out = np.flatnonzero(rank[bid_auction] >= 0)
+        out = out[np.argsort(rank[bid_auction[out]], kind="stable")]
+        a = bid_auction[out]
+        samples = SampleColumns(
+            episode[a],
+            step[a],
+            account[out],
+            primitive[out],
+            state[out],
+            bid[out],
+            utility[a, account[out]],
+            rank[a],
+            batch.strings,
+        )
+
+        keep = ~final
+        renumber = np.cumsum(keep) - 1
+        stay = keep[bid_auction]
+        self._open = _Open(
+            episode[keep],
+            step[keep],
+            disc[keep],
+            utility[keep],
+            renumber[bid_auction[stay]],
+            account[stay],
+            primitive[stay],
+            state[stay],
+            bid[stay],
+            batch.strings,
+        )
+        if len(samples):
+            self.on_samples(samples)
+
+    def _carried(self, strings: tuple[str, ...]) -> _Open:
+        """The open auctions, with their account codes in `strings`' numbering."""
+        c = self._open
+        if c is None:
+            return _empty(strings)
+        if c.strings == strings:
+            return c
+        to = np.array([strings.index(s) if s in strings else -1 for s in c.strings])
+        utility = np.zeros((len(c.episode), len(strings)))
+        for old, new in enumerate(to.tolist()):
+            if new >= 0:
+                utility[:, new] = c.utility[:, old]
+        return c._replace(utility=utility, account=to[c.account], strings=strings)
+
+    def _discount(self, duration: float) -> float:
+        """gamma ** duration, as `ledger.utilities.discount` computes it (cached)."""
+        if duration not in self._discounts:
+            self._discounts[duration] = discount(self.gamma, duration)
+        return self._discounts[duration]

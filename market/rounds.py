@@ -1,0 +1,257 @@
+"""The round kernel: every episode due at one SimPy instant is auctioned in one NumPy round.
+
+The same market as `market.kernel.Kernel`, held as arrays over K episode slots instead of K
+SimPy processes. At each instant one process draws the bids of every due episode with one
+policy call, settles all their auctions at once (argmax, second price, mint by row), steps
+the task through its transition table, and publishes the round's transactions as one
+`EventBatch`: row for row the events the episode kernel writes, in the same order.
+
+With unit durations (every tabular task) the two kernels write identical ledgers for the
+same configuration and policy; `tests/test_rounds.py` holds them to it. Slots due at the
+same instant go in slot order.
+
+Speed: the cost per round is a fixed few hundred microseconds of NumPy calls, so the cost
+per auction falls as the number of concurrent episodes grows (benchmarks/engine.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import NamedTuple
+
+import numpy as np
+import simpy
+from numpy.typing import NDArray
+
+from ledger.batch import CODE, COLUMNS, EventBatch, numpy_type
+from ledger.events import (
+    AUCTIONEER,
+    ENVIRONMENT,
+    Allocate,
+    Bid,
+    EpisodeEnd,
+    EpisodeStart,
+    EventBase,
+    Mint,
+    Pay,
+    Reward,
+    Transform,
+)
+from ledger.units import UNIT
+from market.bus import Bus
+from market.kernel import EpisodeResult, fewer_collections
+from market.mechanisms import PAYS_FIRST_PRICE, PAYS_SECOND_PRICE, Mechanism
+from market.society import Policy, Society
+from market.tasks import Task
+
+_ENV, _AUCTIONEER = 0, 1
+_IDLE, _RUNNING, _STARTING = 0, 1, 2
+
+
+class _Positions(NamedTuple):
+    """Where each event of one auction sits in its row of the round's (K, width) grid:
+    EpisodeStart at 0, then the bids, Allocate, Pay, Mint, Transform, Reward, EpisodeEnd.
+    Absent events (no Pay under `env`, no Mint, ...) are masked out of the grid."""
+
+    bids: slice
+    alloc: int
+    pay: int
+    mint: int
+    transform: int
+    reward: int
+    end: int
+
+
+class RoundKernel:
+    """Runs auction episodes of one tabular task as rounds of array operations."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        run: str,
+        task: Task,
+        society: Society,
+        mechanism: Mechanism,
+        policy: Policy,
+        gamma: float,
+        first_seq: int,
+        first_episode: int = 0,
+        start_time: float = 0.0,
+    ) -> None:
+        self.bus, self.task, self.mechanism, self.policy = bus, task, mechanism, policy
+        self.env = simpy.Environment(initial_time=start_time)
+        self.seq = first_seq
+        self.next_episode = first_episode
+        self.steps = 0
+        """Auctions held so far (env steps)."""
+        self.tables = task.tables()
+        self._reward_units = np.rint(self.tables.reward * UNIT).astype(np.int64)
+        self._prims = np.asarray(society.primitive_of, dtype=np.int64)
+        n = len(self._prims)
+        self._bidders = np.arange(2, 2 + n, dtype=np.int64)
+        self._strings = (
+            ENVIRONMENT,
+            AUCTIONEER,
+            *society.accounts,
+            run,
+            task.name,
+            mechanism.value,
+        )
+        self._run, self._task, self._mech = 2 + n, 3 + n, 4 + n
+        self._cloned, self._gamma = society.cloned, gamma
+        self._pos = _Positions(slice(1, n + 1), *range(n + 1, n + 7))
+        models: list[type[EventBase]] = [EpisodeStart, *[Bid] * n, Allocate, Pay, Mint, Transform, Reward, EpisodeEnd]
+        self._kind_at = np.array([CODE[m] for m in models], dtype=np.int8)
+        self._width = n + 7
+        self._max_steps: int | None = None
+        self._absent: list[tuple[str, type[np.generic]]] | None = None
+        """Columns no auction event has (zeros; stored as null), found at the first round."""
+
+    def run_episodes(
+        self,
+        episodes: int | None,
+        concurrency: int = 1,
+        on_episode: Callable[[EpisodeResult], None] | None = None,
+        max_steps: int | None = None,
+    ) -> None:
+        """As `Kernel.run_episodes`: `episodes` episodes (or until `max_steps` auctions),
+        `concurrency` at a time."""
+        if episodes is None and max_steps is None:
+            raise ValueError("give a number of episodes or of steps")
+        last = self.next_episode + episodes if episodes is not None else None
+        self._max_steps = self.steps + max_steps if max_steps is not None else None
+        k = concurrency if episodes is None else min(concurrency, episodes)
+        self._status = np.full(k, _STARTING, dtype=np.int8)
+        self._due = np.full(k, self.env.now, dtype=np.float64)
+        self._ep = np.zeros(k, dtype=np.int64)
+        self._t = np.zeros(k, dtype=np.int64)
+        self._state = np.zeros(k, dtype=np.int64)
+        self._seller = np.zeros(k, dtype=np.int64)
+        self._total = np.zeros(k, dtype=np.int64)
+        self._results: list[EpisodeResult | None] = [None] * k
+        self.env.process(self._loop(last, on_episode))
+        with fewer_collections():
+            self.env.run()
+
+    def _more(self, last: int | None) -> bool:
+        """Whether a slot may start another episode."""
+        if last is not None and self.next_episode >= last:
+            return False
+        return self._max_steps is None or self.steps < self._max_steps
+
+    def _loop(
+        self, last: int | None, on_episode: Callable[[EpisodeResult], None] | None
+    ) -> Generator[simpy.Event, None, None]:
+        while True:
+            live = self._status != _IDLE
+            if not live.any():
+                return
+            now = float(self._due[live].min())
+            if now > self.env.now:
+                yield self.env.timeout(now - self.env.now)
+            due = self._due == now
+            for i in np.flatnonzero(due & (self._status == _STARTING)).tolist():
+                result, self._results[i] = self._results[i], None
+                if result is not None and on_episode is not None:
+                    on_episode(result)
+                self._start(i, last)
+            running = np.flatnonzero(due & (self._status == _RUNNING))
+            if running.size:
+                self._round(running, now)
+
+    def _start(self, i: int, last: int | None) -> None:
+        """Slot `i` starts the next episode, or retires if no more may start."""
+        if not self._more(last):
+            self._status[i] = _IDLE
+            return
+        self._status[i] = _RUNNING
+        self._ep[i], self.next_episode = self.next_episode, self.next_episode + 1
+        self._t[i], self._state[i], self._seller[i], self._total[i] = 0, self.task.start, _ENV, 0
+
+    def _round(self, idx: NDArray[np.int64], now: float) -> None:
+        """One auction in each slot of `idx`, all settled and published together."""
+        k, pos, tables = len(idx), self._pos, self.tables
+        states, t = self._state[idx], self._t[idx]
+        drawn = np.asarray(self.policy.bids(states), dtype=np.float64)
+        bids = np.clip(np.rint(drawn * UNIT), 0, UNIT).astype(np.int64)
+        w = bids.argmax(axis=1)  # the first maximum: the lowest id wins ties
+        rows = np.arange(k)
+        b1 = bids[rows, w]
+        b2 = np.sort(bids, axis=1)[:, -2] if bids.shape[1] > 1 else np.zeros(k, np.int64)
+        has_price = self.mechanism in PAYS_SECOND_PRICE or self.mechanism in PAYS_FIRST_PRICE
+        price = b2 if self.mechanism in PAYS_SECOND_PRICE else b1
+        mint = (b1 - b2) * (t > 0) if self.mechanism is Mechanism.V else np.zeros(k, np.int64)
+        prim, winner = self._prims[w], self._bidders[w]
+        nxt, reward = tables.next_state[states, prim], self._reward_units[states, prim]
+        done, duration = tables.done[states, prim], tables.duration[states, prim]
+        last = done | (t == self.task.horizon - 1)
+        total = self._total[idx] + reward
+
+        present = np.ones((k, self._width), dtype=bool)
+        present[:, 0] = t == 0
+        present[:, pos.pay] = has_price
+        present[:, pos.mint] = mint > 0
+        present[:, pos.end] = last
+        flat = np.flatnonzero(present.ravel())
+        slot, at = np.divmod(flat, self._width)
+        sizes = present.sum(axis=1)
+        firsts = self.seq + np.cumsum(sizes) - sizes
+        n = len(flat)
+
+        def grid() -> NDArray[np.int64]:
+            return np.zeros((k, self._width), dtype=np.int64)
+
+        gives = reward >= 0
+        account, src, dst, amount, primitive = grid(), grid(), grid(), grid(), grid()
+        account[:, pos.bids] = self._bidders
+        account[:, pos.alloc] = account[:, pos.transform] = winner
+        src[:, pos.pay], dst[:, pos.pay] = winner, self._seller[idx]
+        src[:, pos.mint], dst[:, pos.mint] = _AUCTIONEER, self._seller[idx]
+        src[:, pos.reward] = np.where(gives, _ENV, winner)
+        dst[:, pos.reward] = np.where(gives, winner, _ENV)
+        amount[:, pos.bids] = bids
+        amount[:, pos.alloc], amount[:, pos.pay] = b1, price
+        amount[:, pos.mint], amount[:, pos.reward] = mint, np.abs(reward)
+        primitive[:, pos.bids] = self._prims
+        primitive[:, pos.alloc] = primitive[:, pos.transform] = prim
+
+        cols: dict[str, NDArray[np.generic]] = {
+            "seq": np.arange(self.seq, self.seq + n, dtype=np.int64),
+            "tx": firsts[slot],
+            "run": np.full(n, self._run, dtype=np.int64),
+            "episode": self._ep[idx][slot],
+            "step": t[slot],
+            "time": np.full(n, now),
+            "account": account.ravel()[flat],
+            "src": src.ravel()[flat],
+            "dst": dst.ravel()[flat],
+            "amount": amount.ravel()[flat],
+            "primitive": primitive.ravel()[flat],
+            "state": states[slot],
+            "next_state": nxt[slot],
+            "duration": duration[slot],
+            "done": done[slot],
+            "task": np.full(n, self._task, dtype=np.int64),
+            "mechanism": np.full(n, self._mech, dtype=np.int64),
+            "cloned": np.full(n, self._cloned),
+            "gamma": np.full(n, self._gamma),
+            "steps": (t + 1)[slot],
+            "episode_return": total[slot],
+        }
+        if self._absent is None:
+            self._absent = [(c, numpy_type(c)) for c in COLUMNS if c not in cols]
+        for name, dtype in self._absent:
+            cols[name] = np.zeros(n, dtype=dtype)
+        batch = EventBatch(self._kind_at[at], cols, self._strings)
+        self.seq += n
+        self.steps += k
+        self.bus.publish_batch(batch)
+
+        self._state[idx], self._seller[idx], self._t[idx] = nxt, winner, t + 1
+        self._total[idx], self._due[idx] = total, now + duration
+        for i in idx[last].tolist():
+            self._status[i] = _STARTING
+            self._results[i] = EpisodeResult(
+                int(self._ep[i]), int(self._t[i]), int(self._total[i])
+            )
