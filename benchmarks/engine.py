@@ -2,9 +2,11 @@
 
 Each figure is printed next to this machine's raw SimPy event rate (a bare single-process
 `env.timeout` loop), measured in the same run, as a ratio. The workload is a no-learning
-cloned CCV Chain run with truthful bidders and the on-disk ledger.
+cloned CCV Chain run with truthful bidders and the on-disk ledger, one episode at a time
+(the episode kernel) and with many at once (the round kernel; the same ledger).
 
-    python benchmarks/engine.py [--episodes 20000] [--repeats 3] [--profile]
+    python benchmarks/engine.py [--episodes 20000] [--repeats 3] [--concurrency 1,32,256]
+                                [--profile]
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from market.tasks import make_task
 
 COMPONENTS = {
     "market/kernel.py": "kernel (auction loop, event records)",
+    "market/rounds.py": "round kernel (settle and build a round's columns)",
+    "ledger/batch.py": "batch checks and Arrow build",
     "ledger/transaction.py": "ledger append checks",
     "ledger/store.py": "ledger append checks",
     "ledger/schema.py": "columnar batch build (records -> Arrow)",
@@ -62,9 +66,15 @@ def raw_simpy_rate(n: int = 1_000_000) -> float:
     return n / (time.perf_counter() - start)
 
 
-def run_chain(path: Path, episodes: int) -> tuple[float, int, int]:
+def run_chain(path: Path, episodes: int, concurrency: int = 1) -> tuple[float, int, int]:
     """(seconds, events, auctions) of a cloned CCV Chain run into an on-disk ledger."""
-    config = RunConfig(task="chain", mechanism="ccv", bidder="truthful", episodes=episodes)
+    config = RunConfig(
+        task="chain",
+        mechanism="ccv",
+        bidder="truthful",
+        episodes=episodes,
+        concurrency=concurrency,
+    )
     task = make_task(config.task)
     society = Society.of(task, config.cloned)
     policy = make_bidder("truthful", task, society, config.gamma, np.random.default_rng(0))
@@ -93,17 +103,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--episodes", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
+    parser.add_argument(
+        "--concurrency", default="1,32,256", help="episodes at once, comma-separated"
+    )
     parser.add_argument("--profile", action="store_true", help="also profile the run")
     args = parser.parse_args()
     console = Console()
-    rates: dict[str, list[float]] = {k: [] for k in ("raw", "e2e", "auctions", "audit", "replay")}
+    widths = [int(c) for c in args.concurrency.split(",")]
+    rates: dict[str, list[float]] = {k: [] for k in ("raw", "audit", "replay")}
+    rates |= {f"{kind}-{c}": [] for c in widths for kind in ("e2e", "auctions")}
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.repeats):  # interleaved, so machine noise hits every figure alike
-            path = Path(tmp) / f"ledger-{k}"
             rates["raw"].append(raw_simpy_rate())
-            seconds, events, auctions = run_chain(path, args.episodes)
-            rates["e2e"].append(events / seconds)
-            rates["auctions"].append(auctions / seconds)
+            for c in widths:
+                path = Path(tmp) / f"ledger-{k}-{c}"
+                seconds, events, auctions = run_chain(path, args.episodes, c)
+                rates[f"e2e-{c}"].append(events / seconds)
+                rates[f"auctions-{c}"].append(auctions / seconds)
             ledger = DiskLedger.open_existing(path)
             start = time.perf_counter()
             report = audit(ledger)
@@ -121,9 +137,16 @@ def main() -> None:
         for col in ("measure", "rate", "x raw SimPy", "target"):
             table.add_column(col, justify="left" if col == "measure" else "right")
         table.add_row("raw SimPy (env.timeout loop)", f"{med['raw']:,.0f} events/s", "1.00", "")
+        rows = [
+            (f"{kind}-{c}", f"{label}, {c} at once ({'rounds' if c > 1 else 'episodes'})", target)
+            for c in widths
+            for kind, label, target in (
+                ("e2e", "end to end (ledger events)", ">= 0.25"),
+                ("auctions", "auctions", ""),
+            )
+        ]
         for key, name, target in (
-            ("e2e", "end to end (ledger events)", ">= 0.25"),
-            ("auctions", "auctions", ""),
+            *rows,
             ("audit", "audit (events)", ">= 3"),
             ("replay", "replay (events)", ">= 3"),
         ):

@@ -98,7 +98,8 @@ class BatchPayoffTracker:
         ended[at[(kind == _END) & (at >= 0)]] = True
         disc = np.concatenate([carried.discount, np.zeros(n)])
         transforms = np.flatnonzero((kind == _TRANSFORM) & (at >= 0))
-        disc[at[transforms]] = [self._discount(d) for d in cols["duration"][transforms].tolist()]
+        durations, which = np.unique(cols["duration"][transforms], return_inverse=True)
+        disc[at[transforms]] = np.array([self._discount(d) for d in durations.tolist()])[which]
 
         src, dst, amount = cols["src"], cols["dst"], cols["amount"]
         env = batch.strings.index(ENVIRONMENT) if ENVIRONMENT in batch.strings else -1
