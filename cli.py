@@ -30,7 +30,7 @@ from market.audit import AuditReport, audit
 from market.bus import Bus
 from market.kernel import EpisodeResult
 from market.mechanisms import parse as parse_mechanism
-from market.run import RunConfig, RunSummary, simulate
+from market.run import KERNELS, KernelChoice, RunConfig, RunSummary, simulate
 from market.society import Policy, Society
 from market.tasks import TASKS, Task, make_task
 
@@ -101,8 +101,18 @@ def simulate_cmd(
         Path | None,
         typer.Option(help="Continue a learning run from its last snapshot (--steps more)."),
     ] = None,
+    kernel: Annotated[
+        str,
+        typer.Option(
+            help="episodes (a SimPy process each), rounds (all at once, as arrays) or auto "
+            "(rounds when several run at once). Both write the same ledger."
+        ),
+    ] = "auto",
 ) -> None:
     """Run a society into a new run directory (or continue one with --resume), then audit it."""
+    if kernel not in KERNELS:
+        fail(f"unknown kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
+    chosen: KernelChoice = kernel
     learn = learn or monolithic
     if resume is not None:
         config, run, ledger = guarded(lambda: _resumed(resume, steps))
@@ -145,7 +155,7 @@ def simulate_cmd(
             snapshot = latest_snapshot(run) if resume is not None else None
             if snapshot is not None:
                 load_snapshot(learner, snapshot)
-    summary = _run_with_progress(config, ledger, policy, bus, learner)
+    summary = _run_with_progress(config, ledger, policy, bus, learner, chosen)
     if record is not None:
         record.save()
     report = audit(ledger)
@@ -243,6 +253,7 @@ def _run_with_progress(
     policy: Policy,
     bus: Bus,
     learner: LearningSociety | MonolithicPPO | None,
+    kernel: KernelChoice = "auto",
 ) -> RunSummary:
     """`simulate` under a progress bar: env steps (or episodes), steps/s, return, bids."""
     by_steps = config.steps is not None
@@ -267,7 +278,7 @@ def _run_with_progress(
                 bar, completed=done["steps" if by_steps else "episodes"], description=text
             )
 
-        summary = simulate(config, ledger, policy, tick, bus=bus)
+        summary = simulate(config, ledger, policy, tick, bus=bus, kernel=kernel)
         progress.update(bar, completed=total)
     return summary
 
