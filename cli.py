@@ -95,7 +95,7 @@ def simulate_cmd(
     gamma: Annotated[float, typer.Option(help="Discount of utilities and truthful bids.")] = 0.99,
     constant: Annotated[float, typer.Option(help="The bid of the constant bidder.")] = 0.5,
     concurrency: Annotated[
-        int | None, typer.Option(help="Episodes running at once [default: 1; 32 with --learn].")
+        int | None, typer.Option(help="Episodes running at once [default: 1; 128 with --learn].")
     ] = None,
     resume: Annotated[
         Path | None,
@@ -128,7 +128,7 @@ def simulate_cmd(
                 seed=seed,
                 gamma=gamma,
                 constant=constant,
-                concurrency=concurrency if concurrency is not None else (32 if learn else 1),
+                concurrency=concurrency if concurrency is not None else (128 if learn else 1),
                 learner=_ppo_config(gamma) if learn else None,
             )
         )

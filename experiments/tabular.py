@@ -48,14 +48,14 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("bandit", "v", True, "cloned Vickrey", 200_000, 0.9),
-    Setting("bandit", "fp", True, "first price", 200_000, 0.9),
-    Setting("bandit", "v", False, "solitary Vickrey", 200_000, 0.9),
-    Setting("bandit", "env", True, "environment reward", 200_000, 0.9),
-    Setting("chain", "ccv", True, "CCV", 1_000_000, 0.75),
-    Setting("chain", "v", True, "Vickrey", 1_000_000, 0.75),
-    Setting("chain", "bb", True, "bucket brigade", 1_000_000, 0.75),
-    Setting("duality", "ccv", True, "CCV", 1_500_000, 4.5),
+    Setting("bandit", "v", True, "cloned Vickrey", 1_500_000, 0.9),
+    Setting("bandit", "fp", True, "first price", 1_500_000, 0.9),
+    Setting("bandit", "v", False, "solitary Vickrey", 1_500_000, 0.9),
+    Setting("bandit", "env", True, "environment reward", 1_500_000, 0.9),
+    Setting("chain", "ccv", True, "CCV", 1_800_000, 0.75),
+    Setting("chain", "v", True, "Vickrey", 1_800_000, 0.75),
+    Setting("chain", "bb", True, "bucket brigade", 1_800_000, 0.75),
+    Setting("duality", "ccv", True, "CCV", 1_800_000, 4.5),
 )
 WINDOW = 2000
 """Recent episodes (Bandit) or 100 recent episodes (others) that the criterion averages."""
@@ -76,7 +76,7 @@ def run_one(
         episodes=None,
         steps=int(setting.budget * scale),
         seed=seed,
-        concurrency=32,
+        concurrency=128,
         learner=ppo.model_dump(),
     )
     tracker = _Tracker(setting, budget=int(setting.budget * scale))

@@ -34,9 +34,7 @@ STRING_COLUMNS = frozenset(
 )
 COLUMNS = tuple(n for n in schema.COLUMNS if n != "kind")
 """The columns a batch holds besides `kind`."""
-_HAS = {
-    name: np.array([name in FIELDS[m] for m in MODELS], dtype=bool) for name in schema.COLUMNS
-}
+_HAS = {name: np.array([name in FIELDS[m] for m in MODELS], dtype=bool) for name in schema.COLUMNS}
 """Per column, which kinds carry it (the others store null)."""
 IS_TRANSFER = np.array([m in TRANSFER_TYPES for m in MODELS], dtype=bool)
 _KIND_NAMES = pa.array([KIND[m] for m in MODELS], type=pa.string())
@@ -184,9 +182,7 @@ def check_batch(batch: EventBatch, next_seq: int, accounts: frozenset[str]) -> N
     off = np.flatnonzero(seq != np.arange(next_seq, next_seq + n))
     if off.size:
         i = int(off[0])
-        raise SequenceError(
-            f"out-of-order sequence number {int(seq[i])}: expected {next_seq + i}"
-        )
+        raise SequenceError(f"out-of-order sequence number {int(seq[i])}: expected {next_seq + i}")
     starts = seq == tx
     if not starts[0]:
         raise SequenceError(f"event {first} names transaction {int(tx[0])}, expected {first}")

@@ -87,19 +87,27 @@ class BatchPayoffTracker:
             return
         carried = self._carried(batch.strings)
         m = len(carried.episode)
-        tx = cols["tx"]
-        auctions, first = np.unique(tx[bid_rows], return_index=True)
-        n = len(auctions)
-        at = np.searchsorted(auctions, tx).clip(max=n - 1)
-        at = np.where(auctions[at] == tx, at + m, -1)  # each row's auction, or -1
-        episode = np.concatenate([carried.episode, cols["episode"][bid_rows[first]]])
-        step = np.concatenate([carried.step, cols["step"][bid_rows[first]]])
+        # Rows come in transactions, in order: number them, then number the auctions.
+        new_tx = cols["seq"] == cols["tx"]
+        tx_of_row = np.cumsum(new_tx) - 1
+        is_auction = np.zeros(int(tx_of_row[-1]) + 1, dtype=bool)
+        is_auction[tx_of_row[bid_rows]] = True
+        n = int(is_auction.sum())
+        auction_of_tx = np.where(is_auction, np.cumsum(is_auction) - 1 + m, -1)
+        at = auction_of_tx[tx_of_row]  # each row's auction (after the carried ones), or -1
+        first = bid_rows[np.flatnonzero(np.diff(at[bid_rows], prepend=-2))]
+        episode = np.concatenate([carried.episode, cols["episode"][first]])
+        step = np.concatenate([carried.step, cols["step"][first]])
         ended = np.zeros(m + n, dtype=bool)
         ended[at[(kind == _END) & (at >= 0)]] = True
         disc = np.concatenate([carried.discount, np.zeros(n)])
         transforms = np.flatnonzero((kind == _TRANSFORM) & (at >= 0))
-        durations, which = np.unique(cols["duration"][transforms], return_inverse=True)
-        disc[at[transforms]] = np.array([self._discount(d) for d in durations.tolist()])[which]
+        durations = cols["duration"][transforms]
+        if durations.size and durations.min() == durations.max():  # the usual case: one value
+            disc[at[transforms]] = self._discount(float(durations[0]))
+        else:
+            values, which = np.unique(durations, return_inverse=True)
+            disc[at[transforms]] = np.array([self._discount(d) for d in values.tolist()])[which]
 
         src, dst, amount = cols["src"], cols["dst"], cols["amount"]
         env = batch.strings.index(ENVIRONMENT) if ENVIRONMENT in batch.strings else -1

@@ -60,7 +60,6 @@ class LiveBalances:
             b[name] = b.get(name, 0) + v
 
 
-
 def postings(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Every transfer as two signed postings: (seq, account, delta)."""
     moves = frame.filter(pl.col("kind").is_in(list(_KINDS))).select("seq", "src", "dst", "amount")

@@ -101,7 +101,8 @@ class RoundKernel:
         self._run, self._task, self._mech = 2 + n, 3 + n, 4 + n
         self._cloned, self._gamma = society.cloned, gamma
         self._pos = _Positions(slice(1, n + 1), *range(n + 1, n + 7))
-        models: list[type[EventBase]] = [EpisodeStart, *[Bid] * n, Allocate, Pay, Mint, Transform, Reward, EpisodeEnd]
+        models: list[type[EventBase]] = [EpisodeStart, *[Bid] * n, Allocate, Pay, Mint]
+        models += [Transform, Reward, EpisodeEnd]
         self._kind_at = np.array([CODE[m] for m in models], dtype=np.int8)
         self._width = n + 7
         self._max_steps: int | None = None
@@ -130,15 +131,10 @@ class RoundKernel:
         self._seller = np.zeros(k, dtype=np.int64)
         self._total = np.zeros(k, dtype=np.int64)
         self._results: list[EpisodeResult | None] = [None] * k
+        """Each slot's finished episode, reported when its last transformation is over."""
         self.env.process(self._loop(last, on_episode))
         with fewer_collections():
             self.env.run()
-
-    def _more(self, last: int | None) -> bool:
-        """Whether a slot may start another episode."""
-        if last is not None and self.next_episode >= last:
-            return False
-        return self._max_steps is None or self.steps < self._max_steps
 
     def _loop(
         self, last: int | None, on_episode: Callable[[EpisodeResult], None] | None
@@ -151,23 +147,36 @@ class RoundKernel:
             if now > self.env.now:
                 yield self.env.timeout(now - self.env.now)
             due = self._due == now
-            for i in np.flatnonzero(due & (self._status == _STARTING)).tolist():
-                result, self._results[i] = self._results[i], None
-                if result is not None and on_episode is not None:
-                    on_episode(result)
-                self._start(i, last)
+            starting = np.flatnonzero(due & (self._status == _STARTING))
+            if starting.size:
+                self._start(starting, last, on_episode)
             running = np.flatnonzero(due & (self._status == _RUNNING))
             if running.size:
                 self._round(running, now)
 
-    def _start(self, i: int, last: int | None) -> None:
-        """Slot `i` starts the next episode, or retires if no more may start."""
-        if not self._more(last):
-            self._status[i] = _IDLE
-            return
-        self._status[i] = _RUNNING
-        self._ep[i], self.next_episode = self.next_episode, self.next_episode + 1
-        self._t[i], self._state[i], self._seller[i], self._total[i] = 0, self.task.start, _ENV, 0
+    def _start(
+        self,
+        idx: NDArray[np.int64],
+        last: int | None,
+        on_episode: Callable[[EpisodeResult], None] | None,
+    ) -> None:
+        """Slots `idx`, in order, report their finished episode and start the next ones, as
+        long as more may start (the rest retire)."""
+        if on_episode is not None:
+            for i in idx.tolist():
+                result = self._results[i]
+                if result is not None:
+                    on_episode(result)
+        may = len(idx) if self._max_steps is None or self.steps < self._max_steps else 0
+        if last is not None:
+            may = min(may, max(last - self.next_episode, 0))
+        self._status[idx[may:]] = _IDLE
+        go = idx[:may]
+        self._status[go] = _RUNNING
+        self._ep[go] = self.next_episode + np.arange(may)
+        self.next_episode += may
+        self._t[go], self._state[go], self._total[go] = 0, self.task.start, 0
+        self._seller[go] = _ENV
 
     def _round(self, idx: NDArray[np.int64], now: float) -> None:
         """One auction in each slot of `idx`, all settled and published together."""
@@ -252,6 +261,4 @@ class RoundKernel:
         self._total[idx], self._due[idx] = total, now + duration
         for i in idx[last].tolist():
             self._status[i] = _STARTING
-            self._results[i] = EpisodeResult(
-                int(self._ep[i]), int(self._t[i]), int(self._total[i])
-            )
+            self._results[i] = EpisodeResult(int(self._ep[i]), int(self._t[i]), int(self._total[i]))
