@@ -57,6 +57,15 @@ class EventBatch:
         """The sequence number of the first row."""
         return int(self.columns["seq"][0])
 
+    def canonical(self) -> EventBatch:
+        """This batch with one code per distinct string (codes compare as the strings do)."""
+        if len(set(self.strings)) == len(self.strings):
+            return self
+        table = {v: i for i, v in reversed(list(enumerate(self.strings)))}
+        to = np.array([table[v] for v in self.strings], dtype=np.int64)
+        cols = {n: to[v] if n in STRING_COLUMNS else v for n, v in self.columns.items()}
+        return EventBatch(self.kind, cols, self.strings)
+
     def string_codes(self, names: Iterable[str]) -> NDArray[np.bool_]:
         """A mask over `strings`: which of them are in `names`."""
         wanted = set(names)
@@ -141,6 +150,8 @@ def of_transactions(txs: Sequence[Transaction]) -> EventBatch:
 
 def concat(batches: Sequence[EventBatch]) -> EventBatch:
     """Consecutive batches as one (string codes re-mapped onto one table if they differ)."""
+    if not batches:
+        raise ValueError("no batches to concatenate")
     if len(batches) == 1:
         return batches[0]
     strings = batches[0].strings
@@ -168,8 +179,11 @@ def check_batch(batch: EventBatch, next_seq: int, accounts: frozenset[str]) -> N
     The rules of `transaction.check`, column-wise: contiguous sequence numbers from
     `next_seq`; rows grouped in whole transactions that share their header; every transfer a
     non-negative int64 amount between opened accounts, only a `Pay` to itself. A batch opens
-    no account (append an `Open` transaction first).
+    no account (append an `Open` transaction first). Rules are checked in that order, each
+    over the whole batch, so with several faults the error names the first fault of the
+    first rule broken (not necessarily the earliest faulty event).
     """
+    batch = batch.canonical()
     n = len(batch)
     if n == 0:
         raise SequenceError("empty batch")
@@ -187,17 +201,26 @@ def check_batch(batch: EventBatch, next_seq: int, accounts: frozenset[str]) -> N
     if not starts[0]:
         raise SequenceError(f"event {first} names transaction {int(tx[0])}, expected {first}")
     inside = np.flatnonzero(~starts[1:]) + 1
-    same = tx[inside] == tx[inside - 1]
+    stray = inside[tx[inside] != tx[inside - 1]]
+    if stray.size:
+        i = int(stray[0])
+        raise SequenceError(
+            f"event {int(seq[i])} names transaction {int(tx[i])}, expected {int(tx[i - 1])}"
+        )
+    same = np.ones(len(inside), dtype=bool)
     for h in HEADER[1:]:
         same &= cols[h][inside] == cols[h][inside - 1]
     if not same.all():
         i = int(inside[np.argmin(same)])
         raise InvalidEvent(
-            f"event {int(seq[i])}: the events of one transaction share its tx, run, episode, "
-            "step and time"
+            f"event {int(seq[i])}: the events of one transaction share its run, episode, step "
+            "and time"
         )
-    if (batch.kind == CODE[Open]).any():
-        raise InvalidEvent(f"batch at {first}: accounts are opened by a transaction, not a batch")
+    opens = np.flatnonzero(batch.kind == CODE[Open])
+    if opens.size:
+        raise InvalidEvent(
+            f"event {int(seq[opens[0]])}: accounts are opened by a transaction, not in a batch"
+        )
     moves = np.flatnonzero(IS_TRANSFER[batch.kind])
     if moves.size == 0:
         return

@@ -81,6 +81,7 @@ class BatchPayoffTracker:
 
     def apply_batch(self, batch: EventBatch) -> None:
         """Fold one committed batch (rows outside auctions are ignored)."""
+        batch = batch.canonical()
         kind, cols = batch.kind, batch.columns
         bid_rows = np.flatnonzero(kind == _BID)
         if bid_rows.size == 0:

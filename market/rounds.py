@@ -89,16 +89,11 @@ class RoundKernel:
         self._reward_units = np.rint(self.tables.reward * UNIT).astype(np.int64)
         self._prims = np.asarray(society.primitive_of, dtype=np.int64)
         n = len(self._prims)
-        self._bidders = np.arange(2, 2 + n, dtype=np.int64)
-        self._strings = (
-            ENVIRONMENT,
-            AUCTIONEER,
-            *society.accounts,
-            run,
-            task.name,
-            mechanism.value,
-        )
-        self._run, self._task, self._mech = 2 + n, 3 + n, 4 + n
+        names = [ENVIRONMENT, AUCTIONEER, *society.accounts, run, task.name, mechanism.value]
+        self._strings = tuple(dict.fromkeys(names))
+        code = self._strings.index
+        self._bidders = np.array([code(a) for a in society.accounts], dtype=np.int64)
+        self._run, self._task, self._mech = code(run), code(task.name), code(mechanism.value)
         self._cloned, self._gamma = society.cloned, gamma
         self._pos = _Positions(slice(1, n + 1), *range(n + 1, n + 7))
         models: list[type[EventBase]] = [EpisodeStart, *[Bid] * n, Allocate, Pay, Mint]
