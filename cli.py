@@ -233,9 +233,11 @@ def _policy(
         rng = np.random.default_rng(policy_seed)
         bidder = make_bidder(config.bidder, task, society, config.gamma, rng, config.constant)
         return bidder, None
-    from agents.learning import LearningSociety, learner_seed
+    from agents.learning import LearningSociety, learner_seed, one_thread
     from agents.ppo_bidder import PPOConfig
     from agents.ppo_monolithic import MonolithicPPO
+
+    one_thread()
 
     ppo = PPOConfig.model_validate(config.learner)
     seed = learner_seed(config.seed)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from agents.ppo_bidder import PPOBidders, PPOConfig
@@ -151,6 +152,12 @@ class LearningSociety:
         self.auctions = int(state["auctions"])
 
 
+def one_thread() -> None:
+    """Run torch on one thread: the nets are tiny, and a second thread only adds
+    synchronisation (fused Adam on two threads costs several times its one-thread time)."""
+    torch.set_num_threads(1)
+
+
 def learner_seed(run_seed: int) -> int:
     """The learning society's seed, derived from the run's one seed (its first spawn)."""
     (child,) = np.random.SeedSequence(run_seed).spawn(1)
@@ -165,6 +172,7 @@ def run_learning(
     kernel: KernelChoice = "auto",
 ) -> tuple[RunSummary, LearningSociety]:
     """Run `config` (whose `learner` holds a PPOConfig) with a learning society."""
+    one_thread()
     task = make_task(config.task)
     ppo = PPOConfig.model_validate(config.learner or {})
     learner = LearningSociety(task, Society.of(task, config.cloned), ppo, learner_seed(config.seed))
