@@ -32,11 +32,14 @@ CODE: dict[type[EventBase], int] = {m: i for i, m in enumerate(MODELS)}
 STRING_COLUMNS = frozenset(
     f.name for f in schema.SCHEMA if f.type == pa.string() and f.name != "kind"
 )
-COLUMNS = tuple(n for n in schema.COLUMNS if n != "kind")
+LIST_COLUMNS = frozenset(f.name for f in schema.SCHEMA if pa.types.is_list(f.type))
+"""Vector columns (the control variant's states); batches do not carry them."""
+COLUMNS = tuple(n for n in schema.COLUMNS if n != "kind" and n not in LIST_COLUMNS)
 """The columns a batch holds besides `kind`."""
 _HAS = {name: np.array([name in FIELDS[m] for m in MODELS], dtype=bool) for name in schema.COLUMNS}
 """Per column, which kinds carry it (the others store null)."""
 IS_TRANSFER = np.array([m in TRANSFER_TYPES for m in MODELS], dtype=bool)
+_HAS_LIST = np.array([any(f in LIST_COLUMNS for f in FIELDS[m]) for m in MODELS], dtype=bool)
 _KIND_NAMES = pa.array([KIND[m] for m in MODELS], type=pa.string())
 _NUMPY_TYPE = {pa.int64(): np.int64, pa.float64(): np.float64, pa.bool_(): np.bool_}
 
@@ -94,6 +97,9 @@ class EventBatch:
         for field in schema.SCHEMA:
             if field.name == "kind":
                 arrays.append(_KIND_NAMES.take(pa.array(self.kind)))
+                continue
+            if field.name in LIST_COLUMNS:
+                arrays.append(pa.nulls(len(self), type=field.type))
                 continue
             values = self.columns[field.name]
             valid = _HAS[field.name][self.kind]
@@ -220,6 +226,13 @@ def check_batch(batch: EventBatch, next_seq: int, accounts: frozenset[str]) -> N
     if opens.size:
         raise InvalidEvent(
             f"event {int(seq[opens[0]])}: accounts are opened by a transaction, not in a batch"
+        )
+    vectors = np.flatnonzero(_HAS_LIST[batch.kind])
+    if vectors.size:
+        i = int(vectors[0])
+        raise InvalidEvent(
+            f"event {int(seq[i])}: a {MODELS[batch.kind[i]].__name__} carries vectors, which "
+            "go in a transaction, not in a batch"
         )
     moves = np.flatnonzero(IS_TRANSFER[batch.kind])
     if moves.size == 0:

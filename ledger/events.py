@@ -22,6 +22,9 @@ ENVIRONMENT = "environment"
 """The account that pays rewards and sells the first state of every episode."""
 AUCTIONEER = "auctioneer"
 """The account that mints credit where a mechanism creates it (Vickrey's b1 - b2)."""
+SYSTEM = "system"
+"""The addressee of a control system's public state changes (the control variant); it holds
+no money and every agent may read what is addressed to it."""
 
 
 class EventBase(BaseModel):
@@ -135,6 +138,29 @@ class Reward(Transfer):
     kind: Literal["reward"] = "reward"
 
 
+class Order(EventBase):
+    """Control variant: agent `account` (number `primitive`) orders control `control`, the
+    `action`-th of its discretised control set, for the current step."""
+
+    kind: Literal["order"] = "order"
+    account: str
+    primitive: int
+    action: int
+    control: float
+
+
+class Transition(EventBase):
+    """Control variant: the system moves from state `x` to `next_x` under the joint
+    `controls` (one per agent, in agent order); addressed to `system`, public to all."""
+
+    kind: Literal["transition"] = "transition"
+    account: str
+    x: list[float]
+    controls: list[float]
+    next_x: list[float]
+    done: bool
+
+
 class EpisodeEnd(EventBase):
     """Ends an episode after `steps` auctions with undiscounted return `episode_return`."""
 
@@ -171,6 +197,8 @@ Event = Annotated[
     | Mint
     | Transform
     | Reward
+    | Order
+    | Transition
     | EpisodeEnd
     | Balance
     | RunEnd,
@@ -190,6 +218,8 @@ EVENT_TYPES: tuple[type[EventBase], ...] = (
     Mint,
     Transform,
     Reward,
+    Order,
+    Transition,
     EpisodeEnd,
     Balance,
     RunEnd,

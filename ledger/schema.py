@@ -46,6 +46,11 @@ SCHEMA = pa.schema(
         ("episodes", pa.int64()),
         ("seed", pa.int64()),
         ("config", pa.string()),
+        ("action", pa.int64()),
+        ("control", pa.float64()),
+        ("x", pa.list_(pa.float64())),
+        ("controls", pa.list_(pa.float64())),
+        ("next_x", pa.list_(pa.float64())),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)

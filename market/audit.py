@@ -123,13 +123,15 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
         _first(events.with_row_index("_at"), _sequence_rules()),
         _first(_transfers(events), _balance_rules()),
         _first(
-            events.filter(_C("kind").is_in(_MONEY)).join(auctions.lazy(), "tx", "anti"),
+            events.filter(_C("kind").is_in(_MONEY))
+            .join(auctions.lazy(), "tx", "anti")
+            .join(events.filter(_C("kind") == "transition").select("tx"), "tx", "anti"),
             [
                 Rule(
                     "auction-only",
                     pl.lit(True),
-                    pl.lit("money moving in an auction"),
-                    pl.format("{} outside any auction", "kind"),
+                    pl.lit("money moving in an auction or a control step"),
+                    pl.format("{} outside any auction or control step", "kind"),
                 )
             ],
         ),

@@ -11,6 +11,7 @@ import pytest
 from ledger.disk import DiskLedger
 from ledger.events import (
     ENVIRONMENT,
+    SYSTEM,
     Allocate,
     Balance,
     Bid,
@@ -19,12 +20,14 @@ from ledger.events import (
     EventBase,
     Mint,
     Open,
+    Order,
     Pay,
     Reward,
     RunEnd,
     RunStart,
     Transfer,
     Transform,
+    Transition,
 )
 from ledger.store import Ledger, MemoryLedger
 
@@ -79,6 +82,31 @@ def auction(first: int, step: int, winner: str, seller: str, reward: int) -> Tx:
     src, dst = (ENVIRONMENT, winner) if reward >= 0 else (winner, ENVIRONMENT)
     tx.append(Reward(**next(h), src=src, dst=dst, amount=abs(reward)))
     return tx
+
+
+def control_step(first: int, step: int, controls: tuple[float, float]) -> Tx:
+    """One control-variant step: both agents' orders, the system's transition, their rewards
+    (a penalty for each: its distance from its target plus its effort)."""
+    h = iter(head(first + i, first, step) for i in range(5))
+    x, nxt = [0.1 * step, 0.0], [0.1 * (step + 1), sum(controls)]
+    tx: Tx = [
+        Order(**next(h), account=a, primitive=i, action=int(c > 0), control=c)
+        for i, (a, c) in enumerate(zip((ALICE, BOB), controls, strict=True))
+    ]
+    tx.append(Transition(**next(h), account=SYSTEM, x=x, controls=list(controls), next_x=nxt,
+                         done=False))  # fmt: skip
+    tx += [
+        Reward(**next(h), src=a, dst=ENVIRONMENT, amount=10 + i) for i, a in enumerate((ALICE, BOB))
+    ]
+    return tx
+
+
+def control_history() -> list[Tx]:
+    """A small control-variant run: opening, two control steps, nothing else."""
+    txs = [opening(0)]
+    txs.append(control_step(next_seq(txs), 0, (0.5, -0.5)))
+    txs.append(control_step(next_seq(txs), 1, (1.0, 0.0)))
+    return txs
 
 
 def history() -> list[Tx]:

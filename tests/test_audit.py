@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from conftest import append_all, control_history
 
 from agents.fixed import make_bidder
 from ledger.store import MemoryLedger
@@ -153,3 +154,24 @@ def test_an_episode_without_its_start_breaks_sequence(ccv: pl.DataFrame) -> None
     """Every auction belongs to an opened episode with a recorded mechanism."""
     seq = first_seq(ccv, "episode_start")
     assert rule_broken(falsify(ccv, seq, kind="open", account="x"))[0] == "sequence"
+
+
+def control_frame() -> pl.DataFrame:
+    """The hand-made control-variant history, stored and read back."""
+    ledger = MemoryLedger()
+    append_all(ledger, control_history())
+    return ledger.scan().collect()
+
+
+def test_rewards_in_control_steps_audit_clean() -> None:
+    """Rewards paid in a control step (a transaction with a Transition) are allowed."""
+    report = audit_frame(control_frame())
+    assert report.ok, report.violation
+
+
+def test_money_outside_a_control_step_breaks_auction_only() -> None:
+    """A reward in a transaction with neither an auction nor a transition is still refused."""
+    df = control_frame()
+    seq = first_seq(df, "transition")
+    df = falsify(df, seq, kind="order", control=0.0, action=0, account="alice", primitive=0)
+    assert rule_broken(df)[0] == "auction-only"

@@ -13,6 +13,7 @@ from conftest import (
     Tx,
     append_all,
     committed,
+    control_history,
     head,
     history,
     moves,
@@ -217,8 +218,19 @@ def test_events_come_back_as_appended(backend: Ledger) -> None:
 
 
 def test_history_has_every_event_kind() -> None:
-    """The history the contract appends exercises every kind of event."""
-    assert {type(e) for tx in history() for e in tx} == set(EVENT_TYPES)
+    """The histories the contract appends exercise every kind of event between them."""
+    kinds = {type(e) for txs in (history(), control_history()) for tx in txs for e in tx}
+    assert kinds == set(EVENT_TYPES)
+
+
+def test_control_events_come_back_with_their_vectors(backend: Ledger) -> None:
+    """Orders and transitions (vector states and controls) are stored and read back intact."""
+    txs = control_history()
+    append_all(backend, txs)
+    back = list(backend.events())
+    assert back == [e for tx in txs for e in tx]
+    transitions = backend.scan().filter(kind="transition").collect()
+    assert transitions["next_x"].to_list() == [[0.1, 0.0], [0.2, 1.0]]
 
 
 def test_events_from_start_is_the_suffix(backend: Ledger) -> None:
