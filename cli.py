@@ -65,7 +65,8 @@ def guarded(action: Callable[[], T]) -> T:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        fail(f"{where}: {first['msg']} (got {first['input']!r})")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        fail(f"{where}: {message} (got {first['input']!r})" if where else message)
     except CORRUPT as e:
         fail(f"unreadable ledger: {_one_line(e)}")
     except USER_ERRORS as e:
@@ -80,7 +81,13 @@ def _one_line(e: BaseException) -> str:
 def simulate_cmd(
     task: Annotated[str, typer.Option(help=f"One of: {', '.join(TASKS)}.")] = "chain",
     mechanism: Annotated[str, typer.Option(help="ccv, v, bb, fp or env.")] = "ccv",
-    bidder: Annotated[str, typer.Option(help=f"One of: {', '.join(BIDDERS)}.")] = "truthful",
+    bidder: Annotated[
+        str | None,
+        typer.Option(
+            help=f"One of: {', '.join(BIDDERS)} [default: truthful]; with --variant control: "
+            "zero or random (fixed controls instead of learners)."
+        ),
+    ] = None,
     learn: Annotated[bool, typer.Option(help="PPO primitives learn from their payoffs.")] = False,
     monolithic: Annotated[
         bool, typer.Option(help="Learn with the categorical PPO baseline (env, solitary).")
@@ -108,8 +115,37 @@ def simulate_cmd(
             "(rounds when several run at once). Both write the same ledger."
         ),
     ] = "auto",
+    variant: Annotated[
+        str,
+        typer.Option(
+            help="auction (a society of bidders) or control (agents jointly driving one system)."
+        ),
+    ] = "auction",
+    agents: Annotated[int, typer.Option(help="Control variant: how many agents.")] = 2,
+    method: Annotated[
+        str | None,
+        typer.Option(help="Control variant: independent, ter, ier, iql or full [default: full]."),
+    ] = None,
 ) -> None:
     """Run a society into a new run directory (or continue one with --resume), then audit it."""
+    if variant not in ("auction", "control"):
+        fail(f"unknown variant {variant!r}; choose one of: auction, control")
+    if variant == "control":
+        _simulate_control(
+            task="pendulum" if task == "chain" else task,
+            agents=agents,
+            method=method,
+            policy=bidder,
+            episodes=episodes,
+            steps=steps,
+            seed=seed,
+            out=out,
+            concurrency=concurrency,
+        )
+        return
+    if method is not None:
+        fail("--method is for --variant control")
+    bidder = bidder if bidder is not None else "truthful"
     if kernel not in KERNELS:
         fail(f"unknown kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
     chosen: KernelChoice = kernel
@@ -158,6 +194,80 @@ def simulate_cmd(
     summary = _run_with_progress(config, ledger, policy, bus, learner, chosen)
     if record is not None:
         record.save()
+    _report(run, ledger, summary)
+
+
+def _simulate_control(
+    *,
+    task: str,
+    agents: int,
+    method: str | None,
+    policy: str | None,
+    episodes: int | None,
+    steps: int | None,
+    seed: int,
+    out: Path | None,
+    concurrency: int | None,
+) -> None:
+    """`market simulate --variant control`: agents drive one system (learning by default)."""
+    from market.control import ControlRunConfig, simulate_control
+
+    learn = policy is None
+    config = guarded(
+        lambda: ControlRunConfig(
+            task=task,
+            agents=agents,
+            policy="dqn" if learn else str(policy),
+            method=(method or "full") if learn else method,
+            episodes=episodes if episodes is not None or steps is not None else 100,
+            steps=steps,
+            seed=seed,
+            concurrency=concurrency if concurrency is not None else (16 if learn else 1),
+        )
+    )
+    chooser, learner = guarded(lambda: _control_policy(config))
+    name = f"{config.task}-control-{config.method or config.policy}-n{config.agents}-s{seed}"
+    run = guarded(lambda: rundir.new_run_dir(out, name))
+    guarded(lambda: run.mkdir(parents=True, exist_ok=True))
+    rundir.write_json(
+        run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")}
+    )
+    ledger = guarded(lambda: DiskLedger(run / rundir.LEDGER))
+    bus = Bus(ledger)
+    if learner is not None:
+        learner.attach(bus)
+    with _progress() as progress:
+        total = config.steps if config.steps is not None else config.episodes
+        bar = progress.add_task("control", total=total)
+        done = {"steps": 0, "episodes": 0}
+
+        def tick(result: EpisodeResult) -> None:
+            done["steps"] += result.steps
+            done["episodes"] += 1
+            key = "steps" if config.steps is not None else "episodes"
+            progress.update(bar, completed=done[key])
+
+        summary = simulate_control(config, ledger, chooser, tick, bus=bus)
+    _report(run, ledger, summary)
+
+
+def _control_policy(config: Any) -> tuple[Any, Any]:
+    """The control run's policy (and its learner when it learns)."""
+    from agents.fixed_control import RandomPolicy, ZeroPolicy
+    from market.control_tasks import make_control_task
+
+    task = make_control_task(config.task, config.agents)
+    if config.policy == "zero":
+        return ZeroPolicy(task.controls, task.n_agents), None
+    if config.policy == "random":
+        (rng_seed,) = np.random.SeedSequence(config.seed).spawn(1)
+        rng = np.random.default_rng(rng_seed)
+        return RandomPolicy(len(task.controls), task.n_agents, rng), None
+    raise ValueError("learning control agents are not wired yet")
+
+
+def _report(run: Path, ledger: DiskLedger, summary: RunSummary) -> None:
+    """Audit the finished run, write its summary.json, print the summary; exit 1 if dirty."""
     report = audit(ledger)
     rundir.write_json(
         run / rundir.SUMMARY,

@@ -11,9 +11,10 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import polars as pl
+import simpy
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ledger.events import AUCTIONEER, ENVIRONMENT, Balance, Header, Open, RunEnd, RunStart
@@ -92,11 +93,76 @@ def simulate(
     """
     task = make_task(config.task)
     society = Society.of(task, config.cloned)
-    bus = bus if bus is not None else Bus(ledger)
+    rounds = kernel == "rounds" or (kernel == "auto" and config.concurrency > 1)
+
+    def build(first_seq: int, resume: Continuation) -> Engine:
+        return (RoundKernel if rounds else Kernel)(
+            bus=bus_,
+            run=config.run_id,
+            task=task,
+            society=society,
+            mechanism=config.mechanism,
+            policy=policy,
+            gamma=config.gamma,
+            first_seq=first_seq,
+            first_episode=resume.next_episode,
+            start_time=resume.time,
+        )
+
+    bus_ = bus if bus is not None else Bus(ledger)
+    return run_engine(
+        ledger,
+        bus_,
+        run_id=config.run_id,
+        seed=config.seed,
+        config_json=config.model_dump_json(),
+        accounts=(ENVIRONMENT, AUCTIONEER, *society.accounts),
+        build=build,
+        episodes=config.episodes,
+        concurrency=config.concurrency,
+        steps=config.steps,
+        on_episode=on_episode,
+    )
+
+
+class Engine(Protocol):
+    """A kernel that runs episodes into a bus: the auction kernels, the control kernel."""
+
+    seq: int
+    env: simpy.Environment
+
+    def run_episodes(
+        self,
+        episodes: int | None,
+        concurrency: int = 1,
+        on_episode: Callable[[EpisodeResult], None] | None = None,
+        max_steps: int | None = None,
+    ) -> None:
+        """Run `episodes` episodes (or until `max_steps` steps), `concurrency` at a time."""
+        ...
+
+
+def run_engine(
+    ledger: Ledger,
+    bus: Bus,
+    *,
+    run_id: str,
+    seed: int,
+    config_json: str,
+    accounts: tuple[str, ...],
+    build: Callable[[int, Continuation], Engine],
+    episodes: int | None,
+    concurrency: int,
+    steps: int | None,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+) -> RunSummary:
+    """Open a run (RunStart, one Open per new account), run the engine `build` makes from
+    the first free sequence number and the ledger's continuation point, then close the run
+    (RunEnd, a Balance per account from the live balances) and flush."""
     if bus.ledger is not ledger:
         raise ValueError("the bus must publish into the run's ledger")
     live = LiveBalances()
-    resume = _Continuation.of(ledger)
+    resume = Continuation.of(ledger)
     live.balances.update(resume.balances)
     bus.subscribe_all(live.apply, live.apply_batch)
     returns: list[int] = []
@@ -107,31 +173,18 @@ def simulate(
             on_episode(result)
 
     start, first_seq = time.perf_counter(), ledger.next_seq
-    accounts = (ENVIRONMENT, AUCTIONEER, *society.accounts)
     new = [a for a in accounts if a not in ledger.accounts]
-    head = Header(tx=first_seq, run=config.run_id, episode=-1, step=-1, time=resume.time)
+    head = Header(tx=first_seq, run=run_id, episode=-1, step=-1, time=resume.time)
     bus.publish(
         [
-            RunStart(seq=first_seq, **head, seed=config.seed, config=config.model_dump_json()),
+            RunStart(seq=first_seq, **head, seed=seed, config=config_json),
             *(Open(seq=first_seq + 1 + i, **head, account=a) for i, a in enumerate(new)),
         ]
     )
-    rounds = kernel == "rounds" or (kernel == "auto" and config.concurrency > 1)
-    engine = (RoundKernel if rounds else Kernel)(
-        bus=bus,
-        run=config.run_id,
-        task=task,
-        society=society,
-        mechanism=config.mechanism,
-        policy=policy,
-        gamma=config.gamma,
-        first_seq=ledger.next_seq,
-        first_episode=resume.next_episode,
-        start_time=resume.time,
-    )
-    engine.run_episodes(config.episodes, config.concurrency, record, config.steps)
+    engine = build(ledger.next_seq, resume)
+    engine.run_episodes(episodes, concurrency, record, steps)
     seq = engine.seq
-    head = Header(tx=seq, run=config.run_id, episode=-1, step=-1, time=engine.env.now)
+    head = Header(tx=seq, run=run_id, episode=-1, step=-1, time=engine.env.now)
     bus.publish(
         [
             RunEnd(seq=seq, **head, episodes=len(returns)),
@@ -152,7 +205,7 @@ def simulate(
 
 
 @dataclass(frozen=True)
-class _Continuation:
+class Continuation:
     """Where a run appended to a non-empty ledger picks up: balances, episode number, time."""
 
     balances: Balances
@@ -160,7 +213,7 @@ class _Continuation:
     time: float
 
     @classmethod
-    def of(cls, ledger: Ledger) -> _Continuation:
+    def of(cls, ledger: Ledger) -> Continuation:
         if ledger.next_seq == 0:
             return cls({}, 0, 0.0)
         frame = ledger.scan()

@@ -1,0 +1,278 @@
+"""The control variant: N agents jointly drive one system, on the same kernel, bus and ledger.
+
+At every step k of an episode, one transaction:
+  Order (every agent's control u_i, the a-th of its control set) -> Transition (the system
+  moves x_k -> x_{k+1} = f(x_k, u_k), addressed to `system`, public) -> Reward (each agent's
+  own g_i(x_k, u_k), from or to the environment).
+The first step of an episode also opens it (EpisodeStart), the last closes it (EpisodeEnd,
+with the team's return: the sum of every agent's rewards, in units).
+
+No credit is created: rewards move between the environment and the agents, like the auction
+variant's. What an agent may learn from is what the bus delivers to its account (its order,
+its reward) and to `system` (the state and, after the step, everyone's controls): never
+another agent's reward or current control (docs/control.md).
+
+Episodes run `concurrency` at a time in lockstep (every step takes one unit of SimPy time),
+with one policy call per instant for all of them: all agents' Q-values for a step come
+from one batched call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Generator
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import simpy
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ledger.events import (
+    ENVIRONMENT,
+    SYSTEM,
+    EpisodeEnd,
+    EpisodeStart,
+    Order,
+    Reward,
+    Transition,
+)
+from ledger.store import Ledger
+from ledger.transaction import Body, Transaction
+from ledger.units import UNIT
+from market.bus import Bus
+from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
+from market.kernel import EpisodeResult, fewer_collections
+from market.run import Continuation, Engine, RunSummary, run_engine
+
+METHODS = ("independent", "ter", "ier", "iql", "full")
+"""The learning methods of the control variant (agents/dqn_control.py)."""
+POLICIES = ("zero", "random", "dqn")
+"""Who chooses the controls: fixed (every control 0; uniformly random) or learning."""
+
+
+class ControlPolicy(Protocol):
+    """Chooses every agent's control for a batch of episodes in one call."""
+
+    def act(self, x: NDArray[np.float64], previous: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Action indices (B, N) for states `x` (B, d) and the previous joint controls
+        `previous` (B, N); agent i's choice may depend only on x and the others' previous
+        controls."""
+        ...
+
+
+class ControlRunConfig(BaseModel):
+    """Everything that determines a control run's ledger."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    variant: Literal["control"] = "control"
+    task: str = "pendulum"
+    agents: int = Field(default=2, ge=2, le=16)
+    policy: str = "zero"
+    method: str | None = None
+    """The learning method when `policy` is dqn (one of METHODS)."""
+    episodes: int | None = Field(default=100, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    """Env steps after which no new episode starts; None: run `episodes`."""
+    learner: dict[str, Any] | None = None
+    """The learner's own configuration (recorded, hashed)."""
+    seed: int = Field(default=0, ge=0)
+    gamma: float = Field(default=0.95, gt=0.0, lt=1.0)
+    """Every agent's discount (methods.md's gamma_i, one value for all)."""
+    concurrency: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _valid(self) -> ControlRunConfig:
+        if self.episodes is None and self.steps is None:
+            raise ValueError("give a number of episodes or of steps")
+        if self.task not in CONTROL_TASKS:
+            choices = ", ".join(CONTROL_TASKS)
+            raise ValueError(f"unknown control task {self.task!r}; choose one of: {choices}")
+        if self.policy not in POLICIES:
+            raise ValueError(
+                f"unknown control policy {self.policy!r}; choose one of: {', '.join(POLICIES)}"
+            )
+        if (self.policy == "dqn") != (self.method is not None):
+            raise ValueError("a learning run (policy dqn) names a method, a fixed one does not")
+        if self.method is not None and self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        return self
+
+    @property
+    def run_id(self) -> str:
+        """A readable id that is a function of the configuration alone."""
+        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
+        return f"{self.task}-control-n{self.agents}-s{self.seed}-{digest}"
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        """Every agent's account, in agent order."""
+        return tuple(f"agent{i}" for i in range(self.agents))
+
+
+def reset_rng(seed: int) -> np.random.Generator:
+    """The generator of initial states, derived from the run's one seed (its second spawn;
+    the first is the learner's)."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+
+
+class ControlKernel:
+    """Runs control episodes, `concurrency` at a time in lockstep, into a bus."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        run: str,
+        task: ControlTask,
+        accounts: tuple[str, ...],
+        policy: ControlPolicy,
+        rng: np.random.Generator,
+        gamma: float,
+        first_seq: int,
+        first_episode: int = 0,
+        start_time: float = 0.0,
+    ) -> None:
+        self.bus, self.run, self.task, self.accounts = bus, run, task, accounts
+        self.policy, self.rng, self.gamma = policy, rng, gamma
+        self.env = simpy.Environment(initial_time=start_time)
+        self.seq = first_seq
+        self.next_episode = first_episode
+        self.steps = 0
+        """Steps taken so far, over all episodes."""
+
+    def run_episodes(
+        self,
+        episodes: int | None,
+        concurrency: int = 1,
+        on_episode: Callable[[EpisodeResult], None] | None = None,
+        max_steps: int | None = None,
+    ) -> None:
+        """Run `episodes` episodes (or until `max_steps` steps), `concurrency` at a time."""
+        if episodes is None and max_steps is None:
+            raise ValueError("give a number of episodes or of steps")
+        last = self.next_episode + episodes if episodes is not None else None
+        limit = self.steps + max_steps if max_steps is not None else None
+        slots = concurrency if episodes is None else min(concurrency, episodes)
+        self.env.process(self._loop(slots, last, limit, on_episode))
+        with fewer_collections():
+            self.env.run()
+
+    def _loop(
+        self,
+        slots: int,
+        last: int | None,
+        limit: int | None,
+        on_episode: Callable[[EpisodeResult], None] | None,
+    ) -> Generator[simpy.Event, None, None]:
+        task, n = self.task, self.task.n_agents
+        x = np.zeros((slots, task.state_dim))
+        previous = np.zeros((slots, n))
+        episode = np.full(slots, -1, dtype=np.int64)
+        t = np.zeros(slots, dtype=np.int64)
+        total = np.zeros(slots, dtype=np.int64)
+        active = np.zeros(slots, dtype=bool)
+        starting = np.ones(slots, dtype=bool)
+        while True:
+            for i in np.flatnonzero(starting).tolist():
+                more = (last is None or self.next_episode < last) and (
+                    limit is None or self.steps < limit
+                )
+                starting[i], active[i] = False, more
+                if more:
+                    episode[i], self.next_episode = self.next_episode, self.next_episode + 1
+                    x[i] = task.reset(self.rng, 1)[0]
+                    previous[i], t[i], total[i] = 0.0, 0, 0
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                return
+            actions = np.asarray(self.policy.act(x[idx], previous[idx]), dtype=np.int64)
+            u = task.controls[actions]
+            nxt, rewards = task.f(x[idx], u), task.g(x[idx], u)
+            units = np.rint(rewards * UNIT).astype(np.int64)
+            ends = t[idx] == task.horizon - 1
+            total[idx] += units.sum(axis=1)
+            for j, i in enumerate(idx.tolist()):
+                self.bus.publish(
+                    self._step(
+                        int(episode[i]), int(t[i]), x[i], actions[j], u[j], nxt[j], units[j],
+                        int(total[i]) if ends[j] else None,
+                    )
+                )  # fmt: skip
+            self.steps += idx.size
+            x[idx], previous[idx], t[idx] = nxt, u, t[idx] + 1
+            for i in idx[ends].tolist():
+                if on_episode is not None:
+                    on_episode(EpisodeResult(int(episode[i]), int(t[i]), int(total[i])))
+                active[i], starting[i] = False, True
+            yield self.env.timeout(1)
+
+    def _step(
+        self,
+        ep: int,
+        t: int,
+        x: NDArray[np.float64],
+        actions: NDArray[np.int64],
+        u: NDArray[np.float64],
+        nxt: NDArray[np.float64],
+        units: NDArray[np.int64],
+        episode_return: int | None,
+    ) -> Transaction:
+        """The events of one step of one episode, numbered from the kernel's counter."""
+        body: list[Body] = []
+        if t == 0:
+            body.append((EpisodeStart, (self.task.name, "control", False, self.gamma, 0)))
+        controls = u.tolist()
+        orders = zip(self.accounts, actions.tolist(), controls, strict=True)
+        body += [(Order, (account, i, a, c)) for i, (account, a, c) in enumerate(orders)]
+        done = episode_return is not None
+        body.append((Transition, (SYSTEM, x.tolist(), controls, nxt.tolist(), done)))
+        for account, r in zip(self.accounts, units.tolist(), strict=True):
+            paid = (ENVIRONMENT, account, r) if r >= 0 else (account, ENVIRONMENT, -r)
+            body.append((Reward, paid))
+        if episode_return is not None:
+            body.append((EpisodeEnd, (t + 1, episode_return)))
+        header = (self.seq, self.run, ep, t, self.env.now)
+        self.seq += len(body)
+        return Transaction(header, body)
+
+
+def simulate_control(
+    config: ControlRunConfig,
+    ledger: Ledger,
+    policy: ControlPolicy,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+    bus: Bus | None = None,
+) -> RunSummary:
+    """Run a control `config` with `policy` into `ledger` (opened, run, closed, flushed)."""
+    task = make_control_task(config.task, config.agents)
+    bus_ = bus if bus is not None else Bus(ledger)
+
+    def build(first_seq: int, resume: Continuation) -> Engine:
+        return ControlKernel(
+            bus=bus_,
+            run=config.run_id,
+            task=task,
+            accounts=config.accounts,
+            policy=policy,
+            rng=reset_rng(config.seed),
+            gamma=config.gamma,
+            first_seq=first_seq,
+            first_episode=resume.next_episode,
+            start_time=resume.time,
+        )
+
+    return run_engine(
+        ledger,
+        bus_,
+        run_id=config.run_id,
+        seed=config.seed,
+        config_json=config.model_dump_json(),
+        accounts=(ENVIRONMENT, SYSTEM, *config.accounts),
+        build=build,
+        episodes=config.episodes,
+        concurrency=config.concurrency,
+        steps=config.steps,
+        on_episode=on_episode,
+    )
