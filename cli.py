@@ -226,6 +226,8 @@ def _simulate_control(
         )
     )
     chooser, learner = guarded(lambda: _control_policy(config))
+    if learner is not None and config.learner is None:
+        config = config.model_copy(update={"learner": learner.config.model_dump()})
     name = f"{config.task}-control-{config.method or config.policy}-n{config.agents}-s{seed}"
     run = guarded(lambda: rundir.new_run_dir(out, name))
     guarded(lambda: run.mkdir(parents=True, exist_ok=True))
@@ -263,7 +265,17 @@ def _control_policy(config: Any) -> tuple[Any, Any]:
         (rng_seed,) = np.random.SeedSequence(config.seed).spawn(1)
         rng = np.random.default_rng(rng_seed)
         return RandomPolicy(len(task.controls), task.n_agents, rng), None
-    raise ValueError("learning control agents are not wired yet")
+    from agents.control_learning import ControlSociety
+    from agents.dqn_control import ControlDQNConfig
+    from agents.learning import learner_seed, one_thread
+
+    one_thread()
+    if config.learner is not None:
+        dqn = ControlDQNConfig.model_validate(config.learner)
+    else:
+        dqn = ControlDQNConfig.for_method(config.method, gamma=config.gamma)
+    society = ControlSociety(task, config.accounts, dqn, learner_seed(config.seed))
+    return society, society
 
 
 def _report(run: Path, ledger: DiskLedger, summary: RunSummary) -> None:

@@ -1,0 +1,264 @@
+"""The cooperative-control comparison (issue 5): independent DQN against TER, IER, IQL, full.
+
+Every run is a control-variant learning run (`market/control.py`, `agents/dqn_control.py`)
+with its ledger on disk, for a fixed budget of env steps. Every figure is folded from the
+stored ledger, not from the learners:
+- final return per agent: each agent's episode return (the sum of its Reward events),
+  averaged over the last 10% of episodes, then over agents;
+- held: the share of those episodes in the goal band for the whole last quarter of the
+  episode (the band at the end, not one pass through it);
+- steps to reach / to hold: the env steps before the first step in the band, and before
+  the end of the first episode that holds it;
+- psi = +1: the share of steps and agents with sgn(u_i * sum_{j != i} u_j) >= 0 (methods.md),
+  from the joint controls of the Transition events.
+Prints markdown tables (median [min, max] over seeds) and writes runs.parquet, curves.parquet
+and PNG learning curves to --out.
+
+    python experiments/control.py --seeds 5 [--agents 2,4] [--steps 60000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from rich.progress import Progress
+
+from agents.control_learning import ControlSociety
+from agents.dqn_control import METHODS, ControlDQNConfig
+from agents.learning import learner_seed
+from ledger.disk import DiskLedger
+from ledger.events import ENVIRONMENT
+from ledger.units import UNIT
+from market.audit import audit
+from market.bus import Bus
+from market.control import ControlRunConfig, simulate_control
+from market.control_tasks import ControlTask, make_control_task
+
+FINAL_SHARE = 0.1
+"""The share of a run's last episodes that the final figures average."""
+
+
+def run_one(
+    task_name: str, agents: int, method: str, seed: int, steps: int, concurrency: int
+) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """One learning run: its summary row and its learning curve."""
+    torch.set_num_threads(1)
+    config = ControlRunConfig(
+        task=task_name,
+        agents=agents,
+        policy="dqn",
+        method=method,
+        episodes=None,
+        steps=steps,
+        seed=seed,
+        concurrency=concurrency,
+    )
+    task = make_control_task(task_name, agents)
+    dqn = ControlDQNConfig.for_method(method, gamma=config.gamma)
+    society = ControlSociety(task, config.accounts, dqn, learner_seed(seed))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = DiskLedger(Path(tmp) / "ledger")
+        bus = Bus(ledger)
+        society.attach(bus)
+        summary = simulate_control(config, ledger, society, bus=bus)
+        seconds = time.perf_counter() - start
+        clean = audit(ledger).ok
+        episodes = episode_table(ledger.scan(), task)
+    row, curve = summarise(episodes, task)
+    row |= {
+        "task": task_name,
+        "agents": agents,
+        "method": method,
+        "seed": seed,
+        "steps": steps,
+        "seconds": seconds,
+        "steps_per_s": steps / seconds,
+        "events": summary.events,
+        "audit_clean": clean,
+    }
+    return row, [{**p, "agents": agents, "method": method, "seed": seed} for p in curve]
+
+
+def episode_table(events: pl.LazyFrame, task: ControlTask) -> pl.DataFrame:
+    """One row per episode, folded from the ledger: per-agent returns, band, psi."""
+    moves = (
+        events.filter(pl.col("kind") == "transition")
+        .select("seq", "episode", "step", "controls", "next_x")
+        .sort("seq")
+        .collect()
+    )
+    next_x = np.array(moves["next_x"].to_list())
+    u = np.array(moves["controls"].to_list())
+    others = u.sum(axis=1, keepdims=True) - u
+    coordinating = (u * others >= 0).mean(axis=1)
+    steps = moves.with_columns(
+        pl.Series("in_band", task.in_goal(next_x)),
+        pl.Series("coordinating", coordinating),
+        pl.int_range(1, pl.len() + 1).alias("env_steps"),
+    )
+    quarter = task.horizon - task.horizon // 4
+    per_episode = (
+        steps.group_by("episode")
+        .agg(
+            pl.col("env_steps").max().alias("env_steps"),
+            pl.col("in_band").filter(pl.col("step") >= quarter).all().alias("held"),
+            pl.col("in_band").any().alias("reached"),
+            pl.col("env_steps").filter(pl.col("in_band")).min().alias("first_in_band"),
+            pl.col("coordinating").mean(),
+        )
+        .sort("env_steps")
+    )
+    paid = pl.col("src") == ENVIRONMENT
+    signed = pl.when(paid).then(pl.col("amount")).otherwise(-pl.col("amount"))
+    agent = pl.when(paid).then(pl.col("dst")).otherwise(pl.col("src"))
+    returns = (
+        events.filter(pl.col("kind") == "reward")
+        .group_by("episode")
+        .agg((signed.sum() / UNIT).alias("team_return"), agent.n_unique().alias("n"))
+        .collect()
+    )
+    table = per_episode.join(returns.select("episode", "team_return", "n"), on="episode")
+    return table.with_columns((pl.col("team_return") / pl.col("n")).alias("return_per_agent"))
+
+
+def summarise(
+    episodes: pl.DataFrame, task: ControlTask
+) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """A run's figures and its learning curve (mean return per agent per 2% of episodes)."""
+    final = episodes.tail(max(int(episodes.height * FINAL_SHARE), 1))
+    first_hold = episodes.filter(pl.col("held"))["env_steps"].min()
+    first_reach = episodes["first_in_band"].min()
+    row: dict[str, object] = {
+        "final_return_per_agent": float(final["return_per_agent"].mean()),  # type: ignore[arg-type]
+        "held_share": float(final["held"].mean()),  # type: ignore[arg-type]
+        "steps_to_reach": first_reach,
+        "steps_to_hold": first_hold,
+        "psi_plus_share": float(episodes["coordinating"].mean()),  # type: ignore[arg-type]
+        "episodes": episodes.height,
+    }
+    chunk = max(episodes.height // 50, 1)
+    curve = (
+        episodes.with_row_index("i")
+        .group_by(pl.col("i") // chunk, maintain_order=True)
+        .agg(pl.col("env_steps").max(), pl.col("return_per_agent").mean(), pl.col("held").mean())
+        .drop("i")
+    )
+    return row, curve.to_dicts()
+
+
+def tables(runs: pl.DataFrame) -> str:
+    """Markdown: per number of agents, each method's figures as median [min, max]."""
+
+    def cell(col: str) -> pl.Expr:
+        c = pl.col(col).cast(pl.Float64)
+        return pl.format(
+            "{} [{}, {}]", c.median().round(3), c.min().round(3), c.max().round(3)
+        ).alias(col)
+
+    lines = []
+    for n in runs["agents"].unique().sort():
+        part = runs.filter(pl.col("agents") == n)
+        order = {m: i for i, m in enumerate(METHODS)}
+        agg = (
+            part.group_by("method")
+            .agg(
+                pl.len().alias("seeds"),
+                cell("final_return_per_agent"),
+                cell("held_share"),
+                pl.col("steps_to_hold").is_not_null().sum().alias("ever_held"),
+                cell("steps_to_reach"),
+                cell("steps_to_hold"),
+                cell("psi_plus_share"),
+                cell("steps_per_s"),
+                pl.col("audit_clean").all(),
+            )
+            .sort(pl.col("method").replace_strict(order, return_dtype=pl.Int64))
+        )
+        lines.append(f"\n### N = {n} agents\n")
+        lines.append("| " + " | ".join(agg.columns) + " |")
+        lines.append("|" + "---|" * len(agg.columns))
+        for row in agg.iter_rows():
+            lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def plot(curves: pl.DataFrame, out: Path) -> None:
+    """One PNG per number of agents: return per agent against env steps, a line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for n in curves["agents"].unique().sort():
+        part = curves.filter(pl.col("agents") == n)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k, method in enumerate(m for m in METHODS if m in part["method"].to_list()):
+            runs = part.filter(pl.col("method") == method)
+            for i, seed in enumerate(runs["seed"].unique().sort()):
+                r = runs.filter(pl.col("seed") == seed)
+                ax.plot(
+                    r["env_steps"],
+                    r["return_per_agent"],
+                    color=f"C{k}",
+                    alpha=0.6,
+                    label=method if i == 0 else None,
+                )
+        ax.set_title(f"control, N = {n}: return per agent per episode, one line per seed")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("episode return per agent (credit)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"control-n{n}.png", dpi=120)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--agents", default="2,4")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--task", default="pendulum")
+    parser.add_argument("--steps", type=int, default=60_000, help="env steps per run")
+    parser.add_argument("--concurrency", type=int, default=4, help="episodes at once")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("experiments/out/control"))
+    parser.add_argument("--report-only", action="store_true", help="redo tables and plots")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        plot(pl.read_parquet(args.out / "curves.parquet"), args.out)
+        print(tables(pl.read_parquet(args.out / "runs.parquet")))
+        return
+    jobs = [
+        (args.task, int(n), method, seed, args.steps, args.concurrency)
+        for n in args.agents.split(",")
+        for method in args.methods.split(",")
+        for seed in range(args.seeds)
+    ]
+    rows, curves = [], []
+    with ProcessPoolExecutor(args.workers) as pool, Progress() as progress:
+        bar = progress.add_task("runs", total=len(jobs))
+        futures = [pool.submit(run_one, *job) for job in jobs]
+        for future in as_completed(futures):
+            row, curve = future.result()
+            rows.append(row)
+            curves.extend(curve)
+            progress.advance(bar)
+    runs = pl.DataFrame(rows).sort("agents", "method", "seed")
+    runs.write_parquet(args.out / "runs.parquet")
+    curve_frame = pl.DataFrame(curves)
+    curve_frame.write_parquet(args.out / "curves.parquet")
+    plot(curve_frame, args.out)
+    print(tables(runs))
+
+
+if __name__ == "__main__":
+    main()
