@@ -222,7 +222,7 @@ def _simulate_control(
             episodes=episodes if episodes is not None or steps is not None else 100,
             steps=steps,
             seed=seed,
-            concurrency=concurrency if concurrency is not None else (16 if learn else 1),
+            concurrency=concurrency if concurrency is not None else 1,
         )
     )
     chooser, learner = guarded(lambda: _control_policy(config))
