@@ -112,20 +112,29 @@ class _Tracker:
         self.setting, self.every = setting, max(budget // 100, 1)
         self.window: deque[float] = deque(maxlen=WINDOW if setting.task == "bandit" else 100)
         self.steps, self.next_point = 0, 0
+        self.total = 0.0
         self.hit_steps: int | None = None
         self.hit_seconds: float | None = None
         self.curve: list[dict[str, object]] = []
         self.start = time.perf_counter()
 
     def score(self) -> float:
-        """The recent train return (Bandit: the share of episodes arm 3 won)."""
-        return float(np.mean(self.window)) if self.window else float("nan")
+        """The recent train return (Bandit: the share of episodes arm 3 won).
+
+        Speed: a running sum, not a mean over the window per episode (Bandit has 1.5M
+        one-step episodes).
+        """
+        return self.total / len(self.window) if self.window else float("nan")
 
     def on_episode(self, result: EpisodeResult) -> None:
         self.steps += result.steps
         ret = result.episode_return / UNIT
         bandit = self.setting.task == "bandit"
-        self.window.append(float(abs(ret - 0.8) < 1e-9) if bandit else ret)
+        value = float(abs(ret - 0.8) < 1e-9) if bandit else ret
+        if len(self.window) == self.window.maxlen:
+            self.total -= self.window[0]
+        self.window.append(value)
+        self.total += value
         full = len(self.window) == self.window.maxlen
         if self.hit_steps is None and full and self.score() >= self.setting.target:
             self.hit_steps, self.hit_seconds = self.steps, time.perf_counter() - self.start
