@@ -249,6 +249,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step budget")
     parser.add_argument("--tasks", default="bandit,chain,duality")
+    parser.add_argument("--labels", default="", help="only these settings (comma-separated)")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/tabular"))
     parser.add_argument("--report-only", action="store_true", help="redo tables and plots")
     args = parser.parse_args()
@@ -258,7 +259,9 @@ def main() -> None:
         print(_tables(pl.read_parquet(args.out / "runs.parquet")))
         return
     tasks = set(args.tasks.split(","))
-    jobs = [(s, seed) for s in SETTINGS if s.task in tasks for seed in range(args.seeds)]
+    labels = set(args.labels.split(",")) if args.labels else None
+    chosen = [s for s in SETTINGS if s.task in tasks and (labels is None or s.label in labels)]
+    jobs = [(s, seed) for s in chosen for seed in range(args.seeds)]
     rows, curves = [], []
     with ProcessPoolExecutor(args.workers) as pool, Progress() as progress:
         bar = progress.add_task("runs", total=len(jobs))
