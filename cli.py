@@ -335,6 +335,8 @@ def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]
         raise ValueError(f"{run}: not a run directory (no {rundir.CONFIG})")
     recorded = json.loads((run / rundir.CONFIG).read_text(encoding="utf-8"))
     recorded.pop("run_id", None)
+    if recorded.get("variant") == "control":
+        raise ValueError(f"{run} is a control run; control runs cannot be resumed yet")
     config = RunConfig.model_validate(recorded)
     if config.learner is None or config.bidder == "monolithic":
         raise ValueError(f"{run} is not a learning society's run; only those resume")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from agents.fixed_control import RandomPolicy, ZeroPolicy
+from cli import app
 from ledger.events import ENVIRONMENT, SYSTEM, EventBase, Order, Reward, Transition
 from ledger.store import MemoryLedger
 from market.audit import audit
@@ -121,3 +125,19 @@ def test_bad_control_configs_are_refused(field: str, value: object, needle: str)
     """A control config with a bad field is a validation error naming the problem."""
     with pytest.raises(ValueError, match=needle):
         ControlRunConfig.model_validate({"policy": "zero", field: value})
+
+
+def test_resuming_a_control_run_is_a_one_line_refusal(tmp_path: Path) -> None:
+    """`--resume` on a control run says it cannot be done, in one line, and changes nothing."""
+    run_dir = tmp_path / "ctl"
+    made = CliRunner().invoke(
+        app, ["simulate", "--variant", "control", "--bidder", "zero", "--episodes", "1",
+              "--task", "integrator", "--out", str(run_dir)],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    before = sorted(p.name for p in (run_dir / "ledger").iterdir())
+    result = CliRunner().invoke(app, ["simulate", "--resume", str(run_dir), "--steps", "10"])
+    assert result.exit_code != 0
+    assert "cannot be resumed" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in (run_dir / "ledger").iterdir()) == before
