@@ -173,12 +173,7 @@ def simulate_cmd(
     policy, learner = guarded(lambda: _policy(config, run_task, society))
     if resume is None:
         name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
-        run = guarded(lambda: rundir.new_run_dir(out, name))
-        guarded(lambda: run.mkdir(parents=True, exist_ok=True))
-        rundir.write_json(
-            run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")}
-        )
-        ledger = guarded(lambda: DiskLedger(run / rundir.LEDGER))
+        run, ledger = _new_run(out, name, config.run_id, config.model_dump(mode="json"))
     bus = Bus(ledger)
     record = None
     if learner is not None:
@@ -229,12 +224,7 @@ def _simulate_control(
     if learner is not None and config.learner is None:
         config = config.model_copy(update={"learner": learner.config.model_dump()})
     name = f"{config.task}-control-{config.method or config.policy}-n{config.agents}-s{seed}"
-    run = guarded(lambda: rundir.new_run_dir(out, name))
-    guarded(lambda: run.mkdir(parents=True, exist_ok=True))
-    rundir.write_json(
-        run / rundir.CONFIG, {"run_id": config.run_id, **config.model_dump(mode="json")}
-    )
-    ledger = guarded(lambda: DiskLedger(run / rundir.LEDGER))
+    run, ledger = _new_run(out, name, config.run_id, config.model_dump(mode="json"))
     bus = Bus(ledger)
     if learner is not None:
         learner.attach(bus)
@@ -251,6 +241,16 @@ def _simulate_control(
 
         summary = simulate_control(config, ledger, chooser, tick, bus=bus)
     _report(run, ledger, summary)
+
+
+def _new_run(
+    out: Path | None, name: str, run_id: str, config: dict[str, Any]
+) -> tuple[Path, DiskLedger]:
+    """A new run directory (under `out`, or runs/NAME...) with its config and empty ledger."""
+    run = guarded(lambda: rundir.new_run_dir(out, name))
+    guarded(lambda: run.mkdir(parents=True, exist_ok=True))
+    rundir.write_json(run / rundir.CONFIG, {"run_id": run_id, **config})
+    return run, guarded(lambda: DiskLedger(run / rundir.LEDGER))
 
 
 def _control_policy(config: Any) -> tuple[Any, Any]:

@@ -11,9 +11,6 @@ actions from the agent's own `Order` events.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
 
@@ -54,8 +51,6 @@ class ControlSociety:
         self._steps: dict[tuple[int, int], _Step] = {}
         self._previous: dict[int, NDArray[np.float64]] = {}
         self.metrics: list[dict[str, float]] = []
-        self.on_update: Callable[[dict[str, float]], None] | None = None
-        """Called after each observed instant's updates with their last metrics."""
 
     def attach(self, bus: Bus) -> None:
         """Learn from what each agent's account and the system's account receive."""
@@ -127,9 +122,3 @@ class ControlSociety:
             metrics = self.agent.update() or metrics
         if metrics:
             self.metrics.append(metrics)
-            if self.on_update is not None:
-                self.on_update(metrics)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The learners' weights (for snapshots)."""
-        return {"online": self.agent.online.state_dict(), "target": self.agent.target.state_dict()}

@@ -42,7 +42,7 @@ from ledger.transaction import Body, Transaction
 from ledger.units import UNIT
 from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
-from market.kernel import EpisodeResult, fewer_collections
+from market.kernel import Budget, EpisodeResult, fewer_collections
 from market.run import Continuation, Engine, RunSummary, run_engine
 
 METHODS = ("independent", "ter", "ier", "iql", "full")
@@ -150,20 +150,16 @@ class ControlKernel:
         max_steps: int | None = None,
     ) -> None:
         """Run `episodes` episodes (or until `max_steps` steps), `concurrency` at a time."""
-        if episodes is None and max_steps is None:
-            raise ValueError("give a number of episodes or of steps")
-        last = self.next_episode + episodes if episodes is not None else None
-        limit = self.steps + max_steps if max_steps is not None else None
+        budget = Budget.of(episodes, max_steps, self.next_episode, self.steps)
         slots = concurrency if episodes is None else min(concurrency, episodes)
-        self.env.process(self._loop(slots, last, limit, on_episode))
+        self.env.process(self._loop(slots, budget, on_episode))
         with fewer_collections():
             self.env.run()
 
     def _loop(
         self,
         slots: int,
-        last: int | None,
-        limit: int | None,
+        budget: Budget,
         on_episode: Callable[[EpisodeResult], None] | None,
     ) -> Generator[simpy.Event, None, None]:
         task, n = self.task, self.task.n_agents
@@ -176,9 +172,7 @@ class ControlKernel:
         starting = np.ones(slots, dtype=bool)
         while True:
             for i in np.flatnonzero(starting).tolist():
-                more = (last is None or self.next_episode < last) and (
-                    limit is None or self.steps < limit
-                )
+                more = budget.allows(self.next_episode, self.steps)
                 starting[i], active[i] = False, more
                 if more:
                     episode[i], self.next_episode = self.next_episode, self.next_episode + 1

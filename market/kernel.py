@@ -47,6 +47,31 @@ class EpisodeResult:
     episode_return: int
 
 
+@dataclass(frozen=True)
+class Budget:
+    """When a kernel may start another episode: before episode number `last` and while
+    fewer than `limit` steps have been taken (None: no such bound)."""
+
+    last: int | None
+    limit: int | None
+
+    @classmethod
+    def of(
+        cls, episodes: int | None, max_steps: int | None, next_episode: int, steps: int
+    ) -> Budget:
+        """The budget of `episodes` more episodes or `max_steps` more steps."""
+        if episodes is None and max_steps is None:
+            raise ValueError("give a number of episodes or of steps")
+        last = next_episode + episodes if episodes is not None else None
+        return cls(last, steps + max_steps if max_steps is not None else None)
+
+    def allows(self, next_episode: int, steps: int) -> bool:
+        """Whether an episode numbered `next_episode` may start after `steps` steps."""
+        if self.last is not None and next_episode >= self.last:
+            return False
+        return self.limit is None or steps < self.limit
+
+
 class Kernel:
     """Runs auction episodes of one task, society and mechanism into a bus."""
 
@@ -73,7 +98,7 @@ class Kernel:
         self._prims = society.primitive_of
         self._waiting: list[tuple[int, simpy.Event]] = []
         self._batched = False
-        self._max_steps: int | None = None
+        self._budget = Budget(None, None)
         self.steps = 0
         """Auctions held so far (env steps)."""
 
@@ -86,26 +111,17 @@ class Kernel:
     ) -> None:
         """Run `episodes` episodes, `concurrency` at a time; with `max_steps`, start no new
         episode once that many auctions have been held (those under way finish)."""
-        if episodes is None and max_steps is None:
-            raise ValueError("give a number of episodes or of steps")
-        last = self.next_episode + episodes if episodes is not None else None
+        self._budget = Budget.of(episodes, max_steps, self.next_episode, self.steps)
         self._batched = concurrency > 1
-        self._max_steps = self.steps + max_steps if max_steps is not None else None
         for _ in range(concurrency if episodes is None else min(concurrency, episodes)):
-            self.env.process(self._worker(last, on_episode))
+            self.env.process(self._worker(on_episode))
         with fewer_collections():
             self.env.run()
 
-    def _more(self, last: int | None) -> bool:
-        """Whether a worker may start another episode."""
-        if last is not None and self.next_episode >= last:
-            return False
-        return self._max_steps is None or self.steps < self._max_steps
-
     def _worker(
-        self, last: int | None, on_episode: Callable[[EpisodeResult], None] | None
+        self, on_episode: Callable[[EpisodeResult], None] | None
     ) -> Generator[simpy.Event, list[int], None]:
-        while self._more(last):
+        while self._budget.allows(self.next_episode, self.steps):
             ep = self.next_episode
             self.next_episode += 1
             result = yield from self._episode(ep)

@@ -39,7 +39,7 @@ from ledger.events import (
 )
 from ledger.units import UNIT
 from market.bus import Bus
-from market.kernel import EpisodeResult, fewer_collections
+from market.kernel import Budget, EpisodeResult, fewer_collections
 from market.mechanisms import PAYS_FIRST_PRICE, PAYS_SECOND_PRICE, Mechanism
 from market.society import Policy, Society
 from market.tasks import Task
@@ -100,7 +100,6 @@ class RoundKernel:
         models += [Transform, Reward, EpisodeEnd]
         self._kind_at = np.array([CODE[m] for m in models], dtype=np.int8)
         self._width = n + 7
-        self._max_steps: int | None = None
         self._absent: list[tuple[str, type[np.generic]]] | None = None
         """Columns no auction event has (zeros; stored as null), found at the first round."""
 
@@ -113,10 +112,7 @@ class RoundKernel:
     ) -> None:
         """As `Kernel.run_episodes`: `episodes` episodes (or until `max_steps` auctions),
         `concurrency` at a time."""
-        if episodes is None and max_steps is None:
-            raise ValueError("give a number of episodes or of steps")
-        last = self.next_episode + episodes if episodes is not None else None
-        self._max_steps = self.steps + max_steps if max_steps is not None else None
+        budget = Budget.of(episodes, max_steps, self.next_episode, self.steps)
         k = concurrency if episodes is None else min(concurrency, episodes)
         self._status = np.full(k, _STARTING, dtype=np.int8)
         self._due = np.full(k, self.env.now, dtype=np.float64)
@@ -127,12 +123,12 @@ class RoundKernel:
         self._total = np.zeros(k, dtype=np.int64)
         self._results: list[EpisodeResult | None] = [None] * k
         """Each slot's finished episode, reported when its last transformation is over."""
-        self.env.process(self._loop(last, on_episode))
+        self.env.process(self._loop(budget, on_episode))
         with fewer_collections():
             self.env.run()
 
     def _loop(
-        self, last: int | None, on_episode: Callable[[EpisodeResult], None] | None
+        self, budget: Budget, on_episode: Callable[[EpisodeResult], None] | None
     ) -> Generator[simpy.Event, None, None]:
         while True:
             live = self._status != _IDLE
@@ -144,7 +140,7 @@ class RoundKernel:
             due = self._due == now
             starting = np.flatnonzero(due & (self._status == _STARTING))
             if starting.size:
-                self._start(starting, last, on_episode)
+                self._start(starting, budget, on_episode)
             running = np.flatnonzero(due & (self._status == _RUNNING))
             if running.size:
                 self._round(running, now)
@@ -152,7 +148,7 @@ class RoundKernel:
     def _start(
         self,
         idx: NDArray[np.int64],
-        last: int | None,
+        budget: Budget,
         on_episode: Callable[[EpisodeResult], None] | None,
     ) -> None:
         """Slots `idx`, in order, report their finished episode and start the next ones, as
@@ -162,9 +158,9 @@ class RoundKernel:
                 result = self._results[i]
                 if result is not None:
                     on_episode(result)
-        may = len(idx) if self._max_steps is None or self.steps < self._max_steps else 0
-        if last is not None:
-            may = min(may, max(last - self.next_episode, 0))
+        may = len(idx) if budget.allows(self.next_episode, self.steps) else 0
+        if budget.last is not None:
+            may = min(may, max(budget.last - self.next_episode, 0))
         self._status[idx[may:]] = _IDLE
         go = idx[:may]
         self._status[go] = _RUNNING
