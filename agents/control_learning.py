@@ -1,8 +1,9 @@
 """Control agents that act for the kernel and learn only from what the bus shows them.
 
 Each agent subscribes to its own account (its orders, its rewards) and to `system` (the
-public transitions: x_k, the joint controls u_k once step k is settled, x_{k+1}). From
-these alone the society assembles every agent's experience (x_k, u_{k-1}, its action, its
+public transitions: x_k, the joint controls u_k once step k is settled, x_{k+1}), and
+receives each as columns: the rows of every committed batch addressed to it. From these
+alone the society assembles every agent's experience (x_k, u_{k-1}, its action, its
 reward, x_{k+1}) and hands a whole instant's worth, across the concurrent episodes, to the
 N stacked Q-learners of `agents/dqn_control.py`, which then take `updates_per_step`
 gradient steps. No side channel: rewards are read back from the `Reward` events (in units),
@@ -11,26 +12,18 @@ actions from the agent's own `Order` events.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
 from agents.dqn_control import ControlDQN, ControlDQNConfig
-from ledger.events import SYSTEM, EventBase, Order, Reward, RunEnd, Transition
+from ledger.batch import CODE, EventBatch, concat
+from ledger.events import SYSTEM, Order, Reward, RunEnd, Transition
 from ledger.transaction import Transaction
 from ledger.units import UNIT
 from market.bus import Bus
 from market.control_tasks import ControlTask
-
-
-class _Step:
-    """One step of one episode, filled in as its events arrive."""
-
-    __slots__ = ("actions", "rewards", "transition")
-
-    def __init__(self, n: int) -> None:
-        self.actions = np.full(n, -1, dtype=np.int64)
-        self.rewards = np.zeros(n)
-        self.transition: Transition | None = None
 
 
 class ControlSociety:
@@ -47,17 +40,17 @@ class ControlSociety:
         self.task, self.accounts, self.config = task, accounts, config
         self.agent = ControlDQN(task, config, seed)
         self.updates_per_step = updates_per_step
-        self._index = {a: i for i, a in enumerate(accounts)}
-        self._steps: dict[tuple[int, int], _Step] = {}
+        self._own: list[list[EventBatch]] = [[] for _ in accounts]
+        self._public: list[EventBatch] = []
         self._previous: dict[int, NDArray[np.float64]] = {}
         self.metrics: list[dict[str, float]] = []
 
     def attach(self, bus: Bus) -> None:
         """Learn from what each agent's account and the system's account receive."""
-        for account in self.accounts:
-            bus.subscribe(account, self._on_own_event)
-        bus.subscribe(SYSTEM, self._on_public_event)
-        bus.subscribe_all(self._on_transaction)
+        for i, account in enumerate(self.accounts):
+            bus.subscribe(account, batches=self._own[i].append)
+        bus.subscribe(SYSTEM, batches=self._public.append)
+        bus.subscribe_all(self._on_transaction, batches=self._on_batch)
 
     def act(self, x: NDArray[np.float64], previous: NDArray[np.float64]) -> NDArray[np.int64]:
         """Every agent's action for a batch of episodes (one batched forward pass), after
@@ -65,60 +58,75 @@ class ControlSociety:
         self._learn()
         return self.agent.act(x, previous, self.agent.epsilon)
 
-    def _step(self, episode: int, step: int) -> _Step:
-        key = (episode, step)
-        if key not in self._steps:
-            self._steps[key] = _Step(len(self.accounts))
-        return self._steps[key]
-
-    def _on_own_event(self, e: EventBase) -> None:
-        if isinstance(e, Order):
-            self._step(e.episode, e.step).actions[e.primitive] = e.action
-        elif isinstance(e, Reward):
-            own = e.dst if e.dst in self._index else e.src
-            sign = 1 if e.dst == own else -1
-            self._step(e.episode, e.step).rewards[self._index[own]] = sign * e.amount / UNIT
-
-    def _on_public_event(self, e: EventBase) -> None:
-        if isinstance(e, Transition):
-            self._step(e.episode, e.step).transition = e
-
     def _on_transaction(self, tx: Transaction) -> None:
         """At a run's end, learn from its last instant (no further `act` call comes)."""
         if any(m is RunEnd for m, _ in tx.body):
             self._learn()
 
-    def _learn(self) -> None:
-        """Observe every step whose events have all arrived as one instant, then update.
+    def _on_batch(self, batch: EventBatch) -> None:
+        """Nothing: a batch holds steps, which reach the agents through their accounts."""
 
-        (The bus hands a transaction to whole-transaction subscribers before it delivers
-        its events by account, so steps are collected here, at the next `act`.)
+    def _collect(self) -> tuple[NDArray[Any], ...] | None:
+        """The delivered steps as arrays (rows in ledger order), or None if there are none:
+        x_k, u_{k-1}, every agent's action, every agent's reward, x_{k+1}.
+
+        Each agent's action and reward come from the rows addressed to it, matched to the
+        public transition by their transaction.
         """
-        done = [k for k, s in self._steps.items() if s.transition is not None]
-        if not done:
+        public = concat(self._public) if self._public else None
+        own = [concat(parts) if parts else None for parts in self._own]
+        self._public.clear()
+        for parts in self._own:
+            parts.clear()
+        if public is None:
+            return None
+        moves = public.rows(public.kind == CODE[Transition])
+        if not len(moves):
+            return None
+        tx, m, n = moves.columns["tx"], len(moves), len(self.accounts)
+        actions = np.full((m, n), -1, dtype=np.int64)
+        rewards = np.zeros((m, n))
+        for i, rows in enumerate(own):
+            if rows is None:
+                raise RuntimeError(f"{self.accounts[i]} received no order for a transition")
+            orders = rows.kind == CODE[Order]
+            actions[_match(tx, rows.columns["tx"][orders]), i] = rows.columns["action"][orders]
+            paid = rows.kind == CODE[Reward]
+            mine = rows.string_codes([self.accounts[i]])[rows.columns["dst"][paid]]
+            amount = rows.columns["amount"][paid] / UNIT
+            rewards[_match(tx, rows.columns["tx"][paid]), i] = np.where(mine, amount, -amount)
+        controls = moves.vectors["controls"]
+        previous = np.zeros((m, n))
+        for j, (episode, step, done) in enumerate(
+            zip(*(moves.columns[c].tolist() for c in ("episode", "step", "done")), strict=True)
+        ):
+            if step > 0:
+                previous[j] = self._previous.pop(episode)
+            if not done:
+                self._previous[episode] = controls[j]
+        return moves.vectors["x"], previous, actions, rewards, moves.vectors["next_x"]
+
+    def _learn(self) -> None:
+        """Observe every step delivered since the last call as one instant, then update.
+
+        (The bus delivers a batch to whole-transaction subscribers and account subscribers
+        after the ledger took it, so steps are collected here, at the next `act`.)
+        """
+        steps = self._collect()
+        if steps is None:
             return
-        rows = []
-        for key in done:
-            filled = self._steps.pop(key)
-            move = filled.transition
-            assert move is not None
-            episode = key[0]
-            previous = self._previous.pop(episode, np.zeros(len(self.accounts)))
-            if not move.done:
-                self._previous[episode] = np.asarray(move.controls)
-            rows.append(
-                (
-                    np.asarray(move.x),
-                    previous,
-                    filled.actions,
-                    filled.rewards,
-                    np.asarray(move.next_x),
-                )
-            )
-        states, before, actions, rewards, after = (np.stack(c) for c in zip(*rows, strict=True))
+        states, before, actions, rewards, after = steps
         self.agent.observe(states, before, actions, rewards, after)
         metrics: dict[str, float] = {}
         for _ in range(self.updates_per_step):
             metrics = self.agent.update() or metrics
         if metrics:
             self.metrics.append(metrics)
+
+
+def _match(keys: NDArray[np.int64], found: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The position of each of `found` in the sorted `keys`; every key must be found once."""
+    at = np.searchsorted(keys, found)
+    if len(found) != len(keys) or not np.array_equal(keys[np.minimum(at, len(keys) - 1)], found):
+        raise RuntimeError("an agent's orders or rewards do not match the public transitions")
+    return at

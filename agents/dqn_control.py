@@ -31,6 +31,7 @@ and one optimiser step trains them all (parameters, inputs and losses stay separ
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 from typing import Any, NamedTuple, Protocol
@@ -280,12 +281,15 @@ def observations(x: FloatArray, prev_u: FloatArray) -> FloatArray:
 
     Row i of the leading axis is agent i's batch; its own column of prev_u is dropped.
     """
-    n, s = prev_u.shape[:2]
-    others = np.array([[j for j in range(n) if j != i] for i in range(n)], dtype=np.int64)
-    picked = np.take_along_axis(
-        prev_u, np.broadcast_to(others.reshape(n, 1, n - 1), (n, s, n - 1)), -1
-    )
+    n = prev_u.shape[0]
+    picked = prev_u[:, :, _others(n)].diagonal(axis1=0, axis2=2).transpose(2, 0, 1)
     return np.concatenate([x, picked], axis=-1)
+
+
+@functools.cache
+def _others(n: int) -> IntArray:
+    """Row i: the agents other than i, in order (N, N - 1)."""
+    return np.array([[j for j in range(n) if j != i] for i in range(n)], dtype=np.int64)
 
 
 class QBank(nn.Module):
@@ -388,9 +392,9 @@ class Part(NamedTuple):
     joint: FloatArray
     """Joint controls (N, S, N) the samples' impact and psi come from."""
     mask: FloatArray
-    """1 where the sample is trained on, 0 where IER did not draw it."""
-    fixed_rate: float | None
-    """A rate for every sample (beta: coordination experiences), or None: IQL's rule."""
+    """1 where the sample is trained on, 0 where it only pads an agent's rows."""
+    rate: FloatArray
+    """A fixed rate per sample (beta: coordination experiences), or NaN: IQL's rule."""
 
 
 class ControlDQN:
@@ -487,7 +491,10 @@ class ControlDQN:
             return {}
         eps = self.epsilon
         batch = self.buffer.view(self.sample_rows(eps), self.controls)
-        parts = [self.experienced(batch), *(self._imagined(batch, eps) if cfg.ier else [])]
+        parts = [self.experienced(batch)]
+        imagined = self._imagined(batch, eps) if cfg.ier else None
+        if imagined is not None:
+            parts.append(imagined)
         q, target = self._td(parts)
         weight = self._weights(parts, (target - q).detach().double().numpy())
         huber = nn.functional.huber_loss(q, target, reduction="none")
@@ -498,13 +505,18 @@ class ControlDQN:
         self.updates += 1
         if self.updates % cfg.target_period == 0:
             self.target.load_state_dict(self.online.state_dict())
+        alone = coordinated = 0.0
+        if imagined is not None:
+            fixed = ~np.isnan(imagined.rate)
+            alone = float(imagined.mask[~fixed].sum()) / n
+            coordinated = float(imagined.mask[fixed].sum()) / n
         return {
             "loss": loss.item() / n,
             "q": q[:, : cfg.minibatch].mean().item(),
             "epsilon": eps,
             "rate": float(weight[:, : cfg.minibatch].mean()),
-            "alone": float(sum(p.mask.sum() for p in parts[1:2])) / n,
-            "coordination": float(sum(p.mask.sum() for p in parts[2:])) / n,
+            "alone": alone,
+            "coordination": coordinated,
         }
 
     def _td(self, parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -540,63 +552,68 @@ class ControlDQN:
         inputs = observations(batch.x, batch.prev_u)
         next_inputs = observations(batch.next_x, batch.u)
         ones = np.ones(batch.action.shape)
-        return Part(inputs, batch.action, batch.reward, next_inputs, batch.u, ones, None)
+        rule = np.full(batch.action.shape, np.nan)
+        return Part(inputs, batch.action, batch.reward, next_inputs, batch.u, ones, rule)
 
-    def _imagined(self, batch: Batch, eps: float) -> list[Part]:
+    def _imagined(self, batch: Batch, eps: float) -> Part | None:
         """IER on the first `imagined` samples: alone w.p. eps, else idle, coop1 and coop2.
 
         Under psi the coordination experiences are drawn only where psi_i = -1. An imagined
         experience keeps the observed input (x_k, u_{-i,k-1}) and replaces the controls at k.
-        Speed: every candidate is computed and those not drawn get weight 0, so the shapes
-        stay fixed and all agents train in one stacked pass.
+        None if nothing was drawn.
+
+        Speed: only the drawn experiences go through f, g and the networks; every agent's
+        are padded (mask 0) to the largest agent's count, so all agents train in one
+        stacked pass.
         """
         cfg, n, s = self.config, self.n_agents, self.config.imagined
-        x, u = batch.x[:, :s], batch.u[:, :s]
-        inputs = observations(x, batch.prev_u[:, :s])
+        x, u, prev_u = batch.x[:, :s], batch.u[:, :s], batch.prev_u[:, :s]
         alone = self.rng.random((n, s)) < eps
         together = ~alone & (_own(coordination(u)) < 0 if cfg.psi else True)
-        per_agent = [
-            (without_others(u[i], i), *coordination_controls(self.controls, u[i], i))
-            for i in range(n)
-        ]
-        parts = []
-        d = x.shape[-1]
-        for kind, joints in enumerate(zip(*per_agent, strict=True)):
-            joint = np.stack(joints)
-            # Speed: every agent's samples through f and g in one call, (n s) rows.
-            flat_x, flat_u = x.reshape(n * s, d), joint.reshape(n * s, n)
-            next_x = self.dynamics.f(flat_x, flat_u).reshape(n, s, d)
-            rewards = self.dynamics.g(flat_x, flat_u).reshape(n, s, n)
-            own_reward = _own(rewards)
-            parts.append(
-                Part(
-                    inputs,
-                    _own(nearest_control(self.controls, joint)),
-                    own_reward,
-                    observations(next_x, joint),
-                    joint,
-                    (alone if kind == 0 else together).astype(np.float64),
-                    None if kind == 0 else cfg.beta,
+        drawn = np.concatenate([alone, together, together, together], axis=1)  # (n, 4 s)
+        count = int(drawn.sum(axis=1).max())
+        if count == 0:
+            return None
+        pick = np.argsort(~drawn, axis=1, kind="stable")[:, :count]  # drawn first, in order
+        kind, sample = np.divmod(pick, s)
+        joints = np.stack(
+            [
+                np.concatenate(
+                    [without_others(u[i], i), *coordination_controls(self.controls, u[i], i)]
                 )
-            )
-        return parts
+                for i in range(n)
+            ]
+        )  # (n, 4 s, n)
+        joint = np.take_along_axis(joints, pick[..., None], axis=1)
+        at = sample[..., None]
+        x_drawn = np.take_along_axis(x, at, axis=1)
+        d = x.shape[-1]
+        # Speed: every agent's drawn experiences through f and g in one call.
+        flat_x, flat_u = x_drawn.reshape(n * count, d), joint.reshape(n * count, n)
+        next_x = self.dynamics.f(flat_x, flat_u).reshape(n, count, d)
+        reward = _own(self.dynamics.g(flat_x, flat_u).reshape(n, count, n))
+        return Part(
+            observations(x_drawn, np.take_along_axis(prev_u, at, axis=1)),
+            _own(nearest_control(self.controls, joint)),
+            reward,
+            observations(next_x, joint),
+            joint,
+            np.take_along_axis(drawn, pick, axis=1).astype(np.float64),
+            np.where(kind == 0, np.nan, cfg.beta),
+        )
 
     def _weights(self, parts: list[Part], delta: FloatArray) -> FloatArray:
         """Each sample's loss weight (N, S): eta / alpha under IQL, else 1; 0 where masked."""
         cfg, n = self.config, self.n_agents
+        mask = np.concatenate([p.mask for p in parts], axis=1)
         if not cfg.iql:
-            return np.concatenate([p.mask for p in parts], axis=1)
-        out, start = [], 0
-        for p in parts:
-            stop = start + p.mask.shape[1]
-            if p.fixed_rate is not None:
-                eta = np.full(p.mask.shape, p.fixed_rate)
-            else:
-                psi = _own(coordination(p.joint)) if cfg.psi else None
-                eta = iql_rate(delta[:, start:stop], _own(impact(p.joint)), cfg, n, psi)
-            out.append(p.mask * eta / cfg.alpha)
-            start = stop
-        return np.concatenate(out, axis=1)
+            return mask
+        joint = np.concatenate([p.joint for p in parts], axis=1)
+        fixed = np.concatenate([p.rate for p in parts], axis=1)
+        psi = _own(coordination(joint)) if cfg.psi else None
+        eta = iql_rate(delta, _own(impact(joint)), cfg, n, psi)
+        out: FloatArray = mask * np.where(np.isnan(fixed), eta, fixed) / cfg.alpha
+        return out
 
 
 def _own(values: NDArray[Any]) -> NDArray[Any]:

@@ -2,7 +2,9 @@
 
 An `EventBatch` is rows of the ledger table (`schema.SCHEMA`) held as NumPy columns: `kind`
 is an index into `MODELS`, string columns hold codes into the batch's `strings`, and a field
-a kind does not have is ignored (stored as null). A batch is a run of whole transactions
+a kind does not have is ignored (stored as null). A vector column (the control variant's
+states and joint controls) is a 2-D array, one row per event and one width per batch; it is
+absent when no event of the batch carries it. A batch is a run of whole transactions
 (each starts at a row whose `seq` equals its `tx`); `check_batch` validates all of it with
 array operations, and a ledger takes the batch whole or rejects it whole.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import numpy as np
@@ -33,13 +36,14 @@ STRING_COLUMNS = frozenset(
     f.name for f in schema.SCHEMA if f.type == pa.string() and f.name != "kind"
 )
 LIST_COLUMNS = frozenset(f.name for f in schema.SCHEMA if pa.types.is_list(f.type))
-"""Vector columns (the control variant's states); batches do not carry them."""
+"""Vector columns (the control variant's states), held in `EventBatch.vectors`."""
 COLUMNS = tuple(n for n in schema.COLUMNS if n != "kind" and n not in LIST_COLUMNS)
 """The columns a batch holds besides `kind`."""
 _HAS = {name: np.array([name in FIELDS[m] for m in MODELS], dtype=bool) for name in schema.COLUMNS}
 """Per column, which kinds carry it (the others store null)."""
 IS_TRANSFER = np.array([m in TRANSFER_TYPES for m in MODELS], dtype=bool)
-_HAS_LIST = np.array([any(f in LIST_COLUMNS for f in FIELDS[m]) for m in MODELS], dtype=bool)
+_ADDRESS = ("account", "src", "dst")
+"""The columns that name who an event is addressed to (`events.accounts_of`)."""
 _KIND_NAMES = pa.array([KIND[m] for m in MODELS], type=pa.string())
 _NUMPY_TYPE = {pa.int64(): np.int64, pa.float64(): np.float64, pa.bool_(): np.bool_}
 
@@ -51,6 +55,8 @@ class EventBatch:
     kind: NDArray[np.int8]
     columns: dict[str, NDArray[Any]]
     strings: tuple[str, ...]
+    vectors: dict[str, NDArray[np.float64]] = dataclass_field(default_factory=dict)
+    """Vector columns, (rows, width) each; rows of kinds without the field are ignored."""
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -67,7 +73,7 @@ class EventBatch:
         table = {v: i for i, v in reversed(list(enumerate(self.strings)))}
         to = np.array([table[v] for v in self.strings], dtype=np.int64)
         cols = {n: to[v] if n in STRING_COLUMNS else v for n, v in self.columns.items()}
-        return EventBatch(self.kind, cols, self.strings)
+        return EventBatch(self.kind, cols, self.strings, self.vectors)
 
     def string_codes(self, names: Iterable[str]) -> NDArray[np.bool_]:
         """A mask over `strings`: which of them are in `names`."""
@@ -76,12 +82,32 @@ class EventBatch:
 
     def split(self, row: int) -> tuple[EventBatch, EventBatch]:
         """The rows before `row` and from `row` on (split at a transaction's first row)."""
-        head = {n: v[:row] for n, v in self.columns.items()}
-        tail = {n: v[row:] for n, v in self.columns.items()}
-        return (
-            EventBatch(self.kind[:row], head, self.strings),
-            EventBatch(self.kind[row:], tail, self.strings),
+        return self.rows(slice(None, row)), self.rows(slice(row, None))
+
+    def rows(self, which: slice | NDArray[Any]) -> EventBatch:
+        """The rows `which` selects (a slice, indices or a mask), in order.
+
+        Unless they are whole transactions (a split), the result is a view for reading, not
+        something a ledger takes.
+        """
+        return EventBatch(
+            self.kind[which],
+            {n: v[which] for n, v in self.columns.items()},
+            self.strings,
+            {n: v[which] for n, v in self.vectors.items()},
         )
+
+    def addressed_to(self, account: str) -> EventBatch:
+        """The rows addressed to `account` (as its account, payer or payee), in order."""
+        try:
+            code = self.strings.index(account)
+        except ValueError:
+            return self.rows(slice(0, 0))
+        wanted = np.zeros(len(self), dtype=bool)
+        batch = self.canonical() if self.strings.count(account) > 1 else self
+        for name in _ADDRESS:
+            wanted |= (batch.columns[name] == code) & _HAS[name][self.kind]
+        return batch.rows(wanted)
 
     def boundary_after(self, count: int) -> int:
         """The end row of the first transaction whose last row is at or past `count` rows
@@ -99,7 +125,7 @@ class EventBatch:
                 arrays.append(_KIND_NAMES.take(pa.array(self.kind)))
                 continue
             if field.name in LIST_COLUMNS:
-                arrays.append(pa.nulls(len(self), type=field.type))
+                arrays.append(self._list_array(field.name, field.type))
                 continue
             values = self.columns[field.name]
             valid = _HAS[field.name][self.kind]
@@ -115,15 +141,42 @@ class EventBatch:
                 arrays.append(pa.array(zeroed, type=field.type, mask=~valid))
         return pa.table(arrays, schema=schema.SCHEMA)
 
+    def _list_array(self, name: str, type_: pa.DataType) -> pa.Array:
+        """Vector column `name` as a list array (null where a kind has no such field)."""
+        valid = _HAS[name][self.kind]
+        if not valid.any():
+            return pa.nulls(len(self), type=type_)
+        values = self.vectors[name][valid]
+        width = values.shape[1]
+        offsets = np.zeros(len(self) + 1, dtype=np.int32)
+        offsets[1:] = np.cumsum(valid * width)
+        mask = None if valid.all() else pa.array(~valid)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.ravel()), mask=mask)
+
+    def _python_columns(self) -> dict[str, list[Any]]:
+        """Every column as a Python list (strings decoded, vectors as lists)."""
+        cols = {
+            n: [self.strings[c] for c in v.tolist()] if n in STRING_COLUMNS else v.tolist()
+            for n, v in self.columns.items()
+        }
+        return cols | {n: v.tolist() for n, v in self.vectors.items()}
+
+    def events(self) -> list[EventBase]:
+        """Every row as its typed event, validated; for any rows (a view too), in order."""
+        cols = self._python_columns()
+        out: list[EventBase] = []
+        for i, code in enumerate(self.kind.tolist()):
+            model = MODELS[code]
+            names = ("seq", *HEADER, *OWN[model])
+            out.append(model.model_validate({n: cols[n][i] for n in names}))
+        return out
+
     def transactions(self) -> list[Transaction]:
         """The rows as compact transactions (for subscribers that fold one at a time).
 
         Speed: Python work per event; batch-aware subscribers read the columns instead.
         """
-        cols = {
-            n: [self.strings[c] for c in v.tolist()] if n in STRING_COLUMNS else v.tolist()
-            for n, v in self.columns.items()
-        }
+        cols = self._python_columns()
         starts = np.flatnonzero(self.columns["seq"] == self.columns["tx"]).tolist()
         out: list[Transaction] = []
         for a, b in zip(starts, [*starts[1:], len(self)], strict=True):
@@ -149,9 +202,20 @@ def of_transactions(txs: Sequence[Transaction]) -> EventBatch:
         else:
             zero = numpy_type(name)()
             columns[name] = np.array([zero if v is None else v for v in values], numpy_type(name))
+    vectors: dict[str, NDArray[np.float64]] = {}
+    for name in sorted(LIST_COLUMNS):
+        lists = table[name].to_pylist()
+        widths = {len(v) for v in lists if v is not None}
+        if len(widths) > 1:
+            raise ValueError(f"a batch holds one width per vector column; {name} has {widths}")
+        if widths:
+            (width,) = widths
+            vectors[name] = np.array(
+                [[0.0] * width if v is None else v for v in lists], dtype=np.float64
+            ).reshape(len(lists), width)
     kind = {k: CODE[m] for m, k in KIND.items()}
     kinds = np.array([kind[k] for k in table["kind"].to_pylist()], dtype=np.int8)
-    return EventBatch(kinds, columns, tuple(strings) or ("",))
+    return EventBatch(kinds, columns, tuple(strings) or ("",), vectors)
 
 
 def concat(batches: Sequence[EventBatch]) -> EventBatch:
@@ -170,12 +234,22 @@ def concat(batches: Sequence[EventBatch]) -> EventBatch:
         for b in batches:
             to = np.array([table[s] for s in b.strings], dtype=np.int64)
             cols = {n: to[v] if n in STRING_COLUMNS else v for n, v in b.columns.items()}
-            remapped.append(EventBatch(b.kind, cols, tuple(table)))
+            remapped.append(EventBatch(b.kind, cols, tuple(table), b.vectors))
         batches, strings = remapped, tuple(table)
+    vectors = {}
+    for name in sorted({n for b in batches for n in b.vectors}):
+        widths = {b.vectors[name].shape[1] for b in batches if name in b.vectors}
+        if len(widths) > 1:
+            raise ValueError(f"a batch holds one width per vector column; {name} has {widths}")
+        (width,) = widths
+        vectors[name] = np.concatenate(
+            [b.vectors.get(name, np.zeros((len(b), width))) for b in batches]
+        )
     return EventBatch(
         np.concatenate([b.kind for b in batches]),
         {n: np.concatenate([b.columns[n] for b in batches]) for n in COLUMNS},
         strings,
+        vectors,
     )
 
 
@@ -227,13 +301,14 @@ def check_batch(batch: EventBatch, next_seq: int, accounts: frozenset[str]) -> N
         raise InvalidEvent(
             f"event {int(seq[opens[0]])}: accounts are opened by a transaction, not in a batch"
         )
-    vectors = np.flatnonzero(_HAS_LIST[batch.kind])
-    if vectors.size:
-        i = int(vectors[0])
-        raise InvalidEvent(
-            f"event {int(seq[i])}: a {MODELS[batch.kind[i]].__name__} carries vectors, which "
-            "go in a transaction, not in a batch"
-        )
+    for name in sorted(LIST_COLUMNS):
+        carriers = np.flatnonzero(_HAS[name][batch.kind])
+        held = batch.vectors.get(name)
+        if carriers.size and (held is None or held.ndim != 2 or len(held) != n):
+            i = int(carriers[0])
+            raise InvalidEvent(
+                f"event {int(seq[i])}: a {MODELS[batch.kind[i]].__name__} without its {name} vector"
+            )
     moves = np.flatnonzero(IS_TRANSFER[batch.kind])
     if moves.size == 0:
         return

@@ -1,6 +1,7 @@
 """The control variant: N agents jointly drive one system, on the same kernel, bus and ledger.
 
-At every step k of an episode, one transaction:
+At every step k of an episode, one transaction (an instant's transactions, one per running
+episode, are published as one columnar batch):
   Order (every agent's control u_i, the a-th of its control set) -> Transition (the system
   moves x_k -> x_{k+1} = f(x_k, u_k), addressed to `system`, public) -> Reward (each agent's
   own g_i(x_k, u_k), from or to the environment).
@@ -28,17 +29,18 @@ import simpy
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ledger.batch import CODE, COLUMNS, EventBatch, numpy_type
 from ledger.events import (
     ENVIRONMENT,
     SYSTEM,
     EpisodeEnd,
     EpisodeStart,
+    EventBase,
     Order,
     Reward,
     Transition,
 )
 from ledger.store import Ledger
-from ledger.transaction import Body, Transaction
 from ledger.units import UNIT
 from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
@@ -141,6 +143,13 @@ class ControlKernel:
         self.next_episode = first_episode
         self.steps = 0
         """Steps taken so far, over all episodes."""
+        n = len(accounts)
+        self._strings = (run, task.name, "control", ENVIRONMENT, SYSTEM, *accounts)
+        self._agents = np.arange(5, 5 + n, dtype=np.int64)
+        kinds: list[type[EventBase]] = [
+            EpisodeStart, *[Order] * n, Transition, *[Reward] * n, EpisodeEnd
+        ]  # fmt: skip
+        self._kinds = np.array([CODE[m] for m in kinds], dtype=np.int8)
 
     def run_episodes(
         self,
@@ -187,13 +196,8 @@ class ControlKernel:
             units = np.rint(rewards * UNIT).astype(np.int64)
             ends = t[idx] == task.horizon - 1
             total[idx] += units.sum(axis=1)
-            for j, i in enumerate(idx.tolist()):
-                self.bus.publish(
-                    self._step(
-                        int(episode[i]), int(t[i]), x[i], actions[j], u[j], nxt[j], units[j],
-                        int(total[i]) if ends[j] else None,
-                    )
-                )  # fmt: skip
+            instant = (episode[idx], t[idx], x[idx], actions, u, nxt, units, total[idx], ends)
+            self.bus.publish_batch(self._instant(*instant))
             self.steps += idx.size
             x[idx], previous[idx], t[idx] = nxt, u, t[idx] + 1
             for i in idx[ends].tolist():
@@ -202,34 +206,77 @@ class ControlKernel:
                 active[i], starting[i] = False, True
             yield self.env.timeout(1)
 
-    def _step(
+    def _instant(
         self,
-        ep: int,
-        t: int,
+        episode: NDArray[np.int64],
+        t: NDArray[np.int64],
         x: NDArray[np.float64],
         actions: NDArray[np.int64],
         u: NDArray[np.float64],
         nxt: NDArray[np.float64],
         units: NDArray[np.int64],
-        episode_return: int | None,
-    ) -> Transaction:
-        """The events of one step of one episode, numbered from the kernel's counter."""
-        body: list[Body] = []
-        if t == 0:
-            body.append((EpisodeStart, (self.task.name, "control", False, self.gamma, 0)))
-        controls = u.tolist()
-        orders = zip(self.accounts, actions.tolist(), controls, strict=True)
-        body += [(Order, (account, i, a, c)) for i, (account, a, c) in enumerate(orders)]
-        done = episode_return is not None
-        body.append((Transition, (SYSTEM, x.tolist(), controls, nxt.tolist(), done)))
-        for account, r in zip(self.accounts, units.tolist(), strict=True):
-            paid = (ENVIRONMENT, account, r) if r >= 0 else (account, ENVIRONMENT, -r)
-            body.append((Reward, paid))
-        if episode_return is not None:
-            body.append((EpisodeEnd, (t + 1, episode_return)))
-        header = (self.seq, self.run, ep, t, self.env.now)
-        self.seq += len(body)
-        return Transaction(header, body)
+        total: NDArray[np.int64],
+        ends: NDArray[np.bool_],
+    ) -> EventBatch:
+        """One transaction per episode (rows of the arrays, in order) as one batch: its
+        `EpisodeStart` at t = 0, N orders, the transition, N rewards, its `EpisodeEnd` at the
+        last step; numbered from the kernel's counter."""
+        k, n = len(episode), len(self.accounts)
+        width = 2 * n + 3
+        orders, move, rewards = slice(1, n + 1), n + 1, slice(n + 2, 2 * n + 2)
+        present = np.ones((k, width), dtype=bool)
+        present[:, 0], present[:, -1] = t == 0, ends
+        flat = np.flatnonzero(present.ravel())
+        slot, at = np.divmod(flat, width)
+        sizes = present.sum(axis=1)
+        firsts = self.seq + np.cumsum(sizes) - sizes
+        rows = len(flat)
+
+        def grid(fill: Any, dtype: Any) -> NDArray[Any]:
+            return np.full((k, width), fill, dtype=dtype)
+
+        agent = np.arange(n)
+        account, src, dst = grid(0, np.int64), grid(0, np.int64), grid(0, np.int64)
+        primitive, action = grid(0, np.int64), grid(0, np.int64)
+        amount, control = grid(0, np.int64), grid(0.0, np.float64)
+        account[:, orders], primitive[:, orders], action[:, orders] = self._agents, agent, actions
+        control[:, orders] = u
+        account[:, move] = _SYSTEM_CODE
+        gives = units >= 0
+        src[:, rewards] = np.where(gives, _ENVIRONMENT_CODE, self._agents)
+        dst[:, rewards] = np.where(gives, self._agents, _ENVIRONMENT_CODE)
+        amount[:, rewards] = np.abs(units)
+        cols: dict[str, NDArray[Any]] = {
+            "seq": np.arange(self.seq, self.seq + rows, dtype=np.int64),
+            "tx": firsts[slot],
+            "run": np.full(rows, _RUN_CODE, dtype=np.int64),
+            "episode": episode[slot],
+            "step": t[slot],
+            "time": np.full(rows, float(self.env.now)),
+            "account": account.ravel()[flat],
+            "src": src.ravel()[flat],
+            "dst": dst.ravel()[flat],
+            "amount": amount.ravel()[flat],
+            "primitive": primitive.ravel()[flat],
+            "action": action.ravel()[flat],
+            "control": control.ravel()[flat],
+            "done": ends[slot],
+            "task": np.full(rows, _TASK_CODE, dtype=np.int64),
+            "mechanism": np.full(rows, _MECHANISM_CODE, dtype=np.int64),
+            "gamma": np.full(rows, self.gamma),
+            "steps": (t + 1)[slot],
+            "episode_return": total[slot],
+        }
+        for name in COLUMNS:
+            if name not in cols:
+                cols[name] = np.zeros(rows, dtype=numpy_type(name))
+        vectors = {"x": x[slot], "controls": u[slot], "next_x": nxt[slot]}
+        self.seq += rows
+        return EventBatch(self._kinds[at], cols, self._strings, vectors)
+
+
+_RUN_CODE, _TASK_CODE, _MECHANISM_CODE, _ENVIRONMENT_CODE, _SYSTEM_CODE = range(5)
+"""The codes of the fixed strings of a control batch (`ControlKernel._strings`)."""
 
 
 def simulate_control(
