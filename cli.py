@@ -205,7 +205,7 @@ def _simulate_control(
     concurrency: int | None,
 ) -> None:
     """`market simulate --variant control`: agents drive one system (learning by default)."""
-    from market.control import ControlRunConfig, simulate_control
+    from market.control import LEARNING_CONCURRENCY, ControlRunConfig, simulate_control
 
     learn = policy is None
     config = guarded(
@@ -217,7 +217,9 @@ def _simulate_control(
             episodes=episodes if episodes is not None or steps is not None else 100,
             steps=steps,
             seed=seed,
-            concurrency=concurrency if concurrency is not None else 1,
+            concurrency=concurrency
+            if concurrency is not None
+            else (LEARNING_CONCURRENCY if learn else 1),
         )
     )
     chooser, learner = guarded(lambda: _control_policy(config))

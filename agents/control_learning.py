@@ -5,9 +5,10 @@ public transitions: x_k, the joint controls u_k once step k is settled, x_{k+1})
 receives each as columns: the rows of every committed batch addressed to it. From these
 alone the society assembles every agent's experience (x_k, u_{k-1}, its action, its
 reward, x_{k+1}) and hands a whole instant's worth, across the concurrent episodes, to the
-N stacked Q-learners of `agents/dqn_control.py`, which then take `updates_per_step`
-gradient steps. No side channel: rewards are read back from the `Reward` events (in units),
-actions from the agent's own `Order` events.
+N stacked Q-learners of `agents/dqn_control.py`, which then take one gradient step per
+`steps_per_update` env steps (the remainder carries over to the next instant). No side
+channel: rewards are read back from the `Reward` events (in units), actions from the
+agent's own `Order` events.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ class ControlSociety:
         accounts: tuple[str, ...],
         config: ControlDQNConfig,
         seed: int,
-        updates_per_step: int = 1,
     ) -> None:
         self.task, self.accounts, self.config = task, accounts, config
-        self.agent = ControlDQN(task, config, seed)
-        self.updates_per_step = updates_per_step
+        self.agent = ControlDQN(task, config, seed, features=task.features)
+        self._owed = 0
+        """Env steps observed and not yet paid for with gradient steps."""
         self._own: list[list[EventBatch]] = [[] for _ in accounts]
         self._public: list[EventBatch] = []
         self._previous: dict[int, NDArray[np.float64]] = {}
@@ -57,6 +58,10 @@ class ControlSociety:
         learning from the instant that just finished."""
         self._learn()
         return self.agent.act(x, previous, self.agent.epsilon)
+
+    def greedy(self) -> Greedy:
+        """The agents' current greedy policy, which neither explores nor learns."""
+        return Greedy(self.agent)
 
     def _on_transaction(self, tx: Transaction) -> None:
         """At a run's end, learn from its last instant (no further `act` call comes)."""
@@ -89,12 +94,13 @@ class ControlSociety:
         for i, rows in enumerate(own):
             if rows is None:
                 raise RuntimeError(f"{self.accounts[i]} received no order for a transition")
-            orders = rows.kind == CODE[Order]
-            actions[_match(tx, rows.columns["tx"][orders]), i] = rows.columns["action"][orders]
-            paid = rows.kind == CODE[Reward]
+            orders, paid = rows.kind == CODE[Order], rows.kind == CODE[Reward]
+            # One order and one reward of each agent per step, in the transitions' order.
+            _same_steps(tx, rows.columns["tx"][orders], rows.columns["tx"][paid])
+            actions[:, i] = rows.columns["action"][orders]
             mine = rows.string_codes([self.accounts[i]])[rows.columns["dst"][paid]]
             amount = rows.columns["amount"][paid] / UNIT
-            rewards[_match(tx, rows.columns["tx"][paid]), i] = np.where(mine, amount, -amount)
+            rewards[:, i] = np.where(mine, amount, -amount)
         controls = moves.vectors["controls"]
         previous = np.zeros((m, n))
         for j, (episode, step, done) in enumerate(
@@ -117,16 +123,26 @@ class ControlSociety:
             return
         states, before, actions, rewards, after = steps
         self.agent.observe(states, before, actions, rewards, after)
+        updates, self._owed = divmod(self._owed + len(states), self.config.steps_per_update)
         metrics: dict[str, float] = {}
-        for _ in range(self.updates_per_step):
+        for _ in range(updates):
             metrics = self.agent.update() or metrics
         if metrics:
             self.metrics.append(metrics)
 
 
-def _match(keys: NDArray[np.int64], found: NDArray[np.int64]) -> NDArray[np.int64]:
-    """The position of each of `found` in the sorted `keys`; every key must be found once."""
-    at = np.searchsorted(keys, found)
-    if len(found) != len(keys) or not np.array_equal(keys[np.minimum(at, len(keys) - 1)], found):
+class Greedy:
+    """Every agent's greedy control from its current Q-net (for evaluation runs)."""
+
+    def __init__(self, agent: ControlDQN) -> None:
+        self.agent = agent
+
+    def act(self, x: NDArray[np.float64], previous: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Every agent's greedy action for a batch of episodes."""
+        return self.agent.act(x, previous, 0.0)
+
+
+def _same_steps(steps: NDArray[np.int64], *others: NDArray[np.int64]) -> None:
+    """Check that an agent's orders and rewards belong to the transitions' steps, in order."""
+    if not all(np.array_equal(steps, o) for o in others):
         raise RuntimeError("an agent's orders or rewards do not match the public transitions")
-    return at

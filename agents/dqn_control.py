@@ -34,6 +34,7 @@ import copy
 import functools
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -94,7 +95,7 @@ class ControlDQNConfig(BaseModel):
     psi: bool = Field(
         False, description="coordination coefficient: gates coordination, sigma -> alpha at +1"
     )
-    gamma: float = Field(0.95, ge=0, lt=1, description="discount of every agent")
+    gamma: float = Field(0.99, ge=0, lt=1, description="discount of every agent")
     hidden: int = Field(64, ge=1, description="width of each Q-net's two hidden layers")
     capacity: int = Field(100_000, ge=1, description="experiences kept per agent (a ring)")
     minibatch: int = Field(64, ge=1, description="t: real experiences per agent per step")
@@ -102,8 +103,11 @@ class ControlDQNConfig(BaseModel):
     rho: float = Field(1.0, ge=0, description="TER's recency exponent; 0 samples uniformly [ours]")
     epsilon_start: float = Field(1.0, ge=0, le=1, description="exploration rate at step 0")
     epsilon_end: float = Field(0.05, ge=0, le=1, description="exploration rate after the decay")
-    epsilon_steps: int = Field(10_000, ge=1, description="observed steps of linear eps decay")
+    epsilon_steps: int = Field(10_000, ge=1, description="env steps of linear eps decay")
     target_period: int = Field(200, ge=1, description="gradient steps between target syncs")
+    steps_per_update: int = Field(
+        8, ge=1, description="env steps per gradient step (DQN's training frequency)"
+    )
     alpha: float = Field(1e-3, gt=0, description="Adam step size; IQL's highest rate")
     sigma: float = Field(1e-4, gt=0, description="IQL's middle rate (shared credit, delta > 0)")
     beta: float = Field(1e-5, gt=0, description="IQL's lowest rate; coordination experiences")
@@ -135,7 +139,8 @@ class ControlDQNConfig(BaseModel):
 
 
 def epsilon_at(step: int, config: ControlDQNConfig) -> float:
-    """The exploration rate after `step` observed steps: linear from start to end, then flat."""
+    """The exploration rate after `step` observed env steps: linear from start to end, then
+    flat. (An env step is one step of one episode, however many run at once.)"""
     done = min(step / config.epsilon_steps, 1.0)
     return config.epsilon_start + done * (config.epsilon_end - config.epsilon_start)
 
@@ -405,10 +410,17 @@ class ControlDQN:
     """
 
     def __init__(
-        self, dynamics: ControlDynamics, config: ControlDQNConfig | None = None, seed: int = 0
+        self,
+        dynamics: ControlDynamics,
+        config: ControlDQNConfig | None = None,
+        seed: int = 0,
+        features: Callable[[FloatArray], FloatArray] | None = None,
     ) -> None:
+        """`features` maps states (B, d) to the Q-nets' state inputs (B, d'); the identity
+        if None (a pendulum's angle, say, enters better as its cosine and sine)."""
         self.dynamics, self.config = dynamics, config or ControlDQNConfig()
-        cfg, n, d = self.config, dynamics.n_agents, dynamics.state_dim
+        cfg, n = self.config, dynamics.n_agents
+        d = (features or _identity)(np.zeros((1, dynamics.state_dim))).shape[1]
         self.controls = np.asarray(dynamics.controls, dtype=np.float64)
         torch_seed, numpy_seed = np.random.SeedSequence(seed).generate_state(2)
         self.rng = np.random.default_rng(int(numpy_seed))
@@ -417,9 +429,12 @@ class ControlDQN:
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         # Speed: the fused Adam kernel (one call, not a loop over tensors)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.alpha, fused=True)
-        self.buffer = ReplayBuffer(cfg.capacity, d, n)
+        self.buffer = ReplayBuffer(cfg.capacity, dynamics.state_dim, n)
         self.steps = 0
-        """Observed steps k (one per `observe` call, whatever its batch)."""
+        """Observed instants k (one per `observe` call, whatever its batch): TER's clock."""
+        self.env_steps = 0
+        """Observed env steps (every row of every `observe` call): the exploration clock."""
+        self.features = features if features is not None else _identity
         self.updates = 0
         self._coordinating = np.zeros(n)
         self._rows = 0
@@ -432,7 +447,7 @@ class ControlDQN:
     @property
     def epsilon(self) -> float:
         """The exploration rate at the current step."""
-        return epsilon_at(self.steps, self.config)
+        return epsilon_at(self.env_steps, self.config)
 
     @property
     def coordinating_fraction(self) -> FloatArray:
@@ -443,7 +458,7 @@ class ControlDQN:
     def q_values(self, x: FloatArray, prev_u: FloatArray) -> FloatArray:
         """Every agent's Q-values (N, B, M) at states (B, d) after joint controls prev_u (B, N)."""
         n = self.n_agents
-        inputs = observations(
+        inputs = self._inputs(
             np.broadcast_to(x, (n, *x.shape)), np.broadcast_to(prev_u, (n, *prev_u.shape))
         )
         q: torch.Tensor = self.online(torch.as_tensor(inputs, dtype=torch.float32))
@@ -479,6 +494,7 @@ class ControlDQN:
         self._rows += len(x)
         self.buffer.add(x, prev_u, actions, rewards, next_x, self.steps)
         self.steps += 1
+        self.env_steps += len(x)
 
     def update(self) -> dict[str, float]:
         """One gradient step of every agent on its own minibatch and imagined experiences.
@@ -547,10 +563,15 @@ class ControlDQN:
         p = recency_probabilities(self.buffer.k[macro], cfg.rho)
         return np.take_along_axis(macro, draw_without_replacement(p, cfg.minibatch, rng), 1)
 
+    def _inputs(self, x: FloatArray, prev_u: FloatArray) -> FloatArray:
+        """Every agent's Q-net inputs from states (N, S, d) and joint controls (N, S, N)."""
+        n, s, d = x.shape
+        return observations(self.features(x.reshape(n * s, d)).reshape(n, s, -1), prev_u)
+
     def experienced(self, batch: Batch) -> Part:
         """The sampled experiences themselves, weighed by IQL's rule."""
-        inputs = observations(batch.x, batch.prev_u)
-        next_inputs = observations(batch.next_x, batch.u)
+        inputs = self._inputs(batch.x, batch.prev_u)
+        next_inputs = self._inputs(batch.next_x, batch.u)
         ones = np.ones(batch.action.shape)
         rule = np.full(batch.action.shape, np.nan)
         return Part(inputs, batch.action, batch.reward, next_inputs, batch.u, ones, rule)
@@ -593,10 +614,10 @@ class ControlDQN:
         next_x = self.dynamics.f(flat_x, flat_u).reshape(n, count, d)
         reward = _own(self.dynamics.g(flat_x, flat_u).reshape(n, count, n))
         return Part(
-            observations(x_drawn, np.take_along_axis(prev_u, at, axis=1)),
+            self._inputs(x_drawn, np.take_along_axis(prev_u, at, axis=1)),
             _own(nearest_control(self.controls, joint)),
             reward,
-            observations(next_x, joint),
+            self._inputs(next_x, joint),
             joint,
             np.take_along_axis(drawn, pick, axis=1).astype(np.float64),
             np.where(kind == 0, np.nan, cfg.beta),
@@ -614,6 +635,11 @@ class ControlDQN:
         eta = iql_rate(delta, _own(impact(joint)), cfg, n, psi)
         out: FloatArray = mask * np.where(np.isnan(fixed), eta, fixed) / cfg.alpha
         return out
+
+
+def _identity(x: FloatArray) -> FloatArray:
+    """The states themselves as features."""
+    return x
 
 
 def _own(values: NDArray[Any]) -> NDArray[Any]:

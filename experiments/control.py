@@ -10,11 +10,16 @@ stored ledger, not from the learners:
 - steps to reach / to hold: the env steps before the first step in the band, and before
   the end of the first episode that holds it;
 - psi = +1: the share of steps and agents with sgn(u_i * sum_{j != i} u_j) >= 0 (methods.md),
-  from the joint controls of the Transition events.
+  from the joint controls of the Transition events;
+- greedy: after training, the agents' greedy policy (no exploration, no learning) runs 32
+  episodes of its own, on pendulum-hanging for the pendulum (the swing-up every time), into
+  its own audited ledger: its return per agent and the share of episodes it holds.
+Training episodes explore (epsilon-greedy), and the pendulum's start anywhere, so the greedy
+figures are the ones that say what was learned.
 Prints markdown tables (median [min, max] over seeds) and writes runs.parquet, curves.parquet
 and PNG learning curves to --out.
 
-    python experiments/control.py --seeds 5 [--agents 2,4] [--steps 60000] [--workers 2]
+    python experiments/control.py --seeds 5 [--agents 2,4] [--steps 200000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from agents.dqn_control import METHODS, ControlDQNConfig
 from agents.learning import learner_seed
 from ledger.disk import DiskLedger
 from ledger.events import ENVIRONMENT
+from ledger.store import MemoryLedger
 from ledger.units import UNIT
 from market.audit import audit
 from market.bus import Bus
-from market.control import ControlRunConfig, simulate_control
+from market.control import LEARNING_CONCURRENCY, ControlRunConfig, simulate_control
 from market.control_tasks import ControlTask, make_control_task
 
 FINAL_SHARE = 0.1
@@ -46,10 +52,18 @@ FINAL_SHARE = 0.1
 
 
 def run_one(
-    task_name: str, agents: int, method: str, seed: int, steps: int, concurrency: int
+    task_name: str,
+    agents: int,
+    method: str,
+    seed: int,
+    steps: int,
+    concurrency: int,
+    learner: dict[str, float] | None = None,
 ) -> tuple[dict[str, object], list[dict[str, object]]]:
     """One learning run: its summary row and its learning curve."""
     torch.set_num_threads(1)
+    overrides = dict(learner or {})
+    gamma = float(overrides.pop("gamma", ControlRunConfig.model_fields["gamma"].default))
     config = ControlRunConfig(
         task=task_name,
         agents=agents,
@@ -59,9 +73,10 @@ def run_one(
         steps=steps,
         seed=seed,
         concurrency=concurrency,
+        gamma=gamma,
     )
     task = make_control_task(task_name, agents)
-    dqn = ControlDQNConfig.for_method(method, gamma=config.gamma)
+    dqn = ControlDQNConfig.for_method(method, gamma=gamma, **overrides)
     society = ControlSociety(task, config.accounts, dqn, learner_seed(seed))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,6 +88,7 @@ def run_one(
         clean = audit(ledger).ok
         episodes = episode_table(ledger.scan(), task)
     row, curve = summarise(episodes, task)
+    row |= evaluate(society, config)
     row |= {
         "task": task_name,
         "agents": agents,
@@ -85,6 +101,34 @@ def run_one(
         "audit_clean": clean,
     }
     return row, [{**p, "agents": agents, "method": method, "seed": seed} for p in curve]
+
+
+EVALUATION_EPISODES = 32
+EVALUATED_ON = {"pendulum": "pendulum-hanging"}
+"""The task a trained society's greedy policy is evaluated on (the swing-up for the pendulum)."""
+
+
+def evaluate(society: ControlSociety, trained: ControlRunConfig) -> dict[str, object]:
+    """The greedy policy's return per agent and held share, over EVALUATION_EPISODES episodes
+    from their own seeded starts, folded from the evaluation run's own (audited) ledger."""
+    task_name = EVALUATED_ON.get(trained.task, trained.task)
+    config = trained.model_copy(
+        update={
+            "task": task_name,
+            "episodes": EVALUATION_EPISODES,
+            "steps": None,
+            "concurrency": EVALUATION_EPISODES,
+            "seed": trained.seed + 1_000_000,
+        }
+    )
+    ledger = MemoryLedger()
+    simulate_control(config, ledger, society.greedy())
+    episodes = episode_table(ledger.scan(), make_control_task(task_name, trained.agents))
+    return {
+        "greedy_return_per_agent": float(episodes["return_per_agent"].mean()),  # type: ignore[arg-type]
+        "greedy_held_share": float(episodes["held"].mean()),  # type: ignore[arg-type]
+        "greedy_audit_clean": audit(ledger).ok,
+    }
 
 
 def episode_table(events: pl.LazyFrame, task: ControlTask) -> pl.DataFrame:
@@ -173,12 +217,14 @@ def tables(runs: pl.DataFrame) -> str:
                 pl.len().alias("seeds"),
                 cell("final_return_per_agent"),
                 cell("held_share"),
+                cell("greedy_return_per_agent"),
+                cell("greedy_held_share"),
                 pl.col("steps_to_hold").is_not_null().sum().alias("ever_held"),
                 cell("steps_to_reach"),
                 cell("steps_to_hold"),
                 cell("psi_plus_share"),
                 cell("steps_per_s"),
-                pl.col("audit_clean").all(),
+                (pl.col("audit_clean") & pl.col("greedy_audit_clean")).all().alias("audit_clean"),
             )
             .sort(pl.col("method").replace_strict(order, return_dtype=pl.Int64))
         )
@@ -226,9 +272,14 @@ def main() -> None:
     parser.add_argument("--agents", default="2,4")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--task", default="pendulum")
-    parser.add_argument("--steps", type=int, default=60_000, help="env steps per run")
-    parser.add_argument("--concurrency", type=int, default=4, help="episodes at once")
+    parser.add_argument("--steps", type=int, default=200_000, help="env steps per run")
+    parser.add_argument(
+        "--concurrency", type=int, default=LEARNING_CONCURRENCY, help="episodes at once"
+    )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--learner", default="", help="learner settings, e.g. gamma=0.99,epsilon_steps=20000"
+    )
     parser.add_argument("--out", type=Path, default=Path("experiments/out/control"))
     parser.add_argument("--report-only", action="store_true", help="redo tables and plots")
     args = parser.parse_args()
@@ -237,8 +288,10 @@ def main() -> None:
         plot(pl.read_parquet(args.out / "curves.parquet"), args.out)
         print(tables(pl.read_parquet(args.out / "runs.parquet")))
         return
+    learner = {k: float(v) for k, v in (kv.split("=") for kv in args.learner.split(",") if kv)}
+    learner = {k: int(v) if v.is_integer() and k != "gamma" else v for k, v in learner.items()}
     jobs = [
-        (args.task, int(n), method, seed, args.steps, args.concurrency)
+        (args.task, int(n), method, seed, args.steps, args.concurrency, learner)
         for n in args.agents.split(",")
         for method in args.methods.split(",")
         for seed in range(args.seeds)

@@ -15,7 +15,8 @@ work per event (docs/engine.md, "The round kernel").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
@@ -53,9 +54,9 @@ class EventBatch:
     """Rows of whole transactions as columns (see the module docstring)."""
 
     kind: NDArray[np.int8]
-    columns: dict[str, NDArray[Any]]
+    columns: Mapping[str, NDArray[Any]]
     strings: tuple[str, ...]
-    vectors: dict[str, NDArray[np.float64]] = dataclass_field(default_factory=dict)
+    vectors: Mapping[str, NDArray[np.float64]] = dataclass_field(default_factory=dict)
     """Vector columns, (rows, width) each; rows of kinds without the field are ignored."""
 
     def __len__(self) -> int:
@@ -91,10 +92,7 @@ class EventBatch:
         something a ledger takes.
         """
         return EventBatch(
-            self.kind[which],
-            {n: v[which] for n, v in self.columns.items()},
-            self.strings,
-            {n: v[which] for n, v in self.vectors.items()},
+            self.kind[which], _Taken(self.columns, which), self.strings, _Taken(self.vectors, which)
         )
 
     def addressed_to(self, account: str) -> EventBatch:
@@ -187,6 +185,29 @@ class EventBatch:
                 body.append((model, tuple(cols[n][i] for n in OWN[model])))
             out.append(Transaction(header, body))
         return out
+
+
+class _Taken(Mapping[str, NDArray[Any]]):
+    """Columns of selected rows, each selected when first read.
+
+    Speed: a subscriber reads a few of a view's columns; the bus makes a view per account
+    and batch, so selecting all of them up front would cost more than the subscriber's work.
+    """
+
+    def __init__(self, source: Mapping[str, NDArray[Any]], which: slice | NDArray[Any]) -> None:
+        self._source, self._which = source, which
+        self._taken: dict[str, NDArray[Any]] = {}
+
+    def __getitem__(self, name: str) -> NDArray[Any]:
+        if name not in self._taken:
+            self._taken[name] = self._source[name][self._which]
+        return self._taken[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source)
+
+    def __len__(self) -> int:
+        return len(self._source)
 
 
 def of_transactions(txs: Sequence[Transaction]) -> EventBatch:
@@ -352,6 +373,7 @@ def table_of(staged: Sequence[Transaction | EventBatch]) -> pa.Table:
     return pa.concat_tables(parts).combine_chunks()
 
 
+@functools.cache
 def numpy_type(name: str) -> type[Any]:
     """The NumPy dtype a batch uses for column `name` (string codes are int64)."""
     field = schema.SCHEMA.field(name)

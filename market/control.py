@@ -50,6 +50,10 @@ from market.run import Continuation, Engine, RunSummary, run_engine
 METHODS = ("independent", "ter", "ier", "iql", "full")
 """The learning methods of the control variant (agents/dqn_control.py)."""
 POLICIES = ("zero", "random", "dqn")
+LEARNING_CONCURRENCY = 32
+"""Episodes at once in a learning run unless told otherwise: one batched forward pass and
+one columnar batch serve them all (the learner's update rate is per env step, not per
+instant, so this changes speed, not the amount of training per env step)."""
 """Who chooses the controls: fixed (every control 0; uniformly random) or learning."""
 
 
@@ -80,7 +84,7 @@ class ControlRunConfig(BaseModel):
     learner: dict[str, Any] | None = None
     """The learner's own configuration (recorded, hashed)."""
     seed: int = Field(default=0, ge=0)
-    gamma: float = Field(default=0.95, gt=0.0, lt=1.0)
+    gamma: float = Field(default=0.99, gt=0.0, lt=1.0)
     """Every agent's discount (methods.md's gamma_i, one value for all)."""
     concurrency: int = Field(default=1, ge=1)
 

@@ -7,7 +7,12 @@ choice (methods.md, "[ours]"). Everything is batched: a state batch is (B, state
 control batch (B, N); all arithmetic is float64 NumPy with no loop over the batch.
 
 `Pendulum` ("pendulum"): a damped pendulum, theta the angle from upright wrapped to
-[-pi, pi), starting hanging down (theta = pi, omega = 0, +- 0.05 uniform noise on each).
+[-pi, pi), starting anywhere (theta uniform on the circle, omega uniform in [-1, 1]): exploring
+starts, so that learners meet the top before they can swing up to it; half the episodes
+start in the lower half and must swing. `HangingPendulum` ("pendulum-hanging") starts every
+episode hanging down (theta = pi, omega = 0, +- 0.05 uniform noise on each): the swing-up
+every time, what the experiments evaluate greedy policies on. A learner's network reads
+(cos theta, sin theta, omega), which has no jump at the bottom.
 Semi-implicit Euler, dt = 0.05:
 omega' = omega + dt (g/l sin theta - b omega + sum_i u_i / (m l^2)),
 theta' = wrap(theta + dt omega'), with m = l = 1, g = 9.81, b = 0.1. Agent i wants the
@@ -109,6 +114,11 @@ class ControlTask:
         """Whether each state of x (B, state_dim) is in the goal band: (B,)."""
         raise NotImplementedError
 
+    def features(self, x: Array) -> Array:
+        """What a learner's network reads of states x (B, state_dim): the states themselves
+        unless a task says otherwise."""
+        return x
+
 
 class Pendulum(ControlTask):
     """A damped pendulum that N agents must swing up and hold at theta* = 0.5 rad off upright;
@@ -127,6 +137,8 @@ class Pendulum(ControlTask):
     omega_band = 0.5
     effort_cost = 0.01  # the cost of full torque per step; c = effort_cost / u_max^2
     start_noise = 0.05
+    start_omega = 1.0
+    hanging = False
 
     def __init__(self, n_agents: int = 2, n_controls: int = 5, theta_star: float = 0.5) -> None:
         super().__init__(n_agents)
@@ -142,8 +154,12 @@ class Pendulum(ControlTask):
         self._targets = _frozen(_spread(self.theta_star, self.target_spread, n_agents))
 
     def reset(self, rng: np.random.Generator, batch: int) -> Array:
-        noise = rng.uniform(-self.start_noise, self.start_noise, size=(batch, 2))
-        return np.stack([wrap(np.pi + noise[:, 0]), noise[:, 1]], axis=1)
+        if self.hanging:
+            noise = rng.uniform(-self.start_noise, self.start_noise, size=(batch, 2))
+            return np.stack([wrap(np.pi + noise[:, 0]), noise[:, 1]], axis=1)
+        theta = rng.uniform(-np.pi, np.pi, size=batch)
+        omega = rng.uniform(-self.start_omega, self.start_omega, size=batch)
+        return np.stack([wrap(theta), omega], axis=1)
 
     def f(self, x: Array, u: Array) -> Array:
         theta, omega = x[:, 0], x[:, 1]
@@ -155,6 +171,10 @@ class Pendulum(ControlTask):
     def g(self, x: Array, u: Array) -> Array:
         error = wrap(x[:, :1] - self._targets[None, :])
         return -(error**2) - self.c * u**2
+
+    def features(self, x: Array) -> Array:
+        """(cos theta, sin theta, omega): the angle without its jump at the bottom."""
+        return np.stack([np.cos(x[:, 0]), np.sin(x[:, 0]), x[:, 1]], axis=1)
 
     def in_goal(self, x: Array) -> NDArray[np.bool_]:
         near = np.abs(wrap(x[:, 0] - self.theta_star)) < self.angle_band
@@ -199,7 +219,16 @@ class Integrator(ControlTask):
         return near & (np.abs(x[:, 1]) < self.velocity_band)
 
 
-CONTROL_TASKS: dict[str, type[ControlTask]] = {t.name: t for t in (Pendulum, Integrator)}
+class HangingPendulum(Pendulum):
+    """The pendulum, every episode started hanging down: the swing-up every time."""
+
+    name = "pendulum-hanging"
+    hanging = True
+
+
+CONTROL_TASKS: dict[str, type[ControlTask]] = {
+    t.name: t for t in (Pendulum, HangingPendulum, Integrator)
+}
 
 
 def make_control_task(name: str, n_agents: int) -> ControlTask:

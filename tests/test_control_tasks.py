@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 from market.control_tasks import (
     CONTROL_TASKS,
     ControlTask,
+    HangingPendulum,
     Integrator,
     Pendulum,
     make_control_task,
@@ -92,7 +93,7 @@ def test_reset_is_deterministic_for_a_seed(name: str) -> None:
 
 def test_make_control_task_unknown_name_names_the_choices() -> None:
     """An unknown task name is a ValueError listing the known ones."""
-    with pytest.raises(ValueError, match="pendulum, integrator"):
+    with pytest.raises(ValueError, match="pendulum, pendulum-hanging, integrator"):
         make_control_task("cartpole", 2)
 
 
@@ -188,12 +189,33 @@ def test_pendulum_rejects_a_control_set_without_zero() -> None:
         Pendulum(2, n_controls=4)
 
 
-def test_pendulum_starts_hanging_down() -> None:
-    """Initial states are hanging down (theta = pi) and at rest, up to noise of 0.05."""
-    x = Pendulum(2).reset(np.random.default_rng(0), 64)
+def test_hanging_pendulum_starts_hanging_down() -> None:
+    """pendulum-hanging starts hanging down (theta = pi) and at rest, up to noise of 0.05."""
+    task = make_control_task("pendulum-hanging", 2)
+    x = task.reset(np.random.default_rng(0), 64)
     assert np.all(np.abs(wrap(x[:, 0] - np.pi)) <= 0.05)
     assert np.all(np.abs(x[:, 1]) <= 0.05)
     assert np.ptp(x[:, 0]) > 0.0
+
+
+def test_pendulum_starts_anywhere_with_the_same_dynamics_and_rewards() -> None:
+    """pendulum starts anywhere on the circle (omega within 1), the hanging one's f and g."""
+    task, hanging = Pendulum(2), make_control_task("pendulum-hanging", 2)
+    x = task.reset(np.random.default_rng(0), 4000)
+    assert np.all(np.abs(x[:, 1]) <= 1.0)
+    assert (np.abs(x[:, 0]) < 0.5).mean() > 0.1 and (np.abs(x[:, 0]) > 2.6).mean() > 0.1
+    u = np.random.default_rng(1).choice(task.controls, size=(4000, 2))
+    assert np.array_equal(task.f(x, u), hanging.f(x, u))
+    assert np.array_equal(task.g(x, u), hanging.g(x, u))
+
+
+def test_pendulum_features_are_continuous_across_the_bottom() -> None:
+    """The learner reads (cos, sin, omega): the two sides of theta = +-pi read the same."""
+    task = Pendulum(2)
+    sides = np.array([[np.pi - 1e-9, 0.3], [-np.pi + 1e-9, 0.3]])
+    features = task.features(sides)
+    assert features.shape == (2, 3)
+    assert np.allclose(features[0], features[1]) and np.allclose(features[0], [-1, 0, 0.3])
 
 
 def test_pendulum_goal_band() -> None:
@@ -274,8 +296,8 @@ def _swing_up(task: Pendulum, x: Array) -> tuple[NDArray[np.int64], NDArray[np.b
 @pytest.mark.parametrize("n", [2, 4, 8, 16])
 def test_pendulum_n_agents_swing_up_and_hold_within_the_horizon(n: int) -> None:
     """N agents pumping energy bang-bang reach the goal band within 120 of the 200 steps and
-    hold it to the end, from every noisy start."""
-    task = Pendulum(n)
+    hold it to the end, from every noisy hanging start."""
+    task = HangingPendulum(n)
     first, held = _swing_up(task, task.reset(np.random.default_rng(3), 64))
     assert np.all(first > 0) and np.all(first <= 120)
     assert np.all(held)
