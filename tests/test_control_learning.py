@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import polars as pl
 import torch
@@ -80,3 +82,51 @@ def test_same_seed_same_ledger_and_weights() -> None:
     assert a.scan().collect().equals(b.scan().collect())
     for p, q in zip(sa.agent.online.parameters(), sb.agent.online.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_one_gradient_step_per_steps_per_update_env_steps() -> None:
+    """Whatever the concurrency, the society updates once per `steps_per_update` env steps,
+    carrying the remainder from one instant to the next."""
+    for concurrency, every in ((4, 3), (1, 5)):
+        config = ControlRunConfig(
+            task="integrator", agents=2, policy="dqn", method="independent", episodes=None,
+            steps=700, seed=0, concurrency=concurrency,
+        )  # fmt: skip
+        task = make_control_task(config.task, config.agents)
+        dqn = ControlDQNConfig.for_method(
+            "independent", minibatch=8, imagined=8, steps_per_update=every
+        )
+        society = ControlSociety(task, config.accounts, dqn, seed=0)
+        calls: list[int] = []
+        update = society.agent.update
+
+        def counted(
+            calls: list[int] = calls, update: Any = update, agent: Any = society.agent
+        ) -> dict[str, float]:
+            calls.append(agent.env_steps)
+            return update()  # type: ignore[no-any-return]
+
+        society.agent.update = counted  # type: ignore[method-assign]
+        bus = Bus(MemoryLedger())
+        society.attach(bus)
+        simulate_control(config, bus.ledger, society, bus=bus)
+        assert len(calls) == society.agent.env_steps // every
+        filled = [seen for seen in calls if seen >= 8]  # a step needs a minibatch stored
+        assert society.agent.updates == len(filled) >= len(calls) - 2
+
+
+def test_the_greedy_policy_takes_every_agents_best_control_and_learns_nothing() -> None:
+    """greedy() acts by the argmax of each agent's Q-values, without exploring, storing or
+    updating."""
+    _, society = learn("independent", steps=600)
+    greedy = society.greedy()
+    rng = np.random.default_rng(3)
+    x, previous = rng.normal(size=(9, 2)), rng.choice([-1.0, 0.0, 1.0], size=(9, 3))
+    before = [p.detach().clone() for p in society.agent.online.parameters()]
+    size, updates = society.agent.buffer.size, society.agent.updates
+    for _ in range(3):
+        acts = greedy.act(x, previous)
+        assert np.array_equal(acts, society.agent.q_values(x, previous).argmax(axis=-1).T)
+    assert society.agent.buffer.size == size and society.agent.updates == updates
+    after = list(society.agent.online.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(before, after, strict=True))
