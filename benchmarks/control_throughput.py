@@ -1,12 +1,14 @@
 """Control-variant throughput: env steps/s with learning on, collection and updates apart.
 
 N stacked double-DQN agents (agents/dqn_control.py) drive the pendulum with the on-disk
-ledger on, for a fixed number of env steps, `--concurrency` episodes at once, one gradient
-step per instant. Collection (kernel, ledger, bus, the agents' batched forward pass) is the
-run's wall time minus the time inside updates. A throwaway update warms torch up first.
+ledger on, for a fixed number of env steps (the episodes under way finish, so a few more are
+run and counted), `--concurrency` episodes at once, one gradient step per
+`--steps-per-update` env steps. Collection (kernel, ledger, bus, the agents' batched
+forward pass) is the run's wall time minus the time inside updates. A throwaway update
+warms torch up first.
 
     python benchmarks/control_throughput.py [--steps 100000] [--agents 2,4,8]
-        [--methods independent,full] [--concurrency 32]
+        [--methods independent,full] [--concurrency 32] [--steps-per-update 8]
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ TARGET = 5_000
 """The issue's target: env steps/s at N = 4 on one core with the ledger on."""
 
 
-def measure(agents: int, method: str, steps: int, concurrency: int) -> dict[str, float]:
+def measure(
+    agents: int, method: str, steps: int, concurrency: int, steps_per_update: int
+) -> dict[str, float]:
     """Wall seconds of a learning run, split into collection and update."""
     config = ControlRunConfig(
         agents=agents,
@@ -44,9 +48,8 @@ def measure(agents: int, method: str, steps: int, concurrency: int) -> dict[str,
         concurrency=concurrency,
     )
     task = make_control_task(config.task, agents)
-    society = ControlSociety(
-        task, config.accounts, ControlDQNConfig.for_method(method), learner_seed(0)
-    )
+    dqn = ControlDQNConfig.for_method(method, steps_per_update=steps_per_update)
+    society = ControlSociety(task, config.accounts, dqn, learner_seed(0))
     spent = {"update": 0.0}
     update = society.agent.update
 
@@ -66,6 +69,7 @@ def measure(agents: int, method: str, steps: int, concurrency: int) -> dict[str,
         summary = simulate_control(config, ledger, society, bus=bus)
         total = time.perf_counter() - start
     return {
+        "steps": float(society.agent.env_steps),
         "total": total,
         "update": spent["update"],
         "collect": total - spent["update"],
@@ -93,12 +97,19 @@ def main() -> None:
     parser.add_argument("--agents", default="2,4,8")
     parser.add_argument("--methods", default="independent,full")
     parser.add_argument("--concurrency", type=int, default=LEARNING_CONCURRENCY)
+    parser.add_argument(
+        "--steps-per-update",
+        type=int,
+        default=ControlDQNConfig.model_fields["steps_per_update"].default,
+        help="env steps per gradient step",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warm_up()
     table = Table(
         title=f"control learning throughput, pendulum, {args.steps:,} env steps, "
-        f"{args.concurrency} episodes at once, one core (target at N = 4: "
+        f"{args.concurrency} episodes at once, a gradient step per {args.steps_per_update} "
+        f"env steps, one core (target at N = 4: "
         f"{TARGET:,} env steps/s)"
     )
     for col in (
@@ -114,12 +125,12 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "method" else "right")
     for agents in (int(n) for n in args.agents.split(",")):
         for method in args.methods.split(","):
-            m = measure(agents, method, args.steps, args.concurrency)
+            m = measure(agents, method, args.steps, args.concurrency, args.steps_per_update)
             table.add_row(
                 str(agents),
                 method,
-                f"{args.steps / m['total']:,.0f}",
-                f"{args.steps / m['collect']:,.0f}",
+                f"{m['steps'] / m['total']:,.0f}",
+                f"{m['steps'] / m['collect']:,.0f}",
                 f"{1e3 * m['update'] / max(m['updates'], 1):.2f}",
                 f"{m['updates']:,.0f}",
                 f"{m['update'] / m['total']:.0%}",

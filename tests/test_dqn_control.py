@@ -13,6 +13,7 @@ from agents.dqn_control import (
     ControlDQNConfig,
     coordination,
     coordination_experiences,
+    draw_without_replacement,
     epsilon_at,
     imagined_without_others,
     impact,
@@ -91,6 +92,20 @@ def test_recency_probabilities_favour_the_newest_and_sum_to_one() -> None:
 def test_recency_exponent_zero_samples_uniformly() -> None:
     """rho = 0 gives every experience of the macro-batch the same probability."""
     assert np.allclose(recency_probabilities(np.array([9, 1, 4, 4]), 0.0), 0.25)
+
+
+def test_drawing_without_replacement_follows_the_sequential_probabilities() -> None:
+    """Two draws from p = (0.5, 0.3, 0.2) without replacement: no repeats, and position 0 is
+    drawn with probability 0.5 + 0.3 * 0.5 / 0.7 + 0.2 * 0.5 / 0.8 (first or second)."""
+    p = np.tile([0.5, 0.3, 0.2], (40_000, 1))
+    drawn = draw_without_replacement(p, 2, np.random.default_rng(0))
+    assert drawn.shape == (40_000, 2) and np.all(drawn[:, 0] != drawn[:, 1])
+    included = (drawn == 0).any(axis=1).mean()
+    assert abs(included - (0.5 + 0.3 * 0.5 / 0.7 + 0.2 * 0.5 / 0.8)) < 0.01
+    first = draw_without_replacement(p, 1, np.random.default_rng(1))[:, 0]
+    assert np.allclose(np.bincount(first, minlength=3) / 40_000, [0.5, 0.3, 0.2], atol=0.01)
+    never = draw_without_replacement(np.array([[0.5, 0.5, 0.0]] * 500), 2, np.random.default_rng(2))
+    assert not (never == 2).any()  # a zero-probability position is never drawn
 
 
 def test_ter_samples_recent_experiences_more_once_exploration_ends() -> None:
@@ -204,7 +219,8 @@ def test_one_batched_forward_gives_every_agents_own_q_values() -> None:
         for layer in range(3):
             h = h @ ws[layer][i] + bs[layer][i]
             h = np.maximum(h, 0) if layer < 2 else h
-        assert np.allclose(q[i], h, atol=1e-5)
+        assert np.allclose(q[i], h[:, :5], atol=1e-5)
+        assert np.all(h[:, 5:] == 0)  # the output layer's padding stays zero
 
 
 def filled(method: str, seed: int, actions: NDArray[np.int64], **overrides: float) -> ControlDQN:
@@ -231,6 +247,9 @@ def test_same_seed_gives_the_same_weights_after_updates() -> None:
     for learner in runs:
         for _ in range(5):
             learner.update()
+        bank = learner.online  # the output layer's padding has had no gradient: still zero
+        assert torch.all(bank.weights[-1][..., bank.n_out :] == 0)
+        assert torch.all(bank.biases[-1][..., bank.n_out :] == 0)
     a, b, c = ([p.detach().clone() for p in r.online.parameters()] for r in runs)
     assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
     assert not all(torch.equal(p, q) for p, q in zip(a, c, strict=True))
