@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
-from conftest import ALICE, BOB, history
+import pytest
+from conftest import ALICE, BOB, control_history, history
 
-from analyses.wealth import returns, wealth
-from ledger.events import ENVIRONMENT
+from analyses.auctions import auctions, bids, bids_against, prices, winners
+from analyses.control import agent_returns
+from analyses.income import income
+from analyses.inequality import gini, gini_over_time, inequality, lorenz, top_share
+from analyses.wealth import returns, wealth, wealth_over_time
+from ledger.events import ENVIRONMENT, EventBase
 from ledger.replay import replay
 from ledger.store import MemoryLedger
 
@@ -51,3 +57,112 @@ def test_returns_come_from_episode_ends() -> None:
         (e.episode, e.steps, e.episode_return) for e in ends
     ]
     assert frame.rows() == [(0, 3, 36, 36e-9)]  # conftest's episode: rewards 10 - 4 + 30
+
+
+# --- issue 6: analyses checked against the hand-computed conftest ledger -----------------
+# conftest.history(): three Vickrey auctions. Step 0: alice buys from the environment at 5,
+# earns 10. Step 1: bob buys from alice at 6 (3 minted to alice), pays a 4 penalty. Step 2:
+# alice buys from bob at 7 (3 minted to bob), earns 30. Bids: the winner price + 3 (primitive
+# 0), the loser the price (primitive 1), prices 5, 6, 7 for states 0, 1, 2.
+
+
+def stored(txs: list[list[EventBase]]) -> MemoryLedger:
+    """A memory ledger holding `txs`."""
+    ledger = MemoryLedger()
+    for tx in txs:
+        ledger.append(tx)
+    return ledger
+
+
+def test_income_by_hand() -> None:
+    """rewards, sales, purchases, mint and their net (the balance) per account, by hand."""
+    frame = income(stored(history()).scan())
+    rows = frame.select("account", "rewards", "sales", "purchases", "mint", "net").rows()
+    assert rows == [
+        (ALICE, 40, 6, 12, 3, 37),
+        ("auctioneer", 0, 0, 0, -6, -6),
+        (BOB, -4, 7, 6, 3, 0),
+        (ENVIRONMENT, -36, 5, 0, 0, -31),
+    ]
+    assert frame["net"].to_list() == wealth(stored(history()).scan())["units"].to_list()
+
+
+def test_auctions_by_hand() -> None:
+    """One row per auction: state, winner, its bid, the price and the mint."""
+    frame = auctions(stored(history()).scan()).collect()
+    rows = frame.select("step", "state", "winner", "primitive", "bid", "price", "minted").rows()
+    assert rows == [
+        (0, 0, ALICE, 0, 8, 5, 0),
+        (1, 1, BOB, 0, 9, 6, 3),
+        (2, 2, ALICE, 0, 10, 7, 3),
+    ]
+
+
+def test_prices_winners_and_bids_by_hand() -> None:
+    """Prices per state, the winning primitive's share, mean bids and their gap to Q*."""
+    events = stored(history()).scan()
+    price = prices(events)
+    assert price["state"].to_list() == [0, 1, 2]
+    assert price["mean_price"].to_list() == pytest.approx([5e-9, 6e-9, 7e-9])
+    assert winners(events).select("state", "primitive", "wins", "share").rows() == [
+        (0, 0, 1, 1.0), (1, 0, 1, 1.0), (2, 0, 1, 1.0)
+    ]  # fmt: skip
+    table = bids(events)
+    assert table.select("state", "primitive").rows() == [(s, p) for s in range(3) for p in (0, 1)]
+    assert table["mean_bid"].to_list() == pytest.approx([8e-9, 5e-9, 9e-9, 6e-9, 10e-9, 7e-9])
+    q = np.arange(6, dtype=np.float64).reshape(3, 2)
+    gaps = bids_against(table, q)
+    assert np.allclose(gaps["gap"].to_numpy(), table["mean_bid"].to_numpy() - q.ravel())
+    assert bids(events, since_episode=1).height == 0
+
+
+def test_gini_by_hand_with_and_without_debt() -> None:
+    """The textbook Gini without debt; the normalised one (in [0, 1]) with it."""
+    assert gini([0.0, 37.0]) == 0.5
+    assert gini([1.0, 1.0, 1.0]) == 0.0
+    assert gini([]) == 0.0 and gini([0.0, 0.0]) == 0.0
+    assert gini([-1.0, 1.0]) == 0.5
+    assert gini([-2.0, 0.0, 2.0]) == pytest.approx(16 / 24)
+    assert gini([1.0, 2.0, 3.0, 4.0]) == pytest.approx(0.25)  # 20 / (2 * 16 * 2.5)
+    assert top_share([1.0, 2.0, 3.0, 4.0], 1) == 0.4
+    assert top_share([-3.0, 1.0], 1) is None
+
+
+def test_inequality_and_lorenz_by_hand() -> None:
+    """Agents alice (37) and bob (0): Gini 0.5, alice holds everything; Lorenz (0, 0, 1)."""
+    events = stored(history()).scan()
+    row = inequality(events).row(0, named=True)
+    assert row["agents"] == 2 and row["gini"] == 0.5 and row["top1_share"] == 1.0
+    assert row["in_debt"] == 0 and row["total_credit"] == pytest.approx(37e-9)
+    curve = lorenz(events)
+    assert curve["population_share"].to_list() == [0.0, 0.5, 1.0]
+    assert curve["wealth_share"].to_list() == [0.0, 0.0, 1.0]
+    early = inequality(events, upto=4).row(0, named=True)  # nothing has moved yet
+    assert early["gini"] == 0.0 and early["top1_share"] is None
+
+
+def test_wealth_over_time_by_hand() -> None:
+    """Six events in two checkpoints: nothing after seq 2, the reward after seq 5."""
+    from conftest import moves, opening
+
+    from ledger.events import Reward
+
+    ledger = MemoryLedger()
+    start = opening()
+    ledger.append(start)
+    ledger.append(moves(len(start), (Reward, ENVIRONMENT, ALICE, 3_000_000_000)))
+    frame = wealth_over_time(ledger.scan(), points=2)
+    alice = frame.filter(pl.col("account") == ALICE)
+    assert alice.select("seq", "units").rows() == [(2, 0), (5, 3_000_000_000)]
+    assert frame.filter(pl.col("seq") == 5)["units"].sum() == 0
+    assert frame.height == 2 * 4
+    full = wealth_over_time(stored(history()).scan(), points=7)
+    last = full.filter(pl.col("seq") == full["seq"].max()).select("account", "units")
+    assert last.rows() == wealth(stored(history()).scan()).select("account", "units").rows()
+    assert gini_over_time(full)["gini"].to_list()[-1] == 0.5
+
+
+def test_agent_returns_by_hand() -> None:
+    """conftest's control run: each agent pays 10 (alice) or 11 (bob) per step, two steps."""
+    frame = agent_returns(stored(control_history()).scan())
+    assert frame.select("episode", "agent", "units").rows() == [(0, ALICE, -20), (0, BOB, -22)]

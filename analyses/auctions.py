@@ -1,0 +1,94 @@
+"""The auction variant's market: one row per auction, prices, winners, bids against Q*."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from numpy.typing import NDArray
+
+from ledger.units import UNIT
+
+
+def auctions(events: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per auction (a transaction with an `allocate`): tx, episode, step, time, state,
+    the winner's account and primitive, its bid, the price paid (null under a mechanism that
+    charges none) and the credit minted (0 if none), all amounts in units."""
+    won = events.filter(pl.col("kind") == "allocate").select(
+        "tx",
+        "episode",
+        "step",
+        "time",
+        "state",
+        pl.col("account").alias("winner"),
+        "primitive",
+        pl.col("amount").alias("bid"),
+    )
+    paid = events.filter(pl.col("kind") == "pay").select("tx", pl.col("amount").alias("price"))
+    minted = (
+        events.filter(pl.col("kind") == "mint")
+        .group_by("tx")
+        .agg(pl.col("amount").sum().alias("minted"))
+    )
+    return (
+        won.join(paid, on="tx", how="left")
+        .join(minted, on="tx", how="left")
+        .with_columns(pl.col("minted").fill_null(0))
+        .sort("tx")
+    )
+
+
+def prices(events: pl.LazyFrame, episodes_per_point: int = 1) -> pl.DataFrame:
+    """Mean, min and max price (credit) per state over time: one row per state and block of
+    `episodes_per_point` episodes (named by its first episode)."""
+    block = (pl.col("episode") // episodes_per_point * episodes_per_point).alias("episode")
+    price = pl.col("price").cast(pl.Float64)
+    return (
+        auctions(events)
+        .filter(pl.col("price").is_not_null())
+        .group_by(block, "state")
+        .agg(
+            (price.mean() / UNIT).alias("mean_price"),
+            (price.min() / UNIT).alias("min_price"),
+            (price.max() / UNIT).alias("max_price"),
+            pl.len().alias("auctions"),
+        )
+        .sort("episode", "state")
+        .collect()
+    )
+
+
+def winners(events: pl.LazyFrame, since_episode: int = 0) -> pl.DataFrame:
+    """Which primitive wins each state, from episode `since_episode` on: wins and their share
+    of the state's auctions, most frequent winner first within a state."""
+    return (
+        auctions(events)
+        .filter(pl.col("episode") >= since_episode)
+        .group_by("state", "primitive")
+        .agg(pl.len().alias("wins"))
+        .with_columns((pl.col("wins") / pl.col("wins").sum().over("state")).alias("share"))
+        .sort("state", "wins", "primitive", descending=[False, True, False])
+        .collect()
+    )
+
+
+def bids(events: pl.LazyFrame, since_episode: int = 0) -> pl.DataFrame:
+    """Every primitive's mean bid (credit) per state, from episode `since_episode` on."""
+    return (
+        events.filter((pl.col("kind") == "bid") & (pl.col("episode") >= since_episode))
+        .group_by("state", "primitive")
+        .agg(
+            (pl.col("amount").cast(pl.Float64).mean() / UNIT).alias("mean_bid"),
+            pl.len().alias("bids"),
+        )
+        .sort("state", "primitive")
+        .collect()
+    )
+
+
+def bids_against(bid_table: pl.DataFrame, q_star: NDArray[np.float64]) -> pl.DataFrame:
+    """A `bids` table beside Q*(state, primitive) (a (states, primitives) array, as
+    `market.tasks.Task.q_star` gives) and the gap mean_bid - Q*."""
+    q = q_star[bid_table["state"].to_numpy(), bid_table["primitive"].to_numpy()]
+    return bid_table.with_columns(pl.Series("q_star", q)).with_columns(
+        (pl.col("mean_bid") - pl.col("q_star")).alias("gap")
+    )
