@@ -323,6 +323,35 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
         raise typer.Exit(1)
 
 
+@app.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    points: Annotated[
+        int, typer.Option(min=2, help="Checkpoints of the wealth-over-time series.")
+    ] = 200,
+) -> None:
+    """Tables in the terminal; PNG plots and one self-contained report.html in RUN/report/."""
+    from analyses.report import REPORT, run_report, write_html
+
+    report = guarded(lambda: run_report(run, points))
+    console.print(Text(report.title, style="bold"))
+    for name, frame in report.tables.items():
+        console.print(_frame_table(name, frame))
+    page = guarded(lambda: write_html(report, run / REPORT / "report.html"))
+    console.print(Text.assemble("plots: ", ", ".join(str(p) for p in report.plots.values())))
+    console.print(Text.assemble("report written to ", (str(page), "bold")))
+
+
+def _frame_table(title: str, frame: pl.DataFrame, limit: int = 40) -> Table:
+    """A Polars frame as a Rich table (its first `limit` rows)."""
+    table = Table(title=title if frame.height <= limit else f"{title} (first {limit} rows)")
+    for name, dtype in frame.schema.items():
+        table.add_column(name, justify="right" if dtype.is_numeric() else "left")
+    for row in frame.head(limit).iter_rows():
+        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+    return table
+
+
 def _ppo_config(gamma: float) -> dict[str, Any]:
     """The learners' default configuration with the run's discount."""
     from agents.ppo_bidder import PPOConfig
