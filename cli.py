@@ -37,6 +37,7 @@ from market.tasks import TASKS, Task, make_task
 if TYPE_CHECKING:  # the learners import torch, which `market --help` should not wait for
     from agents.learning import LearningSociety
     from agents.ppo_monolithic import MonolithicPPO
+    from agents.simulation import Simulation
 
 app = typer.Typer(
     help="An event-sourced economic simulation engine for decentralized RL.",
@@ -79,8 +80,12 @@ def _one_line(e: BaseException) -> str:
 
 @app.command("simulate")
 def simulate_cmd(
-    task: Annotated[str, typer.Option(help=f"One of: {', '.join(TASKS)}.")] = "chain",
-    mechanism: Annotated[str, typer.Option(help="ccv, v, bb, fp or env.")] = "ccv",
+    task: Annotated[
+        str | None, typer.Option(help=f"One of: {', '.join(TASKS)} [default: chain].")
+    ] = None,
+    mechanism: Annotated[
+        str | None, typer.Option(help="ccv, v, bb, fp or env [default: ccv].")
+    ] = None,
     bidder: Annotated[
         str | None,
         typer.Option(
@@ -88,92 +93,132 @@ def simulate_cmd(
             "zero or random (fixed controls instead of learners)."
         ),
     ] = None,
-    learn: Annotated[bool, typer.Option(help="PPO primitives learn from their payoffs.")] = False,
+    learn: Annotated[
+        bool | None, typer.Option("--learn", help="PPO primitives learn from their payoffs.")
+    ] = None,
     monolithic: Annotated[
-        bool, typer.Option(help="Learn with the categorical PPO baseline (env, solitary).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--monolithic", help="Learn with the categorical PPO baseline (env, solitary)."
+        ),
+    ] = None,
     episodes: Annotated[int | None, typer.Option(help="Episodes to run [default: 1000].")] = None,
     steps: Annotated[int | None, typer.Option(help="Env steps (auctions) to run.")] = None,
-    seed: Annotated[int, typer.Option(help="The one seed every random number derives from.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option(help="The one seed every random number derives from [default: 0].")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="A new run directory (default: runs/...).")
     ] = None,
-    solitary: Annotated[bool, typer.Option(help="No clones: one bidder per primitive.")] = False,
-    gamma: Annotated[float, typer.Option(help="Discount of utilities and truthful bids.")] = 0.99,
-    constant: Annotated[float, typer.Option(help="The bid of the constant bidder.")] = 0.5,
+    solitary: Annotated[
+        bool | None, typer.Option("--solitary", help="No clones: one bidder per primitive.")
+    ] = None,
+    gamma: Annotated[
+        float | None, typer.Option(help="Discount of utilities and truthful bids [default: 0.99].")
+    ] = None,
+    constant: Annotated[
+        float | None, typer.Option(help="The bid of the constant bidder [default: 0.5].")
+    ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(help="Episodes running at once [default: 1; 128 with --learn].")
+        int | None,
+        typer.Option(
+            help="Episodes running at once [default: 1; 128 with --learn; 32 learning control]."
+        ),
     ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue a learning run from its last snapshot (--steps more)."),
     ] = None,
     kernel: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="episodes (a SimPy process each), rounds (all at once, as arrays) or auto "
-            "(rounds when several run at once). Both write the same ledger."
+            "(rounds when several run at once) [default: auto]. Both write the same ledger."
         ),
-    ] = "auto",
+    ] = None,
     variant: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="auction (a society of bidders) or control (agents jointly driving one system)."
+            help="auction (a society of bidders) or control (agents jointly driving one system) "
+            "[default: auction]."
         ),
-    ] = "auction",
-    agents: Annotated[int, typer.Option(help="Control variant: how many agents.")] = 2,
+    ] = None,
+    agents: Annotated[
+        int | None, typer.Option(help="Control variant: how many agents [default: 2].")
+    ] = None,
     method: Annotated[
         str | None,
         typer.Option(help="Control variant: independent, ter, ier, iql or full [default: full]."),
     ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Start from a named experiment (`market presets`).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="A TOML config (a run's simulation.toml, say)."),
+    ] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one setting, e.g. --set ppo.entropy_coef=0.05."),
+    ] = None,
 ) -> None:
-    """Run a society into a new run directory (or continue one with --resume), then audit it."""
-    if variant not in ("auction", "control"):
-        fail(f"unknown variant {variant!r}; choose one of: auction, control")
-    if variant == "control":
-        _simulate_control(
-            task="pendulum" if task == "chain" else task,
-            agents=agents,
-            method=method,
-            policy=bidder,
-            episodes=episodes,
-            steps=steps,
-            seed=seed,
-            out=out,
-            concurrency=concurrency,
-        )
+    """Run a society into a new run directory (or continue one with --resume), then audit it.
+
+    Settings come in layers: a --preset, then a --config file, then the flags given, then
+    every --set; the resolved config is written to the run as simulation.toml.
+    """
+    from agents.simulation import resolve
+
+    flags = {
+        "task": task, "mechanism": mechanism, "bidder": bidder, "learn": learn,
+        "monolithic": monolithic, "episodes": episodes, "steps": steps, "seed": seed,
+        "solitary": solitary, "gamma": gamma, "constant": constant,
+        "concurrency": concurrency, "kernel": kernel, "variant": variant, "agents": agents,
+        "method": method,
+    }  # fmt: skip
+    sim = guarded(lambda: resolve(preset, config, flags, assignments))
+    if sim.variant == "control":
+        _simulate_control(sim, out)
         return
-    if method is not None:
+    if sim.method is not None:
         fail("--method is for --variant control")
-    bidder = bidder if bidder is not None else "truthful"
-    if kernel not in KERNELS:
-        fail(f"unknown kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
-    chosen: KernelChoice = kernel
-    learn = learn or monolithic
+    if sim.kernel not in KERNELS:
+        fail(f"unknown kernel {sim.kernel!r}; choose one of: {', '.join(KERNELS)}")
+    chosen: KernelChoice = sim.kernel
+    learn_ = sim.learn or sim.monolithic
     if resume is not None:
-        config, run, ledger = guarded(lambda: _resumed(resume, steps))
+        run_config, run, ledger = guarded(lambda: _resumed(resume, steps))
     else:
-        config = guarded(
+        run_config = guarded(
             lambda: RunConfig(
-                task=task,
-                mechanism=parse_mechanism("env" if monolithic else mechanism),
-                bidder=("monolithic" if monolithic else "ppo") if learn else bidder,
-                cloned=not (solitary or monolithic),
-                episodes=episodes if episodes is not None or steps is not None else 1000,
-                steps=steps,
-                seed=seed,
-                gamma=gamma,
-                constant=constant,
-                concurrency=concurrency if concurrency is not None else (128 if learn else 1),
-                learner=_ppo_config(gamma) if learn else None,
+                task=sim.task or "chain",
+                mechanism=parse_mechanism("env" if sim.monolithic else sim.mechanism),
+                bidder=("monolithic" if sim.monolithic else "ppo")
+                if learn_
+                else (sim.bidder or "truthful"),
+                cloned=not (sim.solitary or sim.monolithic),
+                episodes=sim.episodes
+                if sim.episodes is not None or sim.steps is not None
+                else 1000,
+                steps=sim.steps,
+                seed=sim.seed,
+                gamma=sim.gamma,
+                constant=sim.constant,
+                concurrency=sim.concurrency
+                if sim.concurrency is not None
+                else (128 if learn_ else 1),
+                learner=sim.ppo_settings().model_dump() if learn_ else None,
             )
         )
-    run_task = guarded(lambda: make_task(config.task))
-    society = Society.of(run_task, config.cloned)
-    policy, learner = guarded(lambda: _policy(config, run_task, society))
+    run_task = guarded(lambda: make_task(run_config.task))
+    society = Society.of(run_task, run_config.cloned)
+    policy, learner = guarded(lambda: _policy(run_config, run_task, society))
     if resume is None:
-        name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
-        run, ledger = _new_run(out, name, config.run_id, config.model_dump(mode="json"))
+        name = (
+            f"{run_config.task}-{run_config.mechanism.value}-{run_config.bidder}-s{run_config.seed}"
+        )
+        record_ = run_config.model_dump(mode="json")
+        run, ledger = _new_run(out, name, run_config.run_id, record_, sim.to_toml())
     bus = Bus(ledger)
     record = None
     if learner is not None:
@@ -186,47 +231,40 @@ def simulate_cmd(
             snapshot = latest_snapshot(run) if resume is not None else None
             if snapshot is not None:
                 load_snapshot(learner, snapshot)
-    summary = _run_with_progress(config, ledger, policy, bus, learner, chosen)
+    summary = _run_with_progress(run_config, ledger, policy, bus, learner, chosen)
     if record is not None:
         record.save()
     _report(run, ledger, summary)
 
 
-def _simulate_control(
-    *,
-    task: str,
-    agents: int,
-    method: str | None,
-    policy: str | None,
-    episodes: int | None,
-    steps: int | None,
-    seed: int,
-    out: Path | None,
-    concurrency: int | None,
-) -> None:
+def _simulate_control(sim: Simulation, out: Path | None) -> None:
     """`market simulate --variant control`: agents drive one system (learning by default)."""
     from market.control import LEARNING_CONCURRENCY, ControlRunConfig, simulate_control
 
-    learn = policy is None
+    learn = sim.bidder is None
+    method = (sim.method or "full") if learn else sim.method
     config = guarded(
         lambda: ControlRunConfig(
-            task=task,
-            agents=agents,
-            policy="dqn" if learn else str(policy),
-            method=(method or "full") if learn else method,
-            episodes=episodes if episodes is not None or steps is not None else 100,
-            steps=steps,
-            seed=seed,
-            concurrency=concurrency
-            if concurrency is not None
+            task=sim.task or "pendulum",
+            agents=sim.agents,
+            policy="dqn" if learn else str(sim.bidder),
+            method=method,
+            episodes=sim.episodes if sim.episodes is not None or sim.steps is not None else 100,
+            steps=sim.steps,
+            seed=sim.seed,
+            gamma=sim.gamma,
+            concurrency=sim.concurrency
+            if sim.concurrency is not None
             else (LEARNING_CONCURRENCY if learn else 1),
+            learner=guarded(lambda: sim.dqn_settings(method).model_dump())
+            if learn and method is not None
+            else None,
         )
     )
     chooser, learner = guarded(lambda: _control_policy(config))
-    if learner is not None and config.learner is None:
-        config = config.model_copy(update={"learner": learner.config.model_dump()})
-    name = f"{config.task}-control-{config.method or config.policy}-n{config.agents}-s{seed}"
-    run, ledger = _new_run(out, name, config.run_id, config.model_dump(mode="json"))
+    name = f"{config.task}-control-{config.method or config.policy}-n{config.agents}-s{sim.seed}"
+    record = config.model_dump(mode="json")
+    run, ledger = _new_run(out, name, config.run_id, record, sim.to_toml())
     bus = Bus(ledger)
     if learner is not None:
         learner.attach(bus)
@@ -246,12 +284,14 @@ def _simulate_control(
 
 
 def _new_run(
-    out: Path | None, name: str, run_id: str, config: dict[str, Any]
+    out: Path | None, name: str, run_id: str, config: dict[str, Any], simulation: str
 ) -> tuple[Path, DiskLedger]:
-    """A new run directory (under `out`, or runs/NAME...) with its config and empty ledger."""
+    """A new run directory (under `out`, or runs/NAME...) with its configs and empty ledger:
+    config.json (what the engine ran) and simulation.toml (what was asked, re-runnable)."""
     run = guarded(lambda: rundir.new_run_dir(out, name))
     guarded(lambda: run.mkdir(parents=True, exist_ok=True))
     rundir.write_json(run / rundir.CONFIG, {"run_id": run_id, **config})
+    (run / rundir.SIMULATION).write_text(simulation, encoding="utf-8")
     return run, guarded(lambda: DiskLedger(run / rundir.LEDGER))
 
 
@@ -268,14 +308,11 @@ def _control_policy(config: Any) -> tuple[Any, Any]:
         rng = np.random.default_rng(rng_seed)
         return RandomPolicy(len(task.controls), task.n_agents, rng), None
     from agents.control_learning import ControlSociety
-    from agents.dqn_control import ControlDQNConfig
     from agents.learning import learner_seed, one_thread
+    from agents.settings import ControlDQNConfig
 
     one_thread()
-    if config.learner is not None:
-        dqn = ControlDQNConfig.model_validate(config.learner)
-    else:
-        dqn = ControlDQNConfig.for_method(config.method, gamma=config.gamma)
+    dqn = ControlDQNConfig.model_validate(config.learner)
     society = ControlSociety(task, config.accounts, dqn, learner_seed(config.seed))
     return society, society
 
@@ -323,6 +360,21 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
         raise typer.Exit(1)
 
 
+@app.command("presets")
+def presets_cmd() -> None:
+    """List the named experiments `simulate --preset NAME` starts from."""
+    from agents.simulation import PRESETS
+
+    table = Table(title="presets (market simulate --preset NAME; --set to change a setting)")
+    table.add_column("name", style="bold")
+    table.add_column("experiment")
+    table.add_column("settings")
+    for name, preset in PRESETS.items():
+        settings = ", ".join(f"{k}={v}" for k, v in preset.settings.items())
+        table.add_row(name, preset.description, settings)
+    console.print(table)
+
+
 @app.command("report")
 def report_cmd(
     run: Annotated[Path, typer.Argument(help="A run directory.")],
@@ -354,7 +406,7 @@ def _frame_table(title: str, frame: pl.DataFrame, limit: int = 40) -> Table:
 
 def _ppo_config(gamma: float) -> dict[str, Any]:
     """The learners' default configuration with the run's discount."""
-    from agents.ppo_bidder import PPOConfig
+    from agents.settings import PPOConfig
 
     return PPOConfig(gamma=gamma).model_dump()
 
@@ -389,8 +441,8 @@ def _policy(
         bidder = make_bidder(config.bidder, task, society, config.gamma, rng, config.constant)
         return bidder, None
     from agents.learning import LearningSociety, learner_seed, one_thread
-    from agents.ppo_bidder import PPOConfig
     from agents.ppo_monolithic import MonolithicPPO
+    from agents.settings import PPOConfig
 
     one_thread()
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agents.dqn_control import ControlDQN, ControlDQNConfig
+from agents.dqn_control import ControlDQN
+from agents.settings import ControlDQNConfig
 from ledger.batch import CODE, EventBatch, concat
 from ledger.events import SYSTEM, Order, Reward, RunEnd, Transition
 from ledger.transaction import Transaction

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from agents.ppo_bidder import PPOBidders, PPOConfig
+from agents.ppo_bidder import PPOBidders
+from agents.settings import PPOConfig
 from ledger.payoff_columns import BatchPayoffTracker, SampleColumns
 from ledger.payoffs import PayoffTracker, Sample
 from ledger.store import Ledger

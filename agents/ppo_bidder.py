@@ -23,28 +23,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.distributions import Beta
 
-
-class PPOConfig(BaseModel):
-    """Hyper-parameters of the bidding primitives (methods.md, "Learning")."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hidden: int = Field(16, ge=1, description="width of the encoder and the value net")
-    gamma: float = Field(0.99, gt=0, le=1, description="discount inside the auction utility")
-    clip: float = Field(0.2, gt=0, description="PPO ratio clip")
-    entropy_coef: float = Field(0.1, ge=0, description="weight of the Beta's entropy bonus")
-    batch: int = Field(4096, ge=1, description="samples per primitive collected per update")
-    minibatch: int = Field(256, ge=1, description="samples per gradient step")
-    epochs: int = Field(1, ge=1, description="passes over each batch")
-    value_l2: float = Field(1e-3, ge=0, description="L2 weight on the value net's parameters")
-    max_grad_norm: float = Field(40.0, gt=0, description="per-primitive gradient-norm clip")
-    policy_lr: float = Field(4e-5, gt=0, description="Adam step size of the bid policy")
-    value_lr: float = Field(5e-3, gt=0, description="Adam step size of the value net")
-
+from agents.settings import PPOConfig
 
 _UNIFORM_NU = math.log(math.expm1(2.0))
 """softplus^-1(2): with mu = 1/2 this makes Beta(mu nu, (1 - mu) nu) = Beta(1, 1)."""

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.distributions import Categorical
 
-from agents.ppo_bidder import PPOConfig
+from agents.settings import PPOConfig
 from ledger.events import ENVIRONMENT, Allocate, Bid, EpisodeEnd, Reward
 from ledger.transaction import OWN, Transaction
 from ledger.units import UNIT

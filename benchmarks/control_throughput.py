@@ -24,8 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.control_learning import ControlSociety
-from agents.dqn_control import ControlDQN, ControlDQNConfig
+from agents.dqn_control import ControlDQN
 from agents.learning import learner_seed
+from agents.settings import ControlDQNConfig
 from ledger.disk import DiskLedger
 from market.bus import Bus
 from market.control import LEARNING_CONCURRENCY, ControlRunConfig, simulate_control

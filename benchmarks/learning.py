@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.learning import LearningSociety
-from agents.ppo_bidder import PPOBidders, PPOConfig
+from agents.ppo_bidder import PPOBidders
+from agents.settings import PPOConfig
 from ledger.disk import DiskLedger
 from market.bus import Bus
 from market.run import RunConfig, simulate

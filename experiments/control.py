@@ -36,8 +36,8 @@ import torch
 from rich.progress import Progress
 
 from agents.control_learning import ControlSociety
-from agents.dqn_control import METHODS, ControlDQNConfig
 from agents.learning import learner_seed
+from agents.settings import METHODS, ControlDQNConfig
 from ledger.disk import DiskLedger
 from ledger.events import ENVIRONMENT
 from ledger.store import MemoryLedger

@@ -24,7 +24,7 @@ import torch
 from rich.progress import Progress
 
 from agents.learning import LearningSociety, run_learning
-from agents.ppo_bidder import PPOConfig
+from agents.settings import PPOConfig
 from ledger.disk import DiskLedger
 from ledger.units import UNIT
 from market.audit import audit

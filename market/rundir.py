@@ -1,4 +1,5 @@
-"""A run directory: `config.json` (what was run), `ledger/` (what happened), `summary.json`.
+"""A run directory: `config.json` (what was run), `simulation.toml` (the settings it was asked
+for), `ledger/` (what happened), `summary.json`.
 
 Nothing in a run directory is ever overwritten: a new run needs a new directory.
 """
@@ -12,6 +13,8 @@ from ledger.disk import MANIFEST, DiskLedger
 from ledger.errors import CorruptLedger
 
 CONFIG = "config.json"
+SIMULATION = "simulation.toml"
+"""What was asked for (agents.simulation.Simulation): `--config` it to run it again."""
 SUMMARY = "summary.json"
 LEDGER = "ledger"
 

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from agents.dqn_control import METHODS as DQN_METHODS
 from agents.fixed_control import RandomPolicy, ZeroPolicy
+from agents.settings import METHODS as DQN_METHODS
 from cli import app
 from ledger.events import ENVIRONMENT, SYSTEM, EventBase, Order, Reward, Transition
 from ledger.store import MemoryLedger

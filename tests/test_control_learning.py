@@ -9,7 +9,7 @@ import polars as pl
 import torch
 
 from agents.control_learning import ControlSociety
-from agents.dqn_control import ControlDQNConfig
+from agents.settings import ControlDQNConfig
 from ledger.events import ENVIRONMENT
 from ledger.store import MemoryLedger
 from market.audit import audit

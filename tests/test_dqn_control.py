@@ -8,9 +8,7 @@ import torch
 from numpy.typing import NDArray
 
 from agents.dqn_control import (
-    METHODS,
     ControlDQN,
-    ControlDQNConfig,
     coordination,
     coordination_experiences,
     draw_without_replacement,
@@ -21,6 +19,7 @@ from agents.dqn_control import (
     macro_batch_size,
     recency_probabilities,
 )
+from agents.settings import METHODS, ControlDQNConfig
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from agents.learning import LearningSociety, run_learning
-from agents.ppo_bidder import PPOConfig
+from agents.settings import PPOConfig
 from ledger.store import MemoryLedger
 from ledger.utilities import utilities
 from market.audit import audit

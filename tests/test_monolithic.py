@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.ppo_bidder import PPOConfig
 from agents.ppo_monolithic import MonolithicPPO
+from agents.settings import PPOConfig
 from cli import app
 from ledger.store import MemoryLedger
 from market.audit import audit

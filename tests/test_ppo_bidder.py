@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.ppo_bidder import PPOBidders, PPOConfig
+from agents.ppo_bidder import PPOBidders
+from agents.settings import PPOConfig
 
 
 def test_every_primitive_starts_uniform_in_every_state() -> None:

@@ -12,7 +12,7 @@ import torch
 
 from agents.fixed import make_bidder
 from agents.learning import run_learning
-from agents.ppo_bidder import PPOConfig
+from agents.settings import PPOConfig
 from ledger.disk import DiskLedger
 from ledger.store import Ledger, MemoryLedger
 from market.audit import audit

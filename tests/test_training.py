@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from agents.learning import LearningSociety
-from agents.ppo_bidder import PPOConfig
+from agents.settings import PPOConfig
 from agents.training import latest_snapshot, load_snapshot
 from cli import app
 from market.society import Society

@@ -1,0 +1,229 @@
+"""One typed config for everything `market simulate` runs, with presets, files and overrides.
+
+A `Simulation` is built in layers, each overriding the one before: its defaults, a preset
+(`--preset NAME`, `PRESETS`), a TOML file (`--config FILE`), the command line's own flags,
+then `--set a.b=value` assignments. Every layer is validated as a whole at the end; a bad key
+or value is a one-line `ValueError` that names it. The resolved config is written to a run's
+directory as `simulation.toml`; `--config RUN/simulation.toml` runs the same thing again
+(same seed, same ledger).
+
+The learners' discount is the run's `gamma` (the auction utility's and the control agents'),
+so `ppo.gamma` and `dqn.gamma` are not set directly; a control run's `method` sets the DQN
+switches (`dqn.ter`, `dqn.ier`, `dqn.iql`, `dqn.psi`), which are not set directly either.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.settings import ControlDQNConfig, PPOConfig
+
+DERIVED = {
+    "ppo.gamma": "set gamma (the run's discount) instead",
+    "dqn.gamma": "set gamma (the run's discount) instead",
+    **{f"dqn.{s}": "set method instead" for s in ("ter", "ier", "iql", "psi")},
+}
+"""Settings that follow from others, with what to set instead."""
+
+
+class Simulation(BaseModel):
+    """What `market simulate` runs. None means the flag's documented default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    variant: Literal["auction", "control"] = "auction"
+    task: str | None = Field(None, description="chain for auctions, pendulum for control")
+    mechanism: str = "ccv"
+    bidder: str | None = None
+    learn: bool = False
+    monolithic: bool = False
+    solitary: bool = False
+    episodes: int | None = None
+    steps: int | None = None
+    seed: int = Field(0, ge=0)
+    gamma: float = Field(0.99, gt=0, lt=1)
+    constant: float = 0.5
+    concurrency: int | None = None
+    kernel: str = "auto"
+    agents: int = 2
+    method: str | None = None
+    ppo: PPOConfig = PPOConfig()
+    dqn: ControlDQNConfig = ControlDQNConfig()
+
+    def ppo_settings(self) -> PPOConfig:
+        """The PPO primitives' settings, with the run's discount."""
+        return self.ppo.model_copy(update={"gamma": self.gamma})
+
+    def dqn_settings(self, method: str) -> ControlDQNConfig:
+        """The control agents' settings for `method`, with the run's discount."""
+        own = self.dqn.model_dump(exclude={"gamma", "ter", "ier", "iql", "psi"})
+        return ControlDQNConfig.for_method(method, gamma=self.gamma, **own)
+
+    def to_toml(self) -> str:
+        """This config as TOML (unset options, None, and derived settings are left out)."""
+        data = _without_none(self.model_dump(mode="json"))
+        for path in DERIVED:
+            section, name = path.split(".")
+            data[section].pop(name, None)
+        return tomli_w.dumps(data)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named starting point: one of the papers' experiments."""
+
+    description: str
+    settings: dict[str, Any]
+
+
+_LEARN = {"learn": True}
+PRESETS: dict[str, Preset] = {
+    "chain": Preset("Chain, a learning cloned society (CCV unless told)", {
+        "task": "chain", **_LEARN, "steps": 1_000_000}),
+    "chain-ccv": Preset("Chain, cloned CCV, 1M env steps (solved in about 800k)", {
+        "task": "chain", "mechanism": "ccv", **_LEARN, "steps": 1_000_000}),
+    "chain-bb": Preset("Chain, cloned bucket brigade, 1M env steps", {
+        "task": "chain", "mechanism": "bb", **_LEARN, "steps": 1_000_000}),
+    "chain-v": Preset("Chain, cloned Vickrey, 1M env steps", {
+        "task": "chain", "mechanism": "v", **_LEARN, "steps": 1_000_000}),
+    "duality-ccv": Preset("Duality, cloned CCV, 1.5M env steps", {
+        "task": "duality", "mechanism": "ccv", **_LEARN, "steps": 1_500_000}),
+    "bandit": Preset("Bandit, a learning cloned society (Vickrey unless told)", {
+        "task": "bandit", "mechanism": "v", **_LEARN, "steps": 600_000}),
+    "bandit-v": Preset("Bandit, cloned Vickrey, 600k env steps", {
+        "task": "bandit", "mechanism": "v", **_LEARN, "steps": 600_000}),
+    "bandit-v-solitary": Preset("Bandit, solitary Vickrey, 600k env steps", {
+        "task": "bandit", "mechanism": "v", **_LEARN, "solitary": True, "steps": 600_000}),
+    "bandit-fp": Preset("Bandit, cloned first price, 600k env steps", {
+        "task": "bandit", "mechanism": "fp", **_LEARN, "steps": 600_000}),
+    "bandit-env": Preset("Bandit, cloned, environment reward only, 600k env steps", {
+        "task": "bandit", "mechanism": "env", **_LEARN, "steps": 600_000}),
+    "chain-monolithic": Preset("Chain, the monolithic categorical PPO baseline", {
+        "task": "chain", "monolithic": True, "steps": 1_000_000}),
+    "pendulum-full": Preset("Control: 2 agents swing up and hold the pendulum, TER+IER+IQL", {
+        "variant": "control", "task": "pendulum", "agents": 2, "method": "full",
+        "steps": 200_000}),
+    "pendulum-independent": Preset("Control: 2 independent DQN agents on the pendulum", {
+        "variant": "control", "task": "pendulum", "agents": 2, "method": "independent",
+        "steps": 200_000}),
+    "pendulum-n4-full": Preset("Control: 4 agents on the pendulum, TER+IER+IQL", {
+        "variant": "control", "task": "pendulum", "agents": 4, "method": "full",
+        "steps": 200_000}),
+    "integrator-full": Preset("Control sanity task: 2 agents on the double integrator", {
+        "variant": "control", "task": "integrator", "agents": 2, "method": "full",
+        "steps": 50_000}),
+}  # fmt: skip
+"""The papers' experiments, by name (`market presets` lists them)."""
+
+
+def resolve(
+    preset: str | None = None,
+    config_file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    assignments: list[str] | None = None,
+) -> Simulation:
+    """The Simulation of the layers: defaults < preset < file < flags < `a.b=value`s."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; `market presets` lists them")
+        _merge(data, PRESETS[preset].settings)
+    if config_file is not None:
+        _merge(data, read_toml(config_file))
+    _merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
+    for assignment in assignments or []:
+        key, value = parse_assignment(assignment)
+        _set(data, key, value)
+    return validated(data)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's contents; a one-line error if it cannot be read or parsed."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such config file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a TOML config ({e})") from None
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`a.b=value` as ("a.b", value): a TOML value (number, true/false, "text", [list]), or
+    the bare text as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. ppo.entropy_coef=0.05")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def validated(data: dict[str, Any]) -> Simulation:
+    """`data` as a Simulation; the first problem as a one-line error naming its key."""
+    for path in _paths(data):
+        if path in DERIVED:
+            raise ValueError(f"{path} cannot be set: {DERIVED[path]}")
+    try:
+        return Simulation.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            section = _section(first["loc"][:-1])
+            known = ", ".join(section.model_fields)
+            raise ValueError(f"unknown setting {where!r}; known here: {known}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{where}: {message} (got {json.dumps(first['input'])})") from None
+
+
+def _section(loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The model that the settings at `loc` belong to."""
+    model: type[BaseModel] = Simulation
+    for name in loc:
+        annotation = model.model_fields[str(name)].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return model
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> None:
+    *sections, name = key.split(".")
+    node = data
+    for section in sections:
+        child = node.setdefault(section, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {key}: {section!r} is a setting, not a section")
+        node = child
+    node[name] = value
+
+
+def _paths(data: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        out += _paths(value, f"{path}.") if isinstance(value, dict) else [path]
+    return out
+
+
+def _without_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _without_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None
+    }
