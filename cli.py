@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import numpy as np
 import polars as pl
@@ -20,24 +19,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from agents.fixed import BIDDERS, make_bidder
+from agents.fixed import BIDDERS
+from agents.runner import Finished, Prepared, prepare
+from agents.simulation import resolve
 from analyses.wealth import wealth
-from ledger.disk import DiskLedger
 from ledger.errors import LedgerError
 from ledger.units import to_credit
 from market import rundir
 from market.audit import AuditReport, audit
-from market.bus import Bus
 from market.kernel import EpisodeResult
-from market.mechanisms import parse as parse_mechanism
-from market.run import KERNELS, KernelChoice, RunConfig, RunSummary, simulate
-from market.society import Policy, Society
-from market.tasks import TASKS, Task, make_task
-
-if TYPE_CHECKING:  # the learners import torch, which `market --help` should not wait for
-    from agents.learning import LearningSociety
-    from agents.ppo_monolithic import MonolithicPPO
-    from agents.simulation import Simulation
+from market.tasks import TASKS
 
 app = typer.Typer(
     help="An event-sourced economic simulation engine for decentralized RL.",
@@ -167,7 +158,6 @@ def simulate_cmd(
     Settings come in layers: a --preset, then a --config file, then the flags given, then
     every --set; the resolved config is written to the run as simulation.toml.
     """
-    from agents.simulation import resolve
 
     flags = {
         "task": task, "mechanism": mechanism, "bidder": bidder, "learn": learn,
@@ -177,161 +167,14 @@ def simulate_cmd(
         "method": method,
     }  # fmt: skip
     sim = guarded(lambda: resolve(preset, config, flags, assignments))
-    if sim.variant == "control":
-        _simulate_control(sim, out)
-        return
-    if sim.method is not None:
-        fail("--method is for --variant control")
-    if sim.kernel not in KERNELS:
-        fail(f"unknown kernel {sim.kernel!r}; choose one of: {', '.join(KERNELS)}")
-    chosen: KernelChoice = sim.kernel
-    learn_ = sim.learn or sim.monolithic
-    if resume is not None:
-        run_config, run, ledger = guarded(lambda: _resumed(resume, steps))
-    else:
-        run_config = guarded(
-            lambda: RunConfig(
-                task=sim.task or "chain",
-                mechanism=parse_mechanism("env" if sim.monolithic else sim.mechanism),
-                bidder=("monolithic" if sim.monolithic else "ppo")
-                if learn_
-                else (sim.bidder or "truthful"),
-                cloned=not (sim.solitary or sim.monolithic),
-                episodes=sim.episodes
-                if sim.episodes is not None or sim.steps is not None
-                else 1000,
-                steps=sim.steps,
-                seed=sim.seed,
-                gamma=sim.gamma,
-                constant=sim.constant,
-                concurrency=sim.concurrency
-                if sim.concurrency is not None
-                else (128 if learn_ else 1),
-                learner=sim.ppo_settings().model_dump() if learn_ else None,
-            )
-        )
-    run_task = guarded(lambda: make_task(run_config.task))
-    society = Society.of(run_task, run_config.cloned)
-    policy, learner = guarded(lambda: _policy(run_config, run_task, society))
-    if resume is None:
-        name = (
-            f"{run_config.task}-{run_config.mechanism.value}-{run_config.bidder}-s{run_config.seed}"
-        )
-        record_ = run_config.model_dump(mode="json")
-        run, ledger = _new_run(out, name, run_config.run_id, record_, sim.to_toml())
-    bus = Bus(ledger)
-    record = None
-    if learner is not None:
-        from agents.learning import LearningSociety
-        from agents.training import TrainingRecord, latest_snapshot, load_snapshot
-
-        learner.attach(bus)
-        if isinstance(learner, LearningSociety):
-            record = TrainingRecord(run, learner, society)
-            snapshot = latest_snapshot(run) if resume is not None else None
-            if snapshot is not None:
-                load_snapshot(learner, snapshot)
-    summary = _run_with_progress(run_config, ledger, policy, bus, learner, chosen)
-    if record is not None:
-        record.save()
-    _report(run, ledger, summary)
+    prepared = guarded(lambda: prepare(sim, out, resume))
+    finished = _execute_with_progress(prepared)
+    _print_finished(finished)
 
 
-def _simulate_control(sim: Simulation, out: Path | None) -> None:
-    """`market simulate --variant control`: agents drive one system (learning by default)."""
-    from market.control import LEARNING_CONCURRENCY, ControlRunConfig, simulate_control
-
-    learn = sim.bidder is None
-    method = (sim.method or "full") if learn else sim.method
-    config = guarded(
-        lambda: ControlRunConfig(
-            task=sim.task or "pendulum",
-            agents=sim.agents,
-            policy="dqn" if learn else str(sim.bidder),
-            method=method,
-            episodes=sim.episodes if sim.episodes is not None or sim.steps is not None else 100,
-            steps=sim.steps,
-            seed=sim.seed,
-            gamma=sim.gamma,
-            concurrency=sim.concurrency
-            if sim.concurrency is not None
-            else (LEARNING_CONCURRENCY if learn else 1),
-            learner=guarded(lambda: sim.dqn_settings(method).model_dump())
-            if learn and method is not None
-            else None,
-        )
-    )
-    chooser, learner = guarded(lambda: _control_policy(config))
-    name = f"{config.task}-control-{config.method or config.policy}-n{config.agents}-s{sim.seed}"
-    record = config.model_dump(mode="json")
-    run, ledger = _new_run(out, name, config.run_id, record, sim.to_toml())
-    bus = Bus(ledger)
-    if learner is not None:
-        learner.attach(bus)
-    with _progress() as progress:
-        total = config.steps if config.steps is not None else config.episodes
-        bar = progress.add_task("control", total=total)
-        done = {"steps": 0, "episodes": 0}
-
-        def tick(result: EpisodeResult) -> None:
-            done["steps"] += result.steps
-            done["episodes"] += 1
-            key = "steps" if config.steps is not None else "episodes"
-            progress.update(bar, completed=done[key])
-
-        summary = simulate_control(config, ledger, chooser, tick, bus=bus)
-    _report(run, ledger, summary)
-
-
-def _new_run(
-    out: Path | None, name: str, run_id: str, config: dict[str, Any], simulation: str
-) -> tuple[Path, DiskLedger]:
-    """A new run directory (under `out`, or runs/NAME...) with its configs and empty ledger:
-    config.json (what the engine ran) and simulation.toml (what was asked, re-runnable)."""
-    run = guarded(lambda: rundir.new_run_dir(out, name))
-    guarded(lambda: run.mkdir(parents=True, exist_ok=True))
-    rundir.write_json(run / rundir.CONFIG, {"run_id": run_id, **config})
-    (run / rundir.SIMULATION).write_text(simulation, encoding="utf-8")
-    return run, guarded(lambda: DiskLedger(run / rundir.LEDGER))
-
-
-def _control_policy(config: Any) -> tuple[Any, Any]:
-    """The control run's policy (and its learner when it learns)."""
-    from agents.fixed_control import RandomPolicy, ZeroPolicy
-    from market.control_tasks import make_control_task
-
-    task = make_control_task(config.task, config.agents)
-    if config.policy == "zero":
-        return ZeroPolicy(task.controls, task.n_agents), None
-    if config.policy == "random":
-        (rng_seed,) = np.random.SeedSequence(config.seed).spawn(1)
-        rng = np.random.default_rng(rng_seed)
-        return RandomPolicy(len(task.controls), task.n_agents, rng), None
-    from agents.control_learning import ControlSociety
-    from agents.learning import learner_seed, one_thread
-    from agents.settings import ControlDQNConfig
-
-    one_thread()
-    dqn = ControlDQNConfig.model_validate(config.learner)
-    society = ControlSociety(task, config.accounts, dqn, learner_seed(config.seed))
-    return society, society
-
-
-def _report(run: Path, ledger: DiskLedger, summary: RunSummary) -> None:
-    """Audit the finished run, write its summary.json, print the summary; exit 1 if dirty."""
-    report = audit(ledger)
-    rundir.write_json(
-        run / rundir.SUMMARY,
-        {
-            "events": summary.events,
-            "seconds": summary.seconds,
-            "episodes": summary.episodes,
-            "mean_return": summary.mean_return,
-            "balances": dict(summary.balances),
-            "audit": "clean" if report.ok else str(report.violation),
-            "head": ledger.head,
-        },
-    )
+def _print_finished(finished: Finished) -> None:
+    """Print a finished run's summary, wealth and audit verdict; exit 1 if it is not clean."""
+    run, ledger, summary, report = finished.run, finished.ledger, finished.summary, finished.report
     console.print(Text.assemble("run written to ", (str(run), "bold")))
     table = Table(title="summary", show_header=False)
     table.add_row("events written", f"{summary.events:,}")
@@ -404,72 +247,15 @@ def _frame_table(title: str, frame: pl.DataFrame, limit: int = 40) -> Table:
     return table
 
 
-def _ppo_config(gamma: float) -> dict[str, Any]:
-    """The learners' default configuration with the run's discount."""
-    from agents.settings import PPOConfig
-
-    return PPOConfig(gamma=gamma).model_dump()
-
-
-def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]:
-    """The configuration and ledger of a learning run to continue, for `steps` more."""
-    ledger = rundir.open_run_ledger(run)
-    if not (run / rundir.CONFIG).is_file():
-        raise ValueError(f"{run}: not a run directory (no {rundir.CONFIG})")
-    recorded = json.loads((run / rundir.CONFIG).read_text(encoding="utf-8"))
-    recorded.pop("run_id", None)
-    if recorded.get("variant") == "control":
-        raise ValueError(f"{run} is a control run; control runs cannot be resumed yet")
-    config = RunConfig.model_validate(recorded)
-    if config.learner is None or config.bidder == "monolithic":
-        raise ValueError(f"{run} is not a learning society's run; only those resume")
-    from agents.training import latest_snapshot
-
-    if latest_snapshot(run) is None:
-        raise ValueError(f"{run} has no snapshot to resume from")
-    more = steps if steps is not None else config.steps
-    return config.model_copy(update={"steps": more, "episodes": None}), run, ledger
-
-
-def _policy(
-    config: RunConfig, task: Task, society: Society
-) -> tuple[Policy, LearningSociety | MonolithicPPO | None]:
-    """The run's bidders: fixed ones, a learning society, or the monolithic baseline."""
-    (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
-    if config.learner is None:
-        rng = np.random.default_rng(policy_seed)
-        bidder = make_bidder(config.bidder, task, society, config.gamma, rng, config.constant)
-        return bidder, None
-    from agents.learning import LearningSociety, learner_seed, one_thread
-    from agents.ppo_monolithic import MonolithicPPO
-    from agents.settings import PPOConfig
-
-    one_thread()
-
-    ppo = PPOConfig.model_validate(config.learner)
-    seed = learner_seed(config.seed)
-    learner: LearningSociety | MonolithicPPO
-    if config.bidder == "monolithic":
-        learner = MonolithicPPO(task.n_states, task.n_primitives, ppo, seed)
-    else:
-        learner = LearningSociety(task, society, ppo, seed)
-    return learner, learner
-
-
-def _run_with_progress(
-    config: RunConfig,
-    ledger: DiskLedger,
-    policy: Policy,
-    bus: Bus,
-    learner: LearningSociety | MonolithicPPO | None,
-    kernel: KernelChoice = "auto",
-) -> RunSummary:
-    """`simulate` under a progress bar: env steps (or episodes), steps/s, return, bids."""
-    by_steps = config.steps is not None
-    total = config.steps if by_steps else config.episodes
+def _execute_with_progress(prepared: Prepared) -> Finished:
+    """Execute a prepared run under a progress bar: env steps (or episodes), steps/s, the
+    recent mean return and, for a learning society, its mean bids."""
+    by_steps = prepared.steps is not None
+    total = prepared.steps if by_steps else prepared.episodes
     done = {"steps": 0, "episodes": 0}
     recent: deque[int] = deque(maxlen=100)
     start = time.perf_counter()
+    learner = prepared.learner
     with _progress() as progress:
         bar = progress.add_task("env steps" if by_steps else "episodes", total=total)
 
@@ -487,9 +273,9 @@ def _run_with_progress(
                 bar, completed=done["steps" if by_steps else "episodes"], description=text
             )
 
-        summary = simulate(config, ledger, policy, tick, bus=bus, kernel=kernel)
+        finished = guarded(lambda: prepared.execute(tick))
         progress.update(bar, completed=total)
-    return summary
+    return finished
 
 
 def _progress() -> Progress:

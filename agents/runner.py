@@ -1,0 +1,246 @@
+"""Run one `Simulation` into a run directory: what `market simulate` and sweeps both do.
+
+`prepare` builds everything (the engine's config, the run directory with `config.json` and
+`simulation.toml`, the ledger, the bus, the bidders or agents and their learners); `execute`
+runs it, saves the learners' record, audits the ledger and writes `summary.json`. Nothing is
+printed: the caller shows progress through `on_episode` and reports the result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from agents.fixed import make_bidder
+from agents.simulation import Simulation
+from ledger.disk import DiskLedger
+from market import rundir
+from market.audit import AuditReport, audit
+from market.bus import Bus
+from market.kernel import EpisodeResult
+from market.mechanisms import parse as parse_mechanism
+from market.run import KERNELS, KernelChoice, RunConfig, RunSummary, simulate
+from market.society import Policy, Society
+from market.tasks import Task, make_task
+
+OnEpisode = Callable[[EpisodeResult], None]
+
+
+@dataclass
+class Finished:
+    """A run that has been executed, audited and summarised."""
+
+    run: Path
+    ledger: DiskLedger
+    summary: RunSummary
+    report: AuditReport
+
+
+@dataclass
+class Prepared:
+    """A run ready to execute: its directory and ledger exist, its learners are attached."""
+
+    run: Path
+    ledger: DiskLedger
+    steps: int | None
+    """The env-step budget, or None for an episode budget."""
+    episodes: int | None
+    learner: Any
+    _go: Callable[[OnEpisode | None], RunSummary]
+    _after: Callable[[], None]
+
+    def execute(self, on_episode: OnEpisode | None = None) -> Finished:
+        """Run, save the learners' record, audit and write summary.json."""
+        summary = self._go(on_episode)
+        self._after()
+        report = audit(self.ledger)
+        rundir.write_json(
+            self.run / rundir.SUMMARY,
+            {
+                "events": summary.events,
+                "seconds": summary.seconds,
+                "episodes": summary.episodes,
+                "mean_return": summary.mean_return,
+                "balances": dict(summary.balances),
+                "audit": "clean" if report.ok else str(report.violation),
+                "head": self.ledger.head,
+            },
+        )
+        return Finished(self.run, self.ledger, summary, report)
+
+
+def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Prepared:
+    """Everything `sim` needs, in a new run directory (`out`, or runs/NAME), or continuing
+    the learning run `resume` for `sim.steps` more env steps."""
+    if sim.variant == "control":
+        if resume is not None:
+            raise ValueError("control runs cannot be resumed yet")
+        return _prepare_control(sim, out)
+    if sim.method is not None:
+        raise ValueError("--method is for --variant control")
+    if sim.kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {sim.kernel!r}; choose one of: {', '.join(KERNELS)}")
+    kernel = cast(KernelChoice, sim.kernel)
+    if resume is not None:
+        config, run, ledger = _resumed(resume, sim.steps)
+    else:
+        config = auction_config(sim)
+    task = make_task(config.task)
+    society = Society.of(task, config.cloned)
+    policy, learner = _policy(config, task, society)
+    if resume is None:
+        name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
+        run, ledger = new_run(out, name, config.run_id, config.model_dump(mode="json"), sim)
+    bus = Bus(ledger)
+    record = None
+    if learner is not None:
+        from agents.learning import LearningSociety
+        from agents.training import TrainingRecord, latest_snapshot, load_snapshot
+
+        learner.attach(bus)
+        if isinstance(learner, LearningSociety):
+            record = TrainingRecord(run, learner, society)
+            snapshot = latest_snapshot(run) if resume is not None else None
+            if snapshot is not None:
+                load_snapshot(learner, snapshot)
+
+    def go(on_episode: OnEpisode | None) -> RunSummary:
+        return simulate(config, ledger, policy, on_episode, bus=bus, kernel=kernel)
+
+    def after() -> None:
+        if record is not None:
+            record.save()
+
+    return Prepared(run, ledger, config.steps, config.episodes, learner, go, after)
+
+
+def auction_config(sim: Simulation) -> RunConfig:
+    """The auction engine's config for `sim`."""
+    learn = sim.learn or sim.monolithic
+    concurrency = sim.concurrency if sim.concurrency is not None else (128 if learn else 1)
+    return RunConfig(
+        task=sim.task or "chain",
+        mechanism=parse_mechanism("env" if sim.monolithic else sim.mechanism),
+        bidder=("monolithic" if sim.monolithic else "ppo") if learn else (sim.bidder or "truthful"),
+        cloned=not (sim.solitary or sim.monolithic),
+        episodes=sim.episodes if sim.episodes is not None or sim.steps is not None else 1000,
+        steps=sim.steps,
+        seed=sim.seed,
+        gamma=sim.gamma,
+        constant=sim.constant,
+        concurrency=concurrency,
+        learner=sim.ppo_settings().model_dump() if learn else None,
+    )
+
+
+def new_run(
+    out: Path | None, name: str, run_id: str, config: dict[str, Any], sim: Simulation
+) -> tuple[Path, DiskLedger]:
+    """A new run directory (`out`, or runs/NAME...) with its configs and an empty ledger:
+    config.json (what the engine runs) and simulation.toml (what was asked, re-runnable)."""
+    run = rundir.new_run_dir(out, name)
+    run.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(run / rundir.CONFIG, {"run_id": run_id, **config})
+    (run / rundir.SIMULATION).write_text(sim.to_toml(), encoding="utf-8")
+    return run, DiskLedger(run / rundir.LEDGER)
+
+
+def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]:
+    """The configuration and ledger of a learning run to continue, for `steps` more."""
+    ledger = rundir.open_run_ledger(run)
+    if not (run / rundir.CONFIG).is_file():
+        raise ValueError(f"{run}: not a run directory (no {rundir.CONFIG})")
+    recorded = json.loads((run / rundir.CONFIG).read_text(encoding="utf-8"))
+    recorded.pop("run_id", None)
+    if recorded.get("variant") == "control":
+        raise ValueError(f"{run} is a control run; control runs cannot be resumed yet")
+    config = RunConfig.model_validate(recorded)
+    if config.learner is None or config.bidder == "monolithic":
+        raise ValueError(f"{run} is not a learning society's run; only those resume")
+    from agents.training import latest_snapshot
+
+    if latest_snapshot(run) is None:
+        raise ValueError(f"{run} has no snapshot to resume from")
+    more = steps if steps is not None else config.steps
+    return config.model_copy(update={"steps": more, "episodes": None}), run, ledger
+
+
+def _policy(config: RunConfig, task: Task, society: Society) -> tuple[Policy, Any]:
+    """The run's bidders: fixed ones, a learning society, or the monolithic baseline."""
+    (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
+    if config.learner is None:
+        rng = np.random.default_rng(policy_seed)
+        bidder = make_bidder(config.bidder, task, society, config.gamma, rng, config.constant)
+        return bidder, None
+    from agents.learning import LearningSociety, learner_seed, one_thread
+    from agents.ppo_monolithic import MonolithicPPO
+    from agents.settings import PPOConfig
+
+    one_thread()
+    ppo = PPOConfig.model_validate(config.learner)
+    seed = learner_seed(config.seed)
+    learner: LearningSociety | MonolithicPPO
+    if config.bidder == "monolithic":
+        learner = MonolithicPPO(task.n_states, task.n_primitives, ppo, seed)
+    else:
+        learner = LearningSociety(task, society, ppo, seed)
+    return learner, learner
+
+
+def _prepare_control(sim: Simulation, out: Path | None) -> Prepared:
+    """A control-variant run: agents drive one system (learning unless a fixed policy)."""
+    from market.control import LEARNING_CONCURRENCY, ControlRunConfig, simulate_control
+
+    learn = sim.bidder is None
+    method = (sim.method or "full") if learn else sim.method
+    concurrency = sim.concurrency if sim.concurrency is not None else 1
+    config = ControlRunConfig(
+        task=sim.task or "pendulum",
+        agents=sim.agents,
+        policy="dqn" if learn else str(sim.bidder),
+        method=method,
+        episodes=sim.episodes if sim.episodes is not None or sim.steps is not None else 100,
+        steps=sim.steps,
+        seed=sim.seed,
+        gamma=sim.gamma,
+        concurrency=LEARNING_CONCURRENCY if learn and sim.concurrency is None else concurrency,
+        learner=sim.dqn_settings(method).model_dump() if learn and method is not None else None,
+    )
+    chooser, learner = _control_policy(config)
+    name = f"{config.task}-control-{config.method or config.policy}-n{config.agents}-s{sim.seed}"
+    run, ledger = new_run(out, name, config.run_id, config.model_dump(mode="json"), sim)
+    bus = Bus(ledger)
+    if learner is not None:
+        learner.attach(bus)
+
+    def go(on_episode: OnEpisode | None) -> RunSummary:
+        return simulate_control(config, ledger, chooser, on_episode, bus=bus)
+
+    return Prepared(run, ledger, config.steps, config.episodes, learner, go, lambda: None)
+
+
+def _control_policy(config: Any) -> tuple[Any, Any]:
+    """The control run's policy (and its learner when it learns)."""
+    from agents.fixed_control import RandomPolicy, ZeroPolicy
+    from market.control_tasks import make_control_task
+
+    task = make_control_task(config.task, config.agents)
+    if config.policy == "zero":
+        return ZeroPolicy(task.controls, task.n_agents), None
+    if config.policy == "random":
+        (rng_seed,) = np.random.SeedSequence(config.seed).spawn(1)
+        rng = np.random.default_rng(rng_seed)
+        return RandomPolicy(len(task.controls), task.n_agents, rng), None
+    from agents.control_learning import ControlSociety
+    from agents.learning import learner_seed, one_thread
+    from agents.settings import ControlDQNConfig
+
+    one_thread()
+    dqn = ControlDQNConfig.model_validate(config.learner)
+    society = ControlSociety(task, config.accounts, dqn, learner_seed(config.seed))
+    return society, society
