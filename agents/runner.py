@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         raise ValueError("--method is for --variant control")
     if sim.kernel not in KERNELS:
         raise ValueError(f"unknown kernel {sim.kernel!r}; choose one of: {', '.join(KERNELS)}")
-    kernel = cast(KernelChoice, sim.kernel)
+    kernel: KernelChoice = sim.kernel
     if resume is not None:
         config, run, ledger = _resumed(resume, sim.steps)
     else:
