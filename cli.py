@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import numpy as np
 import polars as pl
@@ -203,6 +203,68 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
         raise typer.Exit(1)
 
 
+@app.command("sweep")
+def sweep_cmd(
+    out: Annotated[Path, typer.Option(help="The sweep directory (resumed if it exists).")],
+    preset: Annotated[str | None, typer.Option(help="The base settings' preset.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A TOML config for the base settings.")
+    ] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one base setting, e.g. --set steps=200000."),
+    ] = None,
+    mechanisms: Annotated[
+        str | None, typer.Option(help="An axis: mechanisms, e.g. ccv,v,bb.")
+    ] = None,
+    tasks: Annotated[str | None, typer.Option(help="An axis: tasks, e.g. chain,duality.")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="An axis: control methods, e.g. independent,full.")
+    ] = None,
+    agents: Annotated[str | None, typer.Option(help="An axis: control agents, e.g. 2,4.")] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(help="Any axis: KEY=V1,V2 (e.g. ppo.entropy_coef=0.05,0.1); repeatable."),
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="Seeds: 0-9, or 0,3,7.")] = "0",
+    workers: Annotated[int, typer.Option(min=1, help="Runs at once (local backend).")] = 2,
+    backend: Annotated[
+        str, typer.Option(help="local (a process pool) or ray (Ray tasks).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray: the cluster to join (auto: the running one; none: start one)."),
+    ] = None,
+) -> None:
+    """Run every combination of the axes times the seeds; skip the runs already finished."""
+    from analyses.sweep import Sweep, compare, execute, parse_axis, parse_seeds, plan
+
+    if backend not in ("local", "ray"):
+        fail(f"unknown backend {backend!r}; choose one of: local, ray")
+    named = [("mechanism", mechanisms), ("task", tasks), ("method", methods), ("agents", agents)]
+    axes = [parse_axis(f"{k}={v}") for k, v in named if v is not None]
+    axes += [guarded(lambda g=g: parse_axis(g)) for g in grid or []]  # type: ignore[misc]
+    if len({k for k, _ in axes}) < len(axes):
+        fail("an axis is given twice")
+    text = guarded(lambda: config.read_text(encoding="utf-8")) if config is not None else ""
+    chosen_seeds = guarded(lambda: parse_seeds(seeds))
+    sweep = Sweep(preset, tuple(assignments or ()), tuple(axes), chosen_seeds, text)
+    todo = guarded(lambda: plan(sweep, out))
+    total = len(list(sweep.cells()))
+    console.print(f"{total} runs, {total - len(todo)} already finished, {len(todo)} to run")
+    with _progress() as progress:
+        bar = progress.add_task("runs", total=len(todo))
+
+        def advance(_row: dict[str, Any]) -> None:
+            progress.advance(bar)
+
+        guarded(lambda: execute(sweep, out, todo, workers, backend, address, advance))
+    from analyses.sweep import axes_of, results
+
+    console.print(_frame_table("final return per cell", compare(results(out), axes_of(out))))
+    console.print(Text.assemble("sweep written to ", (str(out), "bold")))
+
+
 @app.command("presets")
 def presets_cmd() -> None:
     """List the named experiments `simulate --preset NAME` starts from."""
@@ -220,15 +282,21 @@ def presets_cmd() -> None:
 
 @app.command("report")
 def report_cmd(
-    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    run: Annotated[Path, typer.Argument(help="A run or sweep directory.")],
     points: Annotated[
         int, typer.Option(min=2, help="Checkpoints of the wealth-over-time series.")
     ] = 200,
 ) -> None:
-    """Tables in the terminal; PNG plots and one self-contained report.html in RUN/report/."""
-    from analyses.report import REPORT, run_report, write_html
+    """Tables in the terminal; PNG plots and one self-contained report.html in RUN/report/.
 
-    report = guarded(lambda: run_report(run, points))
+    RUN may be a run directory or a sweep directory (`market sweep --out`)."""
+    from analyses.report import REPORT, run_report, sweep_report, write_html
+    from analyses.sweep import SWEEP
+
+    if (run / SWEEP).is_file():
+        report = guarded(lambda: sweep_report(run))
+    else:
+        report = guarded(lambda: run_report(run, points))
     console.print(Text(report.title, style="bold"))
     for name, frame in report.tables.items():
         console.print(_frame_table(name, frame))

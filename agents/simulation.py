@@ -125,17 +125,20 @@ PRESETS: dict[str, Preset] = {
 
 def resolve(
     preset: str | None = None,
-    config_file: Path | None = None,
+    config_file: Path | dict[str, Any] | None = None,
     flags: dict[str, Any] | None = None,
     assignments: list[str] | None = None,
 ) -> Simulation:
-    """The Simulation of the layers: defaults < preset < file < flags < `a.b=value`s."""
+    """The Simulation of the layers: defaults < preset < file < flags < `a.b=value`s (the
+    file may be given as its parsed contents)."""
     data: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; `market presets` lists them")
         _merge(data, PRESETS[preset].settings)
-    if config_file is not None:
+    if isinstance(config_file, dict):
+        _merge(data, config_file)
+    elif config_file is not None:
         _merge(data, read_toml(config_file))
     _merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
     for assignment in assignments or []:

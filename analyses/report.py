@@ -76,6 +76,22 @@ def run_report(run: Path, points: int = 200) -> Report:
     return report
 
 
+def sweep_report(out: Path) -> Report:
+    """The report of sweep directory `out`: each cell's final return over its seeds."""
+    from analyses.sweep import axes_of, compare, results
+
+    table = results(out)
+    axes = axes_of(out)
+    folder = out / REPORT
+    folder.mkdir(exist_ok=True)
+    report = Report(title=f"{out.name}: sweep over {', '.join(axes) or 'seeds'}")
+    report.tables["final return per cell (credit, over seeds)"] = compare(table, axes)
+    order = [*axes, "seed", "final_return", "env_steps", "episodes", "audit_clean"]
+    report.tables["runs"] = table.select(order).sort([*axes, "seed"])
+    report.plots["final return per cell"] = _plot_cells(table, axes, folder / "cells.png")
+    return report
+
+
 def write_html(report: Report, path: Path) -> Path:
     """One self-contained page: every table, and every plot embedded as a data URI."""
     parts = [
@@ -260,3 +276,23 @@ def _plot_bids(table: pl.DataFrame, path: Path) -> Path:
     ax.set_ylabel("credit")
     ax.legend(fontsize="small")
     return _save(fig, path, table)
+
+
+def _plot_cells(table: pl.DataFrame, axes: list[str], path: Path) -> Path:
+    fig, ax = _figure()
+    label = (
+        pl.concat_str([pl.col(a).cast(pl.String) for a in axes], separator=" / ")
+        if axes
+        else pl.lit("all")
+    )
+    points = table.with_columns(label.alias("cell")).sort("cell", "seed")
+    cells = points["cell"].unique(maintain_order=True).to_list()
+    for i, cell in enumerate(cells):
+        values = points.filter(pl.col("cell") == cell)["final_return"].to_numpy()
+        ax.scatter(np.full(len(values), i), values, alpha=0.7, color="C0")
+        ax.plot([i - 0.25, i + 0.25], [np.median(values)] * 2, color="C1", linewidth=2)
+    ax.set_xticks(range(len(cells)), cells, rotation=30, fontsize="small")
+    ax.set_title("final return per cell: one point per seed, the bar at the median")
+    ax.set_xlabel(" / ".join(axes) or "cell")
+    ax.set_ylabel("mean return, last 10% of episodes (credit)")
+    return _save(fig, path, points.select("cell", "seed", "final_return"))
