@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import shutil
 import tomllib
 from collections.abc import Callable, Iterator
@@ -205,7 +206,10 @@ def execute(
     if backend == "ray":
         _execute_ray(jobs, address, done)
     elif backend == "local":
-        with ProcessPoolExecutor(max(workers, 1)) as pool:
+        # Spawned, not forked: a fork of a process whose Polars or torch thread pools are
+        # running can deadlock in the child.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max(workers, 1), mp_context=spawn) as pool:
             futures = {pool.submit(run_cell, *job[:3]): job[3] for job in jobs}
             for future in as_completed(futures):
                 done(future.result(), futures[future])
