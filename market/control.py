@@ -139,8 +139,12 @@ class ControlKernel:
         first_seq: int,
         first_episode: int = 0,
         start_time: float = 0.0,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
+        """`gate`, if given, must also allow every new episode (an outside driver's say,
+        as in the PettingZoo interface); it may wait for it."""
         self.bus, self.run, self.task, self.accounts = bus, run, task, accounts
+        self.gate = gate
         self.policy, self.rng, self.gamma = policy, rng, gamma
         self.env = simpy.Environment(initial_time=start_time)
         self.seq = first_seq
@@ -165,7 +169,7 @@ class ControlKernel:
         """Run `episodes` episodes (or until `max_steps` steps), `concurrency` at a time."""
         budget = Budget.of(episodes, max_steps, self.next_episode, self.steps)
         slots = concurrency if episodes is None else min(concurrency, episodes)
-        self.env.process(self._loop(slots, budget, on_episode))
+        self.env.process(self._loop(slots, budget, on_episode, self.gate))
         with fewer_collections():
             self.env.run()
 
@@ -174,6 +178,7 @@ class ControlKernel:
         slots: int,
         budget: Budget,
         on_episode: Callable[[EpisodeResult], None] | None,
+        gate: Callable[[], bool] | None = None,
     ) -> Generator[simpy.Event, None, None]:
         task, n = self.task, self.task.n_agents
         x = np.zeros((slots, task.state_dim))
@@ -185,7 +190,7 @@ class ControlKernel:
         starting = np.ones(slots, dtype=bool)
         while True:
             for i in np.flatnonzero(starting).tolist():
-                more = budget.allows(self.next_episode, self.steps)
+                more = budget.allows(self.next_episode, self.steps) and (gate is None or gate())
                 starting[i], active[i] = False, more
                 if more:
                     episode[i], self.next_episode = self.next_episode, self.next_episode + 1
@@ -289,8 +294,10 @@ def simulate_control(
     policy: ControlPolicy,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     bus: Bus | None = None,
+    gate: Callable[[], bool] | None = None,
 ) -> RunSummary:
-    """Run a control `config` with `policy` into `ledger` (opened, run, closed, flushed)."""
+    """Run a control `config` with `policy` into `ledger` (opened, run, closed, flushed);
+    `gate`, if given, must also allow every new episode."""
     task = make_control_task(config.task, config.agents)
     bus_ = bus if bus is not None else Bus(ledger)
 
@@ -306,6 +313,7 @@ def simulate_control(
             first_seq=first_seq,
             first_episode=resume.next_episode,
             start_time=resume.time,
+            gate=gate,
         )
 
     return run_engine(
