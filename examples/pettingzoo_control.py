@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 from numpy.typing import NDArray
 
-from agents.pettingzoo_control import ControlMarketEnv
+from agents.pettingzoo_env import ControlMarketEnv
 from market.audit import audit
 
 POSITION = np.linspace(-1.2, 1.2, 13)

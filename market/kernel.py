@@ -88,7 +88,11 @@ class Kernel:
         first_seq: int,
         first_episode: int = 0,
         start_time: float = 0.0,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
+        """`gate`, if given, must also allow every new episode (an outside driver's say, as
+        in the PettingZoo interface); it may wait for it."""
+        self.gate = gate
         self.bus, self.run, self.task, self.society = bus, run, task, society
         self.mechanism, self.policy, self.gamma = mechanism, policy, gamma
         self.env = simpy.Environment(initial_time=start_time)
@@ -121,7 +125,9 @@ class Kernel:
     def _worker(
         self, on_episode: Callable[[EpisodeResult], None] | None
     ) -> Generator[simpy.Event, list[int], None]:
-        while self._budget.allows(self.next_episode, self.steps):
+        while self._budget.allows(self.next_episode, self.steps) and (
+            self.gate is None or self.gate()
+        ):
             ep = self.next_episode
             self.next_episode += 1
             result = yield from self._episode(ep)

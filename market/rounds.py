@@ -78,7 +78,11 @@ class RoundKernel:
         first_seq: int,
         first_episode: int = 0,
         start_time: float = 0.0,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
+        """`gate`, if given, must also allow every new episode (an outside driver's say, as
+        in the PettingZoo interface); it may wait for it."""
+        self.gate = gate
         self.bus, self.task, self.mechanism, self.policy = bus, task, mechanism, policy
         self.env = simpy.Environment(initial_time=start_time)
         self.seq = first_seq
@@ -158,7 +162,8 @@ class RoundKernel:
                 result = self._results[i]
                 if result is not None:
                     on_episode(result)
-        may = len(idx) if budget.allows(self.next_episode, self.steps) else 0
+        allowed = budget.allows(self.next_episode, self.steps)
+        may = len(idx) if allowed and (self.gate is None or self.gate()) else 0
         if budget.last is not None:
             may = min(may, max(budget.last - self.next_episode, 0))
         self._status[idx[may:]] = _IDLE

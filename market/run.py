@@ -82,6 +82,7 @@ def simulate(
     on_episode: Callable[[EpisodeResult], None] | None = None,
     bus: Bus | None = None,
     kernel: KernelChoice = "auto",
+    gate: Callable[[], bool] | None = None,
 ) -> RunSummary:
     """Run `config` with `policy` into `ledger` (opened, run, closed and flushed).
 
@@ -89,7 +90,7 @@ def simulate(
     committed transaction. `kernel` picks the episode kernel (one SimPy process per
     episode) or the round kernel (all concurrent episodes as arrays); both write the same
     ledger, so it is not part of the configuration. `auto` takes rounds when several
-    episodes run at once.
+    episodes run at once. `gate`, if given, must also allow every new episode.
     """
     task = make_task(config.task)
     society = Society.of(task, config.cloned)
@@ -107,6 +108,7 @@ def simulate(
             first_seq=first_seq,
             first_episode=resume.next_episode,
             start_time=resume.time,
+            gate=gate,
         )
 
     bus_ = bus if bus is not None else Bus(ledger)

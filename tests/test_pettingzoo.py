@@ -1,4 +1,4 @@
-"""The control market as a PettingZoo ParallelEnv: conformance, the ledger, an outside learner."""
+"""The markets as PettingZoo ParallelEnvs: conformance, the ledger, an outside learner."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
-from agents.pettingzoo_control import ControlMarketEnv
+from agents.pettingzoo_env import AuctionMarketEnv, ControlMarketEnv
 from ledger.events import ENVIRONMENT
 from ledger.store import MemoryLedger
+from ledger.utilities import utilities
 from market.audit import audit
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
@@ -27,6 +29,43 @@ def test_parallel_api_conformance() -> None:
 def test_parallel_seed_conformance() -> None:
     """PettingZoo's own seed test: the same seed and actions, the same episode."""
     parallel_seed_test(lambda: ControlMarketEnv("pendulum", 2), num_cycles=250)
+
+
+def test_auction_parallel_api_and_seed_conformance() -> None:
+    """PettingZoo's API and seed tests on the auction market (cloned CCV Chain, Vickrey
+    Duality)."""
+    env = AuctionMarketEnv("chain", "ccv")
+    parallel_api_test(env, num_cycles=200)
+    env.close()
+    parallel_seed_test(lambda: AuctionMarketEnv("duality", "v"), num_cycles=200)
+
+
+def test_auction_rewards_are_the_ledgers_utilities_and_bids_its_bids() -> None:
+    """Random bids over three episodes: each agent's summed reward is its summed utility as
+    the stored ledger folds it, every Bid event is the bid sent, and the run audits clean."""
+    env = AuctionMarketEnv("chain", "ccv")
+    rng = np.random.default_rng(1)
+    sent, got = [], dict.fromkeys(env.possible_agents, 0.0)
+    env.reset(seed=2)
+    for episode in range(3):
+        if episode:
+            env.reset()
+        while env.agents:
+            bids = {a: np.array([rng.random()]) for a in env.agents}
+            _, rewards, _, _, _ = env.step(bids)
+            sent.append([float(bids[a][0]) for a in env.possible_agents])
+            for a, r in rewards.items():
+                got[a] += r
+    env.close()
+    assert env.ledger is not None and audit(env.ledger).ok
+    events = list(env.ledger.events())
+    stored = utilities(events, 0.99)
+    for account in env.possible_agents:
+        folded = sum(u for (_, _, a), u in stored.items() if a == account) / 1e9
+        assert got[account] == pytest.approx(folded, abs=1e-9)
+    placed = [e.amount / 1e9 for e in events if e.kind == "bid"]
+    assert placed == pytest.approx([b for row in sent for b in row], abs=1e-9)
+    assert sum(1 for e in events if e.kind == "episode_end") == 3
 
 
 def play(seed: int, episodes: int = 2) -> tuple[ControlMarketEnv, list[dict[str, int]],
