@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from numpy.typing import NDArray
 from rich.progress import Progress
 
 from agents.control_learning import ControlSociety
@@ -45,7 +46,7 @@ from ledger.units import UNIT
 from market.audit import audit
 from market.bus import Bus
 from market.control import LEARNING_CONCURRENCY, ControlRunConfig, simulate_control
-from market.control_tasks import ControlTask, make_control_task
+from market.control_tasks import ControlTask, Pendulum, make_control_task, wrap
 
 FINAL_SHARE = 0.1
 """The share of a run's last episodes that the final figures average."""
@@ -128,6 +129,49 @@ def evaluate(society: ControlSociety, trained: ControlRunConfig) -> dict[str, ob
         "greedy_return_per_agent": float(episodes["return_per_agent"].mean()),  # type: ignore[arg-type]
         "greedy_held_share": float(episodes["held"].mean()),  # type: ignore[arg-type]
         "greedy_audit_clean": audit(ledger).ok,
+    }
+
+
+class Reference:
+    """A central controller that sees everything, for scale: pump energy toward that of
+    resting at theta*, then hold with a PD law; the wanted total torque is split over the
+    agents as evenly as the control set allows (pendulum only)."""
+
+    def __init__(self, task: Pendulum) -> None:
+        self.task = task
+
+    def act(self, x: NDArray[np.float64], previous: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Every agent's control index for states x (B, 2)."""
+        task, n = self.task, self.task.n_agents
+        theta, omega = x[:, 0], x[:, 1]
+        error = wrap(theta - task.theta_star)
+        energy = 0.5 * omega**2 + task.gravity * np.cos(theta)
+        pump = np.sign(omega + 1e-12) * (task.gravity * np.cos(task.theta_star) - energy) * 5
+        near = (np.abs(error) < 0.3) & (np.abs(omega) < 2)
+        wanted = np.where(near, -task.holding_torque - 20 * error - 4 * omega, pump)
+        step = task.controls[1] - task.controls[0]
+        levels = len(task.controls) - 1
+        total = np.clip(np.rint((wanted + n * task.u_max) / step), 0, n * levels).astype(int)
+        base, extra = np.divmod(total, n)
+        out: NDArray[np.int64] = base[:, None] + (np.arange(n)[None, :] < extra[:, None])
+        return out
+
+
+def reference(agents: int) -> dict[str, object]:
+    """The reference controller's greedy figures on pendulum-hanging (as `evaluate`)."""
+    task = make_control_task("pendulum-hanging", agents)
+    assert isinstance(task, Pendulum)
+    config = ControlRunConfig(task="pendulum-hanging", agents=agents, policy="zero",
+                              episodes=EVALUATION_EPISODES, concurrency=EVALUATION_EPISODES,
+                              seed=1_000_000)  # fmt: skip
+    ledger = MemoryLedger()
+    simulate_control(config, ledger, Reference(task))
+    episodes = episode_table(ledger.scan(), task)
+    return {
+        "agents": agents,
+        "return_per_agent": float(episodes["return_per_agent"].mean()),  # type: ignore[arg-type]
+        "held_share": float(episodes["held"].mean()),  # type: ignore[arg-type]
+        "audit_clean": audit(ledger).ok,
     }
 
 
@@ -311,6 +355,10 @@ def main() -> None:
     curve_frame.write_parquet(args.out / "curves.parquet")
     plot(curve_frame, args.out)
     print(tables(runs))
+    if args.task == "pendulum":
+        print("\nReference: a central controller that sees everything (pendulum-hanging)\n")
+        for n in sorted({int(a) for a in args.agents.split(",")}):
+            print(reference(n))
 
 
 if __name__ == "__main__":
