@@ -238,6 +238,7 @@ def summarise(
         .group_by(pl.col("i") // chunk, maintain_order=True)
         .agg(pl.col("env_steps").max(), pl.col("return_per_agent").mean(), pl.col("held").mean())
         .drop("i")
+        .sort("env_steps")
     )
     return row, curve.to_dicts()
 
@@ -281,7 +282,8 @@ def tables(runs: pl.DataFrame) -> str:
 
 
 def plot(curves: pl.DataFrame, out: Path) -> None:
-    """One PNG per number of agents: return per agent against env steps, a line per seed."""
+    """One PNG per number of agents: each method's return per agent against env steps, the
+    median over seeds with the range between the lowest and highest seed shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,16 +294,17 @@ def plot(curves: pl.DataFrame, out: Path) -> None:
         fig, ax = plt.subplots(figsize=(7, 4))
         for k, method in enumerate(m for m in METHODS if m in part["method"].to_list()):
             runs = part.filter(pl.col("method") == method)
-            for i, seed in enumerate(runs["seed"].unique().sort()):
-                r = runs.filter(pl.col("seed") == seed)
-                ax.plot(
-                    r["env_steps"],
-                    r["return_per_agent"],
-                    color=f"C{k}",
-                    alpha=0.6,
-                    label=method if i == 0 else None,
-                )
-        ax.set_title(f"control, N = {n}: return per agent per episode, one line per seed")
+            per_seed = [
+                runs.filter(pl.col("seed") == seed).sort("env_steps")
+                for seed in runs["seed"].unique().sort()
+            ]
+            length = min(r.height for r in per_seed)
+            steps = np.median([r["env_steps"].to_numpy()[:length] for r in per_seed], axis=0)
+            values = np.array([r["return_per_agent"].to_numpy()[:length] for r in per_seed])
+            ax.plot(steps, np.median(values, axis=0), color=f"C{k}", label=method)
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=f"C{k}",
+                            alpha=0.12)  # fmt: skip
+        ax.set_title(f"pendulum, N = {n}: training return per agent (median over seeds)")
         ax.set_xlabel("env steps")
         ax.set_ylabel("episode return per agent (credit)")
         ax.legend()

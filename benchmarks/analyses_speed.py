@@ -6,7 +6,7 @@ spawned process so that its peak memory (the process's maximum resident set, min
 the same process before the analysis) is its own. Targets (issue 6): every analysis at
 20M rows/s or more, and memory well under three times the ledger's size on disk.
 
-    python benchmarks/analyses.py [--events 10000000] [--ledger benchmarks/out/ledger-10m]
+    python benchmarks/analyses_speed.py [--events 10000000] [--ledger benchmarks/out/ledger-10m]
 """
 
 from __future__ import annotations
