@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 from numpy.typing import NDArray
-from rich.progress import Progress
+from pool import run_all
 
 from agents.control_learning import ControlSociety
 from agents.learning import learner_seed
@@ -343,15 +342,7 @@ def main() -> None:
         for method in args.methods.split(",")
         for seed in range(args.seeds)
     ]
-    rows, curves = [], []
-    with ProcessPoolExecutor(args.workers) as pool, Progress() as progress:
-        bar = progress.add_task("runs", total=len(jobs))
-        futures = [pool.submit(run_one, *job) for job in jobs]
-        for future in as_completed(futures):
-            row, curve = future.result()
-            rows.append(row)
-            curves.extend(curve)
-            progress.advance(bar)
+    rows, curves = run_all(run_one, jobs, args.workers)
     runs = pl.DataFrame(rows).sort("agents", "method", "seed")
     runs.write_parquet(args.out / "runs.parquet")
     curve_frame = pl.DataFrame(curves)

@@ -14,14 +14,13 @@ import argparse
 import tempfile
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
-from rich.progress import Progress
+from pool import run_all
 
 from agents.learning import LearningSociety, run_learning
 from agents.settings import PPOConfig
@@ -262,15 +261,7 @@ def main() -> None:
     labels = set(args.labels.split(",")) if args.labels else None
     chosen = [s for s in SETTINGS if s.task in tasks and (labels is None or s.label in labels)]
     jobs = [(s, seed) for s in chosen for seed in range(args.seeds)]
-    rows, curves = [], []
-    with ProcessPoolExecutor(args.workers) as pool, Progress() as progress:
-        bar = progress.add_task("runs", total=len(jobs))
-        futures = [pool.submit(run_one, s, seed, args.scale) for s, seed in jobs]
-        for future in as_completed(futures):
-            row, curve = future.result()
-            rows.append(row)
-            curves.extend(curve)
-            progress.advance(bar)
+    rows, curves = run_all(run_one, [(s, seed, args.scale) for s, seed in jobs], args.workers)
     runs = pl.DataFrame(rows).sort("task", "label", "seed")
     runs.write_parquet(args.out / "runs.parquet")
     curve_frame = pl.DataFrame(curves)

@@ -30,6 +30,8 @@ class Bus:
         self._by_account: defaultdict[
             str, list[tuple[EventHandler | None, BatchHandler | None]]
         ] = defaultdict(list)
+        self._rows_only: list[tuple[str, BatchHandler]] = []
+        """Account subscribers with a batch handler alone (they get transactions as batches)."""
 
     def subscribe_all(self, handler: TxHandler, batches: BatchHandler | None = None) -> None:
         """Call `handler` with every committed transaction; with `batches`, call that with
@@ -50,6 +52,8 @@ class Bus:
         if handler is None and batches is None:
             raise ValueError("subscribe needs an event handler, a batch handler or both")
         self._by_account[account].append((handler, batches))
+        if handler is None and batches is not None:
+            self._rows_only.append((account, batches))
 
     def publish(self, tx: Transaction | Sequence[EventBase]) -> None:
         """Append `tx` to the ledger (which may reject it whole), then deliver it."""
@@ -58,14 +62,12 @@ class Bus:
         for handle, _ in self._tx_handlers:
             handle(tx)
         self._deliver_to_accounts(tx, batched=False)
-        as_batch = None
-        for account, handlers in self._by_account.items():
-            for on_event, handle_rows in handlers:
-                if on_event is None and handle_rows is not None:
-                    as_batch = as_batch if as_batch is not None else of_transactions([tx])
-                    rows = as_batch.addressed_to(account)
-                    if len(rows):
-                        handle_rows(rows)
+        if self._rows_only:
+            as_batch = of_transactions([tx])
+            for account, handle_rows in self._rows_only:
+                rows = as_batch.addressed_to(account)
+                if len(rows):
+                    handle_rows(rows)
 
     def publish_batch(self, batch: EventBatch) -> None:
         """Append a batch of whole transactions (taken or rejected whole), then deliver it."""
