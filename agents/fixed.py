@@ -24,6 +24,16 @@ class TableBidder:
         return self.table[states]
 
 
+class ConstantBidder:
+    """Every bidder bids the same fixed amount in every state."""
+
+    def __init__(self, n_bidders: int, amount: float) -> None:
+        self.n_bidders, self.amount = n_bidders, amount
+
+    def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        return np.full((len(states), self.n_bidders), self.amount)
+
+
 class RandomBidder:
     """Bids uniformly at random on [0, 1], from its own generator."""
 
@@ -36,6 +46,11 @@ class RandomBidder:
 
 def truthful_values(task: Task, gamma: float) -> NDArray[np.float64]:
     """Q*(s, a) scaled into the bid range as the module docstring says."""
+    if not task.tabular:
+        raise ValueError(
+            f"truthful bidders bid Q*, which task {task.name!r} has no table of; "
+            "use --bidder random or constant, or --learn"
+        )
     q = task.q_star(gamma)
     scale = max(1.0, float(np.abs(q).max()))
     return np.clip(q / scale, 0.0, 1.0)
@@ -51,7 +66,7 @@ def make_bidder(
     gamma: float,
     rng: np.random.Generator,
     constant: float = 0.5,
-) -> TableBidder | RandomBidder:
+) -> TableBidder | RandomBidder | ConstantBidder:
     """The fixed bidder called `name` for every bidder of `society`."""
     prims = list(society.primitive_of)
     if name == "truthful":
@@ -59,5 +74,5 @@ def make_bidder(
     if name == "random":
         return RandomBidder(len(prims), rng)
     if name == "constant":
-        return TableBidder(np.full((task.n_states, len(prims)), constant))
+        return ConstantBidder(len(prims), constant)
     raise ValueError(f"unknown bidder {name!r}; choose one of: {', '.join(BIDDERS)}")

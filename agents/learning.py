@@ -20,6 +20,7 @@ import torch
 from numpy.typing import NDArray
 
 from agents.ppo_bidder import PPOBidders
+from agents.ppo_vision_bidder import VisionBidders
 from agents.settings import PPOConfig
 from ledger.payoff_columns import BatchPayoffTracker, SampleColumns
 from ledger.payoffs import PayoffTracker, Sample
@@ -37,7 +38,12 @@ class LearningSociety:
 
     def __init__(self, task: Task, society: Society, config: PPOConfig, seed: int) -> None:
         self.config = config
-        self.agent = PPOBidders(task.n_states, society.primitive_of, config, seed)
+        self.agent: PPOBidders | VisionBidders
+        if task.observation_shape is None:
+            self.agent = PPOBidders(task.n_states, society.primitive_of, config, seed)
+        else:
+            shape = task.observation_shape
+            self.agent = VisionBidders(task.observe, shape, society.primitive_of, config, seed)
         n = self.agent.n_primitives
         self._states: list[list[int]] = [[] for _ in range(n)]
         self._bids: list[list[float]] = [[] for _ in range(n)]
@@ -174,10 +180,11 @@ def run_learning(
 ) -> tuple[RunSummary, LearningSociety]:
     """Run `config` (whose `learner` holds a PPOConfig) with a learning society."""
     one_thread()
-    task = make_task(config.task)
+    task = make_task(config.task, config.seed, config.gamma)
     ppo = PPOConfig.model_validate(config.learner or {})
     learner = LearningSociety(task, Society.of(task, config.cloned), ppo, learner_seed(config.seed))
     learner.keep_samples = keep_samples
     bus = Bus(ledger)
     learner.attach(bus)
-    return simulate(config, ledger, learner, on_episode, bus=bus, kernel=kernel), learner
+    summary = simulate(config, ledger, learner, on_episode, bus=bus, kernel=kernel, task=task)
+    return summary, learner

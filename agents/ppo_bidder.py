@@ -150,6 +150,12 @@ class PPOBidders:
             )
         return self._table
 
+    @torch.no_grad()
+    def mean_bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Each primitive's mean bid at each state: shape (P, len(states))."""
+        mean = self.bank.distribution(torch.as_tensor(states)).mean
+        return np.asarray(mean.double().numpy(), dtype=np.float64)
+
     def parameters_changed(self) -> None:
         """Forget the cached bid table (after an update or a loaded snapshot)."""
         self._table = None

@@ -90,7 +90,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         config, run, ledger = _resumed(resume, sim.steps)
     else:
         config = auction_config(sim)
-    task = make_task(config.task)
+    task = make_task(config.task, config.seed, config.gamma)
     society = Society.of(task, config.cloned)
     policy, learner = _policy(config, task, society)
     if resume is None:
@@ -110,7 +110,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
                 load_snapshot(learner, snapshot)
 
     def go(on_episode: OnEpisode | None) -> RunSummary:
-        return simulate(config, ledger, policy, on_episode, bus=bus, kernel=kernel)
+        return simulate(config, ledger, policy, on_episode, bus=bus, kernel=kernel, task=task)
 
     def after() -> None:
         if record is not None:

@@ -18,6 +18,7 @@ class PPOConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hidden: int = Field(16, ge=1, description="width of the encoder and the value net")
+    channels: int = Field(16, ge=1, description="channels of each conv layer (image tasks)")
     gamma: float = Field(0.99, gt=0, le=1, description="discount inside the auction utility")
     clip: float = Field(0.2, gt=0, description="PPO ratio clip")
     entropy_coef: float = Field(0.1, ge=0, description="weight of the Beta's entropy bonus")

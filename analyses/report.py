@@ -24,7 +24,7 @@ from analyses.income import income
 from analyses.inequality import NOT_AGENTS, gini_over_time, inequality, lorenz
 from analyses.wealth import returns, wealth, wealth_over_time
 from market import rundir
-from market.tasks import TASKS, make_task
+from market.tasks import TABULAR_TASKS, make_task
 
 REPORT = "report"
 """The directory, inside a run directory, that a report is written to."""
@@ -170,7 +170,7 @@ def _late_mean(per_agent: pl.DataFrame) -> pl.DataFrame:
 
 def _q_star(config: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float64]] | None:
     task = config.get("task")
-    if task not in TASKS or not isinstance(config.get("gamma"), float):
+    if task not in TABULAR_TASKS or not isinstance(config.get("gamma"), float):
         return None
     return make_task(str(task)).q_star(float(config["gamma"]))
 

@@ -147,7 +147,7 @@ def _task_metrics(
     task: Task, setting: Setting, learner: LearningSociety, last: pl.DataFrame
 ) -> dict[str, object]:
     """What the paper compares: bids against Q*, the greedy society's choices and return."""
-    means = learner.agent.bank.distribution(torch.arange(task.n_states)).mean.detach().numpy()
+    means = learner.agent.mean_bids(np.arange(task.n_states))
     q = task.q_star(0.99)
     greedy = means.argmax(axis=0)  # (n_states,): the primitive with the highest mean bid
     out: dict[str, object] = {"greedy": "".join(task.primitive_names[g][-1] for g in greedy)}

@@ -135,7 +135,8 @@ class Kernel:
                 on_episode(result)
 
     def _episode(self, ep: int) -> Generator[simpy.Event, list[int], EpisodeResult]:
-        task, state, seller, total = self.task, self.task.start, ENVIRONMENT, 0
+        task, seller, total = self.task, ENVIRONMENT, 0
+        state = int(task.starts(np.array([ep], dtype=np.int64))[0])
         for t in range(task.horizon):
             bids = yield from self._bids(state)
             s = settle(self.mechanism, bids, first_sale=t == 0)

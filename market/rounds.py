@@ -3,8 +3,9 @@
 The same market as `market.kernel.Kernel`, held as arrays over K episode slots instead of K
 SimPy processes. At each instant one process draws the bids of every due episode with one
 policy call, settles all their auctions at once (argmax, second price, mint by row), steps
-the task through its transition table, and publishes the round's transactions as one
-`EventBatch`: row for row the events the episode kernel writes, in the same order.
+the task for all of them with one `Task.transition` call, and publishes the round's
+transactions as one `EventBatch`: row for row the events the episode kernel writes, in the
+same order.
 
 With unit durations (every tabular task) the two kernels write identical ledgers for the
 same configuration and policy; `tests/test_rounds.py` holds them to it. Slots due at the
@@ -89,8 +90,6 @@ class RoundKernel:
         self.next_episode = first_episode
         self.steps = 0
         """Auctions held so far (env steps)."""
-        self.tables = task.tables()
-        self._reward_units = np.rint(self.tables.reward * UNIT).astype(np.int64)
         self._prims = np.asarray(society.primitive_of, dtype=np.int64)
         n = len(self._prims)
         names = [ENVIRONMENT, AUCTIONEER, *society.accounts, run, task.name, mechanism.value]
@@ -171,12 +170,12 @@ class RoundKernel:
         self._status[go] = _RUNNING
         self._ep[go] = self.next_episode + np.arange(may)
         self.next_episode += may
-        self._t[go], self._state[go], self._total[go] = 0, self.task.start, 0
+        self._t[go], self._state[go], self._total[go] = 0, self.task.starts(self._ep[go]), 0
         self._seller[go] = _ENV
 
     def _round(self, idx: NDArray[np.int64], now: float) -> None:
         """One auction in each slot of `idx`, all settled and published together."""
-        k, pos, tables = len(idx), self._pos, self.tables
+        k, pos = len(idx), self._pos
         states, t = self._state[idx], self._t[idx]
         drawn = np.asarray(self.policy.bids(states), dtype=np.float64)
         bids = np.clip(np.rint(drawn * UNIT), 0, UNIT).astype(np.int64)
@@ -188,8 +187,9 @@ class RoundKernel:
         price = b2 if self.mechanism in PAYS_SECOND_PRICE else b1
         mint = (b1 - b2) * (t > 0) if self.mechanism is Mechanism.V else np.zeros(k, np.int64)
         prim, winner = self._prims[w], self._bidders[w]
-        nxt, reward = tables.next_state[states, prim], self._reward_units[states, prim]
-        done, duration = tables.done[states, prim], tables.duration[states, prim]
+        moved = self.task.transition(states, prim)
+        nxt, done, duration = moved.next_state, moved.done, moved.duration
+        reward = np.rint(moved.reward * UNIT).astype(np.int64)
         last = done | (t == self.task.horizon - 1)
         total = self._total[idx] + reward
 

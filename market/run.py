@@ -25,7 +25,7 @@ from market.kernel import EpisodeResult, Kernel
 from market.mechanisms import Mechanism
 from market.rounds import RoundKernel
 from market.society import Policy, Society
-from market.tasks import make_task
+from market.tasks import Task, make_task
 
 
 class RunConfig(BaseModel):
@@ -83,6 +83,7 @@ def simulate(
     bus: Bus | None = None,
     kernel: KernelChoice = "auto",
     gate: Callable[[], bool] | None = None,
+    task: Task | None = None,
 ) -> RunSummary:
     """Run `config` with `policy` into `ledger` (opened, run, closed and flushed).
 
@@ -90,9 +91,11 @@ def simulate(
     committed transaction. `kernel` picks the episode kernel (one SimPy process per
     episode) or the round kernel (all concurrent episodes as arrays); both write the same
     ledger, so it is not part of the configuration. `auto` takes rounds when several
-    episodes run at once. `gate`, if given, must also allow every new episode.
+    episodes run at once. `gate`, if given, must also allow every new episode. `task`, if
+    given, is the run's task already made (`make_task(config.task, seed, gamma)`), so a task
+    with a classifier or options to load is made once.
     """
-    task = make_task(config.task)
+    task = task if task is not None else make_task(config.task, config.seed, config.gamma)
     society = Society.of(task, config.cloned)
     rounds = kernel == "rounds" or (kernel == "auto" and config.concurrency > 1)
 

@@ -1,11 +1,19 @@
-"""The tabular tasks of Chang et al. (2020): Bandit, Chain, Duality, with Q* by value iteration.
+"""The tasks of Chang et al. (2020): the tabular Bandit, Chain and Duality (Q* by value
+iteration) here, and the registry of every task, including those over images.
 
-A task is a deterministic MDP over integer states: `step(state, primitive)` gives the next
-state, the reward (credit), whether the episode ends, and the duration in SimPy time.
+A task is a deterministic (semi-)MDP over integer state ids: `step(state, primitive)` gives the
+next state, the reward (credit), whether the episode ends, and the duration in SimPy time (an
+option that runs Delta env steps takes Delta). The ledger records state ids only.
+
+Tasks whose states are images (Mental Rotation, Two Rooms) say so with `observation_shape`;
+`observe(states)` gives what a learner sees of each id. Their episodes may start anywhere:
+`starts(episodes)` is a function of the episode number and the task's seed, so the two
+kernels start every episode in the same state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -31,13 +39,20 @@ class TaskTables(NamedTuple):
 
 
 class Task:
-    """A deterministic tabular task; subclasses define the transition table."""
+    """A deterministic task over integer state ids; subclasses define `step` (and, over
+    images, `observe` and `starts`)."""
 
     name: str = ""
     n_states: int = 0
     primitive_names: tuple[str, ...] = ()
     horizon: int = 1
     start: int = 0
+    observation_shape: tuple[int, ...] | None = None
+    """The shape of `observe`'s array per state; None for tabular tasks (learners one-hot
+    the state id)."""
+    tabular: bool = True
+    """Whether tables over every state (`tables`, `q_star`) are practical."""
+    _tables: TaskTables | None = None
 
     @property
     def n_primitives(self) -> int:
@@ -59,8 +74,30 @@ class Task:
             duration=np.array([[o.duration for o in row] for row in cells], dtype=np.float64),
         )
 
+    def starts(self, episodes: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The first state of each episode numbered in `episodes`."""
+        return np.full(len(episodes), self.start, dtype=np.int64)
+
+    def transition(self, states: NDArray[np.int64], primitives: NDArray[np.int64]) -> TaskTables:
+        """`step` for many (state, primitive) pairs at once, as arrays in their order."""
+        if self._tables is None:
+            self._tables = self.tables()
+        t = self._tables
+        return TaskTables(
+            next_state=t.next_state[states, primitives],
+            reward=t.reward[states, primitives],
+            done=t.done[states, primitives],
+            duration=t.duration[states, primitives],
+        )
+
+    def observe(self, states: NDArray[np.int64]) -> NDArray[np.float32]:
+        """What a learner sees of each state: shape (len(states), *observation_shape)."""
+        raise NotImplementedError(f"task {self.name!r} is tabular: learners see the state id")
+
     def q_star(self, gamma: float, sweeps: int = 10_000) -> NDArray[np.float64]:
         """Q*(s, a) of the stationary discounted MDP (the time-out is not part of the state)."""
+        if not self.tabular:
+            raise ValueError(f"task {self.name!r} has no Q* table ({self.n_states} states)")
         q = np.zeros((self.n_states, self.n_primitives))
         table = [[self.step(s, a) for a in range(self.n_primitives)] for s in range(self.n_states)]
         for _ in range(sweeps):
@@ -131,12 +168,54 @@ class Duality(Task):
         return Outcome(next_state=nxt, reward=reward, done=False)
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Bandit, Chain, Duality)}
+TaskFactory = Callable[[int, float], Task]
+"""Makes a task from the run's seed (where its episodes start) and discount (inside options)."""
 
 
-def make_task(name: str) -> Task:
-    """The task called `name`; a ValueError names the choices otherwise."""
+def _tabular(cls: type[Task]) -> TaskFactory:
+    return lambda seed, gamma: cls()
+
+
+def _mental_rotation(split: str) -> TaskFactory:
+    def make(seed: int, gamma: float) -> Task:
+        from market.mental_rotation import MentalRotation  # torch: loaded only when asked for
+
+        task: Task = MentalRotation(seed=seed, split=split)
+        return task
+
+    return make
+
+
+def _two_rooms(goal: str) -> TaskFactory:
+    def make(seed: int, gamma: float) -> Task:
+        from market.two_rooms import TwoRooms  # MiniGrid and torch: loaded only when asked for
+
+        task: Task = TwoRooms(goal=goal, seed=seed, gamma=gamma)
+        return task
+
+    return make
+
+
+TABULAR_TASKS = frozenset({"bandit", "chain", "duality"})
+"""The tasks with Q* tables (made without loading anything)."""
+TASKS: dict[str, TaskFactory] = {
+    "bandit": _tabular(Bandit),
+    "chain": _tabular(Chain),
+    "duality": _tabular(Duality),
+    "mental-rotation": _mental_rotation("train"),
+    "mental-rotation-test": _mental_rotation("test"),
+    "tworooms": _two_rooms("green"),
+    "tworooms-blue": _two_rooms("blue"),
+}
+"""Every task by name: `tworooms` pretrains on the green goal, `tworooms-blue` is the transfer;
+`mental-rotation-test` draws its inputs from the held-out digits."""
+
+
+def make_task(name: str, seed: int = 0, gamma: float = 0.99) -> Task:
+    """The task called `name` for a run of `seed` and discount `gamma`; a ValueError names
+    the choices otherwise."""
     try:
-        return TASKS[name]()
+        factory = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
+    return factory(seed, gamma)

@@ -10,14 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from unittest.mock import patch
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-import market.tasks
 from ledger.events import AUCTIONEER, ENVIRONMENT, EpisodeEnd, Mint
 from ledger.replay import replay
 from ledger.store import MemoryLedger
@@ -129,8 +127,7 @@ def run(d: Draw) -> MemoryLedger:
     config = RunConfig(
         task="scripted", mechanism=d.mechanism, cloned=d.cloned, episodes=len(d.episodes)
     )
-    with patch.dict(market.tasks.TASKS, {"scripted": scripted_task(d)}):
-        simulate(config, ledger, ScriptedPolicy(d))
+    simulate(config, ledger, ScriptedPolicy(d), task=scripted_task(d)())
     return ledger
 
 

@@ -173,7 +173,7 @@ def test_make_task_by_name(name: str) -> None:
 
 def test_unknown_task_names_the_choices() -> None:
     """An unknown task name raises ValueError listing every known task."""
-    with pytest.raises(ValueError, match="tworooms") as info:
-        make_task("tworooms")
-    for name in ("bandit", "chain", "duality"):
+    with pytest.raises(ValueError, match="threerooms") as info:
+        make_task("threerooms")
+    for name in ("bandit", "chain", "duality", "mental-rotation", "tworooms"):
         assert name in str(info.value)

@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from agents.learning import LearningSociety
+from agents.ppo_bidder import PPOBidders
 from agents.settings import PPOConfig
 from agents.training import latest_snapshot, load_snapshot
 from cli import app
@@ -60,6 +61,7 @@ def test_a_snapshot_restores_the_society_exactly(cwd: Path) -> None:
         assert torch.equal(tensor, saved["bank"][name])
     assert restored.agent.rng.bit_generator.state == saved["rng"]
     assert restored.updates == saved["updates"]
+    assert isinstance(restored.agent, PPOBidders)
     alpha, _ = restored.agent._bid_table()  # bids come from the restored parameters
     dist = restored.agent.bank.distribution(torch.arange(6))
     expected = dist.concentration1[restored.agent.primitive_of].detach().double().numpy()
