@@ -120,6 +120,14 @@ def simulate_cmd(
         Path | None,
         typer.Option(help="Continue a learning run from its last snapshot (--steps more)."),
     ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Start the learners from a learning run's latest snapshot (a transfer, e.g. "
+            "a society pretrained on tworooms, now on tworooms-blue).",
+        ),
+    ] = None,
     kernel: Annotated[
         str | None,
         typer.Option(
@@ -164,7 +172,7 @@ def simulate_cmd(
         "monolithic": monolithic, "episodes": episodes, "steps": steps, "seed": seed,
         "solitary": solitary, "gamma": gamma, "constant": constant,
         "concurrency": concurrency, "kernel": kernel, "variant": variant, "agents": agents,
-        "method": method,
+        "method": method, "init": str(init) if init is not None else None,
     }  # fmt: skip
     sim = guarded(lambda: resolve(preset, config, flags, assignments))
     prepared = guarded(lambda: prepare(sim, out, resume))

@@ -145,6 +145,12 @@ class LearningSociety:
             "auctions": self.auctions,
         }
 
+    def load_parameters(self, state: dict[str, Any]) -> None:
+        """Take the bid policies and value nets of a snapshot (a transfer: optimisers, random
+        states and buffers start afresh)."""
+        self.agent.bank.load_state_dict(state["bank"])
+        self.agent.parameters_changed()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()`'s output."""
         agent = self.agent

@@ -1,5 +1,9 @@
 """The monolithic baseline: one categorical PPO agent choosing the primitive at every state.
 
+Over a task of options (Two Rooms) this is the hierarchical baseline: a policy over frozen
+options. Its nets read the state as every learner does (`agents/encoders.py`): a one-hot row
+on tabular tasks, the task's observation through a small CNN on tasks over images.
+
 It runs in the same market, under the `env` mechanism with a solitary society: at each
 auction it bids 1 credit for the primitive it picks and 0 for the others, so the allocation
 is its action and no money but rewards moves. Its data comes from the bus like everyone
@@ -11,36 +15,46 @@ minibatches of 256 over 4096 samples, value MSE + 1e-3 L2, grad-norm 40, Adam 4e
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import nn
 from torch.distributions import Categorical
 
+from agents.encoders import inputs, state_encoder
 from agents.settings import PPOConfig
 from ledger.events import ENVIRONMENT, Allocate, Bid, EpisodeEnd, Reward
 from ledger.transaction import OWN, Transaction
 from ledger.units import UNIT
 from market.bus import Bus
+from market.tasks import Task
 
 
 class MonolithicPPO:
     """A categorical policy over a task's primitives, trained on episode returns."""
 
-    def __init__(self, n_states: int, n_primitives: int, config: PPOConfig, seed: int) -> None:
-        self.config, self.n_states, self.n_actions = config, n_states, n_primitives
+    def __init__(self, task: Task, config: PPOConfig, seed: int) -> None:
+        self.config, self.task = config, task
+        self.n_states, self.n_actions = task.n_states, task.n_primitives
         torch_seed, numpy_seed = np.random.SeedSequence(seed).generate_state(2)
         torch.manual_seed(int(torch_seed))
         self.generator = torch.Generator().manual_seed(int(torch_seed))
         self.rng = np.random.default_rng(int(numpy_seed))
-        h = config.hidden
-        self.policy = nn.Sequential(nn.Linear(n_states, h), nn.ReLU(), nn.Linear(h, n_primitives))
-        self.value = nn.Sequential(nn.Linear(n_states, h), nn.ReLU(), nn.Linear(h, 1))
+        self.policy = _net(task, config, self.n_actions)
+        self.value = _net(task, config, 1)
         self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=config.policy_lr)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
         self._open: dict[int, list[tuple[int, int, float]]] = {}
         self._samples: list[tuple[int, int, float]] = []
         self.updates: list[dict[str, float]] = []
+        self.recent: deque[int] = deque(maxlen=1000)
+        """The last primitives chosen (their shares are the mean one-hot bids)."""
+        self.on_update: Callable[[dict[str, float]], None] | None = None
+        """Called after every update with its metrics (for metrics files and snapshots)."""
 
     def attach(self, bus: Bus) -> None:
         """Learn from every transaction the bus commits from now on."""
@@ -49,14 +63,12 @@ class MonolithicPPO:
     @torch.no_grad()
     def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
         """One-hot bids: 1 credit for the sampled primitive at each state, 0 for the rest."""
-        probs = torch.softmax(self.policy(self._one_hot(torch.as_tensor(states))), -1).numpy()
+        probs = torch.softmax(self.policy(inputs(self.task, states)), -1).numpy()
         u = self.rng.random((len(states), 1))
         actions = np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), self.n_actions - 1)
+        self.recent.extend(actions.tolist())
         one_hot: NDArray[np.float64] = np.eye(self.n_actions)[actions]
         return one_hot
-
-    def _one_hot(self, states: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(states, self.n_states).float()
 
     def _on_transaction(self, tx: Transaction) -> None:
         episode = tx.header[2]
@@ -96,10 +108,9 @@ class MonolithicPPO:
 
     def _update(self, batch: list[tuple[int, int, float]]) -> None:
         cfg = self.config
-        s = torch.tensor([b[0] for b in batch])
+        x = inputs(self.task, np.array([b[0] for b in batch], dtype=np.int64))
         a = torch.tensor([b[1] for b in batch])
         g = torch.tensor([b[2] for b in batch], dtype=torch.float32)
-        x = self._one_hot(s)
         with torch.no_grad():
             old_logp = Categorical(logits=self.policy(x)).log_prob(a)
         order = torch.randperm(len(batch), generator=self.generator)
@@ -124,10 +135,47 @@ class MonolithicPPO:
             self.policy_opt.step()
             self.value_opt.step()
             losses.append(float(policy_loss.detach()))
-        self.updates.append({"policy_loss": float(np.mean(losses)), "mean_return": float(g.mean())})
+        metrics = {"policy_loss": float(np.mean(losses)), "mean_return": float(g.mean())}
+        self.updates.append(metrics)
+        if self.on_update is not None:
+            self.on_update(metrics)
 
-    def greedy(self) -> NDArray[np.int64]:
-        """The most likely primitive in every state."""
+    def mean_bids(self) -> list[float]:
+        """Each primitive's mean (one-hot) bid over the last 1000 choices: its share."""
+        counts = np.bincount(np.asarray(self.recent, dtype=np.int64), minlength=self.n_actions)
+        return [float(c) / max(len(self.recent), 1) for c in counts]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The nets, optimisers and random states (what a snapshot holds)."""
+        return {
+            "policy": self.policy.state_dict(),
+            "value": self.value.state_dict(),
+            "policy_opt": self.policy_opt.state_dict(),
+            "value_opt": self.value_opt.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "generator": self.generator.get_state(),
+            "updates": self.updates,
+        }
+
+    def load_parameters(self, state: dict[str, Any]) -> None:
+        """Take the nets of a snapshot (a transfer: optimisers and data start afresh)."""
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+
+    def greedy(self, states: NDArray[np.int64] | None = None) -> NDArray[np.int64]:
+        """The most likely primitive in each of `states` (every state of a tabular task)."""
+        states = np.arange(self.n_states) if states is None else states
         with torch.no_grad():
-            logits = self.policy(self._one_hot(torch.arange(self.n_states)))
+            logits = self.policy(inputs(self.task, states))
         return np.asarray(logits.argmax(-1).numpy(), dtype=np.int64)
+
+
+def _net(task: Task, config: PPOConfig, outputs: int) -> nn.Sequential:
+    """The task's state encoder, a hidden layer of `config.hidden`, then `outputs`."""
+    encoder = state_encoder(task, config.channels)
+    return nn.Sequential(
+        encoder,
+        nn.Linear(encoder.size, config.hidden),
+        nn.ReLU(),
+        nn.Linear(config.hidden, outputs),
+    )

@@ -8,6 +8,7 @@ printed: the caller shows progress through `on_episode` and reports the result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,7 +93,13 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         config = auction_config(sim)
     task = make_task(config.task, config.seed, config.gamma)
     society = Society.of(task, config.cloned)
+    if sim.init is not None and resume is None:
+        config = config.model_copy(update={"init": _init_source(Path(sim.init), config)})
     policy, learner = _policy(config, task, society)
+    if config.init is not None:
+        from agents.training import start_from
+
+        start_from(learner, Path(config.init.split(" sha256=")[0]))
     if resume is None:
         name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
         run, ledger = new_run(out, name, config.run_id, config.model_dump(mode="json"), sim)
@@ -103,11 +110,10 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         from agents.training import TrainingRecord, latest_snapshot, load_snapshot
 
         learner.attach(bus)
-        if isinstance(learner, LearningSociety):
-            record = TrainingRecord(run, learner, society)
-            snapshot = latest_snapshot(run) if resume is not None else None
-            if snapshot is not None:
-                load_snapshot(learner, snapshot)
+        record = TrainingRecord(run, learner, society)
+        snapshot = latest_snapshot(run) if resume is not None else None
+        if snapshot is not None and isinstance(learner, LearningSociety):
+            load_snapshot(learner, snapshot)
 
     def go(on_episode: OnEpisode | None) -> RunSummary:
         return simulate(config, ledger, policy, on_episode, bus=bus, kernel=kernel, task=task)
@@ -170,6 +176,20 @@ def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]
     return config.model_copy(update={"steps": more, "episodes": None}), run, ledger
 
 
+def _init_source(run: Path, config: RunConfig) -> str:
+    """The latest snapshot of learning run `run`, as `PATH sha256=HEX` (what `init` records)."""
+    if config.learner is None:
+        raise ValueError("--init starts learners: give --learn or --monolithic")
+    from agents.training import latest_snapshot
+
+    if not run.is_dir():
+        raise ValueError(f"--init {run}: no such run directory")
+    snapshot = latest_snapshot(run)
+    if snapshot is None:
+        raise ValueError(f"--init {run}: the run has no snapshot to start from")
+    return f"{snapshot} sha256={hashlib.sha256(snapshot.read_bytes()).hexdigest()}"
+
+
 def _policy(config: RunConfig, task: Task, society: Society) -> tuple[Policy, Any]:
     """The run's bidders: fixed ones, a learning society, or the monolithic baseline."""
     (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
@@ -186,7 +206,7 @@ def _policy(config: RunConfig, task: Task, society: Society) -> tuple[Policy, An
     seed = learner_seed(config.seed)
     learner: LearningSociety | MonolithicPPO
     if config.bidder == "monolithic":
-        learner = MonolithicPPO(task.n_states, task.n_primitives, ppo, seed)
+        learner = MonolithicPPO(task, ppo, seed)
     else:
         learner = LearningSociety(task, society, ppo, seed)
     return learner, learner

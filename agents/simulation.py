@@ -52,6 +52,9 @@ class Simulation(BaseModel):
     constant: float = 0.5
     concurrency: int | None = None
     kernel: str = "auto"
+    init: str | None = Field(
+        None, description="a learning run whose latest snapshot starts the learners (transfer)"
+    )
     agents: int = 2
     method: str | None = None
     ppo: PPOConfig = PPOConfig()

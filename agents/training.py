@@ -19,6 +19,7 @@ import polars as pl
 import torch
 
 from agents.learning import LearningSociety
+from agents.ppo_monolithic import MonolithicPPO
 from market.society import Society
 
 METRICS = "metrics.parquet"
@@ -29,7 +30,11 @@ class TrainingRecord:
     """Writes a learning society's metrics and snapshots into its run directory."""
 
     def __init__(
-        self, run: Path, learner: LearningSociety, society: Society, snapshot_every: int = 50
+        self,
+        run: Path,
+        learner: LearningSociety | MonolithicPPO,
+        society: Society,
+        snapshot_every: int = 50,
     ) -> None:
         self.run, self.learner, self.snapshot_every = run, learner, snapshot_every
         self.names = society.primitive_names
@@ -73,3 +78,14 @@ def latest_snapshot(run: Path) -> Path | None:
 def load_snapshot(learner: LearningSociety, path: Path) -> None:
     """Restore `learner` from a snapshot file."""
     learner.load_state_dict(torch.load(path, weights_only=False))
+
+
+def start_from(learner: LearningSociety | MonolithicPPO, path: Path) -> None:
+    """Start `learner` from the nets of snapshot `path` (a transfer); a one-line ValueError
+    when the snapshot holds another kind or shape of learner."""
+    state = torch.load(path, weights_only=False)
+    try:
+        learner.load_parameters(state)
+    except (KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"--init {path}: not a snapshot of this learner ({first})") from None

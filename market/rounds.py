@@ -64,7 +64,7 @@ class _Positions(NamedTuple):
 
 
 class RoundKernel:
-    """Runs auction episodes of one tabular task as rounds of array operations."""
+    """Runs auction episodes of one task as rounds of array operations."""
 
     def __init__(
         self,

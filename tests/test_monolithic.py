@@ -20,7 +20,7 @@ from market.tasks import make_task
 
 def run(task_name: str, steps: int, config: PPOConfig) -> tuple[MemoryLedger, MonolithicPPO]:
     task = make_task(task_name)
-    agent = MonolithicPPO(task.n_states, task.n_primitives, config, seed=0)
+    agent = MonolithicPPO(task, config, seed=0)
     ledger = MemoryLedger()
     bus = Bus(ledger)
     agent.attach(bus)
