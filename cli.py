@@ -128,6 +128,14 @@ def simulate_cmd(
             "a society pretrained on tworooms, now on tworooms-blue).",
         ),
     ] = None,
+    frozen: Annotated[
+        bool | None,
+        typer.Option(
+            "--frozen",
+            help="With --init: the learners bid from the snapshot and never update (evaluate "
+            "it, e.g. on mental-rotation-test).",
+        ),
+    ] = None,
     kernel: Annotated[
         str | None,
         typer.Option(
@@ -172,7 +180,7 @@ def simulate_cmd(
         "monolithic": monolithic, "episodes": episodes, "steps": steps, "seed": seed,
         "solitary": solitary, "gamma": gamma, "constant": constant,
         "concurrency": concurrency, "kernel": kernel, "variant": variant, "agents": agents,
-        "method": method, "init": str(init) if init is not None else None,
+        "method": method, "init": str(init) if init is not None else None, "frozen": frozen,
     }  # fmt: skip
     sim = guarded(lambda: resolve(preset, config, flags, assignments))
     prepared = guarded(lambda: prepare(sim, out, resume))

@@ -58,6 +58,8 @@ class LearningSociety:
         round kernel; an update's metrics record the count when it ran)."""
         self.on_update: Callable[[dict[str, float]], None] | None = None
         """Called after every update with its metrics (for metrics files and snapshots)."""
+        self.frozen = False
+        """Bid, but drop every batch instead of learning from it (an evaluation)."""
 
     def attach(self, bus: Bus) -> None:
         """Learn from every transaction the bus commits from now on."""
@@ -121,6 +123,8 @@ class LearningSociety:
         for col in columns:
             for p in range(len(col)):
                 del col[p][:k]
+        if self.frozen:
+            return
         metrics = self.agent.update(take[0], take[1], take[2])
         metrics |= {"mean_utility": float(take[2].mean()), "auctions": float(self.auctions)}
         self.updates.append(metrics)

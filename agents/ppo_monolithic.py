@@ -55,6 +55,8 @@ class MonolithicPPO:
         """The last primitives chosen (their shares are the mean one-hot bids)."""
         self.on_update: Callable[[dict[str, float]], None] | None = None
         """Called after every update with its metrics (for metrics files and snapshots)."""
+        self.frozen = False
+        """Act, but drop every batch instead of learning from it (an evaluation)."""
 
     def attach(self, bus: Bus) -> None:
         """Learn from every transaction the bus commits from now on."""
@@ -104,7 +106,8 @@ class MonolithicPPO:
                 self._samples[: self.config.batch],
                 self._samples[self.config.batch :],
             )
-            self._update(batch)
+            if not self.frozen:
+                self._update(batch)
 
     def _update(self, batch: list[tuple[int, int, float]]) -> None:
         cfg = self.config

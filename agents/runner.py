@@ -93,6 +93,8 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         config = auction_config(sim)
     task = make_task(config.task, config.seed, config.gamma)
     society = Society.of(task, config.cloned)
+    if sim.frozen and (sim.init is None or config.learner is None):
+        raise ValueError("--frozen evaluates a snapshot: give --init RUN with --learn/--monolithic")
     if sim.init is not None and resume is None:
         config = config.model_copy(update={"init": _init_source(Path(sim.init), config)})
     policy, learner = _policy(config, task, society)
@@ -100,6 +102,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         from agents.training import start_from
 
         start_from(learner, Path(config.init.split(" sha256=")[0]))
+        learner.frozen = config.frozen
     if resume is None:
         name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
         run, ledger = new_run(out, name, config.run_id, config.model_dump(mode="json"), sim)
@@ -141,6 +144,7 @@ def auction_config(sim: Simulation) -> RunConfig:
         constant=sim.constant,
         concurrency=concurrency,
         learner=sim.ppo_settings().model_dump() if learn else None,
+        frozen=sim.frozen,
     )
 
 

@@ -55,6 +55,9 @@ class Simulation(BaseModel):
     init: str | None = Field(
         None, description="a learning run whose latest snapshot starts the learners (transfer)"
     )
+    frozen: bool = Field(
+        False, description="the learners bid but never update (evaluate an --init snapshot)"
+    )
     agents: int = 2
     method: str | None = None
     ppo: PPOConfig = PPOConfig()

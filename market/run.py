@@ -44,6 +44,8 @@ class RunConfig(BaseModel):
     """The learning bidder's own configuration, when the bidder learns (recorded, hashed)."""
     init: str | None = None
     """The snapshot the learners start from (a transfer), as `PATH sha256=HEX`; None: fresh."""
+    frozen: bool = False
+    """The learners bid from their parameters and never update (an evaluation)."""
     seed: int = Field(default=0, ge=0)
     gamma: float = Field(default=0.99, gt=0.0, le=1.0)
     constant: float = Field(default=0.5, ge=0.0, le=1.0)

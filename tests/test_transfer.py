@@ -1,0 +1,106 @@
+"""--init starts a run's learners from another run's snapshot (a transfer); --frozen evaluates
+a snapshot without learning; the vision learner runs on a task over images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from agents.learning import LearningSociety
+from agents.runner import prepare
+from agents.simulation import resolve
+from agents.training import latest_snapshot
+from cli import app
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MARKET_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def market(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+SMALL = ("--set", "ppo.batch=256")
+
+
+def _bank(learner: LearningSociety) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in learner.agent.bank.state_dict().items()}
+
+
+def test_init_starts_the_learners_from_the_runs_latest_snapshot(cwd: Path) -> None:
+    """A run made with --init holds the snapshot's parameters before its first update, and
+    records which snapshot (path and sha256) in its config."""
+    code, _ = market(
+        "simulate", "--task", "chain", "--learn", "--steps", "3000", "--out", "a", *SMALL
+    )
+    assert code == 0
+    snapshot = latest_snapshot(cwd / "a")
+    assert snapshot is not None
+    sim = resolve(flags={"task": "duality", "learn": True, "steps": 100, "init": "a"})
+    with pytest.raises(ValueError, match="not a snapshot of this learner"):
+        prepare(sim, cwd / "x")  # Duality's 3 states: another shape of learner
+    assert not (cwd / "x").exists()  # nothing written for a run that cannot start
+    sim = resolve(flags={"task": "chain", "learn": True, "steps": 100, "init": "a", "seed": 5})
+    prepared = prepare(sim, cwd / "b")
+    saved = torch.load(snapshot, weights_only=False)["bank"]
+    assert all(torch.equal(t, saved[k]) for k, t in _bank(prepared.learner).items())
+    recorded = json.loads((cwd / "b" / "config.json").read_text())["init"]
+    path, digest = recorded.split(" sha256=")
+    assert Path(path).resolve() == snapshot.resolve() and len(digest) == 64
+
+
+def test_frozen_learners_bid_from_the_snapshot_and_never_update(cwd: Path) -> None:
+    """--frozen: no update runs, the parameters stay the snapshot's, and the ledger audits."""
+    market("simulate", "--task", "chain", "--learn", "--steps", "3000", "--out", "a", *SMALL)
+    sim = resolve(
+        flags={"task": "chain", "learn": True, "steps": 3000, "init": "a", "frozen": True},
+        assignments=["ppo.batch=256"],
+    )
+    prepared = prepare(sim, cwd / "ev")
+    before = _bank(prepared.learner)
+    finished = prepared.execute()
+    assert finished.report.ok and finished.summary.episodes > 0
+    assert prepared.learner.updates == []
+    assert all(torch.equal(t, before[k]) for k, t in _bank(prepared.learner).items())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--learn", "--init", "nowhere"), "--init nowhere: no such run directory"),
+        (("--init", "a"), "--init starts learners"),
+        (("--learn", "--frozen"), "--frozen evaluates a snapshot"),
+    ],
+)
+def test_bad_init_and_frozen_flags_are_one_line_errors(
+    cwd: Path, args: tuple[str, ...], message: str
+) -> None:
+    """A missing run, --init without learners, or --frozen without --init: exit 2, one line."""
+    (cwd / "a").mkdir()
+    code, out = market("simulate", "--task", "chain", "--steps", "100", *args)
+    assert code == 2
+    assert out.strip().splitlines() == [f"error: {out.strip().removeprefix('error: ')}"]
+    assert message in out
+
+
+def test_a_society_of_cnn_bidders_learns_on_mental_rotation(cwd: Path) -> None:
+    """On a task over images the society's bidders are CNNs: updates run and the ledger audits."""
+    code, out = market(
+        "simulate", "--task", "mental-rotation", "--learn", "--steps", "1200", "--out", "mr",
+        "--set", "ppo.batch=128", "--set", "ppo.channels=4",
+    )  # fmt: skip
+    assert code == 0 and "AUDIT CLEAN" in out
+    metrics = pl.read_parquet(cwd / "mr" / "metrics.parquet")
+    assert metrics.height >= 2
+    assert np.isfinite(metrics["policy_loss"].to_numpy()).all()
