@@ -24,6 +24,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.settings import ControlDQNConfig, PPOConfig
+from market.rundir import SIMULATION
 
 DERIVED = {
     "ppo.gamma": "set gamma (the run's discount) instead",
@@ -90,6 +91,9 @@ class Preset:
 
 
 _LEARN = {"learn": True}
+_IMAGES = {"channels": 8, "policy_lr": 1e-3, "batch": 1024, "epochs": 4}
+"""PPO on tasks over images: CNN bidders learn far faster with a larger step size and four
+passes over smaller batches (docs/results.md, Mental Rotation)."""
 PRESETS: dict[str, Preset] = {
     "chain": Preset("Chain, a learning cloned society (CCV unless told)", {
         "task": "chain", **_LEARN, "steps": 1_000_000}),
@@ -111,6 +115,9 @@ PRESETS: dict[str, Preset] = {
         "task": "bandit", "mechanism": "fp", **_LEARN, "steps": 600_000}),
     "bandit-env": Preset("Bandit, cloned, environment reward only, 600k env steps", {
         "task": "bandit", "mechanism": "env", **_LEARN, "steps": 600_000}),
+    "mental-rotation": Preset("Mental Rotation: a cloned CCV society of six affine functions", {
+        "task": "mental-rotation", "mechanism": "ccv", **_LEARN, "steps": 60_000,
+        "ppo": _IMAGES}),
     "chain-monolithic": Preset("Chain, the monolithic categorical PPO baseline", {
         "task": "chain", "monolithic": True, "steps": 1_000_000}),
     "pendulum-full": Preset("Control: 2 agents swing up and hold the pendulum, TER+IER+IQL", {
@@ -135,13 +142,17 @@ def resolve(
     flags: dict[str, Any] | None = None,
     assignments: list[str] | None = None,
 ) -> Simulation:
-    """The Simulation of the layers: defaults < preset < file < flags < `a.b=value`s (the
-    file may be given as its parsed contents)."""
+    """The Simulation of the layers: defaults < preset < the learner settings of an `init`
+    run < file < flags < `a.b=value`s (the file may be given as its parsed contents)."""
     data: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; `market presets` lists them")
         _merge(data, PRESETS[preset].settings)
+    init = (flags or {}).get("init")
+    if init is not None and (Path(init) / SIMULATION).is_file():
+        learned = read_toml(Path(init) / SIMULATION)  # the snapshot's nets' shapes
+        _merge(data, {k: learned[k] for k in ("ppo",) if k in learned})
     if isinstance(config_file, dict):
         _merge(data, config_file)
     elif config_file is not None:
