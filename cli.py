@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.fixed import BIDDERS
-from agents.runner import Finished, Prepared, prepare
+from agents.runner import OPTION_TASKS, Finished, Prepared, prepare
 from agents.simulation import resolve
 from analyses.wealth import wealth
 from ledger.errors import LedgerError
@@ -183,6 +183,13 @@ def simulate_cmd(
         "method": method, "init": str(init) if init is not None else None, "frozen": frozen,
     }  # fmt: skip
     sim = guarded(lambda: resolve(preset, config, flags, assignments))
+    if sim.task in OPTION_TASKS:
+        from agents.option_ppo import ensure_options, rich_progress
+        from market.two_rooms import options_path
+
+        if not options_path().exists():
+            with rich_progress() as progress:  # the first Two Rooms run trains its options
+                guarded(lambda: ensure_options(progress=progress))
     prepared = guarded(lambda: prepare(sim, out, resume))
     finished = _execute_with_progress(prepared)
     _print_finished(finished)

@@ -30,6 +30,8 @@ from market.society import Policy, Society
 from market.tasks import Task, make_task
 
 OnEpisode = Callable[[EpisodeResult], None]
+OPTION_TASKS = frozenset({"tworooms", "tworooms-blue"})
+"""The tasks whose primitives are options the project trains (agents/option_ppo.py)."""
 
 
 @dataclass
@@ -91,6 +93,10 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         config, run, ledger = _resumed(resume, sim.steps)
     else:
         config = auction_config(sim)
+    if config.task in OPTION_TASKS:
+        from agents.option_ppo import ensure_options
+
+        ensure_options()  # trained once into the cache (the CLI shows the progress)
     task = make_task(config.task, config.seed, config.gamma)
     society = Society.of(task, config.cloned)
     if sim.frozen and (sim.init is None or config.learner is None):

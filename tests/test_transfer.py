@@ -104,3 +104,23 @@ def test_a_society_of_cnn_bidders_learns_on_mental_rotation(cwd: Path) -> None:
     metrics = pl.read_parquet(cwd / "mr" / "metrics.parquet")
     assert metrics.height >= 2
     assert np.isfinite(metrics["policy_loss"].to_numpy()).all()
+
+
+def test_two_rooms_pretrains_and_transfers_through_the_cli(cwd: Path) -> None:
+    """Society and hierarchical baseline run on Two Rooms' options, each transfers from its own
+    snapshot to the blue goal, and every ledger audits (tiny options, tiny budgets)."""
+    from agents.option_ppo import OptionPPOSettings, ensure_options
+
+    tiny = OptionPPOSettings(door_steps=256, goal_steps=256, envs=4, rollout=32, minibatch=64)
+    ensure_options(seed=0, settings=tiny)  # into the test's own cache
+    budget = ("--steps", "400", "--set", "ppo.batch=128", "--set", "ppo.channels=4")
+    for preset, name in (("tworooms", "s"), ("tworooms-monolithic", "m")):
+        code, out = market("simulate", "--preset", preset, *budget, "--out", f"{name}-green")
+        assert code == 0 and "AUDIT CLEAN" in out, out
+        code, out = market(
+            "simulate", "--preset", preset, "--task", "tworooms-blue", "--init", f"{name}-green",
+            *budget, "--out", f"{name}-blue",
+        )  # fmt: skip
+        assert code == 0 and "AUDIT CLEAN" in out, out
+        config = json.loads((cwd / f"{name}-blue" / "config.json").read_text())
+        assert config["task"] == "tworooms-blue" and config["init"].startswith(f"{name}-green")

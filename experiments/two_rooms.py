@@ -1,0 +1,158 @@
+"""Two Rooms (Chang et al. 2020) on this engine: does a society of frozen options transfer
+to a new goal with fewer samples than a monolithic hierarchical PPO over the same options?
+
+Per method and seed: pretrain on `tworooms` (reach green), then transfer to `tworooms-blue`
+from the method's own final snapshot (`--init`). The society is a cloned CCV society of CNN
+bidders (preset `tworooms`); the baseline a categorical PPO choosing options (preset
+`tworooms-monolithic`). Env steps are MiniGrid steps: the sum of the options' durations.
+A phase is solved when CRITERION of the last WINDOW episodes reach the goal. Prints markdown
+tables and writes runs.parquet, curves.parquet and two-rooms.png to --out.
+
+    python experiments/two_rooms.py --seeds 5 [--workers 2] [--steps 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from pool import Row, run_all
+
+from agents.runner import prepare
+from agents.simulation import resolve
+
+PRESETS = {"society": "tworooms", "monolithic": "tworooms-monolithic"}
+WINDOW = 100
+CRITERION = 0.9
+"""The share of the last WINDOW episodes that reach the goal, to count a phase solved."""
+
+
+def run_one(method: str, seed: int, steps: int, out: Path) -> tuple[Row, list[Row]]:
+    """Pretrain and transfer one method: its summary row and both phases' curves."""
+    row: Row = {"method": method, "seed": seed}
+    curves: list[Row] = []
+    pretrained = out / f"{method}-green-s{seed}"
+    for phase, task in (("pretrain", "tworooms"), ("transfer", "tworooms-blue")):
+        flags: dict[str, object] = {"seed": seed, "steps": steps, "task": task}
+        if phase == "transfer":
+            flags["init"] = str(pretrained)
+        began = time.perf_counter()
+        run = prepare(resolve(PRESETS[method], flags=flags), out / f"{method}-{task}-s{seed}")
+        finished = run.execute()
+        seconds = time.perf_counter() - began
+        progress = _progress(finished.ledger.scan())
+        solved = progress.filter(pl.col("success") >= CRITERION)
+        env_steps = int(progress["env_steps"].max() or 0)  # type: ignore[arg-type]
+        row |= {
+            f"{phase}_env_steps_to_solve": int(solved["env_steps"][0]) if solved.height else None,
+            f"{phase}_final_success": float(progress["success"][-1]),
+            f"{phase}_env_steps": env_steps,
+            f"{phase}_seconds": seconds,
+            f"{phase}_env_steps_per_s": env_steps / seconds,
+            f"{phase}_audit_clean": finished.report.ok,
+        }
+        every = max(progress.height // 200, 1)
+        curves += [
+            {"method": method, "seed": seed, "phase": phase, **point}
+            for point in progress.gather_every(every).select("env_steps", "success").to_dicts()
+        ]
+    return row, curves
+
+
+def _progress(events: pl.LazyFrame) -> pl.DataFrame:
+    """Per finished episode: the env steps taken so far and the recent share of successes."""
+    moves = (
+        events.filter(pl.col("kind") == "transform")
+        .select("seq", pl.col("duration").cum_sum().cast(pl.Int64).alias("env_steps"))
+        .collect()
+    )
+    ends = (
+        events.filter(pl.col("kind") == "episode_end")
+        .select("seq", (pl.col("episode_return") > 0).cast(pl.Float64).alias("reached"))
+        .collect()
+    )
+    return ends.join_asof(moves, on="seq").with_columns(
+        pl.col("reached").rolling_mean(WINDOW).fill_null(0.0).alias("success")
+    )
+
+
+def _tables(runs: pl.DataFrame) -> str:
+    def cell(values: pl.Series) -> str:
+        v = values.drop_nulls().cast(pl.Float64).to_numpy()
+        if v.size == 0:
+            return "none"
+        return f"{np.median(v):,.0f} [{v.min():,.0f}, {v.max():,.0f}] ({v.size} solved)"
+
+    head = "| method | seeds | phase | env steps to solve | final success | env steps/s | clean |"
+    lines = [head, "|---" * 7 + "|"]
+    for method in runs["method"].unique(maintain_order=True):
+        part = runs.filter(pl.col("method") == method)
+        for phase in ("pretrain", "transfer"):
+            success = np.median(part[f"{phase}_final_success"].to_numpy())
+            speed = np.median(part[f"{phase}_env_steps_per_s"].to_numpy())
+            clean = bool(part[f"{phase}_audit_clean"].all())
+            lines.append(
+                f"| {method} | {part.height} | {phase} | "
+                f"{cell(part[f'{phase}_env_steps_to_solve'])} | {success:.2f} | {speed:,.0f} | "
+                f"{clean} |"
+            )
+    return "\n".join(lines)
+
+
+def _plot(curves: pl.DataFrame, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, (phase, title) in zip(
+        axes,
+        (("pretrain", "pretrain: reach green"), ("transfer", "transfer: reach blue")),
+        strict=True,
+    ):
+        for m, method in enumerate(curves["method"].unique(maintain_order=True)):
+            part = curves.filter((pl.col("method") == method) & (pl.col("phase") == phase))
+            for i, seed in enumerate(part["seed"].unique().sort()):
+                r = part.filter(pl.col("seed") == seed)
+                ax.plot(r["env_steps"], r["success"], color=f"C{m}", alpha=0.6,
+                        label=method if i == 0 else None)  # fmt: skip
+        ax.axhline(CRITERION, color="grey", linestyle=":", label=f"criterion ({CRITERION})")
+        ax.set_title(f"Two Rooms, {title}")
+        ax.set_xlabel("env steps (MiniGrid steps inside the options)")
+        ax.set_ylabel(f"share of the last {WINDOW} episodes reaching the goal")
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "two-rooms.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20_000, help="auctions per phase")
+    parser.add_argument("--methods", default="society,monolithic")
+    parser.add_argument("--out", type=Path, default=Path("experiments/out/two-rooms"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from agents.option_ppo import ensure_options, rich_progress
+
+    with rich_progress() as progress:  # once, before the workers start
+        ensure_options(progress=progress)
+    methods = args.methods.split(",")
+    jobs = [(m, seed, args.steps, args.out) for m in methods for seed in range(args.seeds)]
+    rows, curve_rows = run_all(run_one, jobs, args.workers)
+    runs = pl.DataFrame(rows).sort("method", "seed")
+    curves = pl.DataFrame(curve_rows)
+    runs.write_parquet(args.out / "runs.parquet")
+    curves.write_parquet(args.out / "curves.parquet")
+    _plot(curves, args.out)
+    print(_tables(runs))
+
+
+if __name__ == "__main__":
+    main()
