@@ -34,7 +34,7 @@ def run_one(method: str, seed: int, steps: int, out: Path) -> tuple[Row, list[Ro
     """Pretrain and transfer one method: its summary row and both phases' curves."""
     row: Row = {"method": method, "seed": seed}
     curves: list[Row] = []
-    pretrained = out / f"{method}-green-s{seed}"
+    pretrained = out / f"{method}-tworooms-s{seed}"
     for phase, task in (("pretrain", "tworooms"), ("transfer", "tworooms-blue")):
         flags: dict[str, object] = {"seed": seed, "steps": steps, "task": task}
         if phase == "transfer":
