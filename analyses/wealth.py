@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ledger.replay import postings
+from analyses.flows import checkpoint_flows, flows, postings
 from ledger.units import UNIT
 
 
@@ -15,14 +15,13 @@ def wealth(events: pl.LazyFrame, upto: int | None = None) -> pl.DataFrame:
     """
     if upto is not None:
         events = events.filter(pl.col("seq") <= upto)
-    opened = events.filter(pl.col("kind") == "open").select("account").unique()
-    sums = postings(events).group_by("account").agg(pl.col("delta").cast(pl.Int128).sum())
+    # Speed: the transfers are summed per (src, dst) in the scan; this folds a few rows.
     return (
-        opened.join(sums, on="account", how="full", coalesce=True)
-        .select("account", pl.col("delta").fill_null(0).alias("units"))
+        postings(flows(events))
+        .group_by("account")
+        .agg(pl.col("amount").sum().alias("units"))
         .with_columns((pl.col("units").cast(pl.Float64) / UNIT).alias("credit"))
         .sort("account")
-        .collect()
     )
 
 
@@ -47,7 +46,10 @@ def wealth_over_time(events: pl.LazyFrame, points: int = 100) -> pl.DataFrame:
     """
     if points < 1:
         raise ValueError(f"points must be at least 1; got {points}")
-    last = events.select(pl.col("seq").max()).collect().item()
+    # Speed: a ledger's scan is ordered by seq, so its last row holds the largest seq, and
+    # reading it reads only the last segment. The one scan below finds the true largest seq
+    # too; the work is redone with it if the frame was not ordered.
+    last = events.select(pl.col("seq").last()).collect().item()
     if last is None:
         return pl.DataFrame(
             schema={
@@ -58,27 +60,21 @@ def wealth_over_time(events: pl.LazyFrame, points: int = 100) -> pl.DataFrame:
                 "credit": pl.Float64,
             }
         )
-    width = -(-(last + 1) // points)  # ceil: every seq falls in one of `points` buckets
-    bucket = (pl.col("seq") // width).alias("bucket")
+    flows = checkpoint_flows(events, _bucket(points, last))
+    if (largest := flows.groups["seq"].max()) != last:
+        assert isinstance(largest, int)
+        flows = checkpoint_flows(events, _bucket(points, largest))
     closes = (
-        events.group_by(bucket)
+        flows.groups.group_by("bucket")
         .agg(pl.col("seq").max(), pl.col("time").max())
         .sort("bucket")
-        .collect()
     )
-    moved = (
-        postings(events)
-        .group_by("account", bucket)
-        .agg(pl.col("delta").cast(pl.Int128).sum())
-        .collect()
-    )
-    opened = events.filter(pl.col("kind") == "open").select("account").collect()
-    accounts = pl.concat([opened, moved.select("account")]).unique()
-    grid = accounts.join(closes, how="cross")
+    moved = postings(flows, "bucket").group_by("account", "bucket").agg(pl.col("amount").sum())
+    grid = moved.select("account").unique().join(closes, how="cross")
     return (
         grid.join(moved, on=["account", "bucket"], how="left")
         .sort("account", "bucket")
-        .with_columns(pl.col("delta").fill_null(0).cum_sum().over("account").alias("units"))
+        .with_columns(pl.col("amount").fill_null(0).cum_sum().over("account").alias("units"))
         .select(
             "account",
             "seq",
@@ -87,3 +83,9 @@ def wealth_over_time(events: pl.LazyFrame, points: int = 100) -> pl.DataFrame:
             (pl.col("units").cast(pl.Float64) / UNIT).alias("credit"),
         )
     )
+
+
+def _bucket(points: int, last: int) -> pl.Expr:
+    """Each event's checkpoint (0 to points - 1) when the largest seq is `last`."""
+    width = -(-(last + 1) // points)  # ceil: every seq falls in one of `points` buckets
+    return (pl.col("seq") // width).alias("bucket")

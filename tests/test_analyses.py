@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from conftest import ALICE, BOB, control_history, history
+from conftest import ACCOUNTS, ALICE, BOB, control_history, history
 
 from analyses.auctions import auctions, bids, bids_against, prices, winners
 from analyses.control import agent_returns
@@ -166,3 +166,35 @@ def test_agent_returns_by_hand() -> None:
     """conftest's control run: each agent pays 10 (alice) or 11 (bob) per step, two steps."""
     frame = agent_returns(stored(control_history()).scan())
     assert frame.select("episode", "agent", "units").rows() == [(0, ALICE, -20), (0, BOB, -22)]
+
+
+# --- issue 6: the speed tricks keep the results exact -------------------------------------
+
+
+def test_only_transfers_carry_a_payer() -> None:
+    """The money analyses take a row with `src` set for a transfer (analyses.flows): true
+    while exactly the transfer kinds have a `src` field."""
+    from ledger.events import FIELDS, KIND, TRANSFER_KINDS
+
+    assert {KIND[model] for model, fields in FIELDS.items() if "src" in fields} == TRANSFER_KINDS
+
+
+def test_analyses_do_not_depend_on_row_order() -> None:
+    """The same numbers from the events in reverse order: wealth_over_time then finds that the
+    last row does not hold the largest seq, and the openings are not where a ledger has them."""
+    events = stored(history()).scan()
+    backwards = events.reverse()
+    assert wealth(backwards).equals(wealth(events))
+    assert income(backwards).equals(income(events))
+    assert wealth_over_time(backwards, points=7).equals(wealth_over_time(events, points=7))
+    assert prices(backwards).equals(prices(events))
+    assert winners(backwards).equals(winners(events))
+
+
+def test_openings_are_found_when_their_rows_moved() -> None:
+    """If the rows counted as openings hold other events when read again, every row is read."""
+    from analyses.flows import _opened
+
+    events = stored(history()).scan()
+    misplaced = pl.DataFrame({"_openings": [4], "_first_opening": [0], "_last_opening": [0]})
+    assert sorted(_opened(events, misplaced)) == sorted(ACCOUNTS)
