@@ -119,9 +119,9 @@ PRESETS: dict[str, Preset] = {
         "task": "mental-rotation", "mechanism": "ccv", **_LEARN, "steps": 60_000,
         "ppo": _IMAGES}),
     "tworooms": Preset("Two Rooms: a cloned CCV society of three frozen options, reach green", {
-        "task": "tworooms", "mechanism": "ccv", **_LEARN, "steps": 20_000, "ppo": _IMAGES}),
+        "task": "tworooms", "mechanism": "ccv", **_LEARN, "steps": 60_000, "ppo": _IMAGES}),
     "tworooms-monolithic": Preset("Two Rooms: the hierarchical PPO over the options, green", {
-        "task": "tworooms", "monolithic": True, "steps": 20_000, "ppo": _IMAGES}),
+        "task": "tworooms", "monolithic": True, "steps": 60_000, "ppo": _IMAGES}),
     "chain-monolithic": Preset("Chain, the monolithic categorical PPO baseline", {
         "task": "chain", "monolithic": True, "steps": 1_000_000}),
     "pendulum-full": Preset("Control: 2 agents swing up and hold the pendulum, TER+IER+IQL", {

@@ -8,7 +8,7 @@ bidders (preset `tworooms`); the baseline a categorical PPO choosing options (pr
 A phase is solved when CRITERION of the last WINDOW episodes reach the goal. Prints markdown
 tables and writes runs.parquet, curves.parquet and two-rooms.png to --out.
 
-    python experiments/two_rooms.py --seeds 5 [--workers 2] [--steps 20000]
+    python experiments/two_rooms.py --seeds 5 [--workers 2] [--steps 60000]
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20_000, help="auctions per phase")
+    parser.add_argument("--steps", type=int, default=60_000, help="auctions per phase")
     parser.add_argument("--methods", default="society,monolithic")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/two-rooms"))
     args = parser.parse_args()
