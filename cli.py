@@ -222,6 +222,7 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
     for note in report.torn_tail:
         console.print(f"[yellow]torn tail:[/] {note}", soft_wrap=True)
     console.print(_audit_table(report))
+    console.print(_lifecycle_table(report))
     if not report.ok:
         raise typer.Exit(1)
 
@@ -415,6 +416,27 @@ def _audit_table(report: AuditReport) -> Table:
         f"{to_credit(report.minted):.6f}",
         style="bold",
     )
+    return table
+
+
+def _lifecycle_table(report: AuditReport) -> Table:
+    table = Table(title="accounts' lifecycle (credit)")
+    for col in ("event", "count", "credit"):
+        table.add_column(col, justify="left" if col == "event" else "right")
+    rows = [
+        ("opened", report.opens, None),
+        ("closed", report.closes, None),
+        ("endowed", report.endowments, report.endowed),
+        ("  of which by the environment", None, report.endowed_in),
+        ("rent paid", None, report.rent),
+        ("liquidated", report.liquidations, report.liquidated),
+    ]
+    for event, count, units in rows:
+        table.add_row(
+            event,
+            "" if count is None else f"{count:,}",
+            "" if units is None else f"{to_credit(units):.6f}",
+        )
     return table
 
 

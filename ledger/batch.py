@@ -2,11 +2,13 @@
 
 An `EventBatch` is rows of the ledger table (`schema.SCHEMA`) held as NumPy columns: `kind`
 is an index into `MODELS`, string columns hold codes into the batch's `strings`, and a field
-a kind does not have is ignored (stored as null). A vector column (the control variant's
-states and joint controls) is a 2-D array, one row per event and one width per batch; it is
-absent when no event of the batch carries it. A batch is a run of whole transactions
-(each starts at a row whose `seq` equals its `tx`); `check_batch` validates all of it with
-array operations, and a ledger takes the batch whole or rejects it whole.
+a kind does not have is ignored (stored as null). A field a kind may leave null row by row
+(a Bid's `cap`) is a `NULLABLE` column: a batch may omit it (all null), and holds -1 for null
+where it has it. A vector column (the control variant's states and joint controls) is a 2-D
+array, one row per event and one width per batch; it is absent when no event of the batch
+carries it. A batch is a run of whole transactions (each starts at a row whose `seq` equals
+its `tx`); `check_batch` validates all of it with array operations, and a ledger takes the
+batch whole or rejects it whole.
 
 Speed: a round of K concurrent auctions is a few hundred rows; building, checking and
 folding them as arrays costs a fixed few hundred microseconds per round instead of Python
@@ -26,8 +28,14 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from ledger import schema
-from ledger.errors import InvalidEvent, SequenceError, UnbalancedTransaction, UnknownAccount
-from ledger.events import FIELDS, KIND, EventBase, Open, Pay
+from ledger.errors import (
+    AccountClosed,
+    InvalidEvent,
+    SequenceError,
+    UnbalancedTransaction,
+    UnknownAccount,
+)
+from ledger.events import FIELDS, KIND, Balance, Close, EventBase, Open, Pay
 from ledger.transaction import HEADER, OWN, TRANSFER_TYPES, Body, Transaction
 
 MODELS: tuple[type[EventBase], ...] = tuple(FIELDS)
@@ -38,11 +46,18 @@ STRING_COLUMNS = frozenset(
 )
 LIST_COLUMNS = frozenset(f.name for f in schema.SCHEMA if pa.types.is_list(f.type))
 """Vector columns (the control variant's states), held in `EventBatch.vectors`."""
-COLUMNS = tuple(n for n in schema.COLUMNS if n != "kind" and n not in LIST_COLUMNS)
-"""The columns a batch holds besides `kind`."""
+NULLABLE = frozenset({"cap"})
+"""Columns a batch may omit (all null) and holds -1 for null in (their values are >= 0)."""
+COLUMNS = tuple(
+    n for n in schema.COLUMNS if n != "kind" and n not in LIST_COLUMNS and n not in NULLABLE
+)
+"""The columns a batch holds besides `kind` (and any `NULLABLE` ones)."""
 _HAS = {name: np.array([name in FIELDS[m] for m in MODELS], dtype=bool) for name in schema.COLUMNS}
 """Per column, which kinds carry it (the others store null)."""
 IS_TRANSFER = np.array([m in TRANSFER_TYPES for m in MODELS], dtype=bool)
+_OPENS_OR_CLOSES = np.array([m in (Open, Close) for m in MODELS], dtype=bool)
+_STATEMENT = np.array([m is Balance for m in MODELS], dtype=bool)
+"""The kind that may name a closed account (a statement; `transaction.ADDRESS_AT`)."""
 _ADDRESS = ("account", "src", "dst")
 """The columns that name who an event is addressed to (`events.accounts_of`)."""
 _KIND_NAMES = pa.array([KIND[m] for m in MODELS], type=pa.string())
@@ -125,8 +140,13 @@ class EventBatch:
             if field.name in LIST_COLUMNS:
                 arrays.append(self._list_array(field.name, field.type))
                 continue
-            values = self.columns[field.name]
+            values = self.columns.get(field.name)
+            if values is None:  # an omitted NULLABLE column
+                arrays.append(pa.nulls(len(self), type=field.type))
+                continue
             valid = _HAS[field.name][self.kind]
+            if field.name in NULLABLE:
+                valid = valid & (values >= 0)
             if field.name in STRING_COLUMNS:
                 codes = pa.array(values, mask=None if valid.all() else ~valid)
                 arrays.append(names.take(codes))
@@ -152,11 +172,15 @@ class EventBatch:
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.ravel()), mask=mask)
 
     def _python_columns(self) -> dict[str, list[Any]]:
-        """Every column as a Python list (strings decoded, vectors as lists)."""
+        """Every column as a Python list (strings decoded, vectors as lists, nulls None)."""
         cols = {
             n: [self.strings[c] for c in v.tolist()] if n in STRING_COLUMNS else v.tolist()
             for n, v in self.columns.items()
+            if n not in NULLABLE
         }
+        for n in NULLABLE:
+            held = self.columns.get(n)
+            cols[n] = [None] * len(self) if held is None else [x if x >= 0 else None for x in held]
         return cols | {n: v.tolist() for n, v in self.vectors.items()}
 
     def events(self) -> list[EventBase]:
@@ -223,6 +247,10 @@ def of_transactions(txs: Sequence[Transaction]) -> EventBatch:
         else:
             zero = numpy_type(name)()
             columns[name] = np.array([zero if v is None else v for v in values], numpy_type(name))
+    for name in sorted(NULLABLE):
+        if table[name].null_count < table.num_rows:
+            values = table[name].to_pylist()
+            columns[name] = np.array([-1 if v is None else v for v in values], numpy_type(name))
     vectors: dict[str, NDArray[np.float64]] = {}
     for name in sorted(LIST_COLUMNS):
         lists = table[name].to_pylist()
@@ -266,21 +294,29 @@ def concat(batches: Sequence[EventBatch]) -> EventBatch:
         vectors[name] = np.concatenate(
             [b.vectors.get(name, np.zeros((len(b), width))) for b in batches]
         )
-    return EventBatch(
-        np.concatenate([b.kind for b in batches]),
-        {n: np.concatenate([b.columns[n] for b in batches]) for n in COLUMNS},
-        strings,
-        vectors,
-    )
+    columns = {n: np.concatenate([b.columns[n] for b in batches]) for n in COLUMNS}
+    for name in sorted(NULLABLE):
+        if any(name in b.columns for b in batches):
+            nulls = [np.full(len(b), -1, dtype=numpy_type(name)) for b in batches]
+            columns[name] = np.concatenate(
+                [b.columns.get(name, n) for b, n in zip(batches, nulls, strict=True)]
+            )
+    return EventBatch(np.concatenate([b.kind for b in batches]), columns, strings, vectors)
 
 
-def check_batch(batch: EventBatch, next_seq: int, accounts: frozenset[str]) -> None:
+def check_batch(
+    batch: EventBatch,
+    next_seq: int,
+    accounts: frozenset[str],
+    closed: frozenset[str] = frozenset(),
+) -> None:
     """Validate `batch` whole against the ledger head, with array operations.
 
     The rules of `transaction.check`, column-wise: contiguous sequence numbers from
     `next_seq`; rows grouped in whole transactions that share their header; every transfer a
-    non-negative int64 amount between opened accounts, only a `Pay` to itself. A batch opens
-    no account (append an `Open` transaction first). Rules are checked in that order, each
+    non-negative int64 amount between opened accounts, only a `Pay` to itself; no event but
+    a `Balance` statement addressed to a `closed` account. A batch opens and closes no
+    account (append an `Open` or `Close` transaction). Rules are checked in that order, each
     over the whole batch, so with several faults the error names the first fault of the
     first rule broken (not necessarily the earliest faulty event).
     """
@@ -317,10 +353,11 @@ def check_batch(batch: EventBatch, next_seq: int, accounts: frozenset[str]) -> N
             f"event {int(seq[i])}: the events of one transaction share its run, episode, step "
             "and time"
         )
-    opens = np.flatnonzero(batch.kind == CODE[Open])
-    if opens.size:
+    lifecycle = np.flatnonzero(_OPENS_OR_CLOSES[batch.kind])
+    if lifecycle.size:
         raise InvalidEvent(
-            f"event {int(seq[opens[0]])}: accounts are opened by a transaction, not in a batch"
+            f"event {int(seq[lifecycle[0]])}: accounts are opened and closed by a transaction, "
+            "not in a batch"
         )
     for name in sorted(LIST_COLUMNS):
         carriers = np.flatnonzero(_HAS[name][batch.kind])
@@ -330,6 +367,8 @@ def check_batch(batch: EventBatch, next_seq: int, accounts: frozenset[str]) -> N
             raise InvalidEvent(
                 f"event {int(seq[i])}: a {MODELS[batch.kind[i]].__name__} without its {name} vector"
             )
+    if closed:
+        _check_not_closed(batch, closed)
     moves = np.flatnonzero(IS_TRANSFER[batch.kind])
     if moves.size == 0:
         return
@@ -352,6 +391,28 @@ def check_batch(batch: EventBatch, next_seq: int, accounts: frozenset[str]) -> N
         i = int(moves[selfish[0]])
         raise UnbalancedTransaction(
             f"event {int(seq[i])}: a {MODELS[batch.kind[i]].__name__} to itself"
+        )
+
+
+def _check_not_closed(batch: EventBatch, closed: frozenset[str]) -> None:
+    """No row but a statement names a closed account (a batch's strings are canonical)."""
+    gone = batch.string_codes(closed)
+    if not gone.any():
+        return
+    hit = np.zeros(len(batch), dtype=bool)
+    for name in _ADDRESS:
+        hit |= gone[batch.columns[name]] & _HAS[name][batch.kind]
+    hit &= ~_STATEMENT[batch.kind]
+    if hit.any():
+        i = int(np.argmax(hit))
+        name = next(
+            batch.strings[batch.columns[c][i]]
+            for c in _ADDRESS
+            if _HAS[c][batch.kind[i]] and gone[batch.columns[c][i]]
+        )
+        raise AccountClosed(
+            f"event {int(batch.columns['seq'][i])}: {MODELS[batch.kind[i]].__name__} "
+            f"addressed to closed account {name!r}"
         )
 
 

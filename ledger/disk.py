@@ -4,6 +4,11 @@ Layout of a ledger directory:
   seg-<first seq>.arrow  one committed batch of whole transactions (Arrow IPC file, lz4)
   chain.jsonl            one line per committed batch: its segment, seq range, digest, link
 
+A segment stores the table in `schema.BASE_SCHEMA`, the layout of every ledger before issue 8,
+until the ledger first holds an economy event (a lifecycle kind or a capped bid); from that
+segment on it stores the whole `schema.SCHEMA`. A ledger without an economy is therefore
+stored byte for byte as before, and `scan` reads either layout (the missing columns null).
+
 A batch is committed when its manifest line is written, after its segment is in place
 (written to a temporary name, synced, renamed). A run killed at any moment therefore leaves
 every committed batch intact; whatever was not committed (a segment with no manifest line, a
@@ -26,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ledger import chain, schema
 from ledger.batch import EventBatch, table_of
 from ledger.errors import CorruptLedger
-from ledger.store import Ledger
+from ledger.store import Ledger, items_since
 from ledger.transaction import Transaction
 
 MANIFEST = "chain.jsonl"
@@ -59,18 +64,34 @@ class DiskLedger(Ledger):
         self._staged: list[Transaction | EventBatch] = []
         self._staged_events = 0
         self._verified = not self.links
+        self._economy_from: int | None = None
+        """The index of the first link whose segment stores the whole `schema.SCHEMA`."""
+        self._layout_read = not self.links
         if self.links:
             self.next_seq = self.links[-1].last_seq + 1
 
     @property
     def accounts(self) -> frozenset[str]:
         """The accounts opened so far; reading them first checks the stored chain."""
-        if not self._verified:
-            self.check_chain()
-            opened = self.scan().filter(pl.col("kind") == "open").select("account").collect()
-            self._accounts = frozenset(opened["account"].to_list())
-            self._verified = True
+        self._load()
         return self._accounts
+
+    @property
+    def closed(self) -> frozenset[str]:
+        """The accounts closed so far; reading them first checks the stored chain."""
+        self._load()
+        return self._closed
+
+    def _load(self) -> None:
+        """Check the stored chain and read which accounts it opened and closed (once)."""
+        if self._verified:
+            return
+        self.check_chain()
+        lifecycle = pl.col("kind").is_in(["open", "close"])
+        rows = self.scan().filter(lifecycle).select("kind", "account").collect()
+        self._accounts = frozenset(rows.filter(kind="open")["account"].to_list())
+        self._closed = frozenset(rows.filter(kind="close")["account"].to_list())
+        self._verified = True
 
     @classmethod
     def open_existing(cls, path: Path | str) -> DiskLedger:
@@ -105,7 +126,10 @@ class DiskLedger(Ledger):
             return
         if self.torn_tail:
             self._set_aside_torn()
-        data = _encode(table_of(self._staged))
+        table = table_of(self._staged)
+        if self._economy_at() is None and schema.holds_economy(table):
+            self._economy_from = len(self.links)
+        data = _encode(table if self._economy_from is not None else schema.to_base(table))
         first = self._staged[0].first_seq
         last = first + self._staged_events - 1
         name = f"seg-{first:012d}.arrow"
@@ -128,10 +152,38 @@ class DiskLedger(Ledger):
         self._staged_events = 0
 
     def scan(self) -> pl.LazyFrame:
-        paths = [str(self.path / link.segment) for link in self.links]
-        if not paths:
+        return self._scan(0)
+
+    def _economy_at(self) -> int | None:
+        """The index of the first link whose segment stores the whole `schema.SCHEMA` (None
+        while every segment is in `BASE_SCHEMA`); read from the segments once, lazily (after
+        the audit has checked their hashes)."""
+        if not self._layout_read:
+            last = self.path / self.links[-1].segment
+            if _stores_economy(last):
+                self._economy_from = _first_economy(self.path, self.links)
+            self._layout_read = True
+        return self._economy_from
+
+    def _scan(self, first: int) -> pl.LazyFrame:
+        """The segments of links `first`, `first + 1`, ... in `schema.SCHEMA`."""
+        economy = self._economy_at()
+        cut = len(self.links) if economy is None else economy
+        parts = []
+        base = [str(self.path / link.segment) for link in self.links[first:cut]]
+        if base:
+            parts.append(pl.scan_ipc(base, glob=False).with_columns(_ECONOMY_NULLS))
+        whole = [str(self.path / link.segment) for link in self.links[max(first, cut) :]]
+        if whole:
+            parts.append(pl.scan_ipc(whole, glob=False))
+        if not parts:
             return pl.LazyFrame(pl.DataFrame(SCHEMA_EMPTY))
-        return pl.scan_ipc(paths, glob=False)
+        return pl.concat(parts) if len(parts) > 1 else parts[0]
+
+    def _since(self, start: int) -> tuple[pl.LazyFrame | None, list[Transaction | EventBatch]]:
+        first = next((i for i, link in enumerate(self.links) if link.last_seq >= start), None)
+        stored = None if first is None else self._scan(first).filter(pl.col("seq") >= start)
+        return stored, items_since(self._staged, start)
 
     def check_chain(self) -> None:
         """Re-hash every committed segment and re-derive the chain; raise on the first break."""
@@ -175,6 +227,34 @@ class DiskLedger(Ledger):
 
 
 SCHEMA_EMPTY = schema.SCHEMA.empty_table()
+_ECONOMY_NULLS = [
+    pl.lit(None, dtype=pl.DataFrame(SCHEMA_EMPTY).schema[n]).alias(n)
+    for n in schema.ECONOMY_COLUMNS
+]
+"""The economy columns a segment in `schema.BASE_SCHEMA` leaves out, as nulls."""
+
+
+def _stores_economy(segment: Path) -> bool:
+    """Whether a segment stores the whole `schema.SCHEMA` (not only `BASE_SCHEMA`)."""
+    try:
+        with pa.memory_map(str(segment)) as source:
+            names = ipc.open_file(source).schema.names
+    except (OSError, pa.ArrowInvalid):
+        raise CorruptLedger(f"{segment}: not a readable Arrow IPC segment") from None
+    return schema.ECONOMY_COLUMNS[0] in names
+
+
+def _first_economy(path: Path, links: list[Link]) -> int:
+    """The index of the first link whose segment stores the whole schema (the last does):
+    every later one does too, so a bisection reads a few footers only."""
+    lo, hi = 0, len(links) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _stores_economy(path / links[mid].segment):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _encode(table: pa.Table) -> bytes:

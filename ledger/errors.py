@@ -21,6 +21,14 @@ class UnknownAccount(LedgerError):
     """Money moves to or from an account that has not been opened."""
 
 
+class AccountClosed(LedgerError):
+    """An event is addressed to an account that was closed (it may never act again)."""
+
+
+class ClosingBalance(LedgerError):
+    """An account is closed while its balance is not exactly 0 (liquidate it first)."""
+
+
 class CorruptLedger(LedgerError):
     """A stored ledger cannot be read, or its committed contents fail their hashes."""
 

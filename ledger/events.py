@@ -4,14 +4,16 @@ Every event carries a global sequence number (`seq`), the transaction it belongs
 seq of the transaction's first event), the run id, the episode, the step and the SimPy time.
 Money-moving events are transfers `src -> dst` of a non-negative integer `amount` in units
 (see `ledger.units`); a transfer balances by construction, so the books always sum to zero.
-New kinds (accounts closing, rent, ...) are added here as new models, not as a new ledger.
+New kinds are added here as new models, not as a new ledger: the lifecycle of an account in a
+society where wealth matters (issue 8: `Endow`, `Rent`, `Liquidate`, `Close`, and a `Bid`'s
+`cap`) lives in the same ledger as the auctions.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, TypeAdapter, model_validator
 
 Units = Annotated[int, Field(strict=True, ge=0)]
 """A non-negative amount of money units: an int, never coerced from a float or a string."""
@@ -22,6 +24,9 @@ ENVIRONMENT = "environment"
 """The account that pays rewards and sells the first state of every episode."""
 AUCTIONEER = "auctioneer"
 """The account that mints credit where a mechanism creates it (Vickrey's b1 - b2)."""
+TREASURY = "treasury"
+"""The account that collects rent and the wealth of closed accounts. Unlike the environment
+and the auctioneer it is inside the economy: its money still counts in the society's total."""
 SYSTEM = "system"
 """The addressee of a control system's public state changes (the control variant); it holds
 no money and every agent may read what is addressed to it."""
@@ -85,13 +90,24 @@ class EpisodeStart(EventBase):
 
 
 class Bid(EventBase):
-    """Bidder `account` (running primitive `primitive`) bids `amount` units for `state`."""
+    """Bidder `account` (running primitive `primitive`) bids `amount` units for `state`.
+
+    Where bids are limited by wealth, `cap` is the budget in force when it bid, and the bid
+    is at most the cap; without a budget (every run before issue 8) the cap is None.
+    """
 
     kind: Literal["bid"] = "bid"
     account: str
     primitive: int
     state: int
     amount: Units
+    cap: Units | None = None
+
+    @model_validator(mode="after")
+    def _within_cap(self) -> Bid:
+        if self.cap is not None and self.amount > self.cap:
+            raise ValueError(f"bid {self.amount} is over its cap {self.cap}")
+        return self
 
 
 class Allocate(EventBase):
@@ -180,6 +196,37 @@ class Balance(EventBase):
     amount: SignedUnits
 
 
+class Endow(Transfer):
+    """Funds a new account, opened in the same transaction: from the `environment` for a
+    founding account, from its parent for a child. Besides payments and rewards, the only
+    way money enters an account."""
+
+    kind: Literal["endow"] = "endow"
+
+
+class Rent(Transfer):
+    """An account (`src`) pays rent or tax to the `treasury` (`dst`)."""
+
+    kind: Literal["rent"] = "rent"
+
+
+class Liquidate(Transfer):
+    """Settles an account closed later in the same transaction: its remaining wealth goes
+    from it (`src`) to the treasury or a creditor (`dst`); a debt (a negative balance) is
+    covered the other way, from the treasury or creditor (`src`) to it (`dst`)."""
+
+    kind: Literal["liquidate"] = "liquidate"
+
+
+class Close(EventBase):
+    """Closes `account` for good (`reason`: "bankrupt", "idle", ...). Its balance must be
+    exactly 0 (liquidate it first); after it, the account never acts or receives again."""
+
+    kind: Literal["close"] = "close"
+    account: str
+    reason: str
+
+
 class RunEnd(EventBase):
     """Closes a run; the `Balance` statements of the same transaction follow it."""
 
@@ -201,13 +248,21 @@ Event = Annotated[
     | Transition
     | EpisodeEnd
     | Balance
-    | RunEnd,
+    | RunEnd
+    | Endow
+    | Rent
+    | Liquidate
+    | Close,
     Field(discriminator="kind"),
 ]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-TRANSFER_KINDS: frozenset[str] = frozenset({"pay", "mint", "reward"})
+TRANSFER_KINDS: frozenset[str] = frozenset({"pay", "mint", "reward", "endow", "rent", "liquidate"})
 """The kinds that move money; each is a `Transfer`."""
+AUCTION_KINDS: frozenset[str] = frozenset({"pay", "mint", "reward"})
+"""The transfers an auction (or a control step) makes; the others are lifecycle transfers."""
+LIFECYCLE_KINDS: frozenset[str] = frozenset({"endow", "rent", "liquidate", "close"})
+"""The kinds of an economy where wealth matters (issue 8)."""
 EVENT_TYPES: tuple[type[EventBase], ...] = (
     RunStart,
     Open,
@@ -223,7 +278,12 @@ EVENT_TYPES: tuple[type[EventBase], ...] = (
     EpisodeEnd,
     Balance,
     RunEnd,
+    Endow,
+    Rent,
+    Liquidate,
+    Close,
 )
+"""Every kind; new kinds go last, so the older ones keep their batch codes."""
 
 
 def accounts_of(event: EventBase) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ Every transfer subtracts its amount from `src` and adds it to `dst`; nothing els
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -13,8 +14,10 @@ import polars as pl
 from ledger.batch import IS_TRANSFER, EventBatch
 from ledger.events import TRANSFER_KINDS as _KINDS
 from ledger.events import EventBase
-from ledger.store import Ledger
 from ledger.transaction import Transaction, as_transaction
+
+if TYPE_CHECKING:  # the ledger folds balances with `replay_frame` when it closes an account
+    from ledger.store import Ledger
 
 Balances = dict[str, int]
 

@@ -1,6 +1,8 @@
 """The one-row-per-event table layout shared by every backend and by Polars readers.
 
-The table is the union of every kind's fields; a field a kind does not have is null.
+The table is the union of every kind's fields; a field a kind does not have is null. The
+columns of issue 8's economy (a Bid's `cap`, a Close's `reason`) come last, so that the table
+without them is exactly the one every earlier ledger stores (`BASE_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger.events import EVENT_ADAPTER, FIELDS, KIND, Event
+from ledger.events import EVENT_ADAPTER, FIELDS, KIND, LIFECYCLE_KINDS, Event
 from ledger.transaction import HEADER, OWN, Transaction
 
 _MODELS = tuple(FIELDS)
@@ -51,9 +53,29 @@ SCHEMA = pa.schema(
         ("x", pa.list_(pa.float64())),
         ("controls", pa.list_(pa.float64())),
         ("next_x", pa.list_(pa.float64())),
+        ("cap", pa.int64()),
+        ("reason", pa.string()),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+ECONOMY_COLUMNS: tuple[str, ...] = ("cap", "reason")
+"""The columns only an economy's events fill; the last ones of `SCHEMA`."""
+BASE_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in ECONOMY_COLUMNS])
+"""The table without the economy's columns: the layout of every ledger before issue 8."""
+assert COLUMNS[-len(ECONOMY_COLUMNS) :] == ECONOMY_COLUMNS
+
+
+def holds_economy(table: pa.Table) -> bool:
+    """Whether `table` (in `SCHEMA`) has an event of a lifecycle kind or a value in an
+    economy column (a capped bid)."""
+    if any(table[name].null_count < table.num_rows for name in ECONOMY_COLUMNS):
+        return True
+    return bool(pc.any(pc.is_in(table["kind"], pa.array(sorted(LIFECYCLE_KINDS)))).as_py())
+
+
+def to_base(table: pa.Table) -> pa.Table:
+    """`table` in `BASE_SCHEMA` (its economy columns, all null, dropped)."""
+    return table.drop_columns(list(ECONOMY_COLUMNS))
 
 
 def to_table(txs: Sequence[Transaction]) -> pa.Table:

@@ -15,14 +15,21 @@ A transaction goes into a ledger whole or not at all: `check` raises a typed err
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
 from pydantic import ValidationError
 
-from ledger.errors import InvalidEvent, SequenceError, UnbalancedTransaction, UnknownAccount
-from ledger.events import FIELDS, Event, EventBase, Open, Pay, Transfer
+from ledger.errors import (
+    AccountClosed,
+    ClosingBalance,
+    InvalidEvent,
+    SequenceError,
+    UnbalancedTransaction,
+    UnknownAccount,
+)
+from ledger.events import FIELDS, Balance, Close, Event, EventBase, Open, Pay, Transfer
 
 HEADER = ("tx", "run", "episode", "step", "time")
 """The fields every event of a transaction shares (with `seq` = tx + its position)."""
@@ -37,7 +44,13 @@ MAX_AMOUNT = 2**63 - 1
 """The largest amount one event can carry (the stores keep amounts as int64)."""
 _SRC, _DST, _AMOUNT, _ACCOUNT = 0, 1, 2, 0
 assert all(OWN[c][:3] == ("src", "dst", "amount") for c in TRANSFER_TYPES)
-assert OWN[Open][_ACCOUNT] == "account"
+assert OWN[Open][_ACCOUNT] == OWN[Close][_ACCOUNT] == "account"
+ADDRESS_AT: dict[type[EventBase], tuple[int, ...]] = {
+    m: () if m is Balance else tuple(i for i, f in enumerate(own) if f in ("account", "src", "dst"))
+    for m, own in OWN.items()
+}
+"""Where each kind's own values name the accounts it acts for or pays (`events.accounts_of`);
+none for a `Balance`, a statement the run's closing makes of closed accounts too."""
 
 
 class Transaction:
@@ -125,11 +138,21 @@ def as_transaction(tx: Transaction | Sequence[EventBase]) -> Transaction:
     return tx if isinstance(tx, Transaction) else Transaction.of(tx)
 
 
-def check(tx: Transaction, next_seq: int, accounts: frozenset[str]) -> frozenset[str]:
-    """Validate `tx` against the ledger head; return the accounts it opens.
+def check(
+    tx: Transaction,
+    next_seq: int,
+    accounts: frozenset[str],
+    closed: frozenset[str] = frozenset(),
+    balance: Callable[[str], int] | None = None,
+) -> tuple[frozenset[str], frozenset[str]]:
+    """Validate `tx` against the ledger head; return the accounts it opens and closes.
 
-    Transfers are checked in order, so an account opened later in the same transaction is
-    not yet known to an earlier transfer.
+    `accounts` are the accounts opened so far, `closed` those of them closed, and `balance`
+    gives an account's balance before `tx` (asked, and needed, only when `tx` closes one).
+    Events are checked in order: an account opened later in the transaction is not yet
+    known to an earlier transfer, and one closed earlier is closed to every later event.
+    A `Balance` statement may name a closed account (a run's closing lists every account
+    ever opened); any other event addressed to one is refused.
     """
     if not tx.body:
         raise SequenceError("empty transaction")
@@ -138,15 +161,74 @@ def check(tx: Transaction, next_seq: int, accounts: frozenset[str]) -> frozenset
         raise SequenceError(f"duplicate sequence number {first}: the ledger is at {next_seq}")
     if first > next_seq:
         raise SequenceError(f"out-of-order sequence number {first}: expected {next_seq}")
+    if closed:
+        return _check_lifecycle(tx, accounts, closed, balance)
+    # Speed: while no account is closed, only transfers and opens need a look.
     known: frozenset[str] | set[str] = accounts
     opened: set[str] = set()
     for i, (model, v) in enumerate(tx.body):
         if model in TRANSFER_TYPES:
             _check_transfer(first + i, model, v, known)
+        elif model in _OPEN_OR_CLOSE:
+            if model is Close:
+                return _check_lifecycle(tx, accounts, closed, balance)
+            known = {*known, v[_ACCOUNT]}
+            opened.add(v[_ACCOUNT])
+    return (frozenset(opened) if opened else _NONE), _NONE
+
+
+_OPEN_OR_CLOSE = frozenset({Open, Close})
+_NONE: frozenset[str] = frozenset()
+
+
+def _check_lifecycle(
+    tx: Transaction,
+    accounts: frozenset[str],
+    closed: frozenset[str],
+    balance: Callable[[str], int] | None,
+) -> tuple[frozenset[str], frozenset[str]]:
+    """`check`'s rules where an account is or becomes closed: each event's addressees too."""
+    first = tx.header[0]
+    known: frozenset[str] | set[str] = accounts
+    gone: frozenset[str] | set[str] = closed
+    opened: set[str] = set()
+    shut: set[str] = set()
+    for i, (model, v) in enumerate(tx.body):
+        for at in ADDRESS_AT[model]:
+            if v[at] in gone:
+                raise AccountClosed(
+                    f"event {first + i}: {model.__name__} addressed to closed account {v[at]!r}"
+                )
+        if model in TRANSFER_TYPES:
+            _check_transfer(first + i, model, v, known)
         elif model is Open:
             known = {*known, v[_ACCOUNT]}
             opened.add(v[_ACCOUNT])
-    return frozenset(opened)
+        elif model is Close:
+            _check_close(tx, i, known, balance)
+            gone = {*gone, v[_ACCOUNT]}
+            shut.add(v[_ACCOUNT])
+    return frozenset(opened), frozenset(shut)
+
+
+def _check_close(
+    tx: Transaction, i: int, known: frozenset[str] | set[str], balance: Callable[[str], int] | None
+) -> None:
+    """The account of the Close at `tx.body[i]` is open and holds exactly 0 there."""
+    seq, account = tx.header[0] + i, tx.body[i][1][_ACCOUNT]
+    if account not in known:
+        raise UnknownAccount(f"event {seq}: account {account!r} was never opened")
+    if balance is None:
+        raise ValueError("checking a Close needs the ledger's balances")
+    held = balance(account)
+    for model, v in tx.body[:i]:
+        if model in TRANSFER_TYPES:
+            held += (v[_DST] == account) * v[_AMOUNT] - (v[_SRC] == account) * v[_AMOUNT]
+    if held != 0:
+        raise ClosingBalance(
+            f"event {seq}: account {account!r} closes with balance {held}, not 0 "
+            "(liquidate it first)"
+        )
 
 
 def _check_transfer(

@@ -14,6 +14,15 @@ Rules (a violation names the first broken one in sequence order):
   mint          credit is minted only by the auctioneer, only under `v` after the first sale,
                 exactly b1 - b2
   reward        one reward per auction, between the environment and the winner
+  lifecycle     no account acts (is addressed by an event other than a balance statement)
+                before its open or after its close; an account closes holding exactly 0
+  budget        no bid is over the cap recorded with it
+  source        money enters or leaves the society only as tagged flows: rewards and
+                endowments from the environment, the auctioneer's mint, and penalties and
+                sales of a first state to the environment (the treasury is inside)
+  endowment     an endowment funds an account opened in the same transaction
+  rent          rent is paid to the treasury
+  liquidation   a liquidation settles an account closed later in the same transaction
   closing       every balance statement equals the replay of all events before it
 
 Every check is a Polars query over the whole ledger, so an audit costs a few passes over
@@ -29,14 +38,26 @@ import polars as pl
 
 from ledger.disk import DiskLedger
 from ledger.errors import CorruptLedger
-from ledger.events import AUCTIONEER, ENVIRONMENT, TRANSFER_KINDS
-from ledger.replay import replay_frame
+from ledger.events import (
+    AUCTION_KINDS,
+    AUCTIONEER,
+    ENVIRONMENT,
+    SYSTEM,
+    TRANSFER_KINDS,
+    TREASURY,
+)
+from ledger.replay import postings, replay_frame
 from ledger.store import Ledger
 
 _C = pl.col
-_MONEY = list(TRANSFER_KINDS)
-_AUDITED = ["seq", "tx", "kind", "episode", "step", "account", "src", "dst", "amount", "mechanism"]
+_MONEY = sorted(AUCTION_KINDS)
+"""The transfers only an auction (or a control step) may make."""
+_AUDITED = [
+    "seq", "tx", "kind", "episode", "step", "account", "src", "dst", "amount", "mechanism", "cap",
+]  # fmt: skip
 """The columns the rules read."""
+_SOURCES = [ENVIRONMENT, AUCTIONEER]
+"""The accounts outside the society: money from them is created, money to them destroyed."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,17 @@ class AuditReport:
     episodes: int = 0
     rewards_in: int = 0
     minted: int = 0
+    opens: int = 0
+    closes: int = 0
+    endowments: int = 0
+    endowed: int = 0
+    """Units endowed, by the environment and by parents."""
+    endowed_in: int = 0
+    """Units endowed by the environment (money the endowments bring into the society)."""
+    rent: int = 0
+    """Units paid in rent to the treasury."""
+    liquidations: int = 0
+    liquidated: int = 0
     closing_checked: int = 0
     closed: bool = False
     violation: Violation | None = None
@@ -113,15 +145,19 @@ def audit(ledger: Ledger, expected_head: str | None = None) -> AuditReport:
 def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditReport:
     """Audit a frame of events in the ledger schema."""
     report = report or AuditReport()
+    if "cap" not in df.columns:  # a frame read from a ledger before issue 8
+        df = df.with_columns(pl.lit(None, dtype=pl.Int64).alias("cap"))
     report.events = df.height
     if df.is_empty():
         report.violation = Violation(0, "sequence", "a run's events", "an empty ledger")
         return report
     events = df.lazy()
     auctions = _auctions(events).collect()
+    lives = _lives(events)
+    transfers = _transfers(events, lives).collect().lazy()
     found = [
         _first(events.with_row_index("_at"), _sequence_rules()),
-        _first(_transfers(events), _balance_rules()),
+        _first(transfers, _balance_rules()),
         _first(
             events.filter(_C("kind").is_in(_MONEY))
             .join(auctions.lazy(), "tx", "anti")
@@ -136,6 +172,10 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
             ],
         ),
         _first(auctions.lazy(), _auction_rules()),
+        _first(_addressed(events, lives), _lifecycle_rules()),
+        _first(events, _budget_rules()),
+        _first(transfers, _economy_rules()),
+        _closed_with_money(events),
         *_closing(df, report),
     ]
     report.violation = min((v for v in found if v), key=lambda v: v.seq, default=None)
@@ -171,13 +211,121 @@ def _sequence_rules() -> list[Rule]:
     ]
 
 
-def _transfers(events: pl.LazyFrame) -> pl.LazyFrame:
-    opens = events.filter(_C("kind") == "open").group_by("account").agg(_C("seq").min().alias("o"))
+def _lives(events: pl.LazyFrame) -> pl.DataFrame:
+    """Per account: the seq and tx of its first open (`o`, `o_tx`) and close (`c`, `c_tx`)."""
+    first = {"o": "open", "c": "close"}
     return (
-        events.filter(_C("kind").is_in(_MONEY))
-        .join(opens.rename({"account": "src", "o": "o_src"}), on="src", how="left")
-        .join(opens.rename({"account": "dst", "o": "o_dst"}), on="dst", how="left")
+        events.filter(_C("kind").is_in(list(first.values())))
+        .group_by("account")
+        .agg(
+            _C(col).filter(_C("kind") == kind).min().alias(name + suffix)
+            for name, kind in first.items()
+            for col, suffix in (("seq", ""), ("tx", "_tx"))
+        )
+        .collect()
     )
+
+
+def _transfers(events: pl.LazyFrame, lives: pl.DataFrame) -> pl.LazyFrame:
+    """Every transfer with the lives of its payer (`o_src`, `c_tx_src`, ...) and payee."""
+    moves = events.filter(_C("kind").is_in(sorted(TRANSFER_KINDS)))
+    for who in ("src", "dst"):
+        named = lives.lazy().rename({n: f"{n}_{who}" for n in lives.columns if n != "account"})
+        moves = moves.join(named.rename({"account": who}), who, "left")
+    return moves
+
+
+def _addressed(events: pl.LazyFrame, lives: pl.DataFrame) -> pl.LazyFrame:
+    """Every (event, account it is addressed to) but statements, with that account's life.
+
+    The control variant's `system` is a public address, not an account: it holds no money.
+    """
+    named = [
+        events.filter(_C(c).is_not_null() & (_C("kind") != "balance")).select(
+            "seq", "kind", _C(c).alias("account")
+        )
+        for c in ("account", "src", "dst")
+    ]
+    return pl.concat(named).filter(_C("account") != SYSTEM).join(lives.lazy(), "account", "left")
+
+
+def _lifecycle_rules() -> list[Rule]:
+    before = _C("o").is_null() | (_C("seq") < _C("o"))
+    after = _C("c").is_not_null() & (_C("seq") > _C("c"))
+    return [
+        Rule(
+            "lifecycle",
+            before | after,
+            pl.format("{} between the open and close of {}", "kind", "account"),
+            pl.when(before)
+            .then(pl.format("{} of {} before its open", "kind", "account"))
+            .otherwise(pl.format("{} of {} after its close at seq {}", "kind", "account", "c")),
+        )
+    ]
+
+
+def _budget_rules() -> list[Rule]:
+    over = (_C("kind") == "bid") & _C("cap").is_not_null() & (_C("amount") > _C("cap"))
+    return [
+        Rule(
+            "budget",
+            over,
+            pl.format("a bid of {} within its cap {}", "account", "cap"),
+            pl.format("a bid of {}", "amount"),
+        )
+    ]
+
+
+def _economy_rules() -> list[Rule]:
+    kind, src, dst = _C("kind"), _C("src"), _C("dst")
+    tagged = (
+        pl.when(src == ENVIRONMENT)
+        .then(kind.is_in(["reward", "endow"]))
+        .when(src == AUCTIONEER)
+        .then(kind == "mint")
+        .when(dst == ENVIRONMENT)
+        .then(kind.is_in(["reward", "pay"]))
+        .otherwise(dst != AUCTIONEER)
+    )
+    move = pl.format("{} {} -> {} of {}", "kind", "src", "dst", "amount")
+    new = _C("o_tx_dst") == _C("tx")
+    settles = (_C("c_tx_src") == _C("tx")) | (_C("c_tx_dst") == _C("tx"))
+    return [
+        Rule("source", ~tagged, pl.lit("money from or to outside only as tagged flows"), move),
+        Rule("endowment", (kind == "endow") & ~new, pl.lit("an account opened with it"), move),
+        Rule("rent", (kind == "rent") & (dst != TREASURY), pl.lit(f"rent to {TREASURY}"), move),
+        Rule(
+            "liquidation",
+            (kind == "liquidate") & ~settles,
+            pl.lit("an account closed in the same transaction"),
+            move,
+        ),
+    ]
+
+
+def _closed_with_money(events: pl.LazyFrame) -> Violation | None:
+    """The first close of an account whose balance just before it is not 0."""
+    closes = events.filter(_C("kind") == "close").select("seq", "account").collect()
+    if closes.is_empty():
+        return None
+    held = (
+        postings(events)
+        .group_by("seq", "account")
+        .agg(_C("delta").sum())
+        .sort("seq")
+        .with_columns(_C("delta").cast(pl.Int128).cum_sum().over("account").alias("held"))
+        .select("seq", "account", "held")
+        .collect()
+    )
+    found = (
+        closes.sort("seq")
+        .join_asof(held, on="seq", by="account", strategy="backward", check_sortedness=False)
+        .filter(_C("held").fill_null(0) != 0)
+    )
+    if found.is_empty():
+        return None
+    seq, account, amount = found.row(0)
+    return Violation(seq, "lifecycle", f"{account} closing at 0", f"balance {amount}")
 
 
 def _balance_rules() -> list[Rule]:
@@ -357,3 +505,20 @@ def _totals(df: pl.DataFrame, a: pl.DataFrame, report: AuditReport) -> None:
     report.per_mechanism = per.to_dicts()
     report.rewards_in = int(per["rewards_in"].sum()) if per.height else 0
     report.minted = int(per["minted"].sum()) if per.height else 0
+    _lifecycle_totals(df, report)
+
+
+def _lifecycle_totals(df: pl.DataFrame, report: AuditReport) -> None:
+    rows = df.filter(_C("kind").is_in(["open", "close", "endow", "rent", "liquidate"]))
+    per = {
+        kind: (count, int(amount or 0))
+        for kind, count, amount in rows.group_by("kind")
+        .agg(pl.len(), _C("amount").cast(pl.Int128).sum())
+        .iter_rows()
+    }
+    report.opens, report.closes = per.get("open", (0, 0))[0], per.get("close", (0, 0))[0]
+    report.endowments, report.endowed = per.get("endow", (0, 0))
+    report.rent = per.get("rent", (0, 0))[1]
+    report.liquidations, report.liquidated = per.get("liquidate", (0, 0))
+    from_environment = (_C("kind") == "endow") & (_C("src") == ENVIRONMENT)
+    report.endowed_in = int(rows.filter(from_environment)["amount"].cast(pl.Int128).sum() or 0)

@@ -194,7 +194,7 @@ class Kernel:
                 )
             )
         bidders = zip(self._accounts, prims, bids, strict=True)
-        own += [(Bid, (a, p, state, b)) for a, p, b in bidders]
+        own += [(Bid, (a, p, state, b, None)) for a, p, b in bidders]  # no cap: no budget
         own.append((Allocate, (winner, prims[w], state, bids[w])))
         if s.price is not None:
             own.append((Pay, (winner, st.seller, s.price)))

@@ -12,16 +12,21 @@ from ledger.disk import DiskLedger
 from ledger.events import (
     ENVIRONMENT,
     SYSTEM,
+    TREASURY,
     Allocate,
     Balance,
     Bid,
+    Close,
+    Endow,
     EpisodeEnd,
     EpisodeStart,
     EventBase,
+    Liquidate,
     Mint,
     Open,
     Order,
     Pay,
+    Rent,
     Reward,
     RunEnd,
     RunStart,
@@ -125,6 +130,72 @@ def history() -> list[Tx]:
         RunEnd(**h, episodes=1),
         *(Balance(**{**h, "seq": h["seq"] + 1 + i}, account=a, amount=balances.get(a, 0))
           for i, a in enumerate(ACCOUNTS)),
+    ])  # fmt: skip
+    return txs
+
+
+CAROL = "carol"
+LIFE_ACCOUNTS: tuple[str, ...] = (*ACCOUNTS, TREASURY)
+
+
+def capped_auction(first: int, step: int, bids: dict[str, tuple[int, int]], seller: str,
+                   reward: int, done: bool) -> Tx:  # fmt: skip
+    """One CCV auction among `bids` ({bidder: (bid, cap)}, in bidder order, no ties): the
+    highest wins and pays the second-highest to `seller`, then gets `reward`."""
+    order = sorted(bids, key=lambda a: bids[a][0], reverse=True)
+    winner, price = order[0], bids[order[1]][0]
+    h = iter(head(first + i, first, step) for i in range(len(bids) + 4))
+    tx: Tx = [
+        Bid(**next(h), account=a, primitive=i, state=step, amount=b, cap=cap)
+        for i, (a, (b, cap)) in enumerate(bids.items())
+    ]
+    tx.append(Allocate(**next(h), account=winner, primitive=list(bids).index(winner),
+                       state=step, amount=bids[winner][0]))  # fmt: skip
+    tx.append(Pay(**next(h), src=winner, dst=seller, amount=price))
+    tx.append(Transform(**next(h), account=winner, primitive=list(bids).index(winner),
+                        state=step, next_state=step + 1, duration=1.0, done=done))  # fmt: skip
+    src, dst = (ENVIRONMENT, winner) if reward >= 0 else (winner, ENVIRONMENT)
+    tx.append(Reward(**next(h), src=src, dst=dst, amount=abs(reward)))
+    return tx
+
+
+def lifecycle_history() -> list[Tx]:
+    """A small audit-clean economy: founders endowed by the environment, capped bids, rent,
+    the birth of a child endowed by its parent, a bankruptcy (liquidate, then close)."""
+    founding = opening(0, LIFE_ACCOUNTS)
+    founding += [
+        Endow(**head(len(founding) + i, 0, step=-1), src=ENVIRONMENT, dst=a, amount=100)
+        for i, a in enumerate((ALICE, BOB))
+    ]
+    txs = [founding]
+    txs.append([EpisodeStart(**head(next_seq(txs), next_seq(txs)), task="chain",
+                             mechanism="ccv", cloned=False, gamma=0.5, state=0)])  # fmt: skip
+    step0 = capped_auction(next_seq(txs), 0, {ALICE: (30, 100), BOB: (20, 100)}, ENVIRONMENT,
+                           10, done=False)  # fmt: skip
+    txs.append([*step0, Rent(**head(next_seq(txs) + len(step0), next_seq(txs)), src=ALICE,
+                             dst=TREASURY, amount=1)])  # fmt: skip
+    n = next_seq(txs)
+    txs.append([
+        Open(**head(n, n, step=-1), account=CAROL),
+        Endow(**head(n + 1, n, step=-1), src=ALICE, dst=CAROL, amount=25),
+    ])  # fmt: skip
+    bids = {ALICE: (5, 64), BOB: (8, 100), CAROL: (3, 25)}
+    txs.append(capped_auction(next_seq(txs), 1, bids, ALICE, -4, done=True))
+    txs.append([EpisodeEnd(**head(next_seq(txs), next_seq(txs), 1), steps=2, episode_return=6)])
+    n = next_seq(txs)
+    txs.append(moves(n, (Rent, BOB, TREASURY, 2), (Rent, CAROL, TREASURY, 1)))
+    n = next_seq(txs)
+    txs.append([
+        Liquidate(**head(n, n, step=-1), src=BOB, dst=TREASURY, amount=fold(txs)[BOB]),
+        Close(**head(n + 1, n, step=-1), account=BOB, reason="bankrupt"),
+    ])  # fmt: skip
+    n = next_seq(txs)
+    balances = fold(txs)
+    closing = head(n, n, step=-1)
+    txs.append([
+        RunEnd(**closing, episodes=1),
+        *(Balance(**{**closing, "seq": n + 1 + i}, account=a, amount=balances.get(a, 0))
+          for i, a in enumerate(sorted((*LIFE_ACCOUNTS, CAROL)))),
     ])  # fmt: skip
     return txs
 

@@ -16,19 +16,32 @@ from conftest import (
     control_history,
     head,
     history,
+    lifecycle_history,
     moves,
     next_seq,
     opening,
 )
 
 from ledger.errors import (
+    AccountClosed,
     InvalidEvent,
     LedgerError,
     SequenceError,
     UnbalancedTransaction,
     UnknownAccount,
 )
-from ledger.events import ENVIRONMENT, EVENT_TYPES, Bid, EventBase, Mint, Open, Pay, Reward
+from ledger.events import (
+    ENVIRONMENT,
+    EVENT_TYPES,
+    Bid,
+    Close,
+    Endow,
+    EventBase,
+    Mint,
+    Open,
+    Pay,
+    Reward,
+)
 from ledger.replay import LiveBalances, replay
 from ledger.store import Ledger
 from ledger.transaction import OWN, Body, Transaction
@@ -219,8 +232,44 @@ def test_events_come_back_as_appended(backend: Ledger) -> None:
 
 def test_history_has_every_event_kind() -> None:
     """The histories the contract appends exercise every kind of event between them."""
-    kinds = {type(e) for txs in (history(), control_history()) for tx in txs for e in tx}
+    histories = (history(), control_history(), lifecycle_history())
+    kinds = {type(e) for txs in histories for tx in txs for e in tx}
     assert kinds == set(EVENT_TYPES)
+
+
+def test_lifecycle_events_come_back_as_appended(backend: Ledger) -> None:
+    """Endowments, rent, liquidations, closes and capped bids are stored and read back intact."""
+    txs = lifecycle_history()
+    append_all(backend, txs)
+    assert list(backend.events()) == [e for tx in txs for e in tx]
+    assert backend.closed == {BOB}
+
+
+def _close(account: str, first: int = HEAD) -> Tx:
+    return [Close(**head(first, first), account=account, reason="bankrupt")]
+
+
+AFTER_CLOSE: dict[str, EventBase] = {
+    "paid": Pay(**head(HEAD + 1, HEAD + 1), src=ALICE, dst=BOB, amount=1),
+    "pays": Pay(**head(HEAD + 1, HEAD + 1), src=BOB, dst=ALICE, amount=0),
+    "rewarded": Reward(**head(HEAD + 1, HEAD + 1), src=ENVIRONMENT, dst=BOB, amount=1),
+    "endowed": Endow(**head(HEAD + 1, HEAD + 1), src=ALICE, dst=BOB, amount=1),
+    "bids": Bid(**head(HEAD + 1, HEAD + 1), account=BOB, primitive=1, state=0, amount=0),
+    "reopened": Open(**head(HEAD + 1, HEAD + 1), account=BOB),
+    "closed-again": _close(BOB, HEAD + 1)[0],
+}
+"""One event addressed to bob after bob's Close, per way of acting or receiving."""
+
+
+@pytest.mark.parametrize("case", list(AFTER_CLOSE))
+def test_closed_account_never_acts_again(opened: Ledger, case: str) -> None:
+    """An event addressed to a closed account rejects its transaction whole, typed."""
+    opened.append(_close(BOB))
+    before = committed(opened)
+    with pytest.raises(AccountClosed):
+        opened.append([AFTER_CLOSE[case]])
+    assert opened.next_seq == HEAD + 1
+    assert committed(opened) == before
 
 
 def test_control_events_come_back_with_their_vectors(backend: Ledger) -> None:
