@@ -128,6 +128,10 @@ def simulate_cmd(
             "a society pretrained on tworooms, now on tworooms-blue).",
         ),
     ] = None,
+    primitives: Annotated[
+        int | None,
+        typer.Option(help="Chain only: the society's primitives, L and R then useless ones."),
+    ] = None,
     frozen: Annotated[
         bool | None,
         typer.Option(
@@ -181,6 +185,7 @@ def simulate_cmd(
         "solitary": solitary, "gamma": gamma, "constant": constant,
         "concurrency": concurrency, "kernel": kernel, "variant": variant, "agents": agents,
         "method": method, "init": str(init) if init is not None else None, "frozen": frozen,
+        "primitives": primitives,
     }  # fmt: skip
     sim = guarded(lambda: resolve(preset, config, flags, assignments))
     if sim.task in OPTION_TASKS:

@@ -190,7 +190,7 @@ def run_learning(
 ) -> tuple[RunSummary, LearningSociety]:
     """Run `config` (whose `learner` holds a PPOConfig) with a learning society."""
     one_thread()
-    task = make_task(config.task, config.seed, config.gamma)
+    task = make_task(config.task, config.seed, config.gamma, config.primitives)
     ppo = PPOConfig.model_validate(config.learner or {})
     learner = LearningSociety(task, Society.of(task, config.cloned), ppo, learner_seed(config.seed))
     learner.keep_samples = keep_samples

@@ -97,7 +97,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         from agents.option_ppo import ensure_options
 
         ensure_options()  # trained once into the cache (the CLI shows the progress)
-    task = make_task(config.task, config.seed, config.gamma)
+    task = make_task(config.task, config.seed, config.gamma, config.primitives)
     society = Society.of(task, config.cloned)
     if sim.frozen and (sim.init is None or config.learner is None):
         raise ValueError("--frozen evaluates a snapshot: give --init RUN with --learn/--monolithic")
@@ -151,6 +151,7 @@ def auction_config(sim: Simulation) -> RunConfig:
         concurrency=concurrency,
         learner=sim.ppo_settings().model_dump() if learn else None,
         frozen=sim.frozen,
+        primitives=sim.primitives,
     )
 
 

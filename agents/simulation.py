@@ -56,6 +56,9 @@ class Simulation(BaseModel):
     init: str | None = Field(
         None, description="a learning run whose latest snapshot starts the learners (transfer)"
     )
+    primitives: int | None = Field(
+        None, ge=2, description="Chain's primitives: L, R and useless ones (stay, reset, ...)"
+    )
     frozen: bool = Field(
         False, description="the learners bid but never update (evaluate an --init snapshot)"
     )

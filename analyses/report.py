@@ -172,7 +172,9 @@ def _q_star(config: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float64]] | N
     task = config.get("task")
     if task not in TABULAR_TASKS or not isinstance(config.get("gamma"), float):
         return None
-    return make_task(str(task)).q_star(float(config["gamma"]))
+    primitives = config.get("primitives")
+    chain = make_task(str(task), primitives=primitives if isinstance(primitives, int) else None)
+    return chain.q_star(float(config["gamma"]))
 
 
 # --- plots -------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ class RunConfig(BaseModel):
     """Env steps (auctions) after which no new episode starts; None: run `episodes`."""
     learner: dict[str, Any] | None = None
     """The learning bidder's own configuration, when the bidder learns (recorded, hashed)."""
+    primitives: int | None = Field(default=None, ge=2)
+    """Chain's number of primitives (2 useful, the rest useless); None: the task's own."""
     init: str | None = None
     """The snapshot the learners start from (a transfer), as `PATH sha256=HEX`; None: fresh."""
     frozen: bool = False
@@ -99,7 +101,8 @@ def simulate(
     given, is the run's task already made (`make_task(config.task, seed, gamma)`), so a task
     with a classifier or options to load is made once.
     """
-    task = task if task is not None else make_task(config.task, config.seed, config.gamma)
+    if task is None:
+        task = make_task(config.task, config.seed, config.gamma, config.primitives)
     society = Society.of(task, config.cloned)
     rounds = kernel == "rounds" or (kernel == "auto" and config.concurrency > 1)
 

@@ -130,18 +130,40 @@ class Bandit(Task):
         return Outcome(next_state=0, reward=self.payouts[primitive], done=True)
 
 
+DISTRACTORS = ("stay", "reset", "back")
+"""Chain's useless primitives, in turn: stay put, go back to 0, step back 2 + k cells (the
+k-th of its kind); none ever moves towards the goal."""
+
+
 class Chain(Task):
-    """States 0..5 from 0; R moves right, L left (stays at 0); reaching 5 pays 0.8 and ends."""
+    """States 0..5 from 0; R moves right, L left (stays at 0); reaching 5 pays 0.8 and ends.
+
+    With `primitives` > 2 the society also holds useless primitives (DISTRACTORS in turn:
+    `stay0`, `reset0`, `back0`, `stay1`, ...), which never move towards the goal: only R makes
+    progress, and `reset` undoes it: useless members that a wealth economy should starve.
+    """
 
     name = "chain"
     n_states = 6
-    primitive_names = ("L", "R")
+    primitive_names: tuple[str, ...] = ("L", "R")
     horizon = 20
     goal = 5
+
+    def __init__(self, primitives: int = 2) -> None:
+        if primitives < 2:
+            raise ValueError(
+                f"chain needs its two moves L and R: --primitives >= 2 (got {primitives})"
+            )
+        extra = range(primitives - 2)
+        self.primitive_names = ("L", "R", *(f"{DISTRACTORS[i % 3]}{i // 3}" for i in extra))
 
     def step(self, state: int, primitive: int) -> Outcome:
         if state == self.goal:  # the goal is terminal: nothing more happens there
             return Outcome(next_state=state, reward=0.0, done=True)
+        if primitive >= 2:
+            kind, i = divmod(primitive - 2, 3)[::-1]
+            nxt = (state, 0, max(state - 2 - i, 0))[kind]
+            return Outcome(next_state=nxt, reward=0.0, done=False)
         nxt = state + 1 if primitive == 1 else max(state - 1, 0)
         done = nxt == self.goal
         return Outcome(next_state=nxt, reward=0.8 if done else 0.0, done=done)
@@ -211,11 +233,15 @@ TASKS: dict[str, TaskFactory] = {
 `mental-rotation-test` draws its inputs from the held-out digits."""
 
 
-def make_task(name: str, seed: int = 0, gamma: float = 0.99) -> Task:
-    """The task called `name` for a run of `seed` and discount `gamma`; a ValueError names
-    the choices otherwise."""
+def make_task(name: str, seed: int = 0, gamma: float = 0.99, primitives: int | None = None) -> Task:
+    """The task called `name` for a run of `seed` and discount `gamma` (Chain with
+    `primitives` primitives, if given); a ValueError names the choices otherwise."""
     try:
         factory = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
+    if primitives is not None:
+        if name != "chain":
+            raise ValueError(f"--primitives sets Chain's society; task {name!r} has its own")
+        return Chain(primitives)
     return factory(seed, gamma)

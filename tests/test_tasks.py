@@ -177,3 +177,28 @@ def test_unknown_task_names_the_choices() -> None:
         make_task("threerooms")
     for name in ("bandit", "chain", "duality", "mental-rotation", "tworooms"):
         assert name in str(info.value)
+
+
+def test_chain_with_useless_primitives_keeps_r_as_the_only_way_to_the_goal() -> None:
+    """With 12 primitives, Chain adds stay/reset/back moves that never move towards the goal,
+    so Q* still picks R everywhere and every useless primitive is worth less than R."""
+    task = make_task("chain", primitives=12)
+    assert task.primitive_names[:5] == ("L", "R", "stay0", "reset0", "back0")
+    assert task.n_primitives == 12
+    for s in range(task.goal):
+        for p in range(2, 12):
+            assert task.step(s, p).next_state <= s and task.step(s, p).reward == 0.0
+    assert task.step(3, 3).next_state == 0  # reset0
+    assert task.step(3, 2).next_state == 3  # stay0
+    q = task.q_star(0.99)
+    assert (q[: task.goal].argmax(axis=1) == 1).all()
+    assert (q[: task.goal, 2:] < q[: task.goal, 1:2]).all()
+    assert np.allclose(q[:, :2], make_task("chain").q_star(0.99))  # L and R are unchanged
+
+
+def test_primitives_is_for_chain_only_and_needs_l_and_r() -> None:
+    """--primitives on another task, or fewer than 2, is a ValueError naming the rule."""
+    with pytest.raises(ValueError, match="has its own"):
+        make_task("duality", primitives=4)
+    with pytest.raises(ValueError, match=">= 2"):
+        make_task("chain", primitives=1)
