@@ -80,8 +80,9 @@ def simulate_cmd(
     bidder: Annotated[
         str | None,
         typer.Option(
-            help=f"One of: {', '.join(BIDDERS)} [default: truthful]; with --variant control: "
-            "zero or random (fixed controls instead of learners)."
+            help=f"One of: {', '.join(BIDDERS)} [default: truthful; random on the tasks over "
+            "images, which have no Q* table]; with --variant control: zero or random (fixed "
+            "controls instead of learners)."
         ),
     ] = None,
     learn: Annotated[

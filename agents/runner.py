@@ -27,7 +27,7 @@ from market.kernel import EpisodeResult
 from market.mechanisms import parse as parse_mechanism
 from market.run import KERNELS, KernelChoice, RunConfig, RunSummary, simulate
 from market.society import Policy, Society
-from market.tasks import Task, make_task
+from market.tasks import TABULAR_TASKS, Task, make_task
 
 OnEpisode = Callable[[EpisodeResult], None]
 OPTION_TASKS = frozenset({"tworooms", "tworooms-blue"})
@@ -137,11 +137,13 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
 def auction_config(sim: Simulation) -> RunConfig:
     """The auction engine's config for `sim`."""
     learn = sim.learn or sim.monolithic
+    task = sim.task or "chain"
+    fixed = "truthful" if task in TABULAR_TASKS else "random"  # only tabular tasks have Q*
     concurrency = sim.concurrency if sim.concurrency is not None else (128 if learn else 1)
     return RunConfig(
-        task=sim.task or "chain",
+        task=task,
         mechanism=parse_mechanism("env" if sim.monolithic else sim.mechanism),
-        bidder=("monolithic" if sim.monolithic else "ppo") if learn else (sim.bidder or "truthful"),
+        bidder=("monolithic" if sim.monolithic else "ppo") if learn else (sim.bidder or fixed),
         cloned=not (sim.solitary or sim.monolithic),
         episodes=sim.episodes if sim.episodes is not None or sim.steps is not None else 1000,
         steps=sim.steps,

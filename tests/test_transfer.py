@@ -124,3 +124,13 @@ def test_two_rooms_pretrains_and_transfers_through_the_cli(cwd: Path) -> None:
         assert code == 0 and "AUDIT CLEAN" in out, out
         config = json.loads((cwd / f"{name}-blue" / "config.json").read_text())
         assert config["task"] == "tworooms-blue" and config["init"].startswith(f"{name}-green")
+
+
+def test_tasks_over_images_default_to_random_bidders(cwd: Path) -> None:
+    """Without Q* there is no truthful bid: `market simulate --task mental-rotation` runs
+    random bidders by default, and its ledger audits."""
+    code, out = market("simulate", "--task", "mental-rotation", "--episodes", "6", "--out", "r")
+    assert code == 0 and "AUDIT CLEAN" in out
+    assert json.loads((cwd / "r" / "config.json").read_text())["bidder"] == "random"
+    code, out = market("simulate", "--task", "mental-rotation", "--bidder", "truthful")
+    assert code == 2 and "no table" in out
