@@ -23,9 +23,9 @@ import polars as pl
 from numpy.typing import NDArray
 
 from analyses.wealth import wealth
-from ledger.events import AUCTIONEER, ENVIRONMENT, SYSTEM
+from ledger.events import AUCTIONEER, ENVIRONMENT, SYSTEM, TREASURY
 
-NOT_AGENTS = frozenset({ENVIRONMENT, AUCTIONEER, SYSTEM})
+NOT_AGENTS = frozenset({ENVIRONMENT, AUCTIONEER, SYSTEM, TREASURY})
 """Accounts that are money's sources and sinks, not agents holding wealth."""
 
 

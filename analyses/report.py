@@ -22,6 +22,7 @@ from analyses.auctions import bids, bids_against, winners
 from analyses.control import agent_returns
 from analyses.income import income
 from analyses.inequality import NOT_AGENTS, gini_over_time, inequality, lorenz
+from analyses.population import population
 from analyses.wealth import returns, wealth, wealth_over_time
 from market import rundir
 from market.tasks import TABULAR_TASKS, make_task
@@ -59,6 +60,10 @@ def run_report(run: Path, points: int = 200) -> Report:
         report.tables["inequality (final)"] = inequality(events)
         report.plots["Lorenz curve"] = _plot_lorenz(lorenz(events), out / "lorenz.png")
         report.plots["Gini over time"] = _plot_gini(gini_over_time(over_time), out / "gini.png")
+    changes = population(events)
+    if changes.height and (changes["births"][-1] or changes["deaths"][-1]):  # an economy
+        report.tables["population (final)"] = changes.tail(1)
+        report.plots["population"] = _plot_population(changes, out / "population.png")
     if config.get("variant") == "control":
         per_agent = agent_returns(events)
         report.tables["return per agent (last 10% of episodes)"] = _late_mean(per_agent)
@@ -238,6 +243,18 @@ def _plot_gini(table: pl.DataFrame, path: Path) -> Path:
     ax.set_xlabel("SimPy time")
     ax.set_ylabel("Gini (0 equal, 1 one agent holds all)")
     return _save(fig, path, table)
+
+
+def _plot_population(changes: pl.DataFrame, path: Path) -> Path:
+    fig, ax = _figure()
+    ax.step(changes["time"], changes["alive"], where="post", label="living members")
+    ax.step(changes["time"], changes["births"], where="post", label="births so far")
+    ax.step(changes["time"], changes["deaths"], where="post", label="deaths so far")
+    ax.set_title("population of the economy over the run")
+    ax.set_xlabel("SimPy time")
+    ax.set_ylabel("members")
+    ax.legend(fontsize="small")
+    return _save(fig, path, changes)
 
 
 def _rolling(values: pl.Series) -> pl.Series:

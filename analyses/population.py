@@ -1,0 +1,60 @@
+"""The population of an economy, folded from the ledger: who opened and closed, when, and why.
+
+A member is any account but the market's own (`environment`, `auctioneer`, `treasury`,
+`system`). An `open` is a founding when its account is endowed by the environment, or has no
+endowment (a society without an economy), and a birth when a member endows it; a `close`
+is a death, with its recorded reason.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from analyses.inequality import NOT_AGENTS
+from ledger.events import ENVIRONMENT
+
+
+def lifecycle(events: pl.LazyFrame) -> pl.DataFrame:
+    """One row per open or close of a member, in sequence order: seq, time, account,
+    change (+1 open, -1 close), event ("founded", "born" or "died"), parent (who endowed a
+    child) and reason (why a member died)."""
+    members = ~pl.col("account").is_in(list(NOT_AGENTS))
+    changes = events.filter(pl.col("kind").is_in(["open", "close"]) & members).select(
+        "seq", "tx", "time", "kind", "account", "reason"
+    )
+    endowed = events.filter(pl.col("kind") == "endow").select(
+        "tx", pl.col("dst").alias("account"), pl.col("src").alias("endower")
+    )
+    born = (pl.col("kind") == "open") & pl.col("endower").is_not_null()
+    born = born & (pl.col("endower") != ENVIRONMENT)
+    return (
+        changes.join(endowed, on=["tx", "account"], how="left")
+        .select(
+            "seq",
+            "time",
+            "account",
+            pl.when(pl.col("kind") == "open").then(1).otherwise(-1).alias("change"),
+            pl.when(pl.col("kind") == "close")
+            .then(pl.lit("died"))
+            .when(born)
+            .then(pl.lit("born"))
+            .otherwise(pl.lit("founded"))
+            .alias("event"),
+            pl.when(born).then(pl.col("endower")).alias("parent"),
+            pl.when(pl.col("kind") == "close").then(pl.col("reason")).alias("reason"),
+        )
+        .sort("seq")
+        .collect()
+    )
+
+
+def population(events: pl.LazyFrame) -> pl.DataFrame:
+    """The living members after each open or close: seq, time, alive, and the births and
+    deaths so far."""
+    return lifecycle(events).select(
+        "seq",
+        "time",
+        pl.col("change").cum_sum().alias("alive"),
+        (pl.col("event") == "born").cum_sum().alias("births"),
+        (pl.col("event") == "died").cum_sum().alias("deaths"),
+    )
