@@ -133,6 +133,20 @@ def simulate_cmd(
         int | None,
         typer.Option(help="Chain only: the society's primitives, L and R then useless ones."),
     ] = None,
+    economy: Annotated[
+        str | None,
+        typer.Option(
+            help="hayek: members are endowed, bid at most their wealth, pay rent, and close "
+            "when bankrupt (docs/economy.md) [default: none]."
+        ),
+    ] = None,
+    endowment: Annotated[
+        float | None, typer.Option(help="With --economy: each founder's credit [default: 1.0].")
+    ] = None,
+    rent: Annotated[
+        float | None,
+        typer.Option(help="With --economy: credit per auction a member is alive [default: 0.001]."),
+    ] = None,
     frozen: Annotated[
         bool | None,
         typer.Option(
@@ -186,7 +200,8 @@ def simulate_cmd(
         "solitary": solitary, "gamma": gamma, "constant": constant,
         "concurrency": concurrency, "kernel": kernel, "variant": variant, "agents": agents,
         "method": method, "init": str(init) if init is not None else None, "frozen": frozen,
-        "primitives": primitives,
+        "primitives": primitives, "economy": economy,
+        "hayek": {k: v for k, v in (("endowment", endowment), ("rent", rent)) if v is not None},
     }  # fmt: skip
     sim = guarded(lambda: resolve(preset, config, flags, assignments))
     if sim.task in OPTION_TASKS:

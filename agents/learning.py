@@ -60,6 +60,12 @@ class LearningSociety:
         """Called after every update with its metrics (for metrics files and snapshots)."""
         self.frozen = False
         """Bid, but drop every batch instead of learning from it (an evaluation)."""
+        self._accounts_of = [
+            {a for a, q in zip(society.accounts, society.primitive_of, strict=True) if q == p}
+            for p in range(n)
+        ]
+        self.retired: set[int] = set()
+        """Primitives whose every bidder has closed (an economy): no update waits for them."""
 
     def attach(self, bus: Bus) -> None:
         """Learn from every transaction the bus commits from now on."""
@@ -84,7 +90,7 @@ class LearningSociety:
         self.auctions += 1
         if self.keep_samples:
             self.received.extend(samples)
-        if min(map(len, self._states)) >= self.config.batch:
+        if self._ready():
             self._update()
 
     def _on_columns(self, samples: SampleColumns) -> None:
@@ -113,11 +119,39 @@ class LearningSociety:
                     strict=True,
                 )
             )
-        while min(map(len, self._states)) >= self.config.batch:
+        while self._ready():
             self._update()
+
+    def retire(self, account: str) -> None:
+        """`account` has closed: once all of its primitive's bidders have, updates stop
+        waiting for that primitive's samples."""
+        for p, accounts in enumerate(self._accounts_of):
+            accounts.discard(account)
+            if not accounts:
+                self.retired.add(p)
+        while self._ready():
+            self._update()
+
+    def _ready(self) -> bool:
+        """Every primitive still alive has a full batch (and one is alive)."""
+        k = self.config.batch
+        live = [len(s) for p, s in enumerate(self._states) if p not in self.retired]
+        return bool(live) and min(live) >= k
+
+    def _pad_retired(self) -> None:
+        """Fill a retired primitive's buffers to a batch (its last sample again, or a neutral
+        one): its parameters no longer bid, and the stacked update needs a full row."""
+        k = self.config.batch
+        for p in self.retired:
+            have = len(self._states[p])
+            state, bid = (self._states[p][-1], self._bids[p][-1]) if have else (0, 0.5)
+            self._states[p].extend([state] * (k - have))
+            self._bids[p].extend([bid] * (k - have))
+            self._utilities[p].extend([0.0] * (k - have))
 
     def _update(self) -> None:
         k = self.config.batch
+        self._pad_retired()
         columns = (self._states, self._bids, self._utilities)
         take = [np.asarray([c[:k] for c in col]) for col in columns]
         for col in columns:

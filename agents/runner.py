@@ -23,6 +23,7 @@ from ledger.disk import DiskLedger
 from market import rundir
 from market.audit import AuditReport, audit
 from market.bus import Bus
+from market.economy import Economy
 from market.kernel import EpisodeResult
 from market.mechanisms import parse as parse_mechanism
 from market.run import KERNELS, KernelChoice, RunConfig, RunSummary, simulate
@@ -91,6 +92,8 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
     kernel: KernelChoice = sim.kernel
     if resume is not None:
         config, run, ledger = _resumed(resume, sim.steps)
+        if config.economy is not None:
+            raise ValueError(f"{resume} runs an economy; economy runs cannot be resumed yet")
     else:
         config = auction_config(sim)
     if config.task in OPTION_TASKS:
@@ -124,8 +127,15 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         if snapshot is not None and isinstance(learner, LearningSociety):
             load_snapshot(learner, snapshot)
 
+    economy = Economy(config.economy, society.accounts) if config.economy else None
+    retire = getattr(learner, "retire", None)
+    if economy is not None and retire is not None:
+        economy.on_close.append(retire)  # learners stop waiting for closed members' samples
+
     def go(on_episode: OnEpisode | None) -> RunSummary:
-        return simulate(config, ledger, policy, on_episode, bus=bus, kernel=kernel, task=task)
+        return simulate(
+            config, ledger, policy, on_episode, bus=bus, kernel=kernel, task=task, economy=economy
+        )
 
     def after() -> None:
         if record is not None:
@@ -154,6 +164,7 @@ def auction_config(sim: Simulation) -> RunConfig:
         learner=sim.ppo_settings().model_dump() if learn else None,
         frozen=sim.frozen,
         primitives=sim.primitives,
+        economy=sim.hayek if sim.economy == "hayek" else None,
     )
 
 

@@ -24,6 +24,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.settings import ControlDQNConfig, PPOConfig
+from market.economy import EconomyConfig
 from market.rundir import SIMULATION
 
 DERIVED = {
@@ -59,6 +60,10 @@ class Simulation(BaseModel):
     primitives: int | None = Field(
         None, ge=2, description="Chain's primitives: L, R and useless ones (stay, reset, ...)"
     )
+    economy: Literal["hayek"] | None = Field(
+        None, description="hayek: members endowed, bids capped by wealth, rent, bankruptcy"
+    )
+    hayek: EconomyConfig = EconomyConfig()
     frozen: bool = Field(
         False, description="the learners bid but never update (evaluate an --init snapshot)"
     )

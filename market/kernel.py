@@ -21,18 +21,21 @@ import simpy
 from ledger.events import (
     AUCTIONEER,
     ENVIRONMENT,
+    TREASURY,
     Allocate,
     Bid,
     EpisodeEnd,
     EpisodeStart,
     Mint,
     Pay,
+    Rent,
     Reward,
     Transform,
 )
 from ledger.transaction import Body, Transaction
 from ledger.units import quantise_bids, to_units
 from market.bus import Bus
+from market.economy import Economy
 from market.mechanisms import Mechanism, Settlement, settle
 from market.society import Policy, Society
 from market.tasks import Outcome, Task
@@ -89,10 +92,14 @@ class Kernel:
         first_episode: int = 0,
         start_time: float = 0.0,
         gate: Callable[[], bool] | None = None,
+        economy: Economy | None = None,
     ) -> None:
         """`gate`, if given, must also allow every new episode (an outside driver's say, as
-        in the PettingZoo interface); it may wait for it."""
-        self.gate = gate
+        in the PettingZoo interface); it may wait for it. With an `economy`, only living
+        members bid, each up to its balance, pay rent each auction, and go bankrupt."""
+        self.gate, self.economy = gate, economy
+        self._owners: dict[int, str] = {}
+        """Each running episode's current seller: a member that must not close yet."""
         self.bus, self.run, self.task, self.society = bus, run, task, society
         self.mechanism, self.policy, self.gamma = mechanism, policy, gamma
         self.env = simpy.Environment(initial_time=start_time)
@@ -128,28 +135,49 @@ class Kernel:
         while self._budget.allows(self.next_episode, self.steps) and (
             self.gate is None or self.gate()
         ):
+            if self.economy is not None and not any(self.economy.alive.values()):
+                return  # extinction: nobody is left to bid
             ep = self.next_episode
             self.next_episode += 1
             result = yield from self._episode(ep)
+            if self.economy is not None:
+                self._close_bankrupt()
             if on_episode is not None:
                 on_episode(result)
+
+    def _close_bankrupt(self) -> None:
+        """Liquidate and close every bankrupt member that owns no running episode's state."""
+        assert self.economy is not None
+        for account in self.economy.bankrupt(self._owners.values()):
+            own = self.economy.close(account)
+            self.bus.publish(Transaction((self.seq, self.run, -1, -1, self.env.now), own))
+            self.seq += len(own)
 
     def _episode(self, ep: int) -> Generator[simpy.Event, list[int], EpisodeResult]:
         task, seller, total = self.task, ENVIRONMENT, 0
         state = int(task.starts(np.array([ep], dtype=np.int64))[0])
         for t in range(task.horizon):
             bids = yield from self._bids(state)
+            members = caps = None
+            if self.economy is not None:
+                members, caps, bids = self._budgets(bids)
+                if not members:  # everyone went bankrupt while this episode ran
+                    return self._extinct(ep, t, total)
             s = settle(self.mechanism, bids, first_sale=t == 0)
+            if members is not None:
+                s = s._replace(winner=members[s.winner])  # from the living to all bidders
             out = task.step(state, self._prims[s.winner])
             reward = to_units(out.reward)
             total += reward
             self.steps += 1
-            step = _Step(ep, t, state, bids, seller, s, out, reward)
+            step = _Step(ep, t, state, bids, seller, s, out, reward, members, caps)
             last = out.done or t == task.horizon - 1
             self.bus.publish(self._step_events(step, episode_return=total if last else None))
-            yield self.env.timeout(out.duration)
             state, seller = out.next_state, self._accounts[s.winner]
+            self._owners[ep] = seller
+            yield self.env.timeout(out.duration)
             if last:
+                del self._owners[ep]
                 return EpisodeResult(ep, t + 1, total)
         raise AssertionError("unreachable: the last step of the horizon returns above")
 
@@ -169,6 +197,23 @@ class Kernel:
         self._waiting.append((state, ready))
         bids: list[int] = yield ready
         return bids
+
+    def _extinct(self, ep: int, t: int, total: int) -> EpisodeResult:
+        """End episode `ep` before its auction `t`: no member is left to buy its state."""
+        self._owners.pop(ep, None)
+        if t > 0:
+            own: list[Body] = [(EpisodeEnd, (t, total))]
+            self.bus.publish(Transaction((self.seq, self.run, ep, t, self.env.now), own))
+            self.seq += 1
+        return EpisodeResult(ep, t, total)
+
+    def _budgets(self, bids: list[int]) -> tuple[list[int], list[int], list[int]]:
+        """The living members' ids, their caps (their balances), and their capped bids."""
+        assert self.economy is not None
+        alive, cap = self.economy.alive, self.economy.cap
+        members = [i for i, a in enumerate(self._accounts) if alive[a]]
+        caps = [cap(self._accounts[i]) for i in members]
+        return members, caps, [min(bids[i], c) for i, c in zip(members, caps, strict=True)]
 
     def _draw_round(self, _round: simpy.Event) -> None:
         waiting, self._waiting = self._waiting, []
@@ -193,9 +238,13 @@ class Kernel:
                     (self.task.name, self.mechanism.value, self.society.cloned, self.gamma, state),
                 )
             )
-        bidders = zip(self._accounts, prims, bids, strict=True)
-        own += [(Bid, (a, p, state, b, None)) for a, p, b in bidders]  # no cap: no budget
-        own.append((Allocate, (winner, prims[w], state, bids[w])))
+        if st.members is None:
+            bidders = zip(self._accounts, prims, bids, strict=True)
+            own += [(Bid, (a, p, state, b, None)) for a, p, b in bidders]  # no cap: no budget
+        else:
+            capped = zip(st.members, bids, st.caps or [], strict=True)
+            own += [(Bid, (self._accounts[i], prims[i], state, b, c)) for i, b, c in capped]
+        own.append((Allocate, (winner, prims[w], state, s.b1)))
         if s.price is not None:
             own.append((Pay, (winner, st.seller, s.price)))
         if s.mint:
@@ -203,6 +252,9 @@ class Kernel:
         own.append((Transform, (winner, prims[w], state, out.next_state, out.duration, out.done)))
         paid_to = (ENVIRONMENT, winner) if st.reward >= 0 else (winner, ENVIRONMENT)
         own.append((Reward, (*paid_to, abs(st.reward))))
+        if st.members is not None and self.economy is not None and self.economy.rent:
+            rent = self.economy.rent
+            own += [(Rent, (self._accounts[i], TREASURY, rent)) for i in st.members]
         if episode_return is not None:
             own.append((EpisodeEnd, (st.t + 1, episode_return)))
         header = (self.seq, self.run, st.ep, st.t, self.env.now)
@@ -236,3 +288,7 @@ class _Step(NamedTuple):
     settlement: Settlement
     outcome: Outcome
     reward: int
+    members: list[int] | None = None
+    """With an economy: the bidders alive at this auction (their ids), else None (all)."""
+    caps: list[int] | None = None
+    """With an economy: each living bidder's budget cap."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -17,10 +17,21 @@ import polars as pl
 import simpy
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ledger.events import AUCTIONEER, ENVIRONMENT, Balance, Header, Open, RunEnd, RunStart
+from ledger.events import (
+    AUCTIONEER,
+    ENVIRONMENT,
+    TREASURY,
+    Balance,
+    Endow,
+    Header,
+    Open,
+    RunEnd,
+    RunStart,
+)
 from ledger.replay import Balances, LiveBalances, replay
 from ledger.store import Ledger
 from market.bus import Bus
+from market.economy import Economy, EconomyConfig
 from market.kernel import EpisodeResult, Kernel
 from market.mechanisms import Mechanism
 from market.rounds import RoundKernel
@@ -46,6 +57,8 @@ class RunConfig(BaseModel):
     """Chain's number of primitives (2 useful, the rest useless); None: the task's own."""
     init: str | None = None
     """The snapshot the learners start from (a transfer), as `PATH sha256=HEX`; None: fresh."""
+    economy: EconomyConfig | None = None
+    """The Hayek economy's rules (endowments, budgets, rent, bankruptcy); None: no wealth."""
     frozen: bool = False
     """The learners bid from their parameters and never update (an evaluation)."""
     seed: int = Field(default=0, ge=0)
@@ -90,6 +103,7 @@ def simulate(
     kernel: KernelChoice = "auto",
     gate: Callable[[], bool] | None = None,
     task: Task | None = None,
+    economy: Economy | None = None,
 ) -> RunSummary:
     """Run `config` with `policy` into `ledger` (opened, run, closed and flushed).
 
@@ -99,15 +113,30 @@ def simulate(
     ledger, so it is not part of the configuration. `auto` takes rounds when several
     episodes run at once. `gate`, if given, must also allow every new episode. `task`, if
     given, is the run's task already made (`make_task(config.task, seed, gamma)`), so a task
-    with a classifier or options to load is made once.
+    with a classifier or options to load is made once. A run with `config.economy` runs on
+    the episode kernel; pass its `economy` to have others follow it (learners retire the
+    members it closes).
     """
     if task is None:
         task = make_task(config.task, config.seed, config.gamma, config.primitives)
     society = Society.of(task, config.cloned)
     rounds = kernel == "rounds" or (kernel == "auto" and config.concurrency > 1)
+    bus_ = bus if bus is not None else Bus(ledger)
+    if config.economy is not None:
+        if kernel == "rounds":
+            raise ValueError("an economy runs on the episode kernel: drop --kernel rounds")
+        rounds = False
+        if economy is None:
+            economy = Economy(config.economy, society.accounts)
+        economy.attach(bus_)
 
     def build(first_seq: int, resume: Continuation) -> Engine:
-        return (RoundKernel if rounds else Kernel)(
+        if not rounds:
+            return Kernel(**common(first_seq, resume), economy=economy)
+        return RoundKernel(**common(first_seq, resume))
+
+    def common(first_seq: int, resume: Continuation) -> dict[str, Any]:
+        return dict(
             bus=bus_,
             run=config.run_id,
             task=task,
@@ -121,14 +150,14 @@ def simulate(
             gate=gate,
         )
 
-    bus_ = bus if bus is not None else Bus(ledger)
     return run_engine(
         ledger,
         bus_,
         run_id=config.run_id,
         seed=config.seed,
         config_json=config.model_dump_json(),
-        accounts=(ENVIRONMENT, AUCTIONEER, *society.accounts),
+        accounts=(ENVIRONMENT, AUCTIONEER, *((TREASURY,) if economy else ()), *society.accounts),
+        endowments=economy.endowments() if economy is not None else (),
         build=build,
         episodes=config.episodes,
         concurrency=config.concurrency,
@@ -167,8 +196,10 @@ def run_engine(
     concurrency: int,
     steps: int | None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
+    endowments: Sequence[tuple[str, int]] = (),
 ) -> RunSummary:
-    """Open a run (RunStart, one Open per new account), run the engine `build` makes from
+    """Open a run (RunStart, one Open per new account, an Endow from the environment per
+    `endowments`), run the engine `build` makes from
     the first free sequence number and the ledger's continuation point, then close the run
     (RunEnd, a Balance per account from the live balances) and flush."""
     if bus.ledger is not ledger:
@@ -191,6 +222,10 @@ def run_engine(
         [
             RunStart(seq=first_seq, **head, seed=seed, config=config_json),
             *(Open(seq=first_seq + 1 + i, **head, account=a) for i, a in enumerate(new)),
+            *(
+                Endow(seq=first_seq + 1 + len(new) + i, **head, src=ENVIRONMENT, dst=a, amount=n)
+                for i, (a, n) in enumerate(endowments)
+            ),
         ]
     )
     engine = build(ledger.next_seq, resume)

@@ -183,6 +183,7 @@ def test_chain_with_useless_primitives_keeps_r_as_the_only_way_to_the_goal() -> 
     """With 12 primitives, Chain adds stay/reset/back moves that never move towards the goal,
     so Q* still picks R everywhere and every useless primitive is worth less than R."""
     task = make_task("chain", primitives=12)
+    assert isinstance(task, Chain)
     assert task.primitive_names[:5] == ("L", "R", "stay0", "reset0", "back0")
     assert task.n_primitives == 12
     for s in range(task.goal):
