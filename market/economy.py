@@ -5,8 +5,9 @@ bidder's balance, and the cap goes into its `Bid` event. Every member alive at a
 pays rent to the treasury in that auction's transaction. Between episodes, a member whose
 balance has fallen below the floor is liquidated (its wealth to the treasury, or its debt
 covered from there) and closed, unless it owns the state of an episode still running: a
-closed account must never be paid for a state. Balances come from the bus, so the rules
-read the same books the ledger keeps. docs/economy.md gives the defaults' reasons.
+closed account must never be paid for a state. Balances are the run's own live fold over
+the bus, so the rules read the same books the ledger keeps. docs/economy.md gives the
+defaults' reasons.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from ledger.events import TREASURY, Close, Liquidate
 from ledger.replay import LiveBalances
 from ledger.transaction import Body
 from ledger.units import to_units
-from market.bus import Bus
 
 
 class EconomyConfig(BaseModel):
@@ -39,14 +39,11 @@ class Economy:
         self.config = config
         self.alive: dict[str, bool] = dict.fromkeys(members, True)
         self.live = LiveBalances()
+        """The run's live balances (`run_engine` keeps them up to date from the bus)."""
         self.rent = to_units(config.rent)
         self.floor = to_units(config.bankrupt_below)
         self.on_close: list[Callable[[str], None]] = []
         """Called with each account as it closes (learners retire their members)."""
-
-    def attach(self, bus: Bus) -> None:
-        """Follow every committed balance change from now on."""
-        bus.subscribe_all(self.live.apply, self.live.apply_batch)
 
     def endowments(self) -> list[tuple[str, int]]:
         """Each founder's endowment from the environment, for the run's opening."""

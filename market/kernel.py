@@ -159,8 +159,10 @@ class Kernel:
         for t in range(task.horizon):
             bids = yield from self._bids(state)
             members = caps = None
+            rent = 0
             if self.economy is not None:
                 members, caps, bids = self._budgets(bids)
+                rent = self.economy.rent
                 if not members:  # everyone went bankrupt while this episode ran
                     return self._extinct(ep, t, total)
             s = settle(self.mechanism, bids, first_sale=t == 0)
@@ -170,7 +172,7 @@ class Kernel:
             reward = to_units(out.reward)
             total += reward
             self.steps += 1
-            step = _Step(ep, t, state, bids, seller, s, out, reward, members, caps)
+            step = _Step(ep, t, state, bids, seller, s, out, reward, members, caps, rent)
             last = out.done or t == task.horizon - 1
             self.bus.publish(self._step_events(step, episode_return=total if last else None))
             state, seller = out.next_state, self._accounts[s.winner]
@@ -252,9 +254,8 @@ class Kernel:
         own.append((Transform, (winner, prims[w], state, out.next_state, out.duration, out.done)))
         paid_to = (ENVIRONMENT, winner) if st.reward >= 0 else (winner, ENVIRONMENT)
         own.append((Reward, (*paid_to, abs(st.reward))))
-        if st.members is not None and self.economy is not None and self.economy.rent:
-            rent = self.economy.rent
-            own += [(Rent, (self._accounts[i], TREASURY, rent)) for i in st.members]
+        if st.members is not None and st.rent:
+            own += [(Rent, (self._accounts[i], TREASURY, st.rent)) for i in st.members]
         if episode_return is not None:
             own.append((EpisodeEnd, (st.t + 1, episode_return)))
         header = (self.seq, self.run, st.ep, st.t, self.env.now)
@@ -292,3 +293,5 @@ class _Step(NamedTuple):
     """With an economy: the bidders alive at this auction (their ids), else None (all)."""
     caps: list[int] | None = None
     """With an economy: each living bidder's budget cap."""
+    rent: int = 0
+    """With an economy: what each living bidder pays the treasury for this auction."""

@@ -128,7 +128,6 @@ def simulate(
         rounds = False
         if economy is None:
             economy = Economy(config.economy, society.accounts)
-        economy.attach(bus_)
 
     def build(first_seq: int, resume: Continuation) -> Engine:
         if not rounds:
@@ -158,6 +157,7 @@ def simulate(
         config_json=config.model_dump_json(),
         accounts=(ENVIRONMENT, AUCTIONEER, *((TREASURY,) if economy else ()), *society.accounts),
         endowments=economy.endowments() if economy is not None else (),
+        live=economy.live if economy is not None else None,
         build=build,
         episodes=config.episodes,
         concurrency=config.concurrency,
@@ -197,6 +197,7 @@ def run_engine(
     steps: int | None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     endowments: Sequence[tuple[str, int]] = (),
+    live: LiveBalances | None = None,
 ) -> RunSummary:
     """Open a run (RunStart, one Open per new account, an Endow from the environment per
     `endowments`), run the engine `build` makes from
@@ -204,7 +205,7 @@ def run_engine(
     (RunEnd, a Balance per account from the live balances) and flush."""
     if bus.ledger is not ledger:
         raise ValueError("the bus must publish into the run's ledger")
-    live = LiveBalances()
+    live = live if live is not None else LiveBalances()  # an economy reads the same fold
     resume = Continuation.of(ledger)
     live.balances.update(resume.balances)
     bus.subscribe_all(live.apply, live.apply_batch)

@@ -161,7 +161,7 @@ class Chain(Task):
         if state == self.goal:  # the goal is terminal: nothing more happens there
             return Outcome(next_state=state, reward=0.0, done=True)
         if primitive >= 2:
-            kind, i = divmod(primitive - 2, 3)[::-1]
+            i, kind = divmod(primitive - 2, 3)
             nxt = (state, 0, max(state - 2 - i, 0))[kind]
             return Outcome(next_state=nxt, reward=0.0, done=False)
         nxt = state + 1 if primitive == 1 else max(state - 1, 0)
