@@ -147,6 +147,43 @@ def simulate_cmd(
         float | None,
         typer.Option(help="With --economy: credit per auction a member is alive [default: 0.001]."),
     ] = None,
+    births: Annotated[
+        bool | None,
+        typer.Option(
+            "--births/--no-births",
+            help="With --economy: members richer than --birth-above found children "
+            "[default: births].",
+        ),
+    ] = None,
+    birth_above: Annotated[
+        float | None,
+        typer.Option(
+            help="With --economy: the wealth that founds a child [default: 4 x endowment]."
+        ),
+    ] = None,
+    child: Annotated[
+        str | None,
+        typer.Option(
+            help="With --economy: a child's policy, copy (its parent's, perturbed by "
+            "--mutation) or fresh [default: copy]."
+        ),
+    ] = None,
+    mutation: Annotated[
+        float | None,
+        typer.Option(help="With --economy: the perturbation of a child's policy [default: 0.01]."),
+    ] = None,
+    dividend: Annotated[
+        float | None,
+        typer.Option(
+            help="With --economy: a child's profit share paid to its parent [default: 0]."
+        ),
+    ] = None,
+    max_population: Annotated[
+        int | None,
+        typer.Option(
+            help="With --economy: the most members alive at once [default: 2 x founders]."
+        ),
+    ] = None,
     frozen: Annotated[
         bool | None,
         typer.Option(
@@ -201,7 +238,10 @@ def simulate_cmd(
         "concurrency": concurrency, "kernel": kernel, "variant": variant, "agents": agents,
         "method": method, "init": str(init) if init is not None else None, "frozen": frozen,
         "primitives": primitives, "economy": economy,
-        "hayek": {k: v for k, v in (("endowment", endowment), ("rent", rent)) if v is not None},
+        "hayek": {k: v for k, v in (
+            ("endowment", endowment), ("rent", rent), ("births", births),
+            ("birth_above", birth_above), ("child", child), ("mutation", mutation),
+            ("dividend", dividend), ("max_population", max_population)) if v is not None},
     }  # fmt: skip
     sim = guarded(lambda: resolve(preset, config, flags, assignments))
     if sim.task in OPTION_TASKS:
@@ -451,6 +491,7 @@ def _lifecycle_table(report: AuditReport) -> Table:
         ("  of which by the environment", None, report.endowed_in),
         ("rent paid", None, report.rent),
         ("liquidated", report.liquidations, report.liquidated),
+        ("dividends to parents", report.dividends, report.dividends_paid),
     ]
     for event, count, units in rows:
         table.add_row(

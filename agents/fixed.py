@@ -10,18 +10,23 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from market.economy import Economy
 from market.society import Society
 from market.tasks import Task
 
 
 class TableBidder:
-    """Bids a fixed value per (state, bidder), the same in every episode."""
+    """Bids a fixed value per (state, bidder), the same in every episode; with `columns`,
+    the table is per primitive and bidder i bids its column `columns[i]`, read at every
+    call (an economy's slots change primitive at a birth)."""
 
-    def __init__(self, table: NDArray[np.float64]) -> None:
-        self.table = table
+    def __init__(self, table: NDArray[np.float64], columns: list[int] | None = None) -> None:
+        self.table, self.columns = table, columns
 
     def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
-        return self.table[states]
+        if self.columns is None:
+            return self.table[states]
+        return self.table[states][:, self.columns]
 
 
 class ConstantBidder:
@@ -66,11 +71,14 @@ def make_bidder(
     gamma: float,
     rng: np.random.Generator,
     constant: float = 0.5,
+    economy: Economy | None = None,
 ) -> TableBidder | RandomBidder | ConstantBidder:
-    """The fixed bidder called `name` for every bidder of `society`."""
-    prims = list(society.primitive_of)
+    """The fixed bidder called `name` for every bidder of `society`, or for every slot of
+    `economy` (a child bids as its parent's primitive does)."""
+    prims = list(society.primitive_of) if economy is None else economy.primitive
     if name == "truthful":
-        return TableBidder(truthful_values(task, gamma)[:, prims])
+        values = truthful_values(task, gamma)
+        return TableBidder(values[:, prims]) if economy is None else TableBidder(values, prims)
     if name == "random":
         return RandomBidder(len(prims), rng)
     if name == "constant":

@@ -27,6 +27,7 @@ from ledger.payoffs import PayoffTracker, Sample
 from ledger.store import Ledger
 from ledger.units import UNIT
 from market.bus import Bus
+from market.economy import Economy
 from market.kernel import EpisodeResult
 from market.run import KernelChoice, RunConfig, RunSummary, simulate
 from market.society import Society
@@ -36,20 +37,40 @@ from market.tasks import Task, make_task
 class LearningSociety:
     """The bidders of a society as PPO primitives trained on their ledger payoffs."""
 
-    def __init__(self, task: Task, society: Society, config: PPOConfig, seed: int) -> None:
+    def __init__(
+        self,
+        task: Task,
+        society: Society,
+        config: PPOConfig,
+        seed: int,
+        economy: Economy | None = None,
+    ) -> None:
+        """With an `economy`, every slot has a policy of its own (a member's, docs/economy.md):
+        a member learns from its own payoffs only, and a child starts from its parent's."""
         self.config = config
         self.agent: PPOBidders | VisionBidders
-        if task.observation_shape is None:
+        self.economy = economy
+        if economy is not None and task.observation_shape is not None:
+            raise ValueError(
+                f"an economy's learners need a tabular task, not {task.name!r} (a child copies "
+                "its parent's table); use --bidder random for an economy over images"
+            )
+        if economy is not None:
+            slots = tuple(range(economy.capacity))
+            self.agent = PPOBidders(task.n_states, slots, config, seed)
+        elif task.observation_shape is None:
             self.agent = PPOBidders(task.n_states, society.primitive_of, config, seed)
         else:
             shape = task.observation_shape
             self.agent = VisionBidders(task.observe, shape, society.primitive_of, config, seed)
         n = self.agent.n_primitives
+        """Policies (rows): one per primitive, clones sharing it, or one per economy slot."""
         self._states: list[list[int]] = [[] for _ in range(n)]
         self._bids: list[list[float]] = [[] for _ in range(n)]
         self._utilities: list[list[float]] = [[] for _ in range(n)]
         self.updates: list[dict[str, float]] = []
-        self.recent_bids: list[deque[float]] = [deque(maxlen=1000) for _ in range(n)]
+        self.recent_bids: list[deque[float]] = [deque(maxlen=1000) for _ in task.primitive_names]
+        """Each primitive's last 1000 bids (all its members')."""
         self.received: list[Sample] = []
         """Every sample the bus delivered, kept only when `keep_samples` is set (tests)."""
         self.keep_samples = False
@@ -60,12 +81,20 @@ class LearningSociety:
         """Called after every update with its metrics (for metrics files and snapshots)."""
         self.frozen = False
         """Bid, but drop every batch instead of learning from it (an evaluation)."""
-        self._accounts_of = [
-            {a for a, q in zip(society.accounts, society.primitive_of, strict=True) if q == p}
-            for p in range(n)
-        ]
-        self.retired: set[int] = set()
-        """Primitives whose every bidder has closed (an economy): no update waits for them."""
+        self._row_of: dict[str, int] | None = None
+        """With an economy: each living member's policy row (its slot)."""
+        if economy is None:
+            self._accounts_of = [
+                {a for a, q in zip(society.accounts, society.primitive_of, strict=True) if q == p}
+                for p in range(n)
+            ]
+        else:
+            self._row_of = {a: i for i, a in enumerate(economy.accounts) if a is not None}
+            self._accounts_of = [set() if a is None else {a} for a in economy.accounts]
+            economy.on_close.append(self.retire)
+            economy.on_birth.append(self.born)
+        self.retired: set[int] = {p for p, accounts in enumerate(self._accounts_of) if not accounts}
+        """Policies whose every bidder has closed, or free slots: no update waits for them."""
 
     def attach(self, bus: Bus) -> None:
         """Learn from every transaction the bus commits from now on."""
@@ -81,11 +110,13 @@ class LearningSociety:
 
     def _on_samples(self, samples: list[Sample]) -> None:
         """One finished auction: every bidder's (state, bid, utility), into its buffer."""
-        for _, _, _, p, state, units, utility in samples:
+        rows = self._row_of
+        for _, _, account, p, state, units, utility in samples:
             bid = units / UNIT
-            self._states[p].append(state)
-            self._bids[p].append(bid)
-            self._utilities[p].append(float(utility) / UNIT)
+            row = p if rows is None else rows[account]
+            self._states[row].append(state)
+            self._bids[row].append(bid)
+            self._utilities[row].append(float(utility) / UNIT)
             self.recent_bids[p].append(bid)
         self.auctions += 1
         if self.keep_samples:
@@ -95,6 +126,8 @@ class LearningSociety:
 
     def _on_columns(self, samples: SampleColumns) -> None:
         """A batch's finished auctions, as columns, into the buffers (in the same order)."""
+        if self._row_of is not None:
+            raise ValueError("an economy runs on the episode kernel")
         bids = samples.bid / UNIT
         utilities = samples.utility / UNIT
         for p in range(self.agent.n_primitives):
@@ -123,14 +156,30 @@ class LearningSociety:
             self._update()
 
     def retire(self, account: str) -> None:
-        """`account` has closed: once all of its primitive's bidders have, updates stop
-        waiting for that primitive's samples."""
+        """`account` has closed: once all of its policy's bidders have, updates stop
+        waiting for that policy's samples."""
+        if self._row_of is not None:
+            self._row_of.pop(account)
         for p, accounts in enumerate(self._accounts_of):
             accounts.discard(account)
             if not accounts:
                 self.retired.add(p)
         while self._ready():
             self._update()
+
+    def born(self, parent: int, child: int, account: str) -> None:
+        """An economy's birth: slot `child`'s policy becomes a perturbed copy of slot
+        `parent`'s (or a fresh one) and starts an empty batch for `account`."""
+        assert self._row_of is not None and self.economy is not None
+        config = self.economy.config
+        agent = self.agent
+        assert isinstance(agent, PPOBidders)
+        agent.inherit(parent, child, config.mutation, fresh=config.child == "fresh")
+        for column in (self._states, self._bids, self._utilities):
+            column[child].clear()
+        self._row_of[account] = child
+        self._accounts_of[child] = {account}
+        self.retired.discard(child)
 
     def _ready(self) -> bool:
         """Every primitive still alive has a full batch (and one is alive)."""
@@ -226,9 +275,13 @@ def run_learning(
     one_thread()
     task = make_task(config.task, config.seed, config.gamma, config.primitives)
     ppo = PPOConfig.model_validate(config.learner or {})
-    learner = LearningSociety(task, Society.of(task, config.cloned), ppo, learner_seed(config.seed))
+    society = Society.of(task, config.cloned)
+    economy = Economy(config.economy, society) if config.economy is not None else None
+    learner = LearningSociety(task, society, ppo, learner_seed(config.seed), economy)
     learner.keep_samples = keep_samples
     bus = Bus(ledger)
     learner.attach(bus)
-    summary = simulate(config, ledger, learner, on_episode, bus=bus, kernel=kernel, task=task)
+    summary = simulate(
+        config, ledger, learner, on_episode, bus=bus, kernel=kernel, task=task, economy=economy
+    )
     return summary, learner

@@ -57,6 +57,17 @@ class BidderBank(nn.Module):
         )
         self.n_states = n_states
 
+    @torch.no_grad()
+    def reset_row(self, row: int, generator: torch.Generator) -> None:
+        """Initialise primitive `row`'s nets afresh, as the constructor does (uniform bids)."""
+        s, h = self.n_states, self.enc_w.shape[-1]
+        for w, bound in ((self.enc_w, 1 / math.sqrt(s)), (self.v1_w, 1 / math.sqrt(s))):
+            w[row].uniform_(-bound, bound, generator=generator)
+        self.v2_w[row].uniform_(-1 / math.sqrt(h), 1 / math.sqrt(h), generator=generator)
+        for b in (self.enc_b, self.head_w, self.v1_b, self.v2_b):
+            b[row].zero_()
+        self.head_b[row] = torch.tensor([[0.0, _UNIFORM_NU]])
+
     def policy_params(self) -> list[nn.Parameter]:
         """The bid policy's parameters."""
         return [self.enc_w, self.enc_b, self.head_w, self.head_b]
@@ -155,6 +166,29 @@ class PPOBidders:
         """Each primitive's mean bid at each state: shape (P, len(states))."""
         mean = self.bank.distribution(torch.as_tensor(states)).mean
         return np.asarray(mean.double().numpy(), dtype=np.float64)
+
+    @torch.no_grad()
+    def inherit(self, parent: int, child: int, sigma: float, fresh: bool = False) -> None:
+        """Make row `child` a child of row `parent` (an economy's birth): a copy of the
+        parent's nets and of their optimiser moments, the bid policy's parameters perturbed
+        by Gaussian noise of standard deviation `sigma`; or, `fresh`, newly initialised nets
+        with no moments. The noise comes from the learner's own generator."""
+        if fresh:
+            self.bank.reset_row(child, self.generator)
+        for opt in (self.policy_opt, self.value_opt):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if not fresh:
+                        p[child] = p[parent]
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        moments = opt.state.get(p, {}).get(key)
+                        if moments is not None:
+                            moments[child] = 0 if fresh else moments[parent]
+        if not fresh and sigma > 0:
+            for p in self.bank.policy_params():
+                noise = torch.randn(p[child].shape, generator=self.generator)
+                p[child] += sigma * noise
+        self.parameters_changed()
 
     def parameters_changed(self) -> None:
         """Forget the cached bid table (after an update or a loaded snapshot)."""

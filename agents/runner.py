@@ -106,7 +106,8 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         raise ValueError("--frozen evaluates a snapshot: give --init RUN with --learn/--monolithic")
     if sim.init is not None and resume is None:
         config = config.model_copy(update={"init": _init_source(Path(sim.init), config)})
-    policy, learner = _policy(config, task, society)
+    economy = Economy(config.economy, society) if config.economy else None
+    policy, learner = _policy(config, task, society, economy)
     if config.init is not None:
         from agents.training import start_from
 
@@ -126,11 +127,6 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         snapshot = latest_snapshot(run) if resume is not None else None
         if snapshot is not None and isinstance(learner, LearningSociety):
             load_snapshot(learner, snapshot)
-
-    economy = Economy(config.economy, society.accounts) if config.economy else None
-    retire = getattr(learner, "retire", None)
-    if economy is not None and retire is not None:
-        economy.on_close.append(retire)  # learners stop waiting for closed members' samples
 
     def go(on_episode: OnEpisode | None) -> RunSummary:
         return simulate(
@@ -214,12 +210,17 @@ def _init_source(run: Path, config: RunConfig) -> str:
     return f"{snapshot} sha256={hashlib.sha256(snapshot.read_bytes()).hexdigest()}"
 
 
-def _policy(config: RunConfig, task: Task, society: Society) -> tuple[Policy, Any]:
-    """The run's bidders: fixed ones, a learning society, or the monolithic baseline."""
+def _policy(
+    config: RunConfig, task: Task, society: Society, economy: Economy | None = None
+) -> tuple[Policy, Any]:
+    """The run's bidders: fixed ones, a learning society, or the monolithic baseline; with
+    an `economy`, they bid for its slots."""
     (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
     if config.learner is None:
         rng = np.random.default_rng(policy_seed)
-        bidder = make_bidder(config.bidder, task, society, config.gamma, rng, config.constant)
+        bidder = make_bidder(
+            config.bidder, task, society, config.gamma, rng, config.constant, economy
+        )
         return bidder, None
     from agents.learning import LearningSociety, learner_seed, one_thread
     from agents.ppo_monolithic import MonolithicPPO
@@ -230,9 +231,11 @@ def _policy(config: RunConfig, task: Task, society: Society) -> tuple[Policy, An
     seed = learner_seed(config.seed)
     learner: LearningSociety | MonolithicPPO
     if config.bidder == "monolithic":
+        if economy is not None:
+            raise ValueError("an economy needs a society of bidders: drop --monolithic")
         learner = MonolithicPPO(task, ppo, seed)
     else:
-        learner = LearningSociety(task, society, ppo, seed)
+        learner = LearningSociety(task, society, ppo, seed, economy)
     return learner, learner
 
 

@@ -5,8 +5,8 @@ seq of the transaction's first event), the run id, the episode, the step and the
 Money-moving events are transfers `src -> dst` of a non-negative integer `amount` in units
 (see `ledger.units`); a transfer balances by construction, so the books always sum to zero.
 New kinds are added here as new models, not as a new ledger: the lifecycle of an account in a
-society where wealth matters (issue 8: `Endow`, `Rent`, `Liquidate`, `Close`, and a `Bid`'s
-`cap`) lives in the same ledger as the auctions.
+society where wealth matters (issue 8: `Endow`, `Rent`, `Liquidate`, `Dividend`, `Close`, and
+a `Bid`'s `cap`) lives in the same ledger as the auctions.
 """
 
 from __future__ import annotations
@@ -218,6 +218,13 @@ class Liquidate(Transfer):
     kind: Literal["liquidate"] = "liquidate"
 
 
+class Dividend(Transfer):
+    """A child (`src`) pays its parent (`dst`), the account that endowed it, a share of its
+    profits."""
+
+    kind: Literal["dividend"] = "dividend"
+
+
 class Close(EventBase):
     """Closes `account` for good (`reason`: "bankrupt", "idle", ...). Its balance must be
     exactly 0 (liquidate it first); after it, the account never acts or receives again."""
@@ -252,16 +259,19 @@ Event = Annotated[
     | Endow
     | Rent
     | Liquidate
+    | Dividend
     | Close,
     Field(discriminator="kind"),
 ]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-TRANSFER_KINDS: frozenset[str] = frozenset({"pay", "mint", "reward", "endow", "rent", "liquidate"})
+TRANSFER_KINDS: frozenset[str] = frozenset(
+    {"pay", "mint", "reward", "endow", "rent", "liquidate", "dividend"}
+)
 """The kinds that move money; each is a `Transfer`."""
 AUCTION_KINDS: frozenset[str] = frozenset({"pay", "mint", "reward"})
 """The transfers an auction (or a control step) makes; the others are lifecycle transfers."""
-LIFECYCLE_KINDS: frozenset[str] = frozenset({"endow", "rent", "liquidate", "close"})
+LIFECYCLE_KINDS: frozenset[str] = frozenset({"endow", "rent", "liquidate", "dividend", "close"})
 """The kinds of an economy where wealth matters (issue 8)."""
 EVENT_TYPES: tuple[type[EventBase], ...] = (
     RunStart,
@@ -282,6 +292,7 @@ EVENT_TYPES: tuple[type[EventBase], ...] = (
     Rent,
     Liquidate,
     Close,
+    Dividend,
 )
 """Every kind; new kinds go last, so the older ones keep their batch codes."""
 

@@ -22,6 +22,7 @@ Rules (a violation names the first broken one in sequence order):
                 sales of a first state to the environment (the treasury is inside)
   endowment     an endowment funds an account opened in the same transaction
   rent          rent is paid to the treasury
+  dividend      a dividend goes from a child to the parent that endowed it
   liquidation   a liquidation settles an account closed later in the same transaction
   closing       every balance statement equals the replay of all events before it
 
@@ -42,6 +43,7 @@ from ledger.events import (
     AUCTION_KINDS,
     AUCTIONEER,
     ENVIRONMENT,
+    LIFECYCLE_KINDS,
     SYSTEM,
     TRANSFER_KINDS,
     TREASURY,
@@ -105,6 +107,9 @@ class AuditReport:
     """Units paid in rent to the treasury."""
     liquidations: int = 0
     liquidated: int = 0
+    dividends: int = 0
+    dividends_paid: int = 0
+    """Units children paid their parents."""
     closing_checked: int = 0
     closed: bool = False
     violation: Violation | None = None
@@ -212,8 +217,15 @@ def _sequence_rules() -> list[Rule]:
 
 
 def _lives(events: pl.LazyFrame) -> pl.DataFrame:
-    """Per account: the seq and tx of its first open (`o`, `o_tx`) and close (`c`, `c_tx`)."""
+    """Per account: the seq and tx of its first open (`o`, `o_tx`) and close (`c`, `c_tx`),
+    and who endowed it first (`parent`: the environment for a founder)."""
     first = {"o": "open", "c": "close"}
+    parents = (
+        events.filter(_C("kind") == "endow")
+        .group_by("dst")
+        .agg(_C("src").sort_by("seq").first().alias("parent"))
+        .rename({"dst": "account"})
+    )
     return (
         events.filter(_C("kind").is_in(list(first.values())))
         .group_by("account")
@@ -222,6 +234,7 @@ def _lives(events: pl.LazyFrame) -> pl.DataFrame:
             for name, kind in first.items()
             for col, suffix in (("seq", ""), ("tx", "_tx"))
         )
+        .join(parents, "account", "left")
         .collect()
     )
 
@@ -294,6 +307,12 @@ def _economy_rules() -> list[Rule]:
         Rule("source", ~tagged, pl.lit("money from or to outside only as tagged flows"), move),
         Rule("endowment", (kind == "endow") & ~new, pl.lit("an account opened with it"), move),
         Rule("rent", (kind == "rent") & (dst != TREASURY), pl.lit(f"rent to {TREASURY}"), move),
+        Rule(
+            "dividend",
+            (kind == "dividend") & (_C("parent_src") != dst).fill_null(True),
+            pl.format("a dividend from {} to the account that endowed it", "src"),
+            move,
+        ),
         Rule(
             "liquidation",
             (kind == "liquidate") & ~settles,
@@ -509,7 +528,7 @@ def _totals(df: pl.DataFrame, a: pl.DataFrame, report: AuditReport) -> None:
 
 
 def _lifecycle_totals(df: pl.DataFrame, report: AuditReport) -> None:
-    rows = df.filter(_C("kind").is_in(["open", "close", "endow", "rent", "liquidate"]))
+    rows = df.filter(_C("kind").is_in(["open", *sorted(LIFECYCLE_KINDS)]))
     per = {
         kind: (count, int(amount or 0))
         for kind, count, amount in rows.group_by("kind")
@@ -520,5 +539,6 @@ def _lifecycle_totals(df: pl.DataFrame, report: AuditReport) -> None:
     report.endowments, report.endowed = per.get("endow", (0, 0))
     report.rent = per.get("rent", (0, 0))[1]
     report.liquidations, report.liquidated = per.get("liquidate", (0, 0))
+    report.dividends, report.dividends_paid = per.get("dividend", (0, 0))
     from_environment = (_C("kind") == "endow") & (_C("src") == ENVIRONMENT)
     report.endowed_in = int(rows.filter(from_environment)["amount"].cast(pl.Int128).sum() or 0)

@@ -10,10 +10,10 @@ kernel's single sequence counter totally orders their events.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import simpy
@@ -95,8 +95,9 @@ class Kernel:
         economy: Economy | None = None,
     ) -> None:
         """`gate`, if given, must also allow every new episode (an outside driver's say, as
-        in the PettingZoo interface); it may wait for it. With an `economy`, only living
-        members bid, each up to its balance, pay rent each auction, and go bankrupt."""
+        in the PettingZoo interface); it may wait for it. With an `economy`, the bidders
+        are its slots: only living members bid, each up to its balance, and pay rent each
+        auction; between episodes the economy settles (bankruptcies, dividends, births)."""
         self.gate, self.economy = gate, economy
         self._owners: dict[int, str] = {}
         """Each running episode's current seller: a member that must not close yet."""
@@ -105,8 +106,10 @@ class Kernel:
         self.env = simpy.Environment(initial_time=start_time)
         self.seq = first_seq
         self.next_episode = first_episode
-        self._accounts = society.accounts
-        self._prims = society.primitive_of
+        self._accounts: Sequence[str] = society.accounts
+        self._prims: Sequence[int] = society.primitive_of
+        if economy is not None:  # bidders are the economy's slots; a free slot never bids
+            self._accounts, self._prims = cast(list[str], economy.accounts), economy.primitive
         self._waiting: list[tuple[int, simpy.Event]] = []
         self._batched = False
         self._budget = Budget(None, None)
@@ -135,21 +138,22 @@ class Kernel:
         while self._budget.allows(self.next_episode, self.steps) and (
             self.gate is None or self.gate()
         ):
-            if self.economy is not None and not any(self.economy.alive.values()):
+            if self.economy is not None and not self.economy.population:
                 return  # extinction: nobody is left to bid
             ep = self.next_episode
             self.next_episode += 1
             result = yield from self._episode(ep)
             if self.economy is not None:
-                self._close_bankrupt()
+                self._settle()
             if on_episode is not None:
                 on_episode(result)
 
-    def _close_bankrupt(self) -> None:
-        """Liquidate and close every bankrupt member that owns no running episode's state."""
+    def _settle(self) -> None:
+        """The economy's settlement between episodes (bankruptcies, dividends, births), as
+        one transaction; a member owning a running episode's state does not close yet."""
         assert self.economy is not None
-        for account in self.economy.bankrupt(self._owners.values()):
-            own = self.economy.close(account)
+        own = self.economy.settle(set(self._owners.values()))
+        if own:
             self.bus.publish(Transaction((self.seq, self.run, -1, -1, self.env.now), own))
             self.seq += len(own)
 
@@ -212,8 +216,8 @@ class Kernel:
     def _budgets(self, bids: list[int]) -> tuple[list[int], list[int], list[int]]:
         """The living members' ids, their caps (their balances), and their capped bids."""
         assert self.economy is not None
-        alive, cap = self.economy.alive, self.economy.cap
-        members = [i for i, a in enumerate(self._accounts) if alive[a]]
+        cap = self.economy.cap
+        members = self.economy.members()
         caps = [cap(self._accounts[i]) for i in members]
         return members, caps, [min(bids[i], c) for i, c in zip(members, caps, strict=True)]
 

@@ -114,8 +114,8 @@ def simulate(
     episodes run at once. `gate`, if given, must also allow every new episode. `task`, if
     given, is the run's task already made (`make_task(config.task, seed, gamma)`), so a task
     with a classifier or options to load is made once. A run with `config.economy` runs on
-    the episode kernel; pass its `economy` to have others follow it (learners retire the
-    members it closes).
+    the episode kernel and needs its `economy` (`Economy(config.economy, society)`), made
+    before the policy, which bids for the economy's slots.
     """
     if task is None:
         task = make_task(config.task, config.seed, config.gamma, config.primitives)
@@ -127,7 +127,7 @@ def simulate(
             raise ValueError("an economy runs on the episode kernel: drop --kernel rounds")
         rounds = False
         if economy is None:
-            economy = Economy(config.economy, society.accounts)
+            raise ValueError("an economy run needs its Economy, whose slots the policy bids for")
 
     def build(first_seq: int, resume: Continuation) -> Engine:
         if not rounds:

@@ -17,6 +17,7 @@ from ledger.events import (
     Balance,
     Bid,
     Close,
+    Dividend,
     Endow,
     EpisodeEnd,
     EpisodeStart,
@@ -161,7 +162,8 @@ def capped_auction(first: int, step: int, bids: dict[str, tuple[int, int]], sell
 
 def lifecycle_history() -> list[Tx]:
     """A small audit-clean economy: founders endowed by the environment, capped bids, rent,
-    the birth of a child endowed by its parent, a bankruptcy (liquidate, then close)."""
+    the birth of a child endowed by its parent, the child's dividend to its parent, a
+    bankruptcy (liquidate, then close)."""
     founding = opening(0, LIFE_ACCOUNTS)
     founding += [
         Endow(**head(len(founding) + i, 0, step=-1), src=ENVIRONMENT, dst=a, amount=100)
@@ -184,6 +186,7 @@ def lifecycle_history() -> list[Tx]:
     txs.append([EpisodeEnd(**head(next_seq(txs), next_seq(txs), 1), steps=2, episode_return=6)])
     n = next_seq(txs)
     txs.append(moves(n, (Rent, BOB, TREASURY, 2), (Rent, CAROL, TREASURY, 1)))
+    txs.append(moves(next_seq(txs), (Dividend, CAROL, ALICE, 2)))
     n = next_seq(txs)
     txs.append([
         Liquidate(**head(n, n, step=-1), src=BOB, dst=TREASURY, amount=fold(txs)[BOB]),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import pytest
 from typer.testing import CliRunner
 
@@ -18,7 +19,7 @@ from ledger.events import ENVIRONMENT, TREASURY
 from ledger.store import MemoryLedger
 from ledger.units import UNIT
 from market.audit import audit
-from market.economy import EconomyConfig
+from market.economy import Economy, EconomyConfig
 from market.run import RunConfig, simulate
 from market.society import Society
 from market.tasks import make_task
@@ -29,13 +30,16 @@ Row = dict[str, Any]
 def run(concurrency: int, rent: float = 0.01, episodes: int = 60) -> list[Row]:
     """A Chain economy of 12 primitives with random bidders, into a fresh ledger."""
     task = make_task("chain", primitives=12)
-    policy = make_bidder("random", task, Society.of(task), 0.99, np.random.default_rng(3))
+    settings = EconomyConfig(endowment=1.0, rent=rent, births=False)
+    economy = Economy(settings, Society.of(task))
+    rng = np.random.default_rng(3)
+    policy = make_bidder("random", task, Society.of(task), 0.99, rng, economy=economy)
     config = RunConfig(
         task="chain", primitives=12, bidder="random", episodes=episodes,
-        concurrency=concurrency, economy=EconomyConfig(endowment=1.0, rent=rent),
+        concurrency=concurrency, economy=settings,
     )  # fmt: skip
     ledger = MemoryLedger()
-    simulate(config, ledger, policy, task=task)
+    simulate(config, ledger, policy, task=task, economy=economy)
     assert audit(ledger).ok, audit(ledger).violation
     return [e.model_dump() for e in ledger.events()]
 
@@ -134,3 +138,145 @@ def test_the_issue_command_runs_an_audited_economy(tmp_path: Path) -> None:
     assert (out / "report" / "population.png").exists()
     bad = CliRunner().invoke(app, ["simulate", "--economy", "ayn"])
     assert bad.exit_code == 2 and "economy" in bad.output
+
+
+def births_run(dividend: float = 0.5, episodes: int = 300) -> tuple[list[Row], Economy]:
+    """Chain of L and R with truthful bidders, no rent and a low birth threshold: the
+    members that sell the goal's last move grow rich and found children."""
+    task = make_task("chain")
+    settings = EconomyConfig(
+        endowment=1.0, rent=0.0, birth_above=1.0, max_population=8, dividend=dividend
+    )
+    economy = Economy(settings, Society.of(task))
+    policy = make_bidder("truthful", task, Society.of(task), 0.99, np.random.default_rng(0),
+                         economy=economy)  # fmt: skip
+    config = RunConfig(task="chain", bidder="truthful", episodes=episodes, economy=settings)
+    ledger = MemoryLedger()
+    simulate(config, ledger, policy, task=task, economy=economy)
+    assert audit(ledger).ok, audit(ledger).violation
+    return [e.model_dump() for e in ledger.events()], economy
+
+
+def test_a_rich_member_founds_a_child_of_its_primitive_endowed_from_its_wealth() -> None:
+    """Every birth opens the child and endows it from a parent richer than the threshold,
+    which keeps at least 0; the child bids as its parent's primitive; never more than
+    `max_population` members live at once."""
+    events, economy = births_run()
+    before = balances_before(events)
+    opened = {e["account"]: e["tx"] for e in events if e["kind"] == "open"}
+    gifts = [e for e in events if e["kind"] == "endow" and e["src"] != ENVIRONMENT]
+    assert len(gifts) == 4  # the population cap: 4 founders, 8 slots
+    primitive = {e["account"]: e["primitive"] for e in events if e["kind"] == "bid"}
+    for e in gifts:
+        parent, child = e["src"], e["dst"]
+        assert opened[child] == e["tx"] and e["amount"] == UNIT
+        assert before[e["tx"]][parent] > UNIT and before[e["tx"]][parent] - UNIT >= 0
+        assert primitive[child] == primitive[parent]
+        assert child.split(".")[0] == parent.split(".")[0]
+    for tx in {e["tx"] for e in events if e["kind"] == "bid"}:
+        assert len([e for e in events if e["tx"] == tx and e["kind"] == "bid"]) <= 8
+    assert economy.population == 8 and None not in economy.accounts
+
+
+def test_no_births_when_births_are_off_or_the_population_is_full() -> None:
+    """`births=False`, or a cap at the founders' number, keeps the founders alone."""
+    task = make_task("chain")
+    for settings in (
+        EconomyConfig(rent=0.0, birth_above=1.0, births=False),
+        EconomyConfig(rent=0.0, birth_above=1.0, max_population=4),
+    ):
+        economy = Economy(settings, Society.of(task))
+        economy.live.balances.update({"R.0": 5 * UNIT})
+        assert economy.settle(set()) == [] and economy.population == 4
+    with pytest.raises(ValueError, match="below the society's 4 founders"):
+        Economy(EconomyConfig(max_population=3), Society.of(task))
+
+
+def test_a_child_pays_its_parent_a_share_of_its_profit_above_its_high_water_mark() -> None:
+    """Hand-made balances: a child endowed 1 that reaches 3 pays 1 (half its gain of 2);
+    at 2 again it pays nothing; after a loss to 1.5 it pays nothing; at 2.4 it pays half
+    of the 0.4 above its mark of 2."""
+    task = make_task("chain")
+    settings = EconomyConfig(rent=0.0, birth_above=1.0, dividend=0.5, max_population=5)
+    economy = Economy(settings, Society.of(task))
+    live = economy.live.balances
+    live.update({"L.0": 0, "L.1": 0, "R.0": 3 * UNIT, "R.1": 0})
+    economy.settle(set())  # R.0 founds R.2 with 1 credit
+    assert economy.parent == {"R.2": "R.0"}
+    live.update({"R.0": 0, "R.2": 3 * UNIT})
+    paid = []
+    for balance in (3 * UNIT, 2 * UNIT, 3 * UNIT // 2, 12 * UNIT // 5):
+        live["R.2"] = balance
+        own = economy.settle(set())
+        paid.append([(m.__name__, v) for m, v in own])
+        for _, (src, dst, amount) in [(m, v) for m, v in own if m.__name__ == "Dividend"]:
+            live[src] -= amount
+            live[dst] += amount
+    assert paid == [[("Dividend", ("R.2", "R.0", UNIT))], [], [], [
+        ("Dividend", ("R.2", "R.0", UNIT // 5))]]  # fmt: skip
+
+
+def test_children_pay_their_parents_only_in_an_audited_run() -> None:
+    """In a run, every dividend goes from a child to the account that endowed it."""
+    events, economy = births_run()
+    dividends = [e for e in events if e["kind"] == "dividend"]
+    assert dividends
+    assert all(economy.parent[e["src"]] == e["dst"] for e in dividends)
+    events, _ = births_run(dividend=0.0)
+    assert not [e for e in events if e["kind"] == "dividend"]
+
+
+@pytest.mark.parametrize("child", ["copy", "fresh"])
+def test_a_learning_child_starts_from_its_parents_policy_perturbed_or_afresh(child: str) -> None:
+    """A birth copies the parent's row of nets into the child's slot, the bid policy
+    perturbed by `mutation` (or, fresh, starts uniform), and the child learns in its own
+    batch."""
+    task = make_task("chain")
+    settings = EconomyConfig(rent=0.0, birth_above=1.0, mutation=0.05, child=child)
+    economy = Economy(settings, Society.of(task))
+    learner = LearningSociety(task, Society.of(task), PPOConfig(batch=4, minibatch=4), 0,
+                              economy)  # fmt: skip
+    bank = learner.agent.bank
+    with torch.no_grad():
+        for p in bank.parameters():
+            p[2].normal_()  # the parent R.0 (slot 2) has learned something
+    economy.live.balances.update({"R.0": 3 * UNIT})
+    economy.settle(set())
+    assert economy.accounts[4] == "R.2" and learner._row_of is not None
+    assert learner._row_of["R.2"] == 4 and 4 not in learner.retired
+    policy = {id(p) for p in bank.policy_params()}
+    for p in bank.parameters():
+        gap = float((p[4] - p[2]).detach().abs().max())
+        if child == "fresh":
+            assert gap > 0.1
+        elif id(p) in policy:
+            assert 0 < gap < 0.05 * 6
+        else:
+            assert gap == 0
+    if child == "fresh":
+        alpha, beta = bank.policy_table()
+        assert torch.allclose(alpha[4], torch.ones(6)) and torch.allclose(beta[4], torch.ones(6))
+    learner.retire("R.2")
+    assert 4 in learner.retired and "R.2" not in learner._row_of
+
+
+def test_the_issue_command_with_births_runs_and_audits(tmp_path: Path) -> None:
+    """Births on the command line: a low threshold and no rent found children; the audit
+    is clean and the population analysis counts them."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "simulate", "--task", "chain", "--mechanism", "ccv", "--bidder", "truthful",
+        "--economy", "hayek", "--endowment", "1.0", "--rent", "0", "--birth-above", "1.0",
+        "--dividend", "0.1", "--max-population", "6", "--episodes", "200",
+        "--out", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0 and "AUDIT CLEAN" in result.output, result.output
+    audited = CliRunner().invoke(app, ["audit", str(out)])
+    assert audited.exit_code == 0 and "dividends to parents" in audited.output
+    from analyses.population import population
+    from ledger.disk import DiskLedger
+
+    pop = population(DiskLedger(out / "ledger").scan())
+    assert pop["births"][-1] == 2 and pop["alive"].max() == 6
+    bad = CliRunner().invoke(app, ["simulate", "--economy", "hayek", "--max-population", "3"])
+    assert bad.exit_code == 2 and "below the society's 4 founders" in bad.output

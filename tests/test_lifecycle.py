@@ -40,6 +40,7 @@ from ledger.events import (
     Balance,
     Bid,
     Close,
+    Dividend,
     Endow,
     EpisodeStart,
     Liquidate,
@@ -291,6 +292,7 @@ def test_lifecycle_history_audits_clean(tmp_path: Path) -> None:
     assert report.ok, report.violation
     assert (report.opens, report.closes, report.endowments, report.liquidations) == (6, 1, 3, 1)
     assert (report.endowed, report.endowed_in, report.rent, report.liquidated) == (225, 200, 4, 89)
+    assert (report.dividends, report.dividends_paid) == (1, 2)
 
 
 def test_event_after_close_is_flagged_by_the_audit() -> None:
@@ -362,6 +364,14 @@ def test_liquidation_without_a_close_is_flagged_by_the_audit() -> None:
     assert _violation(_falsify(df, seq, kind="liquidate")) == ("liquidation", seq)
 
 
+def test_dividend_to_another_than_the_parent_is_flagged_by_the_audit() -> None:
+    """A dividend goes from a child to the parent that endowed it, and to nobody else."""
+    df = _lifecycle_frame()
+    seq = _seq_of(df, "dividend")
+    assert _violation(_falsify(df, seq, dst=BOB)) == ("dividend", seq)
+    assert _violation(_falsify(df, seq, src=ALICE, dst=CAROL)) == ("dividend", seq)
+
+
 # A property: money is conserved across random lifecycles
 
 
@@ -371,6 +381,7 @@ class Economy:
 
     balances: dict[str, int] = field(default_factory=dict)
     live: list[str] = field(default_factory=list)
+    parent: dict[str, str] = field(default_factory=dict)
     born: int = 0
     inflow: int = 0
     """Units the environment put in (rewards and endowments)."""
@@ -429,6 +440,19 @@ class Script:
                                                             amount=amount)])  # fmt: skip
         e.move(src, child, amount)
         e.live.append(child)
+        if src != ENVIRONMENT:
+            e.parent[child] = src
+
+    def dividend(self, share: float) -> None:
+        """A live child pays a share of its wealth to its live parent."""
+        e = self.economy
+        children = [c for c in e.live if e.parent.get(c) in e.live]
+        if children:
+            child = self.data.draw(st.sampled_from(children))
+            amount = int(max(e.balances.get(child, 0), 0) * share)
+            h = self._heads(1)
+            self.publish([Dividend(**next(h), src=child, dst=e.parent[child], amount=amount)])
+            e.move(child, e.parent[child], amount)
 
     def auction(self, reward: int) -> None:
         """A one-step CCV episode among some live accounts, each bid within its balance."""
@@ -509,6 +533,7 @@ STEPS = st.lists(
         st.tuples(st.just("auction"), st.integers(-500, 500)),
         st.tuples(st.just("rent"), st.integers(0, 50), st.booleans()),
         st.tuples(st.just("death"), st.booleans()),
+        st.tuples(st.just("dividend"), st.floats(0, 1)),
     ),
     max_size=25,
 )
