@@ -113,7 +113,12 @@ class LearningSociety:
         rows = self._row_of
         for _, _, account, p, state, units, utility in samples:
             bid = units / UNIT
-            row = p if rows is None else rows[account]
+            if rows is None:
+                row = p
+            elif (found := rows.get(account)) is not None:
+                row = found
+            else:  # closed since it bid (an auction still waiting for its next sale):
+                continue  # its policy is retired, and its slot may hold a child already
             self._states[row].append(state)
             self._bids[row].append(bid)
             self._utilities[row].append(float(utility) / UNIT)

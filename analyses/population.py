@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from analyses.inequality import NOT_AGENTS
+from analyses.inequality import NOT_AGENTS, gini, top_share
+from analyses.wealth import wealth_over_time
 from ledger.events import ENVIRONMENT
 
 
@@ -58,3 +59,38 @@ def population(events: pl.LazyFrame) -> pl.DataFrame:
         (pl.col("event") == "born").cum_sum().alias("births"),
         (pl.col("event") == "died").cum_sum().alias("deaths"),
     )
+
+
+def living_inequality(events: pl.LazyFrame, points: int = 100) -> pl.DataFrame:
+    """The wealth of the living members at `points` checkpoints (as `wealth_over_time`):
+    seq, time, alive, total credit, Gini, and the richest member's share. The dead and the
+    unborn are left out, where `gini_over_time` counts them at 0."""
+    held = wealth_over_time(events, points).filter(~pl.col("account").is_in(list(NOT_AGENTS)))
+    lives = (
+        lifecycle(events)
+        .group_by("account")
+        .agg(
+            pl.col("seq").filter(pl.col("change") == 1).min().alias("opened"),
+            pl.col("seq").filter(pl.col("change") == -1).min().alias("closed"),
+        )
+    )
+    living = held.join(lives, on="account").filter(
+        (pl.col("opened") <= pl.col("seq"))
+        & (pl.col("closed").is_null() | (pl.col("closed") > pl.col("seq")))
+    )
+    rows = []
+    for (seq,), part in living.group_by("seq", maintain_order=True):
+        credit = part["credit"].to_numpy()
+        rows.append(
+            {
+                "seq": seq,
+                "time": part["time"][0],
+                "alive": part.height,
+                "total_credit": float(credit.sum()),
+                "gini": gini(credit),
+                "top1_share": top_share(credit, 1),
+            }
+        )
+    schema = {"seq": pl.Int64, "time": pl.Float64, "alive": pl.Int64,
+              "total_credit": pl.Float64, "gini": pl.Float64, "top1_share": pl.Float64}  # fmt: skip
+    return pl.DataFrame(rows, schema=schema).sort("seq")

@@ -3,19 +3,22 @@ each auction, bankruptcy between episodes; every rule visible in an audit-clean 
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from agents.fixed import make_bidder
 from agents.learning import LearningSociety
+from agents.ppo_bidder import PPOBidders
 from agents.settings import PPOConfig
 from cli import app
 from ledger.events import ENVIRONMENT, TREASURY
+from ledger.payoffs import Sample
 from ledger.store import MemoryLedger
 from ledger.units import UNIT
 from market.audit import audit
@@ -236,6 +239,7 @@ def test_a_learning_child_starts_from_its_parents_policy_perturbed_or_afresh(chi
     economy = Economy(settings, Society.of(task))
     learner = LearningSociety(task, Society.of(task), PPOConfig(batch=4, minibatch=4), 0,
                               economy)  # fmt: skip
+    assert isinstance(learner.agent, PPOBidders)
     bank = learner.agent.bank
     with torch.no_grad():
         for p in bank.parameters():
@@ -280,3 +284,22 @@ def test_the_issue_command_with_births_runs_and_audits(tmp_path: Path) -> None:
     assert pop["births"][-1] == 2 and pop["alive"].max() == 6
     bad = CliRunner().invoke(app, ["simulate", "--economy", "hayek", "--max-population", "3"])
     assert bad.exit_code == 2 and "below the society's 4 founders" in bad.output
+
+
+def test_a_sample_of_a_member_closed_since_it_bid_is_dropped() -> None:
+    """An auction's samples arrive after its next sale, so a loser may have closed (between
+    other episodes) by then: its sample goes nowhere, least of all into a child now in its
+    slot."""
+    task = make_task("chain")
+    settings = EconomyConfig(rent=0.0, birth_above=1.0)
+    economy = Economy(settings, Society.of(task))
+    learner = LearningSociety(task, Society.of(task), PPOConfig(batch=8, minibatch=8), 0,
+                              economy)  # fmt: skip
+    economy.live.balances.update({"L.0": -1, "R.0": 3 * UNIT})
+    economy.settle(set())  # L.0 closes; R.0 founds R.2 in slot 0, L.0's
+    assert economy.accounts[0] == "R.2" and learner._row_of == {"L.1": 1, "R.0": 2, "R.1": 3,
+                                                                 "R.2": 0}  # fmt: skip
+    learner._on_samples([Sample(0, 3, "L.0", 0, 3, UNIT // 2, 0),
+                         Sample(0, 3, "R.2", 1, 4, UNIT // 4, 0)])  # fmt: skip
+    assert learner._states[0] == [4] and learner._bids[0] == [0.25]
+    assert learner.recent_bids[0] == deque() and list(learner.recent_bids[1]) == [0.25]

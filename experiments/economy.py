@@ -1,0 +1,231 @@
+"""The Hayek economy on Chain with useless primitives (issue 8): does it prune them, and does
+it learn faster or slower than the fixed cloned society?
+
+Per arm and seed, one learning run (CCV, cloned founders, PPO with the settings in COMMON)
+of `--steps` env steps on `chain --primitives N`: L and R, then `stay`, `reset` and `back`
+moves that never approach the goal. The arm `fixed` is the cloned society without an
+economy; every other arm is a Hayek economy with the settings in ARMS (docs/economy.md).
+Per run: the env steps until CRITERION of the last WINDOW episodes reach the goal, the share
+that do over the last tenth of the run and their mean length (5 is optimal), the env step of
+extinction (if), members alive at the end (and how many run a useless primitive: neither L
+nor R), births, deaths (and how many were useless), the Gini of the living members' wealth
+and the richest member's share at the end. Prints a markdown table (median and range
+over seeds) and writes runs.parquet, curves.parquet and economy.png to --out.
+
+    python experiments/economy.py --seeds 5 [--primitives 12] [--steps 200000] [--arms ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pool import Row, run_all
+
+from agents.runner import prepare
+from agents.simulation import resolve
+from analyses.population import lifecycle, living_inequality, population
+
+ARMS: dict[str, dict[str, Any]] = {
+    "fixed": {},
+    "hayek": {"hayek": {"endowment": 1.0, "rent": 0.001}},
+    "endowed": {"hayek": {"endowment": 50.0, "rent": 0.0001}},
+    "endowed-c128": {"hayek": {"endowment": 50.0, "rent": 0.0001}, "concurrency": 128},
+    "rich": {"hayek": {"endowment": 200.0, "rent": 0.0001}},
+    "no-rent": {"hayek": {"endowment": 50.0, "rent": 0.0}},
+    "dividend": {"hayek": {"endowment": 50.0, "rent": 0.0001, "dividend": 0.5}},
+}
+"""Each arm's settings over the common ones: `hayek` (an economy's settings, the rest at
+EconomyConfig's defaults; none: the fixed cloned society) and `concurrency`."""
+COMMON: dict[str, Any] = {"task": "chain", "mechanism": "ccv", "learn": True, "concurrency": 8,
+                          "ppo": {"policy_lr": 1e-3, "batch": 1024, "epochs": 4}}  # fmt: skip
+"""Every arm's settings. PPO takes larger steps than methods.md's (4e-5, one pass over 4096):
+at those, no arm learns Chain with 10 useless primitives within 500k env steps
+(docs/results.md)."""
+USEFUL = ("L", "R")
+WINDOW = 200
+"""Episodes in the rolling share of successes that the curves plot."""
+CRITERION = 0.9
+"""The rolling share of successes at which a run counts as solved."""
+
+
+def run_one(arm: str, seed: int, primitives: int, steps: int, out: Path) -> tuple[Row, list[Row]]:
+    """One run of `arm`: its summary row and its curves (success, population, Gini)."""
+    arm_settings = ARMS[arm]
+    economy = "hayek" in arm_settings
+    flags: dict[str, Any] = {**COMMON, **arm_settings, "primitives": primitives,
+                             "steps": steps, "seed": seed}  # fmt: skip
+    if economy:
+        flags["economy"] = "hayek"
+    began = time.perf_counter()
+    finished = prepare(resolve(flags=flags), out / f"{arm}-p{primitives}-s{seed}").execute()
+    seconds = time.perf_counter() - began
+    events = finished.ledger.scan()
+    clock = _env_steps(events)
+    success = _success(events, clock)
+    lives = lifecycle(events)
+    deaths = lives.filter(pl.col("event") == "died")
+    alive = lives.group_by("account").agg(pl.col("change").sum()).filter(pl.col("change") > 0)
+    useless = ~pl.col("account").str.split(".").list.first().is_in(list(USEFUL))
+    pop = population(events).join_asof(clock, on="seq")
+    extinct = pop.filter((pl.col("alive") == 0) & (pl.col("seq") > pop["seq"].min()))
+    wealth = living_inequality(events, 50).join_asof(clock, on="seq")
+    tail = success.tail(max(success.height // 10, 1))
+    solved = success.filter(pl.col("rolling") >= CRITERION)
+    row: Row = {
+        "arm": arm,
+        "seed": seed,
+        "success": float(tail["reached"].mean() or 0.0),  # type: ignore[arg-type]
+        "solved_at": int(solved["env_steps"][0]) if solved.height else None,
+        "length": float(tail["length"].mean() or 0.0),  # type: ignore[arg-type]
+        "episodes": success.height,
+        "env_steps": int(clock["env_steps"].max() or 0),  # type: ignore[arg-type]
+        "extinct_at": int(extinct["env_steps"][0]) if extinct.height else None,
+        "alive": alive.height if economy else None,
+        "useless_alive": alive.filter(useless).height if economy else None,
+        "births": lives.filter(pl.col("event") == "born").height,
+        "deaths": deaths.height,
+        "useless_deaths": deaths.filter(useless).height,
+        "gini": float(wealth["gini"][-1]) if wealth.height and not extinct.height else None,
+        "top1": wealth["top1_share"][-1] if wealth.height and not extinct.height else None,
+        "seconds": seconds,
+        "audit_clean": finished.report.ok,
+    }
+    every = max(success.height // 200, 1)
+    curves: list[Row] = [
+        {"arm": arm, "seed": seed, "curve": "success", "env_steps": s, "value": v}
+        for s, v in success.gather_every(every).select("env_steps", "rolling").iter_rows()
+    ]
+    if economy:
+        curves += [
+            {"arm": arm, "seed": seed, "curve": "alive", "env_steps": s, "value": float(v)}
+            for s, v in pop.select("env_steps", "alive").drop_nulls().iter_rows()
+        ]
+        curves += [
+            {"arm": arm, "seed": seed, "curve": "gini", "env_steps": s, "value": v}
+            for s, v in wealth.select("env_steps", "gini").drop_nulls().iter_rows()
+        ]
+    return row, curves
+
+
+def _env_steps(events: pl.LazyFrame) -> pl.DataFrame:
+    """seq -> env steps taken up to it (Chain's moves each take one step)."""
+    return (
+        events.filter(pl.col("kind") == "transform")
+        .select("seq", pl.col("duration").cum_sum().cast(pl.Int64).alias("env_steps"))
+        .collect()
+    )
+
+
+def _success(events: pl.LazyFrame, clock: pl.DataFrame) -> pl.DataFrame:
+    """Per finished episode: env steps so far, whether it reached the goal, and the rolling
+    share of the last WINDOW episodes that did."""
+    ends = (
+        events.filter(pl.col("kind") == "episode_end")
+        .select(
+            "seq",
+            (pl.col("episode_return") > 0).cast(pl.Float64).alias("reached"),
+            pl.col("steps").alias("length"),
+        )
+        .collect()
+    )
+    return ends.join_asof(clock, on="seq").with_columns(
+        pl.col("reached").rolling_mean(WINDOW, min_samples=1).alias("rolling")
+    )
+
+
+def _table(runs: pl.DataFrame) -> str:
+    def cell(values: pl.Series, fmt: str = "{:,.0f}") -> str:
+        v = values.drop_nulls().cast(pl.Float64).to_numpy()
+        if v.size == 0:
+            return "-"
+        if v.min() == v.max():
+            return fmt.format(v[0])
+        return f"{fmt.format(np.median(v))} [{fmt.format(v.min())}, {fmt.format(v.max())}]"
+
+    columns = [
+        ("env steps to solve", "solved_at", "{:,.0f}"),
+        ("success (last tenth)", "success", "{:.2f}"),
+        ("episode length", "length", "{:.1f}"),
+        ("extinct at env step", "extinct_at", "{:,.0f}"),
+        ("alive at end", "alive", "{:.0f}"),
+        ("useless alive", "useless_alive", "{:.0f}"),
+        ("births", "births", "{:.0f}"),
+        ("deaths", "deaths", "{:.0f}"),
+        ("useless deaths", "useless_deaths", "{:.0f}"),
+        ("Gini (living)", "gini", "{:.2f}"),
+        ("richest's share", "top1", "{:.2f}"),
+    ]
+    head = "| arm | seeds | solved | extinct | " + " | ".join(c[0] for c in columns) + " | clean |"
+    lines = [head, "|---" * (len(columns) + 5) + "|"]
+    for arm in runs["arm"].unique(maintain_order=True):
+        part = runs.filter(pl.col("arm") == arm)
+        extinct = part["extinct_at"].drop_nulls().len()
+        solved = part["solved_at"].drop_nulls().len()
+        cells = " | ".join(cell(part[col], fmt) for _, col, fmt in columns)
+        clean = bool(part["audit_clean"].all())
+        lines.append(f"| {arm} | {part.height} | {solved} | {extinct} | {cells} | {clean} |")
+    return "\n".join(lines)
+
+
+def _plot(curves: pl.DataFrame, out: Path, primitives: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("success", f"share of the last {WINDOW} episodes reaching the goal"),
+        ("alive", "members alive"),
+        ("gini", "Gini of the living members' wealth"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, (curve, label) in zip(axes, panels, strict=True):
+        part = curves.filter(pl.col("curve") == curve)
+        for m, arm in enumerate(ARMS):
+            mine = part.filter(pl.col("arm") == arm)
+            for i, seed in enumerate(mine["seed"].unique().sort()):
+                r = mine.filter(pl.col("seed") == seed).sort("env_steps")
+                ax.plot(r["env_steps"], r["value"], color=f"C{m}", alpha=0.6, lw=1,
+                        label=arm if i == 0 else None)  # fmt: skip
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(label)
+        ax.set_title(f"chain, {primitives} primitives: {curve}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "economy.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--primitives", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=200_000, help="env steps per run")
+    parser.add_argument("--arms", default=",".join(ARMS), help="a comma-separated subset")
+    parser.add_argument("--out", type=Path, default=Path("experiments/out/economy"))
+    args = parser.parse_args()
+    arms = args.arms.split(",")
+    if unknown := [a for a in arms if a not in ARMS]:
+        parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = [(a, s, args.primitives, args.steps, args.out) for a in arms for s in range(args.seeds)]
+    rows, curve_rows = run_all(run_one, jobs, args.workers)
+    order = pl.col("arm").replace_strict(list(ARMS), list(range(len(ARMS))))
+    runs = pl.DataFrame(rows).sort(order, "seed")
+    curves = pl.DataFrame(curve_rows)
+    name = f"p{args.primitives}"
+    runs.write_parquet(args.out / f"runs-{name}.parquet")
+    curves.write_parquet(args.out / f"curves-{name}.parquet")
+    _plot(curves, args.out, args.primitives)
+    (args.out / "economy.png").rename(args.out / f"economy-{name}.png")
+    print(_table(runs))
+
+
+if __name__ == "__main__":
+    main()
