@@ -92,8 +92,6 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
     kernel: KernelChoice = sim.kernel
     if resume is not None:
         config, run, ledger = _resumed(resume, sim.steps)
-        if config.economy is not None:
-            raise ValueError(f"{resume} runs an economy; economy runs cannot be resumed yet")
     else:
         config = auction_config(sim)
     if config.task in OPTION_TASKS:
@@ -106,7 +104,11 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         raise ValueError("--frozen evaluates a snapshot: give --init RUN with --learn/--monolithic")
     if sim.init is not None and resume is None:
         config = config.model_copy(update={"init": _init_source(Path(sim.init), config)})
-    economy = Economy(config.economy, society) if config.economy else None
+    economy = None
+    if config.economy is not None and resume is not None:  # as its ledger left it
+        economy = Economy.restore(config.economy, society, ledger.scan())
+    elif config.economy is not None:
+        economy = Economy(config.economy, society)
     policy, learner = _policy(config, task, society, economy)
     if config.init is not None:
         from agents.training import start_from

@@ -22,7 +22,7 @@ from analyses.auctions import bids, bids_against, winners
 from analyses.control import agent_returns
 from analyses.income import income
 from analyses.inequality import NOT_AGENTS, gini_over_time, inequality, lorenz
-from analyses.population import population
+from analyses.population import living_inequality, population
 from analyses.wealth import returns, wealth, wealth_over_time
 from market import rundir
 from market.tasks import TABULAR_TASKS, make_task
@@ -64,6 +64,8 @@ def run_report(run: Path, points: int = 200) -> Report:
     if changes.height and (changes["births"][-1] or changes["deaths"][-1]):  # an economy
         report.tables["population (final)"] = changes.tail(1)
         report.plots["population"] = _plot_population(changes, out / "population.png")
+        living = living_inequality(events, points)
+        report.plots["the living members' wealth"] = _plot_living(living, out / "living.png")
     if config.get("variant") == "control":
         per_agent = agent_returns(events)
         report.tables["return per agent (last 10% of episodes)"] = _late_mean(per_agent)
@@ -255,6 +257,18 @@ def _plot_population(changes: pl.DataFrame, path: Path) -> Path:
     ax.set_ylabel("members")
     ax.legend(fontsize="small")
     return _save(fig, path, changes)
+
+
+def _plot_living(living: pl.DataFrame, path: Path) -> Path:
+    fig, ax = _figure()
+    ax.plot(living["time"], living["gini"], label="Gini of the living members' wealth")
+    ax.plot(living["time"], living["top1_share"], label="the richest member's share")
+    ax.set_ylim(0, 1)
+    ax.set_title("wealth distribution of the living members over the run")
+    ax.set_xlabel("SimPy time")
+    ax.set_ylabel("share")
+    ax.legend(fontsize="small")
+    return _save(fig, path, living)
 
 
 def _rolling(values: pl.Series) -> pl.Series:

@@ -25,10 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from ledger.events import TREASURY, Close, Dividend, Endow, Liquidate, Open
-from ledger.replay import LiveBalances
+from ledger.events import ENVIRONMENT, TREASURY, Close, Dividend, Endow, Liquidate, Open
+from ledger.replay import LiveBalances, postings
 from ledger.transaction import Body
 from ledger.units import to_units
 from market.society import Society
@@ -96,13 +97,42 @@ class Economy:
         self.birth_above = to_units(config.birth_threshold())
         self.share = round(config.dividend * _SHARE)
         self._high: dict[str, int] = {}
-        """Each child's balance after its last dividend (its high-water mark)."""
+        """Each child's balance after its last dividend, or its endowment (its high-water
+        mark)."""
         self._born = [society.copies] * len(self.names)
         """The next account number of each primitive (founders hold 0 and, cloned, 1)."""
         self.on_close: list[Callable[[str], None]] = []
         """Called with each account as it closes (learners retire their members)."""
         self.on_birth: list[Birth] = []
         """Called at each birth (learners copy the parent's policy into the child's slot)."""
+
+    @classmethod
+    def restore(cls, config: EconomyConfig, society: Society, events: pl.LazyFrame) -> Economy:
+        """The economy as a ledger's events left it (to resume a run): the founders, then
+        every birth into the lowest free slot and every close freeing one, in sequence
+        order, as the kernel made them; each child's high-water mark is its balance after
+        its last dividend, or its endowment. Balances are the run's to fill in."""
+        economy = cls(config, society)
+        kinds = ["endow", "close", "dividend"]
+        rows = (
+            events.filter(pl.col("kind").is_in(kinds))
+            .select("seq", "kind", "account", "src", "dst", "amount")
+            .sort("seq")
+            .collect()
+        )
+        last_dividend: dict[str, int] = {}
+        for seq, kind, account, src, dst, amount in rows.iter_rows():
+            if kind == "endow" and src != ENVIRONMENT:
+                economy._place(economy.accounts.index(src), dst)
+                economy._high[dst] = amount
+            elif kind == "close":
+                economy._free(account)
+            elif kind == "dividend":
+                last_dividend[src] = seq
+        if last_dividend:
+            marks = _balances_after(events, last_dividend)
+            economy._high.update(marks)
+        return economy
 
     def endowments(self) -> list[tuple[str, int]]:
         """Each founder's endowment from the environment, for the run's opening."""
@@ -143,16 +173,32 @@ class Economy:
         """The events that liquidate and close `account`; its slot is freed."""
         balance = self.live.balances.get(account, 0)
         src, dst = (account, TREASURY) if balance >= 0 else (TREASURY, account)
-        self.alive[account] = False
-        self.population -= 1
-        self.accounts[self.accounts.index(account)] = None
+        self._free(account)
         for callback in self.on_close:
             callback(account)
         return [(Liquidate, (src, dst, abs(balance))), (Close, (account, "bankrupt"))]
 
+    def _free(self, account: str) -> None:
+        """`account` is dead: its slot is free."""
+        self.alive[account] = False
+        self.population -= 1
+        self.accounts[self.accounts.index(account)] = None
+
+    def _place(self, slot: int, child: str) -> int:
+        """Seat `child` of the member in `slot` in the lowest free slot, running the
+        parent's primitive; returns the child's slot."""
+        child_slot = self.accounts.index(None)
+        p = self.primitive[slot]
+        self.accounts[child_slot], self.primitive[child_slot] = child, p
+        self.alive[child], self.parent[child] = True, self.accounts[slot] or ""
+        self.population += 1
+        self._born[p] = max(self._born[p], int(child.rsplit(".", 1)[1]) + 1)
+        return child_slot
+
     def _dividends(self, balance: dict[str, int]) -> list[Body]:
         """Each living child's share of its profit above its high-water mark, to its living
-        parent; `balance` is updated."""
+        parent; `balance` is updated. The mark is the child's balance after its last
+        dividend (its endowment before any), so it is a fold over the ledger too."""
         own: list[Body] = []
         for child in self.accounts:
             parent = self.parent.get(child) if child is not None else None
@@ -162,9 +208,8 @@ class Economy:
             paid = gain * self.share // _SHARE if gain > 0 else 0
             if paid:
                 own.append((Dividend, (child, parent, paid)))
-                balance[child] = balance.get(child, 0) - paid
+                balance[child] = self._high[child] = balance.get(child, 0) - paid
                 balance[parent] = balance.get(parent, 0) + paid
-            self._high[child] = max(self._high[child], balance.get(child, 0))
         return own
 
     def _births(self, balance: dict[str, int]) -> list[Body]:
@@ -176,16 +221,26 @@ class Economy:
                 continue
             if balance[parent] - self.endowment < self.floor or None not in self.accounts:
                 continue
-            child_slot = self.accounts.index(None)
             p = self.primitive[slot]
             child = f"{self.names[p]}.{self._born[p]}"
-            self._born[p] += 1
-            self.accounts[child_slot], self.primitive[child_slot] = child, p
-            self.alive[child], self.parent[child] = True, parent
-            self.population += 1
+            child_slot = self._place(slot, child)
             balance[parent] -= self.endowment
             balance[child] = self._high[child] = self.endowment
             own += [(Open, (child,)), (Endow, (parent, child, self.endowment))]
             for callback in self.on_birth:
                 callback(slot, child_slot, child)
         return own
+
+
+def _balances_after(events: pl.LazyFrame, at: dict[str, int]) -> dict[str, int]:
+    """Each account's balance just after its event numbered `at[account]`."""
+    wanted = pl.DataFrame({"account": list(at), "upto": list(at.values())}).lazy()
+    held = (
+        postings(events)
+        .join(wanted, on="account")
+        .filter(pl.col("seq") <= pl.col("upto"))
+        .group_by("account")
+        .agg(pl.col("delta").cast(pl.Int128).sum())
+        .collect()
+    )
+    return {a: int(v) for a, v in held.iter_rows()}

@@ -156,7 +156,7 @@ def simulate(
         seed=config.seed,
         config_json=config.model_dump_json(),
         accounts=(ENVIRONMENT, AUCTIONEER, *((TREASURY,) if economy else ()), *society.accounts),
-        endowments=economy.endowments() if economy is not None else (),
+        endowments=economy.endowments() if economy is not None and not ledger.next_seq else (),
         live=economy.live if economy is not None else None,
         build=build,
         episodes=config.episodes,

@@ -17,6 +17,7 @@ from agents.learning import LearningSociety
 from agents.ppo_bidder import PPOBidders
 from agents.settings import PPOConfig
 from cli import app
+from ledger.disk import DiskLedger
 from ledger.events import ENVIRONMENT, TREASURY
 from ledger.payoffs import Sample
 from ledger.store import MemoryLedger
@@ -139,6 +140,7 @@ def test_the_issue_command_runs_an_audited_economy(tmp_path: Path) -> None:
     report = CliRunner().invoke(app, ["report", str(out)])
     assert report.exit_code == 0
     assert (out / "report" / "population.png").exists()
+    assert (out / "report" / "living.png").exists()
     bad = CliRunner().invoke(app, ["simulate", "--economy", "ayn"])
     assert bad.exit_code == 2 and "economy" in bad.output
 
@@ -303,3 +305,45 @@ def test_a_sample_of_a_member_closed_since_it_bid_is_dropped() -> None:
                          Sample(0, 3, "R.2", 1, 4, UNIT // 4, 0)])  # fmt: skip
     assert learner._states[0] == [4] and learner._bids[0] == [0.25]
     assert learner.recent_bids[0] == deque() and list(learner.recent_bids[1]) == [0.25]
+
+
+def test_the_ledger_alone_restores_the_economy() -> None:
+    """Folding a run's ledger gives the economy the kernel ended with: slots, primitives,
+    the living, parents, high-water marks and the next child's name."""
+    task = make_task("chain")
+    settings = EconomyConfig(rent=0.001, birth_above=1.0, max_population=8, dividend=0.5)
+    economy = Economy(settings, Society.of(task))
+    policy = make_bidder("truthful", task, Society.of(task), 0.99, np.random.default_rng(0),
+                         economy=economy)  # fmt: skip
+    config = RunConfig(task="chain", bidder="truthful", episodes=400, economy=settings)
+    ledger = MemoryLedger()
+    simulate(config, ledger, policy, task=task, economy=economy)
+    kinds = {e.kind for e in ledger.events()}
+    assert {"close", "dividend"} <= kinds and economy.parent  # deaths, births and dividends
+    restored = Economy.restore(settings, Society.of(task), ledger.scan())
+    for field in ("accounts", "primitive", "alive", "population", "parent", "_high", "_born"):
+        assert getattr(restored, field) == getattr(economy, field), field
+
+
+def test_an_economy_run_resumes_where_its_ledger_stops(tmp_path: Path) -> None:
+    """`--resume` continues a learning economy from its ledger and snapshot: nobody is
+    endowed twice, the dead stay dead, and the joined ledger audits clean."""
+    out = tmp_path / "run"
+    first = CliRunner().invoke(app, [
+        "simulate", "--task", "chain", "--learn", "--economy", "hayek", "--endowment", "2",
+        "--rent", "0.001", "--birth-above", "2.2", "--concurrency", "4", "--steps", "2000",
+        "--out", str(out), "--set", "ppo.batch=64",
+    ])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    ledger = DiskLedger(out / "ledger")
+    before = Economy.restore(EconomyConfig(), Society.of(make_task("chain")), ledger.scan())
+    ledger.close()
+    more = CliRunner().invoke(app, ["simulate", "--resume", str(out), "--steps", "2000"])
+    assert more.exit_code == 0 and "AUDIT CLEAN" in more.output, more.output
+    events = [e for e in DiskLedger(out / "ledger").events()]
+    founders = [e for e in events if e.kind == "endow" and e.src == ENVIRONMENT]
+    assert len(founders) == 4 and len([e for e in events if e.kind == "run_start"]) == 2
+    dead = {a for a, alive in before.alive.items() if not alive}
+    assert dead and before.parent  # members died and were born before the resume
+    resumed = events[[e.kind for e in events].index("run_start", 1) :]
+    assert not [e for e in resumed if e.kind == "bid" and e.account in dead]

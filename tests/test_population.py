@@ -9,10 +9,11 @@ import polars as pl
 import pytest
 from conftest import ALICE, BOB, CAROL, append_all, fold, lifecycle_history
 
-from analyses.inequality import inequality
-from analyses.population import lifecycle, population
+from analyses.inequality import gini, inequality
+from analyses.population import lifecycle, living_inequality, population
 from analyses.report import run_report
 from ledger.disk import DiskLedger
+from ledger.events import Transfer
 from ledger.store import MemoryLedger
 from ledger.units import UNIT
 
@@ -62,3 +63,42 @@ def test_the_report_of_an_economy_plots_its_population(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert pl.read_parquet(png.with_suffix(".parquet")).equals(population(ledger.scan()))
     assert report.tables["population (final)"]["alive"].to_list() == [2]
+
+
+def test_living_inequality_leaves_out_the_dead_and_the_unborn() -> None:
+    """At every checkpoint, the Gini and the richest's share are over the members alive
+    then: bob's 0 after his close does not count, nor carol before her birth."""
+    ledger = _ledger()
+    events = ledger.scan()
+    table = living_inequality(events, points=ledger.next_seq)  # one checkpoint per event
+    lives = lifecycle(events)
+    for seq, alive, total, g, top in table.select(
+        "seq", "alive", "total_credit", "gini", "top1_share"
+    ).iter_rows():
+        members = [
+            a
+            for a in (ALICE, BOB, CAROL)
+            if lives.filter((pl.col("account") == a) & (pl.col("change") == 1))["seq"][0] <= seq
+            and not lives.filter(
+                (pl.col("account") == a) & (pl.col("change") == -1) & (pl.col("seq") <= seq)
+            ).height
+        ]
+        held = wealth_before(seq + 1)
+        credit = [held.get(a, 0) / UNIT for a in members]
+        assert alive == len(members)
+        assert total == pytest.approx(sum(credit))
+        assert g == pytest.approx(gini(credit))
+        assert top == (None if sum(credit) <= 0 else pytest.approx(max(credit) / sum(credit)))
+    assert table["alive"].to_list()[-1] == 2 and 3 in table["alive"].to_list()
+
+
+def wealth_before(seq: int) -> dict[str, int]:
+    """Every account's balance after the events numbered below `seq`."""
+    held: dict[str, int] = {}
+    for e in _ledger().events():
+        if e.seq >= seq:
+            break
+        if isinstance(e, Transfer):
+            held[e.src] = held.get(e.src, 0) - e.amount
+            held[e.dst] = held.get(e.dst, 0) + e.amount
+    return held
