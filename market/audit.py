@@ -16,7 +16,8 @@ Rules (a violation names the first broken one in sequence order):
   reward        one reward per auction, between the environment and the winner
   lifecycle     no account acts (is addressed by an event other than a balance statement)
                 before its open or after its close; an account closes holding exactly 0
-  budget        no bid is over the cap recorded with it
+  budget        no bid is over the cap recorded with it, and the cap is the bidder's
+                balance (never below 0) before the bid's transaction
   source        money enters or leaves the society only as tagged flows: rewards and
                 endowments from the environment, the auctioneer's mint, and penalties and
                 sales of a first state to the environment (the treasury is inside)
@@ -179,6 +180,7 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
         _first(auctions.lazy(), _auction_rules()),
         _first(_addressed(events, lives), _lifecycle_rules()),
         _first(events, _budget_rules()),
+        _caps_off_balances(events),
         _first(transfers, _economy_rules()),
         _closed_with_money(events),
         *_closing(df, report),
@@ -345,6 +347,38 @@ def _closed_with_money(events: pl.LazyFrame) -> Violation | None:
         return None
     seq, account, amount = found.row(0)
     return Violation(seq, "lifecycle", f"{account} closing at 0", f"balance {amount}")
+
+
+def _caps_off_balances(events: pl.LazyFrame) -> Violation | None:
+    """The first bid whose recorded cap is not its bidder's balance (never below 0) just
+    before the bid's transaction."""
+    bids = (
+        events.filter((_C("kind") == "bid") & _C("cap").is_not_null())
+        .select("seq", (_C("tx") - 1).alias("before"), "account", "cap")
+        .sort("before")
+        .collect()
+    )
+    if bids.is_empty():
+        return None
+    held = (
+        postings(events)
+        .group_by("seq", "account")
+        .agg(_C("delta").sum())
+        .sort("seq")
+        .with_columns(_C("delta").cast(pl.Int128).cum_sum().over("account").alias("held"))
+        .select(_C("seq").alias("before"), "account", "held")
+        .collect()
+    )
+    found = (
+        bids.join_asof(held, on="before", by="account", strategy="backward", check_sortedness=False)
+        .with_columns(_C("held").fill_null(0).clip(lower_bound=0).alias("budget"))
+        .filter(_C("cap") != _C("budget"))
+        .sort("seq")
+    )
+    if found.is_empty():
+        return None
+    seq, account, cap, budget = found.select("seq", "account", "cap", "budget").row(0)
+    return Violation(seq, "budget", f"the cap of {account}'s balance {budget}", f"cap {cap}")
 
 
 def _balance_rules() -> list[Rule]:

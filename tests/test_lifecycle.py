@@ -317,6 +317,16 @@ def test_bid_over_its_cap_is_flagged_by_the_audit() -> None:
     assert _violation(_falsify(df, seq, cap=2)) == ("budget", seq)
 
 
+def test_cap_other_than_the_balance_is_flagged_by_the_audit() -> None:
+    """A cap must be the bidder's balance before its transaction (0 when in debt): a bid
+    within a cap raised above the balance breaks the budget rule at the bid."""
+    df = _lifecycle_frame()
+    seq = _seq_of(df, "bid", account=CAROL)
+    cap = int(df.filter(pl.col("seq") == seq)["cap"][0])
+    assert _violation(_falsify(df, seq, cap=cap + 1)) == ("budget", seq)
+    assert _violation(_falsify(df, seq, cap=cap - 1, amount=0)) == ("budget", seq)
+
+
 def test_close_with_money_is_flagged_by_the_audit() -> None:
     """A Close after a liquidation that left money behind breaks the lifecycle rule."""
     df = _lifecycle_frame()
