@@ -99,9 +99,21 @@ class Preset:
 
 
 _LEARN = {"learn": True}
-_IMAGES = {"channels": 8, "policy_lr": 1e-3, "batch": 1024, "epochs": 4}
-"""PPO on tasks over images: CNN bidders learn far faster with a larger step size and four
-passes over smaller batches (docs/results.md, Mental Rotation)."""
+_FAST = {"policy_lr": 1e-3, "batch": 1024, "epochs": 4}
+"""PPO with a larger step size and four passes over smaller batches than methods.md's."""
+_IMAGES = {"channels": 8, **_FAST}
+"""PPO on tasks over images: CNN bidders learn far faster with `_FAST` (docs/results.md,
+Mental Rotation)."""
+_CHAIN12 = {
+    "task": "chain",
+    "mechanism": "ccv",
+    **_LEARN,
+    "primitives": 12,
+    "concurrency": 8,
+    "steps": 200_000,
+    "ppo": _FAST,
+}
+"""Chain with 10 useless primitives, as docs/results.md's economy experiment runs it."""
 PRESETS: dict[str, Preset] = {
     "chain": Preset("Chain, a learning cloned society (CCV unless told)", {
         "task": "chain", **_LEARN, "steps": 1_000_000}),
@@ -130,6 +142,9 @@ PRESETS: dict[str, Preset] = {
         "task": "tworooms", "mechanism": "ccv", **_LEARN, "steps": 60_000, "ppo": _IMAGES}),
     "tworooms-monolithic": Preset("Two Rooms: the hierarchical PPO over the options, green", {
         "task": "tworooms", "monolithic": True, "steps": 60_000, "ppo": _IMAGES}),
+    "hayek": Preset("Chain with 10 useless primitives, a Hayek economy that prunes them", {
+        **_CHAIN12, "economy": "hayek", "hayek": {"endowment": 50.0, "rent": 0.0001}}),
+    "hayek-fixed": Preset("Chain with 10 useless primitives, the fixed cloned society", _CHAIN12),
     "chain-monolithic": Preset("Chain, the monolithic categorical PPO baseline", {
         "task": "chain", "monolithic": True, "steps": 1_000_000}),
     "pendulum-full": Preset("Control: 2 agents swing up and hold the pendulum, TER+IER+IQL", {

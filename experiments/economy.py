@@ -1,16 +1,17 @@
 """The Hayek economy on Chain with useless primitives (issue 8): does it prune them, and does
 it learn faster or slower than the fixed cloned society?
 
-Per arm and seed, one learning run (CCV, cloned founders, PPO with the settings in COMMON)
-of `--steps` env steps on `chain --primitives N`: L and R, then `stay`, `reset` and `back`
-moves that never approach the goal. The arm `fixed` is the cloned society without an
-economy; every other arm is a Hayek economy with the settings in ARMS (docs/economy.md).
-Per run: the env steps until CRITERION of the last WINDOW episodes reach the goal, the share
-that do over the last tenth of the run and their mean length (5 is optimal), the env step of
-extinction (if), members alive at the end (and how many run a useless primitive: neither L
-nor R), births, deaths (and how many were useless), the Gini of the living members' wealth
-and the richest member's share at the end. Prints a markdown table (median and range
-over seeds) and writes runs.parquet, curves.parquet and economy.png to --out.
+Per arm and seed, one learning run (CCV, cloned founders, the presets `hayek` and
+`hayek-fixed`) of `--steps` env steps on `chain --primitives N`: L and R, then `stay`,
+`reset` and `back` moves that never approach the goal. The arm `fixed` is the cloned society
+without an economy; every other arm is a Hayek economy with the settings in ARMS
+(docs/economy.md). Per run: the env steps until CRITERION of the last WINDOW episodes reach
+the goal, the share that do over the last tenth of the run and their mean length (5 is
+optimal), the env step of extinction (if), members alive at the end (and how many run a
+useless primitive: neither L nor R), births, deaths (and how many were useless), the Gini of
+the living members' wealth and the richest member's share at the end. Prints a markdown
+table (median and range over seeds) and writes runs-pN.parquet, curves-pN.parquet and
+economy-pN.png (N primitives) to --out.
 
     python experiments/economy.py --seeds 5 [--primitives 12] [--steps 200000] [--arms ...]
 """
@@ -32,20 +33,18 @@ from analyses.population import lifecycle, living_inequality, population
 
 ARMS: dict[str, dict[str, Any]] = {
     "fixed": {},
-    "hayek": {"hayek": {"endowment": 1.0, "rent": 0.001}},
-    "endowed": {"hayek": {"endowment": 50.0, "rent": 0.0001}},
-    "endowed-c128": {"hayek": {"endowment": 50.0, "rent": 0.0001}, "concurrency": 128},
-    "rich": {"hayek": {"endowment": 200.0, "rent": 0.0001}},
-    "no-rent": {"hayek": {"endowment": 50.0, "rent": 0.0}},
-    "dividend": {"hayek": {"endowment": 50.0, "rent": 0.0001, "dividend": 0.5}},
+    "hayek": {"endowment": 1.0, "rent": 0.001},
+    "endowed": {"endowment": 50.0, "rent": 0.0001},
+    "endowed-c128": {"endowment": 50.0, "rent": 0.0001, "concurrency": 128},
+    "rich": {"endowment": 200.0, "rent": 0.0001},
+    "no-rent": {"endowment": 50.0, "rent": 0.0},
+    "dividend": {"endowment": 50.0, "rent": 0.0001, "dividend": 0.5},
 }
-"""Each arm's settings over the common ones: `hayek` (an economy's settings, the rest at
-EconomyConfig's defaults; none: the fixed cloned society) and `concurrency`."""
-COMMON: dict[str, Any] = {"task": "chain", "mechanism": "ccv", "learn": True, "concurrency": 8,
-                          "ppo": {"policy_lr": 1e-3, "batch": 1024, "epochs": 4}}  # fmt: skip
-"""Every arm's settings. PPO takes larger steps than methods.md's (4e-5, one pass over 4096):
-at those, no arm learns Chain with 10 useless primitives within 500k env steps
-(docs/results.md)."""
+"""Each arm's economy settings (the rest at EconomyConfig's defaults), and its concurrency
+if not the preset's 8. `fixed` is the preset `hayek-fixed`, the cloned society without an
+economy; the others are the preset `hayek` with these settings. Both presets' PPO takes
+larger steps than methods.md's (4e-5, one pass over 4096): at those, no arm learns Chain
+with 10 useless primitives within 500k env steps (docs/results.md)."""
 USEFUL = ("L", "R")
 WINDOW = 200
 """Episodes in the rolling share of successes that the curves plot."""
@@ -55,14 +54,17 @@ CRITERION = 0.9
 
 def run_one(arm: str, seed: int, primitives: int, steps: int, out: Path) -> tuple[Row, list[Row]]:
     """One run of `arm`: its summary row and its curves (success, population, Gini)."""
-    arm_settings = ARMS[arm]
-    economy = "hayek" in arm_settings
-    flags: dict[str, Any] = {**COMMON, **arm_settings, "primitives": primitives,
-                             "steps": steps, "seed": seed}  # fmt: skip
+    settings = dict(ARMS[arm])
+    economy = bool(settings)
+    flags: dict[str, Any] = {"primitives": primitives, "steps": steps, "seed": seed}
+    if "concurrency" in settings:
+        flags["concurrency"] = settings.pop("concurrency")
     if economy:
-        flags["economy"] = "hayek"
+        flags["hayek"] = settings
+    preset = "hayek" if economy else "hayek-fixed"
     began = time.perf_counter()
-    finished = prepare(resolve(flags=flags), out / f"{arm}-p{primitives}-s{seed}").execute()
+    sim = resolve(preset, flags=flags)
+    finished = prepare(sim, out / f"{arm}-p{primitives}-s{seed}").execute()
     seconds = time.perf_counter() - began
     events = finished.ledger.scan()
     clock = _env_steps(events)
