@@ -8,12 +8,14 @@ without an economy; every other arm is a Hayek economy with the settings in ARMS
 (docs/economy.md). Per run: the env steps until CRITERION of the last WINDOW episodes reach
 the goal, the share that do over the last tenth of the run and their mean length (5 is
 optimal), the env step of extinction (if), members alive at the end (and how many run a
-useless primitive: neither L nor R), births, deaths (and how many were useless), the Gini of
-the living members' wealth and the richest member's share at the end. Prints a markdown
-table (median and range over seeds) and writes runs-pN.parquet, curves-pN.parquet and
-economy-pN.png (N primitives) to --out.
+useless primitive: neither L nor R), births, deaths (and how many were useless), the share
+of the living that descend from one founder (the largest lineage), the Gini of the living
+members' wealth and the richest member's share at the end. Prints a markdown table (median
+and range over seeds) and writes runs-pN.parquet, curves-pN.parquet and economy-pN.png (N
+primitives) to --out.
 
     python experiments/economy.py --seeds 5 [--primitives 12] [--steps 200000] [--arms ...]
+                                  [--ppo preset|methods]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import polars as pl
 from pool import Row, run_all
 
 from agents.runner import prepare
+from agents.settings import PPOConfig
 from agents.simulation import resolve
 from analyses.population import lifecycle, living_inequality, population
 
@@ -52,11 +55,13 @@ CRITERION = 0.9
 """The rolling share of successes at which a run counts as solved."""
 
 
-def run_one(arm: str, seed: int, primitives: int, steps: int, out: Path) -> tuple[Row, list[Row]]:
+def run_one(
+    arm: str, seed: int, primitives: int, steps: int, out: Path, ppo: dict[str, Any]
+) -> tuple[Row, list[Row]]:
     """One run of `arm`: its summary row and its curves (success, population, Gini)."""
     settings = dict(ARMS[arm])
     economy = bool(settings)
-    flags: dict[str, Any] = {"primitives": primitives, "steps": steps, "seed": seed}
+    flags: dict[str, Any] = {"primitives": primitives, "steps": steps, "seed": seed, "ppo": ppo}
     if "concurrency" in settings:
         flags["concurrency"] = settings.pop("concurrency")
     if economy:
@@ -92,6 +97,7 @@ def run_one(arm: str, seed: int, primitives: int, steps: int, out: Path) -> tupl
         "births": lives.filter(pl.col("event") == "born").height,
         "deaths": deaths.height,
         "useless_deaths": deaths.filter(useless).height,
+        "lineage": _largest_lineage(lives, alive["account"].to_list()) if economy else None,
         "gini": float(wealth["gini"][-1]) if wealth.height and not extinct.height else None,
         "top1": wealth["top1_share"][-1] if wealth.height and not extinct.height else None,
         "seconds": seconds,
@@ -100,7 +106,10 @@ def run_one(arm: str, seed: int, primitives: int, steps: int, out: Path) -> tupl
     every = max(success.height // 200, 1)
     curves: list[Row] = [
         {"arm": arm, "seed": seed, "curve": "success", "env_steps": s, "value": v}
-        for s, v in success.gather_every(every).select("env_steps", "rolling").iter_rows()
+        for s, v in success.gather_every(every)
+        .select("env_steps", "rolling")
+        .drop_nulls()
+        .iter_rows()
     ]
     if economy:
         curves += [
@@ -112,6 +121,19 @@ def run_one(arm: str, seed: int, primitives: int, steps: int, out: Path) -> tupl
             for s, v in wealth.select("env_steps", "gini").drop_nulls().iter_rows()
         ]
     return row, curves
+
+
+def _largest_lineage(lives: pl.DataFrame, living: list[str]) -> float | None:
+    """The share of the living members that descend from one founder, the most common."""
+    parent = dict(lives.filter(pl.col("event") == "born").select("account", "parent").iter_rows())
+
+    def founder(account: str) -> str:
+        while account in parent:
+            account = parent[account]
+        return account
+
+    roots = [founder(a) for a in living]
+    return max(roots.count(r) for r in set(roots)) / len(roots) if roots else None
 
 
 def _env_steps(events: pl.LazyFrame) -> pl.DataFrame:
@@ -136,7 +158,7 @@ def _success(events: pl.LazyFrame, clock: pl.DataFrame) -> pl.DataFrame:
         .collect()
     )
     return ends.join_asof(clock, on="seq").with_columns(
-        pl.col("reached").rolling_mean(WINDOW, min_samples=1).alias("rolling")
+        pl.col("reached").rolling_mean(WINDOW).alias("rolling")
     )
 
 
@@ -159,6 +181,7 @@ def _table(runs: pl.DataFrame) -> str:
         ("births", "births", "{:.0f}"),
         ("deaths", "deaths", "{:.0f}"),
         ("useless deaths", "useless_deaths", "{:.0f}"),
+        ("largest lineage", "lineage", "{:.2f}"),
         ("Gini (living)", "gini", "{:.2f}"),
         ("richest's share", "top1", "{:.2f}"),
     ]
@@ -211,12 +234,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000, help="env steps per run")
     parser.add_argument("--arms", default=",".join(ARMS), help="a comma-separated subset")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/economy"))
+    parser.add_argument(
+        "--ppo",
+        choices=("preset", "methods"),
+        default="preset",
+        help="the presets' PPO settings, or methods.md's (PPOConfig's defaults)",
+    )
     args = parser.parse_args()
     arms = args.arms.split(",")
     if unknown := [a for a in arms if a not in ARMS]:
         parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(a, s, args.primitives, args.steps, args.out) for a in arms for s in range(args.seeds)]
+    ppo = PPOConfig().model_dump(exclude={"gamma"}) if args.ppo == "methods" else {}
+    jobs = [
+        (a, s, args.primitives, args.steps, args.out, ppo) for a in arms for s in range(args.seeds)
+    ]
     rows, curve_rows = run_all(run_one, jobs, args.workers)
     order = pl.col("arm").replace_strict(list(ARMS), list(range(len(ARMS))))
     runs = pl.DataFrame(rows).sort(order, "seed")
