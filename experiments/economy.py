@@ -78,9 +78,16 @@ def run_one(
     deaths = lives.filter(pl.col("event") == "died")
     alive = lives.group_by("account").agg(pl.col("change").sum()).filter(pl.col("change") > 0)
     useless = ~pl.col("account").str.split(".").list.first().is_in(list(USEFUL))
-    pop = population(events).join_asof(clock, on="seq")
+    # Events before the first move (the founders' opening) are at env step 0.
+    pop = (
+        population(events).join_asof(clock, on="seq").with_columns(pl.col("env_steps").fill_null(0))
+    )
     extinct = pop.filter((pl.col("alive") == 0) & (pl.col("seq") > pop["seq"].min()))
-    wealth = living_inequality(events, 50).join_asof(clock, on="seq")
+    wealth = (
+        living_inequality(events, 50)
+        .join_asof(clock, on="seq")
+        .with_columns(pl.col("env_steps").fill_null(0))
+    )
     tail = success.tail(max(success.height // 10, 1))
     solved = success.filter(pl.col("rolling") >= CRITERION)
     row: Row = {
@@ -114,8 +121,18 @@ def run_one(
     if economy:
         curves += [
             {"arm": arm, "seed": seed, "curve": "alive", "env_steps": s, "value": float(v)}
-            for s, v in pop.select("env_steps", "alive").drop_nulls().iter_rows()
+            for s, v in pop.select("env_steps", "alive").iter_rows()
         ]
+        if pop.height:  # the population holds until the run's end
+            curves.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "curve": "alive",
+                    "env_steps": row["env_steps"],
+                    "value": float(pop["alive"][-1]),
+                }
+            )
         curves += [
             {"arm": arm, "seed": seed, "curve": "gini", "env_steps": s, "value": v}
             for s, v in wealth.select("env_steps", "gini").drop_nulls().iter_rows()
@@ -197,7 +214,7 @@ def _table(runs: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _plot(curves: pl.DataFrame, out: Path, primitives: int) -> None:
+def _plot(curves: pl.DataFrame, path: Path, primitives: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,7 +239,7 @@ def _plot(curves: pl.DataFrame, out: Path, primitives: int) -> None:
         ax.set_title(f"chain, {primitives} primitives: {curve}")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "economy.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -256,8 +273,7 @@ def main() -> None:
     name = f"p{args.primitives}"
     runs.write_parquet(args.out / f"runs-{name}.parquet")
     curves.write_parquet(args.out / f"curves-{name}.parquet")
-    _plot(curves, args.out, args.primitives)
-    (args.out / "economy.png").rename(args.out / f"economy-{name}.png")
+    _plot(curves, args.out / f"economy-{name}.png", args.primitives)
     print(_table(runs))
 
 

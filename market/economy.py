@@ -23,7 +23,7 @@ docs/economy.md gives the defaults' reasons.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
@@ -145,6 +145,12 @@ class Economy:
     def members(self) -> list[int]:
         """The slots of the living members, in slot order."""
         return [i for i, a in enumerate(self.accounts) if a is not None]
+
+    def solvent(self, members: list[int]) -> list[int]:
+        """Those of `members` (slots) whose balance is not below the floor: the ones that
+        bid. An insolvent member sits out every auction until it closes."""
+        balances, floor = self.live.balances, self.floor
+        return [i for i in members if balances.get(cast(str, self.accounts[i]), 0) >= floor]
 
     def settle(self, owners: set[str]) -> list[Body]:
         """The events of one settlement between episodes: the bankrupt among those owning

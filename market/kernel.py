@@ -138,8 +138,8 @@ class Kernel:
         while self._budget.allows(self.next_episode, self.steps) and (
             self.gate is None or self.gate()
         ):
-            if self.economy is not None and not self.economy.population:
-                return  # extinction: nobody is left to bid
+            if self.economy is not None and not self.economy.solvent(self.economy.members()):
+                return  # extinction: nobody is left who can bid, or ever will
             ep = self.next_episode
             self.next_episode += 1
             result = yield from self._episode(ep)
@@ -162,10 +162,10 @@ class Kernel:
         state = int(task.starts(np.array([ep], dtype=np.int64))[0])
         for t in range(task.horizon):
             bids = yield from self._bids(state)
-            members = caps = None
+            members = caps = renters = None
             rent = 0
             if self.economy is not None:
-                members, caps, bids = self._budgets(bids)
+                renters, members, caps, bids = self._budgets(bids)
                 rent = self.economy.rent
                 if not members:  # everyone went bankrupt while this episode ran
                     return self._extinct(ep, t, total)
@@ -176,7 +176,7 @@ class Kernel:
             reward = to_units(out.reward)
             total += reward
             self.steps += 1
-            step = _Step(ep, t, state, bids, seller, s, out, reward, members, caps, rent)
+            step = _Step(ep, t, state, bids, seller, s, out, reward, members, caps, renters, rent)
             last = out.done or t == task.horizon - 1
             self.bus.publish(self._step_events(step, episode_return=total if last else None))
             state, seller = out.next_state, self._accounts[s.winner]
@@ -213,13 +213,16 @@ class Kernel:
             self.seq += 1
         return EpisodeResult(ep, t, total)
 
-    def _budgets(self, bids: list[int]) -> tuple[list[int], list[int], list[int]]:
-        """The living members' ids, their caps (their balances), and their capped bids."""
+    def _budgets(self, bids: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
+        """The living members' ids (who pay rent); the solvent ones' ids (who bid), their
+        caps (their balances) and their capped bids."""
         assert self.economy is not None
         cap = self.economy.cap
-        members = self.economy.members()
+        living = self.economy.members()
+        members = self.economy.solvent(living)
         caps = [cap(self._accounts[i]) for i in members]
-        return members, caps, [min(bids[i], c) for i, c in zip(members, caps, strict=True)]
+        capped = [min(bids[i], c) for i, c in zip(members, caps, strict=True)]
+        return living, members, caps, capped
 
     def _draw_round(self, _round: simpy.Event) -> None:
         waiting, self._waiting = self._waiting, []
@@ -258,8 +261,8 @@ class Kernel:
         own.append((Transform, (winner, prims[w], state, out.next_state, out.duration, out.done)))
         paid_to = (ENVIRONMENT, winner) if st.reward >= 0 else (winner, ENVIRONMENT)
         own.append((Reward, (*paid_to, abs(st.reward))))
-        if st.members is not None and st.rent:
-            own += [(Rent, (self._accounts[i], TREASURY, st.rent)) for i in st.members]
+        if st.renters is not None and st.rent:
+            own += [(Rent, (self._accounts[i], TREASURY, st.rent)) for i in st.renters]
         if episode_return is not None:
             own.append((EpisodeEnd, (st.t + 1, episode_return)))
         header = (self.seq, self.run, st.ep, st.t, self.env.now)
@@ -294,8 +297,11 @@ class _Step(NamedTuple):
     outcome: Outcome
     reward: int
     members: list[int] | None = None
-    """With an economy: the bidders alive at this auction (their ids), else None (all)."""
+    """With an economy: the solvent members, who bid in this auction (their ids), else None
+    (all)."""
     caps: list[int] | None = None
-    """With an economy: each living bidder's budget cap."""
+    """With an economy: each solvent member's budget cap."""
+    renters: list[int] | None = None
+    """With an economy: the living members, who pay rent for this auction."""
     rent: int = 0
     """With an economy: what each living bidder pays the treasury for this auction."""

@@ -77,14 +77,28 @@ def test_founders_are_endowed_and_every_bid_is_capped_at_its_wealth(concurrency:
         assert b["cap"] == cap and b["amount"] <= cap
 
 
-def test_every_living_bidder_pays_rent_each_auction() -> None:
-    """One rent of the configured amount to the treasury per bid, in the same transaction."""
-    events = run(1)
-    for tx in {e["tx"] for e in events if e["kind"] == "bid"}:
-        bidders = sorted(e["account"] for e in events if e["tx"] == tx and e["kind"] == "bid")
-        rents = [e for e in events if e["tx"] == tx and e["kind"] == "rent"]
-        assert sorted(e["src"] for e in rents) == bidders
-        assert {(e["dst"], e["amount"]) for e in rents} == {(TREASURY, UNIT // 100)}
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_every_living_member_pays_rent_and_the_solvent_ones_bid(concurrency: int) -> None:
+    """Each auction: one rent of the configured amount to the treasury from every living
+    member, in the same transaction; bids from exactly those whose balance is not below the
+    floor (0). An insolvent member awaiting its close sits out."""
+    events = run(concurrency)
+    before = balances_before(events)
+    living: set[str] = set()
+    sat_out = 0
+    for tx in sorted({e["tx"] for e in events}):
+        mine = [e for e in events if e["tx"] == tx]
+        bidders = sorted(e["account"] for e in mine if e["kind"] == "bid")
+        if bidders:
+            rents = [e for e in mine if e["kind"] == "rent"]
+            assert sorted(e["src"] for e in rents) == sorted(living)
+            assert {(e["dst"], e["amount"]) for e in rents} == {(TREASURY, UNIT // 100)}
+            solvent = sorted(a for a in living if before[tx].get(a, 0) >= 0)
+            assert bidders == solvent
+            sat_out += len(living) - len(solvent)
+        living |= {e["dst"] for e in mine if e["kind"] == "endow"}  # members only
+        living -= {e["account"] for e in mine if e["kind"] == "close"}
+    assert sat_out > 0  # the rule was exercised
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
