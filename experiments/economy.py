@@ -21,6 +21,7 @@ primitives) to --out.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,10 @@ def run_one(
     if economy:
         flags["hayek"] = settings
     preset = "hayek" if economy else "hayek-fixed"
+    run_dir = out / f"{arm}-p{primitives}-s{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own run of an earlier call
     began = time.perf_counter()
-    sim = resolve(preset, flags=flags)
-    finished = prepare(sim, out / f"{arm}-p{primitives}-s{seed}").execute()
+    finished = prepare(resolve(preset, flags=flags), run_dir).execute()
     seconds = time.perf_counter() - began
     events = finished.ledger.scan()
     clock = _env_steps(events)

@@ -1,8 +1,10 @@
 """The Hayek economy's live rules: endowments, budgets, rent, bankruptcy, dividends and births.
 
 Founders are endowed by the environment at the run's opening. Every bid is capped at the
-bidder's balance, and the cap goes into its `Bid` event. Every member alive at an auction
-pays rent to the treasury in that auction's transaction. Between episodes the economy
+bidder's balance, and the cap goes into its `Bid` event. A member whose balance is below the
+floor is insolvent: it sits out every auction (it may still be paid for a state it owns,
+and be solvent again). Every member alive at an auction pays rent to the treasury in that
+auction's transaction. Between episodes the economy
 settles, in one transaction:
 - a member whose balance has fallen below the floor is liquidated (its wealth to the
   treasury, or its debt covered from there) and closed, unless it owns the state of an
@@ -15,7 +17,7 @@ settles, in one transaction:
 
 Members live in slots, a fixed number (`max_population`) of bidder columns: a founder holds
 its slot from the start, a child takes the lowest free one, and a dead member's slot is
-freed. Policies bid for every slot; only the living bid in an auction. Balances are the
+freed. Policies bid for every slot; only the living, solvent members bid in an auction. Balances are the
 run's own live fold over the bus, so the rules read the same books the ledger keeps.
 docs/economy.md gives the defaults' reasons.
 """
