@@ -15,7 +15,7 @@ and range over seeds) and writes runs-pN.parquet, curves-pN.parquet and economy-
 primitives) to --out.
 
     python experiments/economy.py --seeds 5 [--primitives 12] [--steps 200000] [--arms ...]
-                                  [--ppo preset|methods]
+                                  [--ppo preset|methods] [--replot]
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from analyses.population import lifecycle, living_inequality, population
 ARMS: dict[str, dict[str, Any]] = {
     "fixed": {},
     "hayek": {"endowment": 1.0, "rent": 0.001},
+    "poor": {"endowment": 10.0, "rent": 0.0001},
+    "lean": {"endowment": 20.0, "rent": 0.0001},
     "endowed": {"endowment": 50.0, "rent": 0.0001},
     "endowed-c128": {"endowment": 50.0, "rent": 0.0001, "concurrency": 128},
     "rich": {"endowment": 200.0, "rent": 0.0001},
@@ -233,7 +235,12 @@ def _plot(curves: pl.DataFrame, path: Path, primitives: int) -> None:
         for m, arm in enumerate(ARMS):
             mine = part.filter(pl.col("arm") == arm)
             for i, seed in enumerate(mine["seed"].unique().sort()):
-                r = mine.filter(pl.col("seed") == seed).sort("env_steps")
+                r = (  # a step's last value: the opening's founders all join at step 0
+                    mine.filter(pl.col("seed") == seed)
+                    .group_by("env_steps", maintain_order=True)
+                    .last()
+                    .sort("env_steps")
+                )
                 ax.plot(r["env_steps"], r["value"], color=f"C{m}", alpha=0.6, lw=1,
                         label=arm if i == 0 else None)  # fmt: skip
         ax.set_xlabel("env steps")
@@ -259,22 +266,31 @@ def main() -> None:
         default="preset",
         help="the presets' PPO settings, or methods.md's (PPOConfig's defaults)",
     )
+    parser.add_argument(
+        "--replot", action="store_true", help="table and plot from --out's saved runs, no runs"
+    )
     args = parser.parse_args()
     arms = args.arms.split(",")
     if unknown := [a for a in arms if a not in ARMS]:
         parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    ppo = PPOConfig().model_dump(exclude={"gamma"}) if args.ppo == "methods" else {}
-    jobs = [
-        (a, s, args.primitives, args.steps, args.out, ppo) for a in arms for s in range(args.seeds)
-    ]
-    rows, curve_rows = run_all(run_one, jobs, args.workers)
-    order = pl.col("arm").replace_strict(list(ARMS), list(range(len(ARMS))))
-    runs = pl.DataFrame(rows).sort(order, "seed")
-    curves = pl.DataFrame(curve_rows)
     name = f"p{args.primitives}"
-    runs.write_parquet(args.out / f"runs-{name}.parquet")
-    curves.write_parquet(args.out / f"curves-{name}.parquet")
+    if args.replot:
+        runs = pl.read_parquet(args.out / f"runs-{name}.parquet")
+        curves = pl.read_parquet(args.out / f"curves-{name}.parquet")
+    else:
+        ppo = PPOConfig().model_dump(exclude={"gamma"}) if args.ppo == "methods" else {}
+        jobs = [
+            (a, s, args.primitives, args.steps, args.out, ppo)
+            for a in arms
+            for s in range(args.seeds)
+        ]
+        rows, curve_rows = run_all(run_one, jobs, args.workers)
+        order = pl.col("arm").replace_strict(list(ARMS), list(range(len(ARMS))))
+        runs = pl.DataFrame(rows).sort(order, "seed")
+        curves = pl.DataFrame(curve_rows)
+        runs.write_parquet(args.out / f"runs-{name}.parquet")
+        curves.write_parquet(args.out / f"curves-{name}.parquet")
     _plot(curves, args.out / f"economy-{name}.png", args.primitives)
     print(_table(runs))
 
