@@ -17,8 +17,9 @@ settles, in one transaction:
 
 Members live in slots, a fixed number (`max_population`) of bidder columns: a founder holds
 its slot from the start, a child takes the lowest free one, and a dead member's slot is
-freed. Policies bid for every slot; only the living, solvent members bid in an auction. Balances are the
-run's own live fold over the bus, so the rules read the same books the ledger keeps.
+freed. Policies bid for every slot; only the living, solvent members bid in an auction.
+Balances are the run's own live fold over the bus, so the rules read the same books the
+ledger keeps.
 docs/economy.md gives the defaults' reasons.
 """
 

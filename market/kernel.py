@@ -145,7 +145,7 @@ class Kernel:
             result = yield from self._episode(ep)
             if self.economy is not None:
                 self._settle()
-            if on_episode is not None:
+            if on_episode is not None and result.steps:  # not one ended before its 1st auction
                 on_episode(result)
 
     def _settle(self) -> None:

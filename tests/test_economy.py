@@ -117,6 +117,17 @@ def test_bankrupt_members_close_between_episodes_and_never_bid_again(concurrency
     assert len(closes) < 24 or len(starts) < 60  # extinction ends the run early
 
 
+def test_episodes_that_extinction_ends_before_their_first_auction_are_not_counted() -> None:
+    """With more episodes at a time than the founders can pay for, extinction comes before
+    most of them hold an auction: the run's end counts only the episodes in the ledger."""
+    events = run(200, episodes=200)
+    starts = [e for e in events if e["kind"] == "episode_start"]
+    ends = [e for e in events if e["kind"] == "episode_end"]
+    (end,) = [e for e in events if e["kind"] == "run_end"]
+    assert 0 < len(starts) < 200  # extinction came first
+    assert end["episodes"] == len(ends) == len(starts)
+
+
 def test_without_rent_budgets_keep_every_member_solvent() -> None:
     """With no rent, a member pays at most what it has: no balance ever falls below 0 and
     nobody closes (random bidders without budgets run into debt at once)."""
