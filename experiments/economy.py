@@ -8,7 +8,8 @@ without an economy; every other arm is a Hayek economy with the settings in ARMS
 (docs/economy.md). Per run: the env steps until CRITERION of the last WINDOW episodes reach
 the goal, the share that do over the last tenth of the run and their mean length (5 is
 optimal), the env step of extinction (if), members alive at the end (and how many run a
-useless primitive: neither L nor R), births, deaths (and how many were useless), the share
+useless primitive: neither L nor R), the share of the living that run R (the one move
+toward the goal), births, deaths (and how many were useless), the share
 of the living that descend from one founder (the largest lineage), the Gini of the living
 members' wealth and the richest member's share at the end. Prints a markdown table (median
 and range over seeds) and writes runs-pN.parquet, curves-pN.parquet and economy-pN.png (N
@@ -52,6 +53,7 @@ economy; the others are the preset `hayek` with these settings. Both presets' PP
 larger steps than methods.md's (4e-5, one pass over 4096): at those, no arm learns Chain
 with 10 useless primitives within 500k env steps (docs/results.md)."""
 USEFUL = ("L", "R")
+"""The issue's useful moves; of them only R approaches the goal."""
 WINDOW = 200
 """Episodes in the rolling share of successes that the curves plot."""
 CRITERION = 0.9
@@ -81,7 +83,8 @@ def run_one(
     lives = lifecycle(events)
     deaths = lives.filter(pl.col("event") == "died")
     alive = lives.group_by("account").agg(pl.col("change").sum()).filter(pl.col("change") > 0)
-    useless = ~pl.col("account").str.split(".").list.first().is_in(list(USEFUL))
+    primitive = pl.col("account").str.split(".").list.first()
+    useless = ~primitive.is_in(list(USEFUL))
     # Events before the first move (the founders' opening) are at env step 0.
     pop = (
         population(events).join_asof(clock, on="seq").with_columns(pl.col("env_steps").fill_null(0))
@@ -105,6 +108,7 @@ def run_one(
         "extinct_at": int(extinct["env_steps"][0]) if extinct.height else None,
         "alive": alive.height if economy else None,
         "useless_alive": alive.filter(useless).height if economy else None,
+        "r_share": alive.filter(primitive == "R").height / alive.height if alive.height else None,
         "births": lives.filter(pl.col("event") == "born").height,
         "deaths": deaths.height,
         "useless_deaths": deaths.filter(useless).height,
@@ -199,6 +203,7 @@ def _table(runs: pl.DataFrame) -> str:
         ("extinct at env step", "extinct_at", "{:,.0f}"),
         ("alive at end", "alive", "{:.0f}"),
         ("useless alive", "useless_alive", "{:.0f}"),
+        ("R's share of the living", "r_share", "{:.2f}"),
         ("births", "births", "{:.0f}"),
         ("deaths", "deaths", "{:.0f}"),
         ("useless deaths", "useless_deaths", "{:.0f}"),

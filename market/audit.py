@@ -57,6 +57,7 @@ _MONEY = sorted(AUCTION_KINDS)
 """The transfers only an auction (or a control step) may make."""
 _AUDITED = [
     "seq", "tx", "kind", "episode", "step", "account", "src", "dst", "amount", "mechanism", "cap",
+    "episodes",
 ]  # fmt: skip
 """The columns the rules read."""
 _SOURCES = [ENVIRONMENT, AUCTIONEER]
@@ -151,8 +152,9 @@ def audit(ledger: Ledger, expected_head: str | None = None) -> AuditReport:
 def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditReport:
     """Audit a frame of events in the ledger schema."""
     report = report or AuditReport()
-    if "cap" not in df.columns:  # a frame read from a ledger before issue 8
-        df = df.with_columns(pl.lit(None, dtype=pl.Int64).alias("cap"))
+    for col in ("cap", "episodes"):  # cap: a frame read from a ledger before issue 8
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.Int64).alias(col))
     report.events = df.height
     if df.is_empty():
         report.violation = Violation(0, "sequence", "a run's events", "an empty ledger")
@@ -183,6 +185,7 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
         _caps_off_balances(events),
         _first(transfers, _economy_rules()),
         _closed_with_money(events),
+        _run_ends(df),
         *_closing(df, report),
     ]
     report.violation = min((v for v in found if v), key=lambda v: v.seq, default=None)
@@ -524,6 +527,23 @@ def _auction_rules() -> list[Rule]:
             pl.coalesce("r_at", "seq"),
         ),
     ]
+
+
+def _run_ends(df: pl.DataFrame) -> Violation | None:
+    """The first RunEnd whose episode count is not the number of episodes that ended since
+    its run started."""
+    marks = df.filter(_C("kind").is_in(["run_start", "episode_end", "run_end"])).select(
+        "seq", "kind", "episodes"
+    )
+    ended = 0
+    for seq, kind, episodes in marks.iter_rows():
+        if kind == "run_start":
+            ended = 0
+        elif kind == "episode_end":
+            ended += 1
+        elif episodes != ended:
+            return Violation(seq, "run-end", f"{ended} episodes ended in the run", str(episodes))
+    return None
 
 
 def _closing(df: pl.DataFrame, report: AuditReport) -> list[Violation | None]:

@@ -175,3 +175,13 @@ def test_money_outside_a_control_step_breaks_auction_only() -> None:
     seq = first_seq(df, "transition")
     df = falsify(df, seq, kind="order", control=0.0, action=0, account="alice", primitive=0)
     assert rule_broken(df)[0] == "auction-only"
+
+
+@pytest.mark.parametrize("delta", [1, -1])
+def test_a_run_end_miscounting_its_episodes_breaks_run_end(ccv: pl.DataFrame, delta: int) -> None:
+    """A run's end states how many episodes ended in it: exactly the EpisodeEnds since its
+    start."""
+    seq = first_seq(ccv, "run_end")
+    episodes = int(ccv.filter(pl.col("seq") == seq)["episodes"][0])
+    assert episodes == ccv.filter(pl.col("kind") == "episode_end").height
+    assert rule_broken(falsify(ccv, seq, episodes=episodes + delta)) == ("run-end", seq)
