@@ -163,6 +163,8 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
     auctions = _auctions(events).collect()
     lives = _lives(events)
     transfers = _transfers(events, lives).collect().lazy()
+    economy = df.filter((_C("kind") == "close") | _C("cap").is_not_null()).height > 0
+    held = _held(events) if economy else pl.DataFrame()  # read only by economy rules
     found = [
         _first(events.with_row_index("_at"), _sequence_rules()),
         _first(transfers, _balance_rules()),
@@ -182,9 +184,9 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
         _first(auctions.lazy(), _auction_rules()),
         _first(_addressed(events, lives), _lifecycle_rules()),
         _first(events, _budget_rules()),
-        _caps_off_balances(events),
+        _caps_off_balances(events, held),
         _first(transfers, _economy_rules()),
-        _closed_with_money(events),
+        _closed_with_money(events, held),
         _run_ends(df),
         *_closing(df, report),
     ]
@@ -327,12 +329,9 @@ def _economy_rules() -> list[Rule]:
     ]
 
 
-def _closed_with_money(events: pl.LazyFrame) -> Violation | None:
-    """The first close of an account whose balance just before it is not 0."""
-    closes = events.filter(_C("kind") == "close").select("seq", "account").collect()
-    if closes.is_empty():
-        return None
-    held = (
+def _held(events: pl.LazyFrame) -> pl.DataFrame:
+    """Each account's balance after every event that moved it: seq, account, held."""
+    return (
         postings(events)
         .group_by("seq", "account")
         .agg(_C("delta").sum())
@@ -341,6 +340,13 @@ def _closed_with_money(events: pl.LazyFrame) -> Violation | None:
         .select("seq", "account", "held")
         .collect()
     )
+
+
+def _closed_with_money(events: pl.LazyFrame, held: pl.DataFrame) -> Violation | None:
+    """The first close of an account whose balance just before it is not 0."""
+    closes = events.filter(_C("kind") == "close").select("seq", "account").collect()
+    if closes.is_empty():
+        return None
     found = (
         closes.sort("seq")
         .join_asof(held, on="seq", by="account", strategy="backward", check_sortedness=False)
@@ -352,7 +358,7 @@ def _closed_with_money(events: pl.LazyFrame) -> Violation | None:
     return Violation(seq, "lifecycle", f"{account} closing at 0", f"balance {amount}")
 
 
-def _caps_off_balances(events: pl.LazyFrame) -> Violation | None:
+def _caps_off_balances(events: pl.LazyFrame, held: pl.DataFrame) -> Violation | None:
     """The first bid whose recorded cap is not its bidder's balance (never below 0) just
     before the bid's transaction."""
     bids = (
@@ -363,17 +369,14 @@ def _caps_off_balances(events: pl.LazyFrame) -> Violation | None:
     )
     if bids.is_empty():
         return None
-    held = (
-        postings(events)
-        .group_by("seq", "account")
-        .agg(_C("delta").sum())
-        .sort("seq")
-        .with_columns(_C("delta").cast(pl.Int128).cum_sum().over("account").alias("held"))
-        .select(_C("seq").alias("before"), "account", "held")
-        .collect()
-    )
     found = (
-        bids.join_asof(held, on="before", by="account", strategy="backward", check_sortedness=False)
+        bids.join_asof(
+            held.rename({"seq": "before"}),
+            on="before",
+            by="account",
+            strategy="backward",
+            check_sortedness=False,
+        )
         .with_columns(_C("held").fill_null(0).clip(lower_bound=0).alias("budget"))
         .filter(_C("cap") != _C("budget"))
         .sort("seq")

@@ -89,7 +89,6 @@ class Economy:
         """Each slot's primitive (a free slot's is meaningless)."""
         self.names = society.primitive_names
         self.alive: dict[str, bool] = dict.fromkeys(founders, True)
-        self.population = len(founders)
         self.parent: dict[str, str] = {}
         """Each child's parent (the account that endowed it)."""
         self.live = LiveBalances()
@@ -145,6 +144,11 @@ class Economy:
         """What `account` may bid: its balance, never below 0."""
         return max(self.live.balances.get(account, 0), 0)
 
+    @property
+    def population(self) -> int:
+        """How many members are alive."""
+        return len(self.accounts) - self.accounts.count(None)
+
     def members(self) -> list[int]:
         """The slots of the living members, in slot order."""
         return [i for i, a in enumerate(self.accounts) if a is not None]
@@ -190,7 +194,6 @@ class Economy:
     def _free(self, account: str) -> None:
         """`account` is dead: its slot is free."""
         self.alive[account] = False
-        self.population -= 1
         self.accounts[self.accounts.index(account)] = None
 
     def _place(self, slot: int, child: str) -> int:
@@ -200,7 +203,6 @@ class Economy:
         p = self.primitive[slot]
         self.accounts[child_slot], self.primitive[child_slot] = child, p
         self.alive[child], self.parent[child] = True, self.accounts[slot] or ""
-        self.population += 1
         self._born[p] = max(self._born[p], int(child.rsplit(".", 1)[1]) + 1)
         return child_slot
 
