@@ -119,7 +119,10 @@ def simulate_cmd(
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option(help="Continue a learning run from its last snapshot (--steps more)."),
+        typer.Option(
+            help="Continue a run (--steps or --episodes more; a learning run from its last "
+            "snapshot), reading only the ledger's tail."
+        ),
     ] = None,
     init: Annotated[
         Path | None,
@@ -224,6 +227,14 @@ def simulate_cmd(
         list[str] | None,
         typer.Option("--set", help="Override one setting, e.g. --set ppo.entropy_coef=0.05."),
     ] = None,
+    audit: Annotated[
+        bool,
+        typer.Option(
+            "--audit/--no-audit",
+            help="Audit the ledger when the run ends (streaming, in bounded memory); "
+            "--no-audit skips it, for a run audited later with `market audit RUN`.",
+        ),
+    ] = True,
 ) -> None:
     """Run a society into a new run directory (or continue one with --resume), then audit it.
 
@@ -252,7 +263,7 @@ def simulate_cmd(
             with rich_progress() as progress:  # the first Two Rooms run trains its options
                 guarded(lambda: ensure_options(progress=progress))
     prepared = guarded(lambda: prepare(sim, out, resume))
-    finished = _execute_with_progress(prepared)
+    finished = _execute_with_progress(prepared, audit)
     _print_finished(finished)
 
 
@@ -266,8 +277,17 @@ def _print_finished(finished: Finished) -> None:
     table.add_row("episodes", f"{summary.episodes:,}")
     table.add_row("mean return", f"{to_credit(summary.mean_return):.4f} credit")
     table.add_row("ledger head", ledger.head[:16])
+    verdict = "skipped (--no-audit)" if report is None else "clean" if report.ok else "failed"
+    table.add_row("closing audit", verdict)
     console.print(table)
     console.print(_wealth_table(wealth(ledger.scan())))
+    if report is None:
+        console.print(
+            Text.assemble(
+                ("NOT AUDITED", "bold yellow"), f" (--no-audit): run `market audit {run}`"
+            )
+        )
+        return
     console.print(_verdict(report), soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
@@ -400,7 +420,7 @@ def _frame_table(title: str, frame: pl.DataFrame, limit: int = 40) -> Table:
     return table
 
 
-def _execute_with_progress(prepared: Prepared) -> Finished:
+def _execute_with_progress(prepared: Prepared, audit: bool = True) -> Finished:
     """Execute a prepared run under a progress bar: env steps (or episodes), steps/s, the
     recent mean return and, for a learning society, its mean bids."""
     by_steps = prepared.steps is not None
@@ -426,7 +446,7 @@ def _execute_with_progress(prepared: Prepared) -> Finished:
                 bar, completed=done["steps" if by_steps else "episodes"], description=text
             )
 
-        finished = guarded(lambda: prepared.execute(tick))
+        finished = guarded(lambda: prepared.execute(tick, audit))
         progress.update(bar, completed=total)
     return finished
 

@@ -21,7 +21,8 @@ from agents.fixed import make_bidder
 from agents.simulation import Simulation
 from ledger.disk import DiskLedger
 from market import rundir
-from market.audit import AuditReport, audit
+from market.audit import AuditReport
+from market.audit import audit as audit_ledger
 from market.bus import Bus
 from market.economy import Economy
 from market.kernel import EpisodeResult
@@ -37,12 +38,26 @@ OPTION_TASKS = frozenset({"tworooms", "tworooms-blue"})
 
 @dataclass
 class Finished:
-    """A run that has been executed, audited and summarised."""
+    """A run that has been executed, audited (unless asked not to) and summarised."""
 
     run: Path
     ledger: DiskLedger
     summary: RunSummary
-    report: AuditReport
+    report: AuditReport | None
+    """The closing audit's verdict; None when the run was not audited (`audit=False`)."""
+
+    @property
+    def audited(self) -> AuditReport:
+        """The closing audit's verdict, for callers that always audit."""
+        if self.report is None:
+            raise ValueError(f"{self.run} was not audited: run `market audit {self.run}`")
+        return self.report
+
+
+NOT_AUDITED = "not audited (--no-audit): run `market audit RUN`"
+"""What summary.json says of a run executed without its closing audit."""
+PENDING = "pending: the run closed, its closing audit did not finish; run `market audit RUN`"
+"""What summary.json says while the closing audit runs (and after, if it is killed)."""
 
 
 @dataclass
@@ -58,11 +73,22 @@ class Prepared:
     _go: Callable[[OnEpisode | None], RunSummary]
     _after: Callable[[], None]
 
-    def execute(self, on_episode: OnEpisode | None = None) -> Finished:
-        """Run, save the learners' record, audit and write summary.json."""
+    def execute(self, on_episode: OnEpisode | None = None, audit: bool = True) -> Finished:
+        """Run, save the learners' record, write summary.json (with the ledger's head), then
+        audit the ledger, streaming, and record the verdict in summary.json.
+
+        The ledger is committed and the head recorded before the audit starts, so a run
+        killed during its audit loses nothing and `market audit RUN` checks it again."""
         summary = self._go(on_episode)
         self._after()
-        report = audit(self.ledger)
+        self._write(summary, NOT_AUDITED if not audit else PENDING)
+        if not audit:
+            return Finished(self.run, self.ledger, summary, None)
+        report = audit_ledger(self.ledger, expected_head=self.ledger.head)
+        self._write(summary, "clean" if report.ok else str(report.violation))
+        return Finished(self.run, self.ledger, summary, report)
+
+    def _write(self, summary: RunSummary, verdict: str) -> None:
         rundir.write_json(
             self.run / rundir.SUMMARY,
             {
@@ -71,16 +97,15 @@ class Prepared:
                 "episodes": summary.episodes,
                 "mean_return": summary.mean_return,
                 "balances": dict(summary.balances),
-                "audit": "clean" if report.ok else str(report.violation),
+                "audit": verdict,
                 "head": self.ledger.head,
             },
         )
-        return Finished(self.run, self.ledger, summary, report)
 
 
 def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Prepared:
     """Everything `sim` needs, in a new run directory (`out`, or runs/NAME), or continuing
-    the learning run `resume` for `sim.steps` more env steps."""
+    the run `resume` for `sim.steps` more env steps or `sim.episodes` more episodes."""
     if sim.variant == "control":
         if resume is not None:
             raise ValueError("control runs cannot be resumed yet")
@@ -91,7 +116,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         raise ValueError(f"unknown kernel {sim.kernel!r}; choose one of: {', '.join(KERNELS)}")
     kernel: KernelChoice = sim.kernel
     if resume is not None:
-        config, run, ledger = _resumed(resume, sim.steps)
+        config, run, ledger = _resumed(resume, sim.steps, sim.episodes)
     else:
         config = auction_config(sim)
     if config.task in OPTION_TASKS:
@@ -109,7 +134,8 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         economy = Economy.restore(config.economy, society, ledger.scan())
     elif config.economy is not None:
         economy = Economy(config.economy, society)
-    policy, learner = _policy(config, task, society, economy)
+    continue_at = ledger.next_seq if resume is not None else 0
+    policy, learner = _policy(config, task, society, economy, continue_at)
     if config.init is not None:
         from agents.training import start_from
 
@@ -178,8 +204,11 @@ def new_run(
     return run, DiskLedger(run / rundir.LEDGER)
 
 
-def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]:
-    """The configuration and ledger of a learning run to continue, for `steps` more."""
+def _resumed(
+    run: Path, steps: int | None, episodes: int | None
+) -> tuple[RunConfig, Path, DiskLedger]:
+    """The configuration and ledger of an auction run to continue, for `steps` more env
+    steps or `episodes` more episodes (the run's own budget if neither is given)."""
     ledger = rundir.open_run_ledger(run)
     if not (run / rundir.CONFIG).is_file():
         raise ValueError(f"{run}: not a run directory (no {rundir.CONFIG})")
@@ -188,14 +217,16 @@ def _resumed(run: Path, steps: int | None) -> tuple[RunConfig, Path, DiskLedger]
     if recorded.get("variant") == "control":
         raise ValueError(f"{run} is a control run; control runs cannot be resumed yet")
     config = RunConfig.model_validate(recorded)
-    if config.learner is None or config.bidder == "monolithic":
-        raise ValueError(f"{run} is not a learning society's run; only those resume")
-    from agents.training import latest_snapshot
+    if config.bidder == "monolithic":
+        raise ValueError(f"{run} is a monolithic baseline's run; it cannot be resumed yet")
+    if config.learner is not None:
+        from agents.training import latest_snapshot
 
-    if latest_snapshot(run) is None:
-        raise ValueError(f"{run} has no snapshot to resume from")
-    more = steps if steps is not None else config.steps
-    return config.model_copy(update={"steps": more, "episodes": None}), run, ledger
+        if latest_snapshot(run) is None:
+            raise ValueError(f"{run} has no snapshot to resume from")
+    if steps is None and episodes is None:
+        steps, episodes = config.steps, config.episodes if config.steps is None else None
+    return config.model_copy(update={"steps": steps, "episodes": episodes}), run, ledger
 
 
 def _init_source(run: Path, config: RunConfig) -> str:
@@ -213,11 +244,18 @@ def _init_source(run: Path, config: RunConfig) -> str:
 
 
 def _policy(
-    config: RunConfig, task: Task, society: Society, economy: Economy | None = None
+    config: RunConfig,
+    task: Task,
+    society: Society,
+    economy: Economy | None = None,
+    continue_at: int = 0,
 ) -> tuple[Policy, Any]:
     """The run's bidders: fixed ones, a learning society, or the monolithic baseline; with
-    an `economy`, they bid for its slots."""
+    an `economy`, they bid for its slots. Fixed bidders continuing a ledger at seq
+    `continue_at` draw from the seed's stream keyed by that seq, not again from its start."""
     (policy_seed,) = np.random.SeedSequence(config.seed).spawn(1)
+    if continue_at:
+        policy_seed = np.random.SeedSequence(config.seed, spawn_key=(0, continue_at))
     if config.learner is None:
         rng = np.random.default_rng(policy_seed)
         bidder = make_bidder(

@@ -63,13 +63,11 @@ def prices(events: pl.LazyFrame, episodes_per_point: int = 1) -> pl.DataFrame:
 def winners(events: pl.LazyFrame, since_episode: int = 0) -> pl.DataFrame:
     """Which primitive wins each state, from episode `since_episode` on: wins and their share
     of the state's auctions, most frequent winner first within a state."""
-    # The rows of `auctions` (an allocation once per payment of its transaction, once if
-    # none); the mint it joins is one row per transaction, so it adds none.
-    won, paid = _sales(events, "episode", "state", "primitive", price=False)
+    # One allocation per auction (the audit's `sequence` rule), so counting allocations
+    # counts auctions; the streaming engine folds them without holding them (memory flat).
+    won = events.filter((pl.col("kind") == "allocate") & (pl.col("episode") >= since_episode))
     return (
-        won.filter(pl.col("episode") >= since_episode)
-        .join(paid, on="tx", how="left")
-        .group_by("state", "primitive")
+        won.group_by("state", "primitive")
         .agg(pl.len().alias("wins"))
         .with_columns((pl.col("wins") / pl.col("wins").sum().over("state")).alias("share"))
         .sort("state", "wins", "primitive", descending=[False, True, False])
@@ -113,7 +111,7 @@ def bids(events: pl.LazyFrame, since_episode: int = 0) -> pl.DataFrame:
             pl.len().alias("bids"),
         )
         .sort("state", "primitive")
-        .collect()
+        .collect(engine="streaming")
     )
 
 

@@ -25,3 +25,42 @@ def agent_returns(events: pl.LazyFrame) -> pl.DataFrame:
         .sort("episode", "agent")
         .collect()
     )
+
+
+def agent_returns_curve(events: pl.LazyFrame, points: int = 200, since: int = 0) -> pl.DataFrame:
+    """Each agent's mean return per block of consecutive finished episodes (from episode
+    `since` on), in at most `points` blocks, folded in the query so that memory does not
+    grow with the run: episode (the block's first), agent, episodes, units, credit."""
+    ends = events.filter((pl.col("kind") == "episode_end") & (pl.col("episode") >= since))
+    lo, hi = (
+        ends.select(pl.col("episode").min().alias("lo"), pl.col("episode").max().alias("hi"))
+        .collect()
+        .row(0)
+    )
+    if lo is None:
+        schema = {"episode": pl.Int64, "agent": pl.String, "episodes": pl.UInt32}
+        return pl.DataFrame(schema=schema | {"units": pl.Int64, "credit": pl.Float64})
+    width = -(-(hi - lo + 1) // max(points, 1))
+    block = (lo + (pl.col("episode") - lo) // width * width).alias("block")
+    finished = ends.group_by(block).agg(pl.len().alias("episodes"))
+    paid = pl.col("src") == ENVIRONMENT
+    earned = (
+        events.filter((pl.col("kind") == "reward") & pl.col("episode").is_between(lo, hi))
+        .select(
+            block,
+            pl.when(paid).then(pl.col("dst")).otherwise(pl.col("src")).alias("agent"),
+            pl.when(paid).then(pl.col("amount")).otherwise(-pl.col("amount")).alias("units"),
+        )
+        .group_by("block", "agent")
+        .agg(pl.col("units").sum())
+    )
+    return (
+        earned.join(finished, on="block")
+        .rename({"block": "episode"})
+        .with_columns(
+            (pl.col("units").cast(pl.Float64) / pl.col("episodes") / UNIT).alias("credit")
+        )
+        .select("episode", "agent", "episodes", "units", "credit")
+        .sort("episode", "agent")
+        .collect(engine="streaming")
+    )

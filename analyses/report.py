@@ -19,11 +19,11 @@ import numpy as np
 import polars as pl
 
 from analyses.auctions import bids, bids_against, winners
-from analyses.control import agent_returns
+from analyses.control import agent_returns_curve
 from analyses.income import income
 from analyses.inequality import NOT_AGENTS, gini_over_time, inequality, lorenz
 from analyses.population import living_inequality, population
-from analyses.wealth import returns, wealth, wealth_over_time
+from analyses.wealth import late_episode, returns_curve, wealth, wealth_over_time
 from market import rundir
 from market.tasks import TABULAR_TASKS, make_task
 
@@ -67,13 +67,16 @@ def run_report(run: Path, points: int = 200) -> Report:
         living = living_inequality(events, points)
         report.plots["the living members' wealth"] = _plot_living(living, out / "living.png")
     if config.get("variant") == "control":
-        per_agent = agent_returns(events)
-        report.tables["return per agent (last 10% of episodes)"] = _late_mean(per_agent)
-        report.plots["learning curves"] = _plot_agent_returns(per_agent, out / "returns.png")
+        late = agent_returns_curve(events, 1, since=late_episode(events, LATE_SHARE))
+        report.tables["return per agent (last 10% of episodes)"] = late.select(
+            "agent", pl.col("credit").alias("mean_return"), "episodes"
+        )
+        curves = agent_returns_curve(events, points)
+        report.plots["learning curves"] = _plot_agent_returns(curves, out / "returns.png")
     else:
-        episodes = returns(events)
-        report.plots["learning curve"] = _plot_returns(episodes, out / "returns.png")
-        since = _late_episode(episodes)
+        curve = returns_curve(events, points)
+        report.plots["learning curve"] = _plot_returns(curve, out / "returns.png")
+        since = late_episode(events, LATE_SHARE)
         report.tables["winners (last 10% of episodes)"] = winners(events, since)
         q = _q_star(config)
         if q is not None:
@@ -155,24 +158,6 @@ def _describe(config: dict[str, Any]) -> str:
 def _as_credit(table: pl.DataFrame) -> pl.DataFrame:
     parts = ("rewards", "sales", "purchases", "mint", "net")
     return table.select("account", *(pl.col(p).cast(pl.Float64) / 1e9 for p in parts))
-
-
-def _late_episode(episodes: pl.DataFrame) -> int:
-    """The first episode of the run's last LATE_SHARE of finished episodes."""
-    if episodes.height == 0:
-        return 0
-    last = episodes["episode"].to_numpy()
-    return int(last[int(len(last) * (1 - LATE_SHARE))])
-
-
-def _late_mean(per_agent: pl.DataFrame) -> pl.DataFrame:
-    since = _late_episode(per_agent.select("episode").unique().sort("episode"))
-    return (
-        per_agent.filter(pl.col("episode") >= since)
-        .group_by("agent")
-        .agg(pl.col("credit").mean().alias("mean_return"), pl.len().alias("episodes"))
-        .sort("agent")
-    )
 
 
 def _q_star(config: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float64]] | None:
@@ -271,26 +256,23 @@ def _plot_living(living: pl.DataFrame, path: Path) -> Path:
     return _save(fig, path, living)
 
 
-def _rolling(values: pl.Series) -> pl.Series:
-    return values.rolling_mean(max(len(values) // 50, 1), min_samples=1)
-
-
-def _plot_returns(episodes: pl.DataFrame, path: Path) -> Path:
+def _plot_returns(curve: pl.DataFrame, path: Path) -> Path:
     fig, ax = _figure()
-    ax.plot(episodes["episode"], episodes["credit"], alpha=0.3, label="episode")
-    ax.plot(episodes["episode"], _rolling(episodes["credit"]), label="rolling mean")
-    ax.set_title("learning curve: the society's return per episode")
+    x = curve["episode"].to_numpy()
+    ax.fill_between(x, curve["min_credit"], curve["max_credit"], alpha=0.2, label="min to max")
+    ax.plot(x, curve["credit"], label="mean")
+    ax.set_title("learning curve: the society's return per episode (blocks of episodes)")
     ax.set_xlabel("episode")
     ax.set_ylabel("undiscounted return (credit)")
     ax.legend(fontsize="small")
-    return _save(fig, path, episodes)
+    return _save(fig, path, curve)
 
 
 def _plot_agent_returns(per_agent: pl.DataFrame, path: Path) -> Path:
     fig, ax = _figure()
     for (agent,), part in per_agent.group_by("agent", maintain_order=True):
-        ax.plot(part["episode"], _rolling(part["credit"]), label=str(agent))
-    ax.set_title("learning curves: each agent's return per episode (rolling mean)")
+        ax.plot(part["episode"], part["credit"], label=str(agent))
+    ax.set_title("learning curves: each agent's mean return per episode (blocks of episodes)")
     ax.set_xlabel("episode")
     ax.set_ylabel("undiscounted return (credit)")
     ax.legend(fontsize="small")

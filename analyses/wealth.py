@@ -89,3 +89,57 @@ def _bucket(points: int, last: int) -> pl.Expr:
     """Each event's checkpoint (0 to points - 1) when the largest seq is `last`."""
     width = -(-(last + 1) // points)  # ceil: every seq falls in one of `points` buckets
     return (pl.col("seq") // width).alias("bucket")
+
+
+def returns_curve(events: pl.LazyFrame, points: int = 200) -> pl.DataFrame:
+    """The learning curve in at most `points` rows, folded in the query (memory flat in the
+    run's length): finished episodes in blocks of consecutive episode numbers, one row per
+    block with its first episode, its episodes, and their mean, min and max return (credit).
+    """
+    if points < 1:
+        raise ValueError(f"points must be at least 1; got {points}")
+    ends = events.filter(pl.col("kind") == "episode_end")
+    lo, hi = (
+        ends.select(pl.col("episode").min().alias("lo"), pl.col("episode").max().alias("hi"))
+        .collect()
+        .row(0)
+    )
+    credit = pl.col("episode_return").cast(pl.Float64) / UNIT
+    if lo is None:
+        schema = {"episode": pl.Int64, "episodes": pl.UInt32, "credit": pl.Float64}
+        return pl.DataFrame(schema=schema | {"min_credit": pl.Float64, "max_credit": pl.Float64})
+    width = -(-(hi - lo + 1) // points)
+    return (
+        ends.group_by((lo + (pl.col("episode") - lo) // width * width).alias("block"))
+        .agg(
+            pl.len().alias("episodes"),
+            credit.mean().alias("credit"),
+            credit.min().alias("min_credit"),
+            credit.max().alias("max_credit"),
+        )
+        .rename({"block": "episode"})
+        .sort("episode")
+        .collect(engine="streaming")
+    )
+
+
+def late_episode(events: pl.LazyFrame, share: float) -> int:
+    """The first episode of the last `share` of finished episodes (0 if none finished).
+
+    Counted in the query, not collected: finished episodes are numbered consecutively in
+    every run the engines write, so the answer is an offset from the first; otherwise (a
+    ledger edited by hand, say) their numbers are sorted to find it."""
+    ends = events.filter(pl.col("kind") == "episode_end").select("episode")
+    n, lo, hi = (
+        ends.select(
+            pl.len(), pl.col("episode").min().alias("lo"), pl.col("episode").max().alias("hi")
+        )
+        .collect()
+        .row(0)
+    )
+    if not n:
+        return 0
+    k = int(n * (1 - share))
+    if hi - lo + 1 == n and ends.select(pl.col("episode").n_unique()).collect().item() == n:
+        return int(lo + k)
+    return int(ends.sort("episode").collect(engine="streaming")["episode"][k])

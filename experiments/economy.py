@@ -116,7 +116,7 @@ def run_one(
         "gini": float(wealth["gini"][-1]) if wealth.height and not extinct.height else None,
         "top1": wealth["top1_share"][-1] if wealth.height and not extinct.height else None,
         "seconds": seconds,
-        "audit_clean": finished.report.ok,
+        "audit_clean": finished.audited.ok,
     }
     every = max(success.height // 200, 1)
     curves: list[Row] = [

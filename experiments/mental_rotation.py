@@ -62,7 +62,7 @@ def run_one(seed: int, steps: int, episodes: int, out: Path) -> tuple[Row, list[
         "test_reward": tested.summary.mean_return / UNIT,
         "test_episodes": tested.summary.episodes,
         "solved_kinds": int(sum(bool(c["correct"]) for c in choices)),
-        "audit_clean": trained.report.ok and tested.report.ok,
+        "audit_clean": trained.audited.ok and tested.audited.ok,
         "choices": choices,
     }
     return row, curve

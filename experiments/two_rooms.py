@@ -52,7 +52,7 @@ def run_one(method: str, seed: int, steps: int, out: Path) -> tuple[Row, list[Ro
             f"{phase}_env_steps": env_steps,
             f"{phase}_seconds": seconds,
             f"{phase}_env_steps_per_s": env_steps / seconds,
-            f"{phase}_audit_clean": finished.report.ok,
+            f"{phase}_audit_clean": finished.audited.ok,
         }
         every = max(progress.height // 200, 1)
         curves += [

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -88,7 +89,7 @@ class DiskLedger(Ledger):
             return
         self.check_chain()
         lifecycle = pl.col("kind").is_in(["open", "close"])
-        rows = self.scan().filter(lifecycle).select("kind", "account").collect()
+        rows = self.scan().filter(lifecycle).select("kind", "account").collect(engine="streaming")
         self._accounts = frozenset(rows.filter(kind="open")["account"].to_list())
         self._closed = frozenset(rows.filter(kind="close")["account"].to_list())
         self._verified = True
@@ -154,6 +155,26 @@ class DiskLedger(Ledger):
     def scan(self) -> pl.LazyFrame:
         return self._scan(0)
 
+    def chunks(self, events: int, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
+        """Consecutive runs of whole segments of about `events` rows (a segment larger than
+        that is sliced), read one run at a time: memory holds one chunk, not the ledger."""
+        size, first = max(events, 1), 0
+        while first < len(self.links):
+            last, rows = first, 0
+            while last < len(self.links) and (rows == 0 or rows + _rows(self.links[last]) <= size):
+                rows += _rows(self.links[last])
+                last += 1
+            frame = self._scan(first, last)
+            whole = (frame.select(columns) if columns is not None else frame).collect()
+            first = last
+            for i in range(0, whole.height, size):
+                yield whole.slice(i, size)
+
+    def backwards(self, columns: Sequence[str]) -> Iterator[pl.DataFrame]:
+        """One committed segment at a time, the last first."""
+        for i in reversed(range(len(self.links))):
+            yield self._scan(i, i + 1).select(columns).collect()
+
     def _economy_at(self) -> int | None:
         """The index of the first link whose segment stores the whole `schema.SCHEMA` (None
         while every segment is in `BASE_SCHEMA`); read from the segments once, lazily (after
@@ -165,15 +186,16 @@ class DiskLedger(Ledger):
             self._layout_read = True
         return self._economy_from
 
-    def _scan(self, first: int) -> pl.LazyFrame:
-        """The segments of links `first`, `first + 1`, ... in `schema.SCHEMA`."""
+    def _scan(self, first: int, end: int | None = None) -> pl.LazyFrame:
+        """The segments of links `first`, `first + 1`, ... (up to `end`) in `schema.SCHEMA`."""
+        end = len(self.links) if end is None else end
         economy = self._economy_at()
-        cut = len(self.links) if economy is None else economy
+        cut = end if economy is None else min(economy, end)
         parts = []
         base = [str(self.path / link.segment) for link in self.links[first:cut]]
         if base:
             parts.append(pl.scan_ipc(base, glob=False).with_columns(_ECONOMY_NULLS))
-        whole = [str(self.path / link.segment) for link in self.links[max(first, cut) :]]
+        whole = [str(self.path / link.segment) for link in self.links[max(first, cut) : end]]
         if whole:
             parts.append(pl.scan_ipc(whole, glob=False))
         if not parts:
@@ -232,6 +254,10 @@ _ECONOMY_NULLS = [
     for n in schema.ECONOMY_COLUMNS
 ]
 """The economy columns a segment in `schema.BASE_SCHEMA` leaves out, as nulls."""
+
+
+def _rows(link: Link) -> int:
+    return link.last_seq - link.first_seq + 1
 
 
 def _stores_economy(segment: Path) -> bool:

@@ -76,7 +76,12 @@ def replay_frame(frame: pl.LazyFrame, upto: int | None = None) -> Balances:
     if upto is not None:
         frame = frame.filter(pl.col("seq") <= upto)
     # Int128: each amount fits int64, but an account's total over a long run may not.
-    sums = postings(frame).group_by("account").agg(pl.col("delta").cast(pl.Int128).sum()).collect()
+    sums = (
+        postings(frame)
+        .group_by("account")
+        .agg(pl.col("delta").cast(pl.Int128).sum())
+        .collect(engine="streaming")
+    )
     return {a: int(d) for a, d in zip(sums["account"], sums["delta"], strict=True)}
 
 

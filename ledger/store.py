@@ -118,6 +118,23 @@ class Ledger(abc.ABC):
     def scan(self) -> pl.LazyFrame:
         """Committed events as a lazy Polars frame in `schema.SCHEMA`, ordered by seq."""
 
+    def chunks(self, events: int, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
+        """Committed events in seq order, as consecutive frames of about `events` rows
+        (`columns` only, if given): a whole-ledger fold reads one at a time, in bounded
+        memory. A frame may end inside a transaction."""
+        frame = self.scan()
+        if columns is not None:
+            frame = frame.select(columns)
+        whole = frame.collect()
+        size = max(events, 1)
+        for i in range(0, whole.height, size):
+            yield whole.slice(i, size)
+
+    def backwards(self, columns: Sequence[str]) -> Iterator[pl.DataFrame]:
+        """Committed events from the last back, as consecutive frames (each in seq order,
+        `columns` only), for readers that need only the tail: stop reading when done."""
+        yield self.scan().select(columns).collect()
+
     def events(self, start: int = 0) -> Iterator[Event]:
         """Committed events from sequence number `start` on, as typed models."""
         frame = self.scan().filter(pl.col("seq") >= start).collect()

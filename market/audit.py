@@ -33,6 +33,8 @@ columns, not a Python loop over events.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,11 +126,15 @@ class AuditReport:
         return self.violation is None
 
 
-def audit(ledger: Ledger, expected_head: str | None = None) -> AuditReport:
+def audit(
+    ledger: Ledger, expected_head: str | None = None, chunk_events: int | None = None
+) -> AuditReport:
     """Audit a ledger; on disk, the hash chain is checked before any event is read.
 
     `expected_head` is the chain head recorded elsewhere when the run finished: a chain that
-    was cut short, or rebuilt after an edit, ends at another head.
+    was cut short, or rebuilt after an edit, ends at another head. The events are read
+    `chunk_events` at a time (default `CHUNK_EVENTS`), so memory does not grow with the
+    ledger's length.
     """
     report = AuditReport()
     if isinstance(ledger, DiskLedger):
@@ -146,32 +152,182 @@ def audit(ledger: Ledger, expected_head: str | None = None) -> AuditReport:
                 f"head {ledger.head[:16]} (committed batches removed or rewritten)",
             )
             return report
-    return audit_frame(ledger.scan().select(_AUDITED).collect(), report)
+    return audit_chunks(_ahead(ledger.chunks(chunk_events or CHUNK_EVENTS, _AUDITED)), report)
 
 
-def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditReport:
-    """Audit a frame of events in the ledger schema."""
+def _ahead(chunks: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """`chunks`, each read and decoded on a second thread while the one before is audited."""
+    with ThreadPoolExecutor(1) as pool:
+        coming = pool.submit(next, chunks, None)
+        while (chunk := coming.result()) is not None:
+            coming = pool.submit(next, chunks, None)
+            yield chunk
+
+
+def audit_frame(
+    df: pl.DataFrame, report: AuditReport | None = None, chunk_events: int | None = None
+) -> AuditReport:
+    """Audit a frame of events in the ledger schema (`chunk_events` rows at a time)."""
+    size = max(chunk_events or CHUNK_EVENTS, 1)
+    return audit_chunks((df.slice(i, size) for i in range(0, df.height, size)), report)
+
+
+def audit_chunks(chunks: Iterable[pl.DataFrame], report: AuditReport | None = None) -> AuditReport:
+    """Audit a ledger given as consecutive frames of its events, in seq order.
+
+    Only carried state passes from one chunk to the next (`_Carry`: rows seen, the last
+    transaction, accounts' lives, balances, running episodes, episodes ended since the run
+    started, totals), so memory is bounded by a chunk and the society, not the ledger. The
+    trailing transaction of a chunk is held back and audited with the next one, so a chunk
+    may end anywhere.
+    """
     report = report or AuditReport()
+    carry = _Carry()
+    held_back: pl.DataFrame | None = None
+    for chunk in chunks:
+        chunk = _conformed(chunk)
+        if held_back is not None:
+            chunk = pl.concat([held_back, chunk])
+        if chunk.is_empty():
+            continue
+        tx = chunk["tx"]
+        last = tx[-1]
+        tail = 0
+        while tail < chunk.height and tx[chunk.height - 1 - tail] == last:
+            tail += 1
+            if tail == 64:  # a long transaction: find its start with one comparison
+                tail = (
+                    chunk.height
+                    - int(
+                        chunk.with_row_index("_i")
+                        .filter(_C("tx") != last)
+                        .select(_C("_i").max().fill_null(-1))
+                        .item()
+                    )
+                    - 1
+                )
+                break
+        held_back = chunk.tail(tail)
+        if tail < chunk.height:
+            _audit_chunk(chunk.head(chunk.height - tail), carry, report)
+    if held_back is not None and not held_back.is_empty():
+        _audit_chunk(held_back, carry, report)
+    if carry.at == 0:
+        report.violation = Violation(0, "sequence", "a run's events", "an empty ledger")
+        return report
+    report.violation = carry.found
+    carry.finish(report)
+    return report
+
+
+CHUNK_EVENTS = 1 << 20
+"""Events audited at once: a few hundred MB of working memory, whatever the ledger's length."""
+
+
+def _conformed(df: pl.DataFrame) -> pl.DataFrame:
     for col in ("cap", "episodes"):  # cap: a frame read from a ledger before issue 8
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.Int64).alias(col))
-    report.events = df.height
-    if df.is_empty():
-        report.violation = Violation(0, "sequence", "a run's events", "an empty ledger")
-        return report
+    return df.select(_AUDITED)
+
+
+_LIVES = {"account": pl.String, "o": pl.Int64, "o_tx": pl.Int64, "c": pl.Int64, "c_tx": pl.Int64}
+_EPISODES = {
+    "episode": pl.Int64, "mechanism": pl.String, "winner": pl.String, "step": pl.Int64,
+}  # fmt: skip
+
+
+@dataclass
+class _Carry:
+    """What the audit of one chunk hands to the next: nothing grows with the ledger."""
+
+    at: int = 0
+    """Rows audited so far (the expected seq of the next row)."""
+    prev_tx: int | None = None
+    """The transaction of the last row audited."""
+    lives: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_LIVES))
+    """Per account: the seq and tx of its first open and close so far."""
+    parents: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"account": pl.String, "parent": pl.String})
+    )
+    """Per endowed account: who endowed it first."""
+    held: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"account": pl.String, "base": pl.Int128})
+    )
+    """Per account: its balance after the last row audited."""
+    episodes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_EPISODES))
+    """The episodes started and not ended: mechanism, last winner and step (null before
+    their first auction)."""
+    ended: int = 0
+    """Episodes ended since the last RunStart."""
+    found: Violation | None = None
+    per_mechanism: pl.DataFrame | None = None
+    lifecycle: pl.DataFrame | None = None
+    endowed_in: int = 0
+
+    def report(self, violation: Violation | None) -> None:
+        if violation is not None and (self.found is None or violation.seq < self.found.seq):
+            self.found = violation
+
+    def finish(self, report: AuditReport) -> None:
+        per = self.per_mechanism
+        if per is not None and per.height:
+            per = per.group_by("mechanism").agg(pl.all().sum()).sort("mechanism")
+            per = per.with_columns(
+                _C(c).cast(pl.Int64) for c in ("episodes", "auctions", "rewards_in")
+            )
+            report.per_mechanism = per.to_dicts()
+            report.auctions = int(per["auctions"].sum())
+            report.rewards_in = int(per["rewards_in"].sum())
+            report.minted = int(per["minted"].sum())
+        totals: dict[str, tuple[int, int]] = {}
+        if self.lifecycle is not None:
+            for kind, count, amount in (
+                self.lifecycle.group_by("kind").agg(pl.all().sum()).iter_rows()
+            ):
+                totals[kind] = (int(count), int(amount or 0))
+        report.episodes = totals.get("episode_start", (0, 0))[0]
+        report.closed = totals.get("run_end", (0, 0))[0] > 0
+        report.opens, report.closes = totals.get("open", (0, 0))[0], totals.get("close", (0, 0))[0]
+        report.endowments, report.endowed = totals.get("endow", (0, 0))
+        report.rent = totals.get("rent", (0, 0))[1]
+        report.liquidations, report.liquidated = totals.get("liquidate", (0, 0))
+        report.dividends, report.dividends_paid = totals.get("dividend", (0, 0))
+        report.endowed_in = self.endowed_in
+
+
+def _audit_chunk(df: pl.DataFrame, carry: _Carry, report: AuditReport) -> None:
+    """Check every rule on the whole transactions of `df`, given what came before."""
+    report.events += df.height
     events = df.lazy()
-    auctions = _auctions(events).collect()
-    lives = _lives(events)
-    transfers = _transfers(events, lives).collect().lazy()
+    lives = _merge_lives(carry, events)
+    endows = (
+        df.filter(_C("kind") == "endow")
+        .group_by("dst", maintain_order=True)
+        .agg(_C("src").first().alias("parent"))
+        .rename({"dst": "account"})
+    )
+    if endows.height:
+        carry.parents = pl.concat([carry.parents, endows]).unique(
+            "account", keep="first", maintain_order=True
+        )
+    parents = lives.join(carry.parents, "account", "left")
+    auctions = _auctions(events, carry).collect()
+    transfers = _transfers(events, parents).collect().lazy()
     economy = df.filter((_C("kind") == "close") | _C("cap").is_not_null()).height > 0
-    held = _held(events) if economy else pl.DataFrame()  # read only by economy rules
+    base = carry.held
+    held = _held(events, base) if economy else pl.DataFrame()  # read only by economy rules
+    sequenced = events.with_row_index("_at", offset=carry.at).with_columns(
+        _C("tx").shift(1, fill_value=carry.prev_tx).alias("prev_tx")
+    )
+    money = events.filter(_C("kind").is_in(_MONEY))
     found = [
-        _first(events.with_row_index("_at"), _sequence_rules()),
+        _first(sequenced, _sequence_rules()),
         _first(transfers, _balance_rules()),
         _first(
-            events.filter(_C("kind").is_in(_MONEY))
-            .join(auctions.lazy(), "tx", "anti")
-            .join(events.filter(_C("kind") == "transition").select("tx"), "tx", "anti"),
+            money.join(auctions.lazy().filter(~_C("_carried")), "tx", "anti").join(
+                events.filter(_C("kind") == "transition").select("tx"), "tx", "anti"
+            ),
             [
                 Rule(
                     "auction-only",
@@ -181,19 +337,86 @@ def audit_frame(df: pl.DataFrame, report: AuditReport | None = None) -> AuditRep
                 )
             ],
         ),
-        _first(auctions.lazy(), _auction_rules()),
-        _first(_addressed(events, lives), _lifecycle_rules()),
+        _first(auctions.lazy().filter(~_C("_carried")), _auction_rules()),
+        _first(_addressed(events, parents), _lifecycle_rules()),
         _first(events, _budget_rules()),
-        _caps_off_balances(events, held),
+        _caps_off_balances(events, held, base),
         _first(transfers, _economy_rules()),
-        _closed_with_money(events, held),
-        _run_ends(df),
-        *_closing(df, report),
+        _closed_with_money(events, held, base),
+        _run_ends(df, carry),
+        _closing(df, base, report),
     ]
-    report.violation = min((v for v in found if v), key=lambda v: v.seq, default=None)
-    report.closed = df.filter(_C("kind") == "run_end").height > 0
-    _totals(df, auctions, report)
-    return report
+    for v in found:
+        carry.report(v)
+    _totals(df, auctions, carry)
+    _carry_over(df, auctions, lives, carry)
+
+
+def _merge_lives(carry: _Carry, events: pl.LazyFrame) -> pl.DataFrame:
+    """The lives of every account opened or closed up to the end of this chunk (first open
+    and first close, by seq)."""
+    first = {"o": "open", "c": "close"}
+    found = (
+        events.filter(_C("kind").is_in(list(first.values())))
+        .group_by("account")
+        .agg(
+            _C(col).filter(_C("kind") == kind).min().alias(name + suffix)
+            for name, kind in first.items()
+            for col, suffix in (("seq", ""), ("tx", "_tx"))
+        )
+        .collect()
+    )
+    if found.is_empty():
+        return carry.lives
+    return (
+        pl.concat([carry.lives, found.select(list(_LIVES))])
+        .group_by("account", maintain_order=True)
+        .agg(_C(c).min() for c in list(_LIVES)[1:])
+    )
+
+
+def _carry_over(
+    df: pl.DataFrame, auctions: pl.DataFrame, lives: pl.DataFrame, carry: _Carry
+) -> None:
+    """Hand the state this chunk leaves to the next one."""
+    carry.at += df.height
+    carry.prev_tx = int(df["tx"][-1])
+    carry.lives = lives
+    moved = postings(df.lazy()).group_by("account").agg(_C("delta").cast(pl.Int128).sum()).collect()
+    if moved.height:
+        carry.held = carry.held.join(moved, "account", "full", coalesce=True).select(
+            "account", (_C("base").fill_null(0) + _C("delta").fill_null(0)).alias("base")
+        )
+    kind = _C("kind")
+    starts = df.filter(kind == "episode_start").select("episode", "mechanism")
+    ends = _bounds(df.lazy(), carry)[1].select("episode").collect()
+    last = (
+        auctions.filter(~_C("_carried"))
+        .group_by("episode")
+        .agg(_C("winner").last(), _C("step").last())
+    )
+    known = (
+        pl.concat(
+            [
+                carry.episodes.select("episode", "mechanism"),
+                starts,
+                last.select("episode", pl.lit(None, pl.String).alias("mechanism")),
+            ]
+        )
+        .group_by("episode", maintain_order=True)
+        .agg(_C("mechanism").drop_nulls().first())
+    )
+    carry.episodes = (
+        known.join(carry.episodes.drop("mechanism"), "episode", "left")
+        .join(last, "episode", "left", suffix="_new")
+        .select(
+            "episode",
+            "mechanism",
+            pl.coalesce("winner_new", "winner").alias("winner"),
+            pl.coalesce("step_new", "step").alias("step"),
+        )
+        .join(ends, "episode", "anti")
+    )
 
 
 def _first(frame: pl.LazyFrame, rules: list[Rule]) -> Violation | None:
@@ -216,34 +439,11 @@ def _first(frame: pl.LazyFrame, rules: list[Rule]) -> Violation | None:
 
 
 def _sequence_rules() -> list[Rule]:
-    starts = (_C("tx") == _C("seq")) | (_C("tx") == _C("tx").shift(1))
+    starts = (_C("tx") == _C("seq")) | (_C("tx") == _C("prev_tx"))
     return [
         Rule("sequence", _C("seq") != _C("_at"), _C("_at"), _C("seq")),
         Rule("sequence", ~starts, pl.lit("a contiguous transaction"), _C("tx")),
     ]
-
-
-def _lives(events: pl.LazyFrame) -> pl.DataFrame:
-    """Per account: the seq and tx of its first open (`o`, `o_tx`) and close (`c`, `c_tx`),
-    and who endowed it first (`parent`: the environment for a founder)."""
-    first = {"o": "open", "c": "close"}
-    parents = (
-        events.filter(_C("kind") == "endow")
-        .group_by("dst")
-        .agg(_C("src").sort_by("seq").first().alias("parent"))
-        .rename({"dst": "account"})
-    )
-    return (
-        events.filter(_C("kind").is_in(list(first.values())))
-        .group_by("account")
-        .agg(
-            _C(col).filter(_C("kind") == kind).min().alias(name + suffix)
-            for name, kind in first.items()
-            for col, suffix in (("seq", ""), ("tx", "_tx"))
-        )
-        .join(parents, "account", "left")
-        .collect()
-    )
 
 
 def _transfers(events: pl.LazyFrame, lives: pl.DataFrame) -> pl.LazyFrame:
@@ -329,36 +529,51 @@ def _economy_rules() -> list[Rule]:
     ]
 
 
-def _held(events: pl.LazyFrame) -> pl.DataFrame:
-    """Each account's balance after every event that moved it: seq, account, held."""
+def _held(events: pl.LazyFrame, base: pl.DataFrame) -> pl.DataFrame:
+    """Each account's balance after every event of the chunk that moved it (seq, account,
+    held), from its balance `base` before the chunk."""
     return (
         postings(events)
         .group_by("seq", "account")
         .agg(_C("delta").sum())
         .sort("seq")
         .with_columns(_C("delta").cast(pl.Int128).cum_sum().over("account").alias("held"))
-        .select("seq", "account", "held")
+        .join(base.lazy(), "account", "left", maintain_order="left")
+        .select("seq", "account", (_C("held") + _C("base").fill_null(0)).alias("held"))
         .collect()
     )
 
 
-def _closed_with_money(events: pl.LazyFrame, held: pl.DataFrame) -> Violation | None:
+def _before(frame: pl.DataFrame, held: pl.DataFrame, base: pl.DataFrame, on: str) -> pl.DataFrame:
+    """`frame` (sorted by `on`) with `held`: its account's balance after event `on`, from
+    the chunk's postings, or from `base` before them."""
+    return (
+        frame.join_asof(
+            held.rename({"seq": on}), on=on, by="account", strategy="backward",
+            check_sortedness=False,
+        )
+        .join(base, "account", "left", maintain_order="left")
+        .with_columns(pl.coalesce("held", "base", pl.lit(0, pl.Int128)).alias("held"))
+    )  # fmt: skip
+
+
+def _closed_with_money(
+    events: pl.LazyFrame, held: pl.DataFrame, base: pl.DataFrame
+) -> Violation | None:
     """The first close of an account whose balance just before it is not 0."""
     closes = events.filter(_C("kind") == "close").select("seq", "account").collect()
     if closes.is_empty():
         return None
-    found = (
-        closes.sort("seq")
-        .join_asof(held, on="seq", by="account", strategy="backward", check_sortedness=False)
-        .filter(_C("held").fill_null(0) != 0)
-    )
+    found = _before(closes.sort("seq"), held, base, "seq").filter(_C("held") != 0)
     if found.is_empty():
         return None
-    seq, account, amount = found.row(0)
+    seq, account, amount = found.select("seq", "account", "held").row(0)
     return Violation(seq, "lifecycle", f"{account} closing at 0", f"balance {amount}")
 
 
-def _caps_off_balances(events: pl.LazyFrame, held: pl.DataFrame) -> Violation | None:
+def _caps_off_balances(
+    events: pl.LazyFrame, held: pl.DataFrame, base: pl.DataFrame
+) -> Violation | None:
     """The first bid whose recorded cap is not its bidder's balance (never below 0) just
     before the bid's transaction."""
     bids = (
@@ -370,14 +585,8 @@ def _caps_off_balances(events: pl.LazyFrame, held: pl.DataFrame) -> Violation | 
     if bids.is_empty():
         return None
     found = (
-        bids.join_asof(
-            held.rename({"seq": "before"}),
-            on="before",
-            by="account",
-            strategy="backward",
-            check_sortedness=False,
-        )
-        .with_columns(_C("held").fill_null(0).clip(lower_bound=0).alias("budget"))
+        _before(bids, held, base, "before")
+        .with_columns(_C("held").clip(lower_bound=0).alias("budget"))
         .filter(_C("cap") != _C("budget"))
         .sort("seq")
     )
@@ -398,16 +607,47 @@ def _balance_rules() -> list[Rule]:
     ]
 
 
-def _auctions(events: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per auction transaction: its bids' summary and what was recorded."""
+def _bounds(events: pl.LazyFrame, carry: _Carry) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """The starts of the episodes running before or starting in the chunk (episode,
+    mechanism, start_at: -1 for a running one), and the first end of each after its start
+    (episode, end)."""
+    kind = _C("kind")
+    starts = pl.concat(
+        [
+            carry.episodes.lazy()
+            .filter(_C("mechanism").is_not_null())
+            .select("episode", "mechanism", pl.lit(-1, pl.Int64).alias("start_at")),
+            events.filter(kind == "episode_start").select("episode", "mechanism", start_at="seq"),
+        ]
+    )
+    ends = (
+        events.filter(kind == "episode_end")
+        .select("episode", "seq")
+        .join(starts, "episode")
+        .filter(_C("seq") > _C("start_at"))
+        .group_by("episode")
+        .agg(_C("seq").min().alias("end"))
+    )
+    return starts, ends
+
+
+def _auctions(events: pl.LazyFrame, carry: _Carry) -> pl.LazyFrame:
+    """One row per auction transaction: its bids' summary and what was recorded, with the
+    previous auction of its episode (`prev_winner`, `prev_step`); the running episodes'
+    last auctions before the chunk come first, marked `_carried`.
+
+    An auction belongs to an opened episode (`mechanism`) only between the episode's start
+    and its end."""
     kind = _C("kind")
 
     def one(k: str, **cols: str) -> pl.LazyFrame:
         return events.filter(kind == k).select("tx", **{n: _C(c) for n, c in cols.items()})
 
     bids = events.filter(kind == "bid").select("seq", "tx", "episode", "step", "account", "amount")
-    starts = events.filter(kind == "episode_start").select("episode", "mechanism")
+    starts, ends = _bounds(events, carry)
+    carried = carry.episodes.lazy().filter(_C("winner").is_not_null())
     same_episode = _C("episode") == _C("episode").shift(1)
+    open_ = (_C("start_at") < _C("seq")) & (_C("end").is_null() | (_C("end") > _C("seq")))
     return (
         _bid_summary(bids.collect())
         .lazy()
@@ -416,7 +656,28 @@ def _auctions(events: pl.LazyFrame) -> pl.LazyFrame:
         .join(one("mint", minted="amount", minter="src", mintee="dst", mint_at="seq"), "tx", "left")
         .join(one("reward", r_src="src", r_dst="dst", r_amount="amount", r_at="seq"), "tx", "left")
         .join(starts, "episode", "left")
-        .with_columns(_C("tx").is_duplicated().alias("repeated"))
+        .join(ends, "episode", "left")
+        .with_columns(
+            pl.when(open_).then(_C("mechanism")).alias("mechanism"),
+            _C("tx").is_duplicated().alias("repeated"),
+            pl.lit(False).alias("_carried"),
+        )
+        .drop("start_at", "end")
+        .pipe(
+            lambda a: pl.concat(
+                [
+                    carried.select(
+                        "episode",
+                        "winner",
+                        "step",
+                        pl.lit(-1, pl.Int64).alias("seq"),
+                        pl.lit(True).alias("_carried"),
+                    ),
+                    a,
+                ],
+                how="diagonal_relaxed",
+            )
+        )
         .sort("episode", "seq")  # each episode's auctions in order, episodes one after another
         .with_columns(
             pl.when(same_episode).then(_C("winner").shift(1)).alias("prev_winner"),
@@ -532,70 +793,80 @@ def _auction_rules() -> list[Rule]:
     ]
 
 
-def _run_ends(df: pl.DataFrame) -> Violation | None:
+def _run_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:
     """The first RunEnd whose episode count is not the number of episodes that ended since
     its run started."""
     marks = df.filter(_C("kind").is_in(["run_start", "episode_end", "run_end"])).select(
         "seq", "kind", "episodes"
     )
-    ended = 0
+    ended, found = carry.ended, None
     for seq, kind, episodes in marks.iter_rows():
         if kind == "run_start":
             ended = 0
         elif kind == "episode_end":
             ended += 1
-        elif episodes != ended:
-            return Violation(seq, "run-end", f"{ended} episodes ended in the run", str(episodes))
-    return None
+        elif episodes != ended and found is None:
+            found = Violation(seq, "run-end", f"{ended} episodes ended in the run", str(episodes))
+    carry.ended = ended
+    return found
 
 
-def _closing(df: pl.DataFrame, report: AuditReport) -> list[Violation | None]:
+def _closing(df: pl.DataFrame, base: pl.DataFrame, report: AuditReport) -> Violation | None:
+    """The first balance statement that is not the replay of every event before it."""
     statements = df.filter(_C("kind") == "balance")
-    found: list[Violation | None] = []
+    opening, found = dict(base.iter_rows()), None
     for (tx,), group in statements.group_by("tx", maintain_order=True):
         assert isinstance(tx, int)
-        replayed = replay_frame(df.lazy(), upto=tx - 1)
+        replayed = dict(opening)
+        for account, delta in replay_frame(df.lazy(), upto=tx - 1).items():
+            replayed[account] = replayed.get(account, 0) + delta
         for seq, account, amount in group.select("seq", "account", "amount").iter_rows():
             report.closing_checked += 1
             if replayed.get(account, 0) != amount:
-                found.append(Violation(seq, "closing", str(replayed.get(account, 0)), str(amount)))
+                found = found or Violation(
+                    seq, "closing", str(replayed.get(account, 0)), str(amount)
+                )
                 break
     return found
 
 
-def _totals(df: pl.DataFrame, a: pl.DataFrame, report: AuditReport) -> None:
-    report.auctions = a.height
-    report.episodes = df.filter(_C("kind") == "episode_start").height
+def _totals(df: pl.DataFrame, a: pl.DataFrame, carry: _Carry) -> None:
+    """Add this chunk's auctions and lifecycle events to the totals."""
+    new = a.filter(~_C("_carried")).join(
+        carry.episodes.filter(_C("winner").is_not_null()), "episode", "anti"
+    )
     signed = pl.when(_C("r_src") == ENVIRONMENT).then(_C("r_amount")).otherwise(-_C("r_amount"))
     per = (
-        a.group_by("mechanism")
+        a.filter(~_C("_carried"))
+        .group_by("mechanism")
         .agg(
-            _C("episode").n_unique().alias("episodes"),
             pl.len().alias("auctions"),
-            signed.sum().alias("rewards_in"),
-            _C("paid").sum().alias("paid"),
-            _C("minted").sum().alias("minted"),
+            signed.cast(pl.Int128).sum().alias("rewards_in"),
+            _C("paid").cast(pl.Int128).sum().alias("paid"),
+            _C("minted").cast(pl.Int128).sum().alias("minted"),
         )
-        .sort("mechanism")
+        .join(
+            new.group_by("mechanism").agg(_C("episode").n_unique().alias("episodes")),
+            "mechanism",
+            "left",
+            nulls_equal=True,
+        )
+        .select(
+            "mechanism", _C("episodes").fill_null(0).cast(pl.Int64), "auctions",
+            "rewards_in", "paid", "minted",
+        )
+    )  # fmt: skip
+    if carry.per_mechanism is not None:
+        per = pl.concat([carry.per_mechanism, per]).group_by("mechanism").agg(pl.all().sum())
+    carry.per_mechanism = per
+    rows = df.filter(
+        _C("kind").is_in(["open", "episode_start", "run_end", *sorted(LIFECYCLE_KINDS)])
     )
-    report.per_mechanism = per.to_dicts()
-    report.rewards_in = int(per["rewards_in"].sum()) if per.height else 0
-    report.minted = int(per["minted"].sum()) if per.height else 0
-    _lifecycle_totals(df, report)
-
-
-def _lifecycle_totals(df: pl.DataFrame, report: AuditReport) -> None:
-    rows = df.filter(_C("kind").is_in(["open", *sorted(LIFECYCLE_KINDS)]))
-    per = {
-        kind: (count, int(amount or 0))
-        for kind, count, amount in rows.group_by("kind")
-        .agg(pl.len(), _C("amount").cast(pl.Int128).sum())
-        .iter_rows()
-    }
-    report.opens, report.closes = per.get("open", (0, 0))[0], per.get("close", (0, 0))[0]
-    report.endowments, report.endowed = per.get("endow", (0, 0))
-    report.rent = per.get("rent", (0, 0))[1]
-    report.liquidations, report.liquidated = per.get("liquidate", (0, 0))
-    report.dividends, report.dividends_paid = per.get("dividend", (0, 0))
+    per_kind = rows.group_by("kind").agg(
+        pl.len().cast(pl.Int128).alias("count"), _C("amount").cast(pl.Int128).sum()
+    )
+    if carry.lifecycle is not None:
+        per_kind = pl.concat([carry.lifecycle, per_kind]).group_by("kind").agg(pl.all().sum())
+    carry.lifecycle = per_kind
     from_environment = (_C("kind") == "endow") & (_C("src") == ENVIRONMENT)
-    report.endowed_in = int(rows.filter(from_environment)["amount"].cast(pl.Int128).sum() or 0)
+    carry.endowed_in += int(rows.filter(from_environment)["amount"].cast(pl.Int128).sum() or 0)

@@ -115,22 +115,25 @@ class Economy:
         order, as the kernel made them; each child's high-water mark is its balance after
         its last dividend, or its endowment. Balances are the run's to fill in."""
         economy = cls(config, society)
-        kinds = ["endow", "close", "dividend"]
-        rows = (
-            events.filter(pl.col("kind").is_in(kinds))
+        rows = (  # births and deaths only: one row per member, not per auction
+            events.filter(pl.col("kind").is_in(["endow", "close"]))
             .select("seq", "kind", "account", "src", "dst", "amount")
             .sort("seq")
-            .collect()
+            .collect(engine="streaming")
         )
-        last_dividend: dict[str, int] = {}
-        for seq, kind, account, src, dst, amount in rows.iter_rows():
+        for _, kind, account, src, dst, amount in rows.iter_rows():
             if kind == "endow" and src != ENVIRONMENT:
                 economy._place(economy.accounts.index(src), dst)
                 economy._high[dst] = amount
             elif kind == "close":
                 economy._free(account)
-            elif kind == "dividend":
-                last_dividend[src] = seq
+        dividends = (
+            events.filter(pl.col("kind") == "dividend")
+            .group_by("src")
+            .agg(pl.col("seq").max())
+            .collect(engine="streaming")
+        )
+        last_dividend: dict[str, int] = dict(dividends.iter_rows())
         if last_dividend:
             marks = _balances_after(events, last_dividend)
             economy._high.update(marks)
@@ -252,6 +255,6 @@ def _balances_after(events: pl.LazyFrame, at: dict[str, int]) -> dict[str, int]:
         .filter(pl.col("seq") <= pl.col("upto"))
         .group_by("account")
         .agg(pl.col("delta").cast(pl.Int128).sum())
-        .collect()
+        .collect(engine="streaming")
     )
     return {a: int(v) for a, v in held.iter_rows()}

@@ -28,7 +28,7 @@ from ledger.events import (
     RunEnd,
     RunStart,
 )
-from ledger.replay import Balances, LiveBalances, replay
+from ledger.replay import Balances, LiveBalances, replay_frame
 from ledger.store import Ledger
 from market.bus import Bus
 from market.economy import Economy, EconomyConfig
@@ -209,10 +209,11 @@ def run_engine(
     resume = Continuation.of(ledger)
     live.balances.update(resume.balances)
     bus.subscribe_all(live.apply, live.apply_batch)
-    returns: list[int] = []
+    ended = {"episodes": 0, "return": 0}  # running totals: nothing grows with the run
 
     def record(result: EpisodeResult) -> None:
-        returns.append(result.episode_return)
+        ended["episodes"] += 1
+        ended["return"] += result.episode_return
         if on_episode is not None:
             on_episode(result)
 
@@ -235,7 +236,7 @@ def run_engine(
     head = Header(tx=seq, run=run_id, episode=-1, step=-1, time=engine.env.now)
     bus.publish(
         [
-            RunEnd(seq=seq, **head, episodes=len(returns)),
+            RunEnd(seq=seq, **head, episodes=ended["episodes"]),
             *(
                 Balance(seq=seq + 1 + i, **head, account=a, amount=live.balances.get(a, 0))
                 for i, a in enumerate(sorted(ledger.accounts))
@@ -246,8 +247,8 @@ def run_engine(
     return RunSummary(
         events=ledger.next_seq - first_seq,
         seconds=time.perf_counter() - start,
-        episodes=len(returns),
-        mean_return=sum(returns) // max(len(returns), 1),
+        episodes=ended["episodes"],
+        mean_return=ended["return"] // max(ended["episodes"], 1),
         balances={a: live.balances.get(a, 0) for a in accounts},
     )
 
@@ -262,8 +263,35 @@ class Continuation:
 
     @classmethod
     def of(cls, ledger: Ledger) -> Continuation:
+        """Read from the ledger's tail: the next episode follows the last one started, time
+        goes on from the last event, and balances are the last run's closing statements
+        (replayed from the whole ledger, one chunk at a time, only when the last run was
+        not closed)."""
         if ledger.next_seq == 0:
             return cls({}, 0, 0.0)
-        frame = ledger.scan()
-        last = frame.select(pl.col("episode").max(), pl.col("time").max()).collect().row(0)
-        return cls(replay(ledger), max(last[0], -1) + 1, float(last[1]))
+        columns = ["seq", "tx", "kind", "episode", "time", "account", "amount"]
+        episode, time_, closing = -1, 0.0, None
+        for frame in ledger.backwards(columns):
+            if frame.is_empty():
+                continue
+            if closing is None:
+                last = frame.filter(pl.col("tx") == frame["tx"][-1])
+                closing = last if last["kind"][0] == "run_end" else last.clear()
+            most, latest = frame.select(pl.col("episode").max(), pl.col("time").max()).row(0)
+            episode = max(episode, -1 if most is None else int(most))
+            time_ = max(time_, 0.0 if latest is None else float(latest))
+            if (frame["kind"] == "episode_start").any():
+                break
+        if closing is not None and closing.height:
+            statements = closing.filter(pl.col("kind") == "balance")
+            balances = dict(statements.select("account", "amount").iter_rows())
+        else:
+            balances = {}
+            for chunk in ledger.chunks(_REPLAY_EVENTS):
+                for account, delta in replay_frame(chunk.lazy()).items():
+                    balances[account] = balances.get(account, 0) + delta
+        return cls(balances, episode + 1, time_)
+
+
+_REPLAY_EVENTS = 1 << 22
+"""Events replayed at once when a ledger's last run was not closed."""

@@ -7,6 +7,7 @@ Nothing in a run directory is ever overwritten: a new run needs a new directory.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ledger.disk import MANIFEST, DiskLedger
@@ -43,8 +44,10 @@ def open_run_ledger(run: Path) -> DiskLedger:
 
 
 def write_json(path: Path, data: dict[str, object]) -> None:
-    """Write `data` as indented JSON."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    """Write `data` as indented JSON, atomically (a kill leaves the old file or the new)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def recorded_head(run: Path) -> str | None:

@@ -247,3 +247,13 @@ def opened(backend: Ledger) -> Ledger:
     """A ledger of every backend holding only the opening transaction."""
     append_all(backend, [opening(0)])
     return backend
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit 50 events at a time: each ledger a test audits spans many chunks, so the test's
+    expected verdict (the first violation's seq and text) also checks the state the audit
+    carries from one chunk to the next."""
+    import market.audit
+
+    monkeypatch.setattr(market.audit, "CHUNK_EVENTS", 50)

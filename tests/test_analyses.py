@@ -7,14 +7,18 @@ import polars as pl
 import pytest
 from conftest import ACCOUNTS, ALICE, BOB, control_history, history
 
+from agents.fixed import make_bidder
 from analyses.auctions import auctions, bids, bids_against, prices, winners
 from analyses.control import agent_returns
 from analyses.income import income
 from analyses.inequality import gini, gini_over_time, inequality, lorenz, top_share
-from analyses.wealth import returns, wealth, wealth_over_time
+from analyses.wealth import late_episode, returns, returns_curve, wealth, wealth_over_time
 from ledger.events import ENVIRONMENT, EventBase
 from ledger.replay import replay
 from ledger.store import MemoryLedger
+from market.run import RunConfig, simulate
+from market.society import Society
+from market.tasks import make_task
 
 
 def test_wealth_equals_replay_and_lists_idle_accounts() -> None:
@@ -198,3 +202,23 @@ def test_openings_are_found_when_their_rows_moved() -> None:
     events = stored(history()).scan()
     misplaced = pl.DataFrame({"_openings": [4], "_first_opening": [0], "_last_opening": [0]})
     assert sorted(_opened(events, misplaced)) == sorted(ACCOUNTS)
+
+
+def test_the_learning_curve_is_the_mean_of_each_block_of_episodes() -> None:
+    """Down-sampled in the query: each block's mean, min and max are those of its episodes."""
+    config = RunConfig(task="chain", mechanism="ccv", bidder="random", episodes=103, seed=3)
+    task = make_task("chain")
+    ledger = MemoryLedger()
+    bidder = make_bidder("random", task, Society.of(task), 0.99, np.random.default_rng(3))
+    simulate(config, ledger, bidder)
+    events = ledger.scan()
+    per_episode = returns(events)
+    curve = returns_curve(events, 10)
+    assert curve.height == 10 and curve["episodes"].sum() == 103
+    width = 11  # ceil(103 / 10)
+    for first, n, mean, lo, hi in curve.iter_rows():
+        block = per_episode.filter(pl.col("episode").is_between(first, first + width - 1))
+        assert n == block.height
+        assert mean == pytest.approx(block["credit"].mean())
+        assert (lo, hi) == (block["credit"].min(), block["credit"].max())
+    assert late_episode(events, 0.1) == per_episode["episode"][int(103 * 0.9)]

@@ -14,6 +14,8 @@ from market.run import RunConfig, simulate
 from market.society import Society
 from market.tasks import make_task
 
+pytestmark = pytest.mark.usefixtures("small_chunks")
+
 
 def ledger_frame(mechanism: str) -> pl.DataFrame:
     """The stored events of a small random-bidder Chain run under `mechanism`."""

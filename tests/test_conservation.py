@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -25,6 +26,8 @@ from market.audit import AuditReport, audit
 from market.mechanisms import Mechanism
 from market.run import RunConfig, simulate
 from market.tasks import Outcome, Task
+
+pytestmark = pytest.mark.usefixtures("small_chunks")
 
 GAMMA = Fraction(99, 100)
 EXAMPLES = settings(max_examples=50, deadline=None, database=None)

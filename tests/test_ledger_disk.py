@@ -32,6 +32,8 @@ from ledger.errors import CorruptLedger, SequenceError, UnknownAccount
 from ledger.events import ENVIRONMENT, EventBase, Pay, Reward
 from market.audit import audit
 
+pytestmark = pytest.mark.usefixtures("small_chunks")
+
 EVENTS = next_seq(history())
 """Events in the hand-made history (32, in five segments of at most two transactions)."""
 

@@ -56,6 +56,8 @@ from ledger.transaction import Transaction
 from market.audit import audit, audit_frame
 from market.bus import Bus
 
+pytestmark = pytest.mark.usefixtures("small_chunks")
+
 HEAD = len(ACCOUNTS) + 1
 """The ledger head after the hand-made opening transaction."""
 T = HEAD + 1

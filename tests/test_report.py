@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from analyses.auctions import bids, bids_against
-from analyses.control import agent_returns
+from analyses.control import agent_returns, agent_returns_curve
 from analyses.inequality import lorenz
-from analyses.wealth import returns, wealth, wealth_over_time
+from analyses.wealth import returns, returns_curve, wealth, wealth_over_time
 from cli import app
 from market import rundir
 from market.tasks import make_task
@@ -36,7 +36,9 @@ def test_an_auction_runs_report_holds_its_tables_plots_and_series(tmp_path: Path
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert pl.read_parquet(out / "wealth.parquet").equals(wealth_over_time(events, 50))
     assert pl.read_parquet(out / "lorenz.parquet").equals(lorenz(events))
-    assert pl.read_parquet(out / "returns.parquet").equals(returns(events))
+    curve = pl.read_parquet(out / "returns.parquet")
+    assert curve.equals(returns_curve(events, 50))
+    assert curve.height == 40 and curve["credit"].to_list() == returns(events)["credit"].to_list()
     q = make_task("chain").q_star(0.99)
     since = returns(events)["episode"][36]  # the last 10% of 40 episodes
     expected = bids_against(bids(events, since), q)
@@ -56,7 +58,11 @@ def test_a_control_runs_report_shows_each_agents_returns(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     events = rundir.open_run_ledger(run).scan()
     curves = pl.read_parquet(run / "report" / "returns.parquet")
-    assert curves.equals(agent_returns(events))
+    assert curves.equals(agent_returns_curve(events, 200))
+    per_episode = agent_returns(events).sort("episode", "agent")
+    assert curves.select("episode", "agent", "credit").equals(
+        per_episode.select("episode", "agent", "credit")
+    )  # 10 episodes in up to 200 blocks: a block per episode
     assert set(curves["agent"]) == {"agent0", "agent1", "agent2"}
     assert "return per agent" in result.output
 

@@ -15,6 +15,7 @@ from agents.ppo_bidder import PPOBidders
 from agents.settings import PPOConfig
 from agents.training import latest_snapshot, load_snapshot
 from cli import app
+from market.rundir import open_run_ledger
 from market.society import Society
 from market.tasks import make_task
 
@@ -68,10 +69,17 @@ def test_a_snapshot_restores_the_society_exactly(cwd: Path) -> None:
     assert np.array_equal(alpha, expected)
 
 
-def test_only_learning_runs_with_a_snapshot_resume(cwd: Path) -> None:
-    """Resuming a fixed-bidder run, or a missing one, is a one-line error."""
-    market("simulate", "--episodes", "5", "--out", "fixed")
-    code, out = market("simulate", "--resume", "fixed")
-    assert code == 2 and "not a learning society's run" in out
+def test_a_fixed_bidder_run_resumes_and_a_missing_one_is_a_one_line_error(cwd: Path) -> None:
+    """A fixed-bidder run continues with --episodes more, drawing new bids (not the start's
+    again) and auditing clean; resuming a missing run is a one-line error."""
+    market("simulate", "--bidder", "random", "--episodes", "5", "--out", "fixed")
+    code, out = market("simulate", "--resume", "fixed", "--episodes", "5")
+    assert code == 0 and "AUDIT CLEAN" in out, out
+    events = open_run_ledger(cwd / "fixed").scan().collect()
+    starts = events.filter(kind="run_start")["seq"].to_list()
+    assert len(starts) == 2 and events.filter(kind="episode_start").height == 10
+    bids = events.filter(kind="bid")
+    first, second = bids.filter(pl.col("seq") < starts[1]), bids.filter(pl.col("seq") > starts[1])
+    assert first["amount"].head(8).to_list() != second["amount"].head(8).to_list()
     code, out = market("simulate", "--resume", "nowhere")
     assert code == 2 and "no such run" in out

@@ -70,7 +70,7 @@ def test_frozen_learners_bid_from_the_snapshot_and_never_update(cwd: Path) -> No
     prepared = prepare(sim, cwd / "ev")
     before = _bank(prepared.learner)
     finished = prepared.execute()
-    assert finished.report.ok and finished.summary.episodes > 0
+    assert finished.audited.ok and finished.summary.episodes > 0
     assert prepared.learner.updates == []
     assert all(torch.equal(t, before[k]) for k, t in _bank(prepared.learner).items())
 
