@@ -312,15 +312,20 @@ def _audit_chunk(df: pl.DataFrame, carry: _Carry, report: AuditReport) -> None:
             "account", keep="first", maintain_order=True
         )
     parents = lives.join(carry.parents, "account", "left")
+    first = df["seq"].min()
+    safe = lives.filter((_C("o") < first) & _C("c").is_null())["account"].to_list()
+    # (accounts opened before the chunk's first event and not closed: no event of the chunk
+    # addressed to them alone can break a lifecycle or opened-before-use rule)
+    moves = events.filter(_C("kind").is_in(sorted(TRANSFER_KINDS))).collect()
     auctions = _auctions(events, carry).collect()
-    transfers = _transfers(events, parents).collect().lazy()
+    transfers = _transfers(moves, parents, safe).lazy()
     economy = df.filter((_C("kind") == "close") | _C("cap").is_not_null()).height > 0
     base = carry.held
-    held = _held(events, base) if economy else pl.DataFrame()  # read only by economy rules
+    held = _held(moves.lazy(), base) if economy else pl.DataFrame()  # for economy rules
     sequenced = events.with_row_index("_at", offset=carry.at).with_columns(
         _C("tx").shift(1, fill_value=carry.prev_tx).alias("prev_tx")
     )
-    money = events.filter(_C("kind").is_in(_MONEY))
+    money = moves.lazy().filter(_C("kind").is_in(_MONEY))
     found = [
         _first(sequenced, _sequence_rules()),
         _first(transfers, _balance_rules()),
@@ -338,18 +343,18 @@ def _audit_chunk(df: pl.DataFrame, carry: _Carry, report: AuditReport) -> None:
             ],
         ),
         _first(auctions.lazy().filter(~_C("_carried")), _auction_rules()),
-        _first(_addressed(events, parents), _lifecycle_rules()),
+        _first(_addressed(events, parents, safe), _lifecycle_rules()),
         _first(events, _budget_rules()),
         _caps_off_balances(events, held, base),
         _first(transfers, _economy_rules()),
         _closed_with_money(events, held, base),
         _run_ends(df, carry),
-        _closing(df, base, report),
+        _closing(df, moves, base, report),
     ]
     for v in found:
         carry.report(v)
     _totals(df, auctions, carry)
-    _carry_over(df, auctions, lives, carry)
+    _carry_over(df, moves, auctions, lives, carry)
 
 
 def _merge_lives(carry: _Carry, events: pl.LazyFrame) -> pl.DataFrame:
@@ -376,13 +381,19 @@ def _merge_lives(carry: _Carry, events: pl.LazyFrame) -> pl.DataFrame:
 
 
 def _carry_over(
-    df: pl.DataFrame, auctions: pl.DataFrame, lives: pl.DataFrame, carry: _Carry
+    df: pl.DataFrame,
+    moves: pl.DataFrame,
+    auctions: pl.DataFrame,
+    lives: pl.DataFrame,
+    carry: _Carry,
 ) -> None:
     """Hand the state this chunk leaves to the next one."""
     carry.at += df.height
     carry.prev_tx = int(df["tx"][-1])
     carry.lives = lives
-    moved = postings(df.lazy()).group_by("account").agg(_C("delta").cast(pl.Int128).sum()).collect()
+    moved = (
+        postings(moves.lazy()).group_by("account").agg(_C("delta").cast(pl.Int128).sum()).collect()
+    )
     if moved.height:
         carry.held = carry.held.join(moved, "account", "full", coalesce=True).select(
             "account", (_C("base").fill_null(0) + _C("delta").fill_null(0)).alias("base")
@@ -446,27 +457,51 @@ def _sequence_rules() -> list[Rule]:
     ]
 
 
-def _transfers(events: pl.LazyFrame, lives: pl.DataFrame) -> pl.LazyFrame:
-    """Every transfer with the lives of its payer (`o_src`, `c_tx_src`, ...) and payee."""
-    moves = events.filter(_C("kind").is_in(sorted(TRANSFER_KINDS)))
+def _transfers(moves: pl.DataFrame, lives: pl.DataFrame, safe: list[str]) -> pl.DataFrame:
+    """Every transfer with the lives of its payer (`o_src`, `c_tx_src`, ...) and payee, and
+    its payer's parent (`parent_src`).
+
+    Speed: only transfers that name an account outside `safe`, and dividends (whose rule
+    reads the payer's parent), are joined; the others get an open at -1 (before every
+    event) and no close, which is all their rules can read of a safe account.
+    """
+    needed = _suspect(("src", "dst"), safe) | (_C("kind") == "dividend")
+    joined = moves.filter(needed).lazy()
     for who in ("src", "dst"):
         named = lives.lazy().rename({n: f"{n}_{who}" for n in lives.columns if n != "account"})
-        moves = moves.join(named.rename({"account": who}), who, "left")
-    return moves
+        joined = joined.join(named.rename({"account": who}), who, "left")
+    plain = moves.filter(~needed).with_columns(
+        pl.lit(-1, pl.Int64).alias(f"o_{who}") for who in ("src", "dst")
+    )
+    return pl.concat([joined.collect(), plain], how="diagonal_relaxed")
 
 
-def _addressed(events: pl.LazyFrame, lives: pl.DataFrame) -> pl.LazyFrame:
+def _suspect(columns: tuple[str, ...], safe: list[str]) -> pl.Expr:
+    """The rows that name, in any of `columns`, an account not in `safe`."""
+    return pl.any_horizontal(_C(c).is_not_null() & ~_C(c).is_in(safe) for c in columns)
+
+
+def _addressed(events: pl.LazyFrame, lives: pl.DataFrame, safe: list[str]) -> pl.LazyFrame:
     """Every (event, account it is addressed to) but statements, with that account's life.
 
     The control variant's `system` is a public address, not an account: it holds no money.
+
+    Speed: only the events addressed to an account outside `safe` (opened before the chunk
+    and not closed) are expanded and joined: in a running society, a few of a chunk's
+    million.
     """
+    events = events.filter(_suspect(_ADDRESSES, safe)).collect().lazy()
     named = [
         events.filter(_C(c).is_not_null() & (_C("kind") != "balance")).select(
             "seq", "kind", _C(c).alias("account")
         )
-        for c in ("account", "src", "dst")
+        for c in _ADDRESSES
     ]
     return pl.concat(named).filter(_C("account") != SYSTEM).join(lives.lazy(), "account", "left")
+
+
+_ADDRESSES = ("account", "src", "dst")
+"""The columns an event names accounts in."""
 
 
 def _lifecycle_rules() -> list[Rule]:
@@ -639,9 +674,10 @@ def _auctions(events: pl.LazyFrame, carry: _Carry) -> pl.LazyFrame:
     An auction belongs to an opened episode (`mechanism`) only between the episode's start
     and its end."""
     kind = _C("kind")
+    recorded = events.filter(kind.is_in(["allocate", "pay", "mint", "reward"])).collect().lazy()
 
     def one(k: str, **cols: str) -> pl.LazyFrame:
-        return events.filter(kind == k).select("tx", **{n: _C(c) for n, c in cols.items()})
+        return recorded.filter(kind == k).select("tx", **{n: _C(c) for n, c in cols.items()})
 
     bids = events.filter(kind == "bid").select("seq", "tx", "episode", "step", "account", "amount")
     starts, ends = _bounds(events, carry)
@@ -811,14 +847,16 @@ def _run_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:
     return found
 
 
-def _closing(df: pl.DataFrame, base: pl.DataFrame, report: AuditReport) -> Violation | None:
+def _closing(
+    df: pl.DataFrame, moves: pl.DataFrame, base: pl.DataFrame, report: AuditReport
+) -> Violation | None:
     """The first balance statement that is not the replay of every event before it."""
     statements = df.filter(_C("kind") == "balance")
     opening, found = dict(base.iter_rows()), None
     for (tx,), group in statements.group_by("tx", maintain_order=True):
         assert isinstance(tx, int)
         replayed = dict(opening)
-        for account, delta in replay_frame(df.lazy(), upto=tx - 1).items():
+        for account, delta in replay_frame(moves.lazy(), upto=tx - 1).items():
             replayed[account] = replayed.get(account, 0) + delta
         for seq, account, amount in group.select("seq", "account", "amount").iter_rows():
             report.closing_checked += 1
