@@ -220,7 +220,7 @@ def audit_chunks(chunks: Iterable[pl.DataFrame], report: AuditReport | None = No
     return report
 
 
-CHUNK_EVENTS = 1 << 20
+CHUNK_EVENTS = 1 << 19
 """Events audited at once: a few hundred MB of working memory, whatever the ledger's length."""
 
 
