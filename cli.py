@@ -298,7 +298,13 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
     """Check a run's ledger from its stored events alone; exit 0 only when it is clean."""
     ledger = guarded(lambda: rundir.open_run_ledger(run))
     recorded = guarded(lambda: rundir.recorded_head(run))
-    report = guarded(lambda: audit(ledger, expected_head=recorded))
+    with _progress() as progress:
+        bar = progress.add_task("auditing (events)", total=ledger.next_seq)
+
+        def done(events: int) -> None:
+            progress.update(bar, completed=events)
+
+        report = guarded(lambda: audit(ledger, recorded, progress=done))
     console.print(_verdict(report), soft_wrap=True)
     for note in report.torn_tail:
         console.print(f"[yellow]torn tail:[/] {note}", soft_wrap=True)
@@ -446,7 +452,14 @@ def _execute_with_progress(prepared: Prepared, audit: bool = True) -> Finished:
                 bar, completed=done["steps" if by_steps else "episodes"], description=text
             )
 
-        finished = guarded(lambda: prepared.execute(tick, audit))
+        checked = progress.add_task("closing audit (events)", total=None, visible=False)
+
+        def audited(events: int) -> None:
+            progress.update(bar, completed=total)  # the run is over
+            progress.update(checked, completed=events, total=prepared.ledger.next_seq)
+            progress.update(checked, visible=True)
+
+        finished = guarded(lambda: prepared.execute(tick, audit, audited))
         progress.update(bar, completed=total)
     return finished
 

@@ -73,18 +73,24 @@ class Prepared:
     _go: Callable[[OnEpisode | None], RunSummary]
     _after: Callable[[], None]
 
-    def execute(self, on_episode: OnEpisode | None = None, audit: bool = True) -> Finished:
+    def execute(
+        self,
+        on_episode: OnEpisode | None = None,
+        audit: bool = True,
+        on_audited: Callable[[int], None] | None = None,
+    ) -> Finished:
         """Run, save the learners' record, write summary.json (with the ledger's head), then
         audit the ledger, streaming, and record the verdict in summary.json.
 
         The ledger is committed and the head recorded before the audit starts, so a run
-        killed during its audit loses nothing and `market audit RUN` checks it again."""
+        killed during its audit loses nothing and `market audit RUN` checks it again.
+        `on_audited` sees the events audited so far after each chunk."""
         summary = self._go(on_episode)
         self._after()
         self._write(summary, NOT_AUDITED if not audit else PENDING)
         if not audit:
             return Finished(self.run, self.ledger, summary, None)
-        report = audit_ledger(self.ledger, expected_head=self.ledger.head)
+        report = audit_ledger(self.ledger, self.ledger.head, progress=on_audited)
         self._write(summary, "clean" if report.ok else str(report.violation))
         return Finished(self.run, self.ledger, summary, report)
 

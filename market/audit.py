@@ -33,7 +33,7 @@ columns, not a Python loop over events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -127,14 +127,18 @@ class AuditReport:
 
 
 def audit(
-    ledger: Ledger, expected_head: str | None = None, chunk_events: int | None = None
+    ledger: Ledger,
+    expected_head: str | None = None,
+    chunk_events: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> AuditReport:
     """Audit a ledger; on disk, the hash chain is checked before any event is read.
 
     `expected_head` is the chain head recorded elsewhere when the run finished: a chain that
     was cut short, or rebuilt after an edit, ends at another head. The events are read
     `chunk_events` at a time (default `CHUNK_EVENTS`), so memory does not grow with the
-    ledger's length.
+    ledger's length; `progress`, if given, is called with the events audited so far after
+    each chunk.
     """
     report = AuditReport()
     if isinstance(ledger, DiskLedger):
@@ -152,7 +156,8 @@ def audit(
                 f"head {ledger.head[:16]} (committed batches removed or rewritten)",
             )
             return report
-    return audit_chunks(_ahead(ledger.chunks(chunk_events or CHUNK_EVENTS, _AUDITED)), report)
+    chunks = _ahead(ledger.chunks(chunk_events or CHUNK_EVENTS, _AUDITED))
+    return audit_chunks(chunks, report, progress)
 
 
 def _ahead(chunks: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
@@ -172,7 +177,11 @@ def audit_frame(
     return audit_chunks((df.slice(i, size) for i in range(0, df.height, size)), report)
 
 
-def audit_chunks(chunks: Iterable[pl.DataFrame], report: AuditReport | None = None) -> AuditReport:
+def audit_chunks(
+    chunks: Iterable[pl.DataFrame],
+    report: AuditReport | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AuditReport:
     """Audit a ledger given as consecutive frames of its events, in seq order.
 
     Only carried state passes from one chunk to the next (`_Carry`: rows seen, the last
@@ -210,8 +219,12 @@ def audit_chunks(chunks: Iterable[pl.DataFrame], report: AuditReport | None = No
         held_back = chunk.tail(tail)
         if tail < chunk.height:
             _audit_chunk(chunk.head(chunk.height - tail), carry, report)
+            if progress is not None:
+                progress(report.events)
     if held_back is not None and not held_back.is_empty():
         _audit_chunk(held_back, carry, report)
+        if progress is not None:
+            progress(report.events)
     if carry.at == 0:
         report.violation = Violation(0, "sequence", "a run's events", "an empty ledger")
         return report

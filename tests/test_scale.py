@@ -106,6 +106,15 @@ def test_a_disk_ledger_audits_the_same_by_segments_and_by_events(tmp_path: Path)
         same(audit(ledger, chunk_events=size), whole)
 
 
+def test_the_audit_reports_its_progress_chunk_by_chunk(tmp_path: Path) -> None:
+    """`progress` sees the events audited so far after each chunk, up to the whole ledger
+    (what `market audit` and the closing audit show as a progress bar)."""
+    ledger = fixed_run(DiskLedger(tmp_path, batch_events=100), mechanism="ccv")
+    seen: list[int] = []
+    assert audit(ledger, chunk_events=100, progress=seen.append).ok
+    assert len(seen) > 3 and seen == sorted(seen) and seen[-1] == ledger.next_seq
+
+
 def test_an_auction_after_its_episodes_end_breaks_sequence() -> None:
     """Streaming, the audit forgets an episode at its end, so it names any later auction of
     it (whichever chunk it falls in)."""
