@@ -97,7 +97,8 @@ def measure(size: int, root: Path) -> dict[str, Any]:
                    "--episodes", str(episodes), "--concurrency", "256", "--seed", "0",
                    "--out", str(run))
         )  # fmt: skip
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    if summary["episodes"] == episodes:  # the run's own summary (a resume rewrites it)
         found["simulate_events_per_s"] = summary["events"] / summary["seconds"]
     manifest = (run / "ledger" / "chain.jsonl").read_text(encoding="utf-8").splitlines()
     found["events"] = json.loads(manifest[-1])["last_seq"] + 1

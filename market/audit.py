@@ -3,7 +3,8 @@
 Rules (a violation names the first broken one in sequence order):
   chain         every committed batch hashes to its chain link (on-disk ledgers)
   sequence      seq is 0, 1, 2, ... ; each transaction is a contiguous run of it; each
-                episode is opened and its auctions are steps 0, 1, 2, ...
+                episode is opened and its auctions are steps 0, 1, 2, ... between its start
+                and its end
   balance       every money event is a whole transfer between accounts opened before it
   auction-only  money moves only inside an auction transaction
   allocation    the winner is the argmax of the recorded bids (ties: the first bid, i.e. the
@@ -27,8 +28,10 @@ Rules (a violation names the first broken one in sequence order):
   liquidation   a liquidation settles an account closed later in the same transaction
   closing       every balance statement equals the replay of all events before it
 
-Every check is a Polars query over the whole ledger, so an audit costs a few passes over
-columns, not a Python loop over events.
+Every check is a Polars query over one chunk of the ledger (a run of whole segments, about
+`CHUNK_EVENTS` events) and the state carried from the chunks before it (`_Carry`), so an
+audit costs a few passes over columns, not a Python loop over events, and its memory does
+not grow with the ledger's length (docs/engine.md, "Whole-ledger work in bounded memory").
 """
 
 from __future__ import annotations
@@ -156,17 +159,17 @@ def audit(
                 f"head {ledger.head[:16]} (committed batches removed or rewritten)",
             )
             return report
-    chunks = _ahead(ledger.chunks(chunk_events or CHUNK_EVENTS, _AUDITED))
-    return audit_chunks(chunks, report, progress)
+    return audit_chunks(ledger.chunks(chunk_events or CHUNK_EVENTS, _AUDITED), report, progress)
 
 
-def _ahead(chunks: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
-    """`chunks`, each read and decoded on a second thread while the one before is audited."""
+def _ahead(parts: Iterator[_Part]) -> Iterator[_Part]:
+    """`parts`, each read, decoded and prepared on a second thread while the one before is
+    checked (the machine's second core)."""
     with ThreadPoolExecutor(1) as pool:
-        coming = pool.submit(next, chunks, None)
-        while (chunk := coming.result()) is not None:
-            coming = pool.submit(next, chunks, None)
-            yield chunk
+        coming = pool.submit(next, parts, None)
+        while (part := coming.result()) is not None:
+            coming = pool.submit(next, parts, None)
+            yield part
 
 
 def audit_frame(
@@ -192,37 +195,8 @@ def audit_chunks(
     """
     report = report or AuditReport()
     carry = _Carry()
-    held_back: pl.DataFrame | None = None
-    for chunk in chunks:
-        chunk = _conformed(chunk)
-        if held_back is not None:
-            chunk = pl.concat([held_back, chunk])
-        if chunk.is_empty():
-            continue
-        tx = chunk["tx"]
-        last = tx[-1]
-        tail = 0
-        while tail < chunk.height and tx[chunk.height - 1 - tail] == last:
-            tail += 1
-            if tail == 64:  # a long transaction: find its start with one comparison
-                tail = (
-                    chunk.height
-                    - int(
-                        chunk.with_row_index("_i")
-                        .filter(_C("tx") != last)
-                        .select(_C("_i").max().fill_null(-1))
-                        .item()
-                    )
-                    - 1
-                )
-                break
-        held_back = chunk.tail(tail)
-        if tail < chunk.height:
-            _audit_chunk(chunk.head(chunk.height - tail), carry, report)
-            if progress is not None:
-                progress(report.events)
-    if held_back is not None and not held_back.is_empty():
-        _audit_chunk(held_back, carry, report)
+    for part in _ahead(map(_Part.of, _whole(chunks))):
+        _audit_chunk(part, carry, report)
         if progress is not None:
             progress(report.events)
     if carry.at == 0:
@@ -231,6 +205,44 @@ def audit_chunks(
     report.violation = carry.found
     carry.finish(report)
     return report
+
+
+def _whole(chunks: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """`chunks` conformed and cut at transaction boundaries: each chunk's trailing
+    transaction is held back and joined to the next chunk's front."""
+    held_back: pl.DataFrame | None = None
+    for chunk in chunks:
+        chunk = _conformed(chunk)
+        if held_back is not None:
+            chunk = pl.concat([held_back, chunk])
+        if chunk.is_empty():
+            continue
+        last = chunk["tx"][-1]
+        starts = chunk.with_row_index("_i").filter(_C("tx") != last).select(_C("_i").max())
+        cut = starts.item()
+        cut = 0 if cut is None else int(cut) + 1  # the first row of the trailing transaction
+        held_back = chunk.slice(cut)
+        if cut:
+            yield chunk.head(cut)
+    if held_back is not None and not held_back.is_empty():
+        yield held_back
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A chunk of whole transactions with what its checks read that needs nothing carried
+    (prepared on the reading thread)."""
+
+    df: pl.DataFrame
+    moves: pl.DataFrame
+    """Its transfers."""
+    sold: pl.DataFrame
+    """One row per auction: its bids' summary and its allocate, pay, mint and reward."""
+
+    @classmethod
+    def of(cls, df: pl.DataFrame) -> _Part:
+        moves = df.filter(_C("kind").is_in(sorted(TRANSFER_KINDS)))
+        return cls(df, moves, _sold(df.lazy()).collect())
 
 
 CHUNK_EVENTS = 1 << 19
@@ -311,8 +323,9 @@ class _Carry:
         report.endowed_in = self.endowed_in
 
 
-def _audit_chunk(df: pl.DataFrame, carry: _Carry, report: AuditReport) -> None:
-    """Check every rule on the whole transactions of `df`, given what came before."""
+def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
+    """Check every rule on the whole transactions of a chunk, given what came before."""
+    df, moves = part.df, part.moves
     report.events += df.height
     events = df.lazy()
     lives = _merge_lives(carry, events)
@@ -331,8 +344,7 @@ def _audit_chunk(df: pl.DataFrame, carry: _Carry, report: AuditReport) -> None:
     safe = lives.filter((_C("o") < first) & _C("c").is_null())["account"].to_list()
     # (accounts opened before the chunk's first event and not closed: no event of the chunk
     # addressed to them alone can break a lifecycle or opened-before-use rule)
-    moves = events.filter(_C("kind").is_in(sorted(TRANSFER_KINDS))).collect()
-    auctions = _auctions(events, carry).collect()
+    auctions = _auctions(part.sold, events, carry).collect()
     transfers = _transfers(moves, parents, safe).lazy()
     economy = df.filter((_C("kind") == "close") | _C("cap").is_not_null()).height > 0
     base = carry.held
@@ -681,13 +693,8 @@ def _bounds(events: pl.LazyFrame, carry: _Carry) -> tuple[pl.LazyFrame, pl.LazyF
     return starts, ends
 
 
-def _auctions(events: pl.LazyFrame, carry: _Carry) -> pl.LazyFrame:
-    """One row per auction transaction: its bids' summary and what was recorded, with the
-    previous auction of its episode (`prev_winner`, `prev_step`); the running episodes'
-    last auctions before the chunk come first, marked `_carried`.
-
-    An auction belongs to an opened episode (`mechanism`) only between the episode's start
-    and its end."""
+def _sold(events: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per auction transaction: its bids' summary and what was recorded."""
     kind = _C("kind")
     recorded = events.filter(kind.is_in(["allocate", "pay", "mint", "reward"])).collect().lazy()
 
@@ -695,10 +702,6 @@ def _auctions(events: pl.LazyFrame, carry: _Carry) -> pl.LazyFrame:
         return recorded.filter(kind == k).select("tx", **{n: _C(c) for n, c in cols.items()})
 
     bids = events.filter(kind == "bid").select("seq", "tx", "episode", "step", "account", "amount")
-    starts, ends = _bounds(events, carry)
-    carried = carry.episodes.lazy().filter(_C("winner").is_not_null())
-    same_episode = _C("episode") == _C("episode").shift(1)
-    open_ = (_C("start_at") < _C("seq")) & (_C("end").is_null() | (_C("end") > _C("seq")))
     return (
         _bid_summary(bids.collect())
         .lazy()
@@ -706,6 +709,22 @@ def _auctions(events: pl.LazyFrame, carry: _Carry) -> pl.LazyFrame:
         .join(one("pay", paid="amount", payer="src", payee="dst", pay_at="seq"), "tx", "left")
         .join(one("mint", minted="amount", minter="src", mintee="dst", mint_at="seq"), "tx", "left")
         .join(one("reward", r_src="src", r_dst="dst", r_amount="amount", r_at="seq"), "tx", "left")
+    )
+
+
+def _auctions(sold: pl.DataFrame, events: pl.LazyFrame, carry: _Carry) -> pl.LazyFrame:
+    """The chunk's auctions (`sold`) with the previous auction of their episode
+    (`prev_winner`, `prev_step`); the running episodes' last auctions before the chunk come
+    first, marked `_carried`.
+
+    An auction belongs to an opened episode (`mechanism`) only between the episode's start
+    and its end."""
+    starts, ends = _bounds(events, carry)
+    carried = carry.episodes.lazy().filter(_C("winner").is_not_null())
+    same_episode = _C("episode") == _C("episode").shift(1)
+    open_ = (_C("start_at") < _C("seq")) & (_C("end").is_null() | (_C("end") > _C("seq")))
+    return (
+        sold.lazy()
         .join(starts, "episode", "left")
         .join(ends, "episode", "left")
         .with_columns(
