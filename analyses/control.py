@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from analyses.wealth import episode_blocks
 from ledger.events import ENVIRONMENT
 from ledger.units import UNIT
 
@@ -31,21 +32,14 @@ def agent_returns_curve(events: pl.LazyFrame, points: int = 200, since: int = 0)
     """Each agent's mean return per block of consecutive finished episodes (from episode
     `since` on), in at most `points` blocks, folded in the query so that memory does not
     grow with the run: episode (the block's first), agent, episodes, units, credit."""
-    ends = events.filter((pl.col("kind") == "episode_end") & (pl.col("episode") >= since))
-    lo, hi = (
-        ends.select(pl.col("episode").min().alias("lo"), pl.col("episode").max().alias("hi"))
-        .collect()
-        .row(0)
-    )
-    if lo is None:
+    ends, block = episode_blocks(events, points, since)
+    if block is None:
         schema = {"episode": pl.Int64, "agent": pl.String, "episodes": pl.UInt32}
         return pl.DataFrame(schema=schema | {"units": pl.Int64, "credit": pl.Float64})
-    width = -(-(hi - lo + 1) // max(points, 1))
-    block = (lo + (pl.col("episode") - lo) // width * width).alias("block")
     finished = ends.group_by(block).agg(pl.len().alias("episodes"))
     paid = pl.col("src") == ENVIRONMENT
     earned = (
-        events.filter((pl.col("kind") == "reward") & pl.col("episode").is_between(lo, hi))
+        events.filter(pl.col("kind") == "reward")
         .select(
             block,
             pl.when(paid).then(pl.col("dst")).otherwise(pl.col("src")).alias("agent"),

@@ -96,21 +96,13 @@ def returns_curve(events: pl.LazyFrame, points: int = 200) -> pl.DataFrame:
     run's length): finished episodes in blocks of consecutive episode numbers, one row per
     block with its first episode, its episodes, and their mean, min and max return (credit).
     """
-    if points < 1:
-        raise ValueError(f"points must be at least 1; got {points}")
-    ends = events.filter(pl.col("kind") == "episode_end")
-    lo, hi = (
-        ends.select(pl.col("episode").min().alias("lo"), pl.col("episode").max().alias("hi"))
-        .collect()
-        .row(0)
-    )
+    ends, block = episode_blocks(events, points)
     credit = pl.col("episode_return").cast(pl.Float64) / UNIT
-    if lo is None:
+    if block is None:
         schema = {"episode": pl.Int64, "episodes": pl.UInt32, "credit": pl.Float64}
         return pl.DataFrame(schema=schema | {"min_credit": pl.Float64, "max_credit": pl.Float64})
-    width = -(-(hi - lo + 1) // points)
     return (
-        ends.group_by((lo + (pl.col("episode") - lo) // width * width).alias("block"))
+        ends.group_by(block)
         .agg(
             pl.len().alias("episodes"),
             credit.mean().alias("credit"),
@@ -121,6 +113,28 @@ def returns_curve(events: pl.LazyFrame, points: int = 200) -> pl.DataFrame:
         .sort("episode")
         .collect(engine="streaming")
     )
+
+
+def episode_blocks(
+    events: pl.LazyFrame, points: int, since: int = 0
+) -> tuple[pl.LazyFrame, pl.Expr | None]:
+    """The `episode_end` events from episode `since` on, and each event's block (`block`,
+    the block's first episode; null outside the finished episodes' range) of at most
+    `points` blocks of consecutive episode numbers (None when no episode finished)."""
+    if points < 1:
+        raise ValueError(f"points must be at least 1; got {points}")
+    ends = events.filter((pl.col("kind") == "episode_end") & (pl.col("episode") >= since))
+    lo, hi = (
+        ends.select(pl.col("episode").min().alias("lo"), pl.col("episode").max().alias("hi"))
+        .collect()
+        .row(0)
+    )
+    if lo is None:
+        return ends, None
+    width = -(-(hi - lo + 1) // points)
+    episode = pl.col("episode")
+    block = pl.when(episode.is_between(lo, hi)).then(lo + (episode - lo) // width * width)
+    return ends, block.alias("block")
 
 
 def late_episode(events: pl.LazyFrame, share: float) -> int:

@@ -329,22 +329,14 @@ def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
     report.events += df.height
     events = df.lazy()
     lives = _merge_lives(carry, events)
-    endows = (
-        df.filter(_C("kind") == "endow")
-        .group_by("dst", maintain_order=True)
-        .agg(_C("src").first().alias("parent"))
-        .rename({"dst": "account"})
-    )
-    if endows.height:
-        carry.parents = pl.concat([carry.parents, endows]).unique(
-            "account", keep="first", maintain_order=True
-        )
+    carry.parents = _merge_parents(carry, df)
     parents = lives.join(carry.parents, "account", "left")
     first = df["seq"].min()
     safe = lives.filter((_C("o") < first) & _C("c").is_null())["account"].to_list()
     # (accounts opened before the chunk's first event and not closed: no event of the chunk
     # addressed to them alone can break a lifecycle or opened-before-use rule)
-    auctions = _auctions(part.sold, events, carry).collect()
+    starts, ends = _bounds(events, carry)
+    auctions = _auctions(part.sold, starts, ends, carry).collect()
     transfers = _transfers(moves, parents, safe).lazy()
     economy = df.filter((_C("kind") == "close") | _C("cap").is_not_null()).height > 0
     base = carry.held
@@ -357,7 +349,7 @@ def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
         _first(sequenced, _sequence_rules()),
         _first(transfers, _balance_rules()),
         _first(
-            money.join(auctions.lazy().filter(~_C("_carried")), "tx", "anti").join(
+            money.join(auctions.lazy(), "tx", "anti").join(
                 events.filter(_C("kind") == "transition").select("tx"), "tx", "anti"
             ),
             [
@@ -369,7 +361,7 @@ def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
                 )
             ],
         ),
-        _first(auctions.lazy().filter(~_C("_carried")), _auction_rules()),
+        _first(auctions.lazy(), _auction_rules()),
         _first(_addressed(events, parents, safe), _lifecycle_rules()),
         _first(events, _budget_rules()),
         _caps_off_balances(events, held, base),
@@ -381,7 +373,7 @@ def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
     for v in found:
         carry.report(v)
     _totals(df, auctions, carry)
-    _carry_over(df, moves, auctions, lives, carry)
+    _carry_over(df, moves, auctions, lives, ends.collect(), carry)
 
 
 def _merge_lives(carry: _Carry, events: pl.LazyFrame) -> pl.DataFrame:
@@ -407,11 +399,26 @@ def _merge_lives(carry: _Carry, events: pl.LazyFrame) -> pl.DataFrame:
     )
 
 
+def _merge_parents(carry: _Carry, df: pl.DataFrame) -> pl.DataFrame:
+    """Who endowed each account first, up to the end of this chunk."""
+    endows = (
+        df.filter(_C("kind") == "endow")
+        .group_by("dst", maintain_order=True)
+        .agg(_C("src").first().alias("parent"))
+        .rename({"dst": "account"})
+    )
+    if endows.is_empty():
+        return carry.parents
+    found = pl.concat([carry.parents, endows])
+    return found.unique("account", keep="first", maintain_order=True)
+
+
 def _carry_over(
     df: pl.DataFrame,
     moves: pl.DataFrame,
     auctions: pl.DataFrame,
     lives: pl.DataFrame,
+    ends: pl.DataFrame,
     carry: _Carry,
 ) -> None:
     """Hand the state this chunk leaves to the next one."""
@@ -427,12 +434,7 @@ def _carry_over(
         )
     kind = _C("kind")
     starts = df.filter(kind == "episode_start").select("episode", "mechanism")
-    ends = _bounds(df.lazy(), carry)[1].select("episode").collect()
-    last = (
-        auctions.filter(~_C("_carried"))
-        .group_by("episode")
-        .agg(_C("winner").last(), _C("step").last())
-    )
+    last = auctions.group_by("episode").agg(_C("winner").last(), _C("step").last())
     known = (
         pl.concat(
             [
@@ -453,7 +455,7 @@ def _carry_over(
             pl.coalesce("winner_new", "winner").alias("winner"),
             pl.coalesce("step_new", "step").alias("step"),
         )
-        .join(ends, "episode", "anti")
+        .join(ends.select("episode"), "episode", "anti")
     )
 
 
@@ -712,14 +714,15 @@ def _sold(events: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _auctions(sold: pl.DataFrame, events: pl.LazyFrame, carry: _Carry) -> pl.LazyFrame:
+def _auctions(
+    sold: pl.DataFrame, starts: pl.LazyFrame, ends: pl.LazyFrame, carry: _Carry
+) -> pl.LazyFrame:
     """The chunk's auctions (`sold`) with the previous auction of their episode
-    (`prev_winner`, `prev_step`); the running episodes' last auctions before the chunk come
-    first, marked `_carried`.
+    (`prev_winner`, `prev_step`: the running episode's last auction before the chunk, for its
+    first one here), given the episodes' `starts` and `ends` (`_bounds`).
 
     An auction belongs to an opened episode (`mechanism`) only between the episode's start
     and its end."""
-    starts, ends = _bounds(events, carry)
     carried = carry.episodes.lazy().filter(_C("winner").is_not_null())
     same_episode = _C("episode") == _C("episode").shift(1)
     open_ = (_C("start_at") < _C("seq")) & (_C("end").is_null() | (_C("end") > _C("seq")))
@@ -753,6 +756,8 @@ def _auctions(sold: pl.DataFrame, events: pl.LazyFrame, carry: _Carry) -> pl.Laz
             pl.when(same_episode).then(_C("winner").shift(1)).alias("prev_winner"),
             pl.when(same_episode).then(_C("step").shift(1)).alias("prev_step"),
         )
+        .filter(~_C("_carried"))
+        .drop("_carried")
     )
 
 
@@ -904,13 +909,10 @@ def _closing(
 
 def _totals(df: pl.DataFrame, a: pl.DataFrame, carry: _Carry) -> None:
     """Add this chunk's auctions and lifecycle events to the totals."""
-    new = a.filter(~_C("_carried")).join(
-        carry.episodes.filter(_C("winner").is_not_null()), "episode", "anti"
-    )
+    new = a.join(carry.episodes.filter(_C("winner").is_not_null()), "episode", "anti")
     signed = pl.when(_C("r_src") == ENVIRONMENT).then(_C("r_amount")).otherwise(-_C("r_amount"))
     per = (
-        a.filter(~_C("_carried"))
-        .group_by("mechanism")
+        a.group_by("mechanism")
         .agg(
             pl.len().alias("auctions"),
             signed.cast(pl.Int128).sum().alias("rewards_in"),
