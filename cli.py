@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -18,19 +19,48 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from agents.fixed import BIDDERS
+from agents.flags import refuse_for_variant, refuse_with_resume
 from agents.runner import OPTION_TASKS, Finished, Prepared, prepare
-from agents.simulation import resolve
+from agents.simulation import BUDGET_SCALE, resolve
 from analyses.wealth import wealth
 from ledger.errors import LedgerError
 from ledger.units import to_credit
 from market import rundir
 from market.audit import AuditReport, audit
 from market.kernel import EpisodeResult
+from market.mechanisms import RULES
 from market.tasks import TASKS
 
+
+class _HelpWithoutValue:
+    """--help shows no `<bool>` value in the help (it takes none)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_HelpWithoutValue, TyperCommand):
+    """A command whose flags (and --help) show no `<bool>` value in their help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+
+
+class Group(_HelpWithoutValue, TyperGroup):
+    """The `market` group, its --help shown without a value too."""
+
+
 app = typer.Typer(
+    cls=Group,
     help="An event-sourced economic simulation engine for decentralized RL.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -69,163 +99,265 @@ def _one_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-@app.command("simulate")
+TASK, MECHANISM, LEARNING = "Task and budget", "Mechanism and bidders", "Learning"
+ECONOMY, CONTROL, SETTINGS = "Economy (--economy hayek)", "Control variant", "Settings and output"
+
+
+@app.command("simulate", cls=Command)
 def simulate_cmd(
     task: Annotated[
-        str | None, typer.Option(help=f"One of: {', '.join(TASKS)} [default: chain].")
-    ] = None,
-    mechanism: Annotated[
-        str | None, typer.Option(help="ccv, v, bb, fp or env [default: ccv].")
-    ] = None,
-    bidder: Annotated[
         str | None,
         typer.Option(
-            help=f"One of: {', '.join(BIDDERS)} [default: truthful; random on the tasks over "
-            "images, which have no Q* table]; with --variant control: zero or random (fixed "
-            "controls instead of learners)."
-        ),
-    ] = None,
-    learn: Annotated[
-        bool | None, typer.Option("--learn", help="PPO primitives learn from their payoffs.")
-    ] = None,
-    monolithic: Annotated[
-        bool | None,
-        typer.Option(
-            "--monolithic", help="Learn with the categorical PPO baseline (env, solitary)."
-        ),
-    ] = None,
-    episodes: Annotated[int | None, typer.Option(help="Episodes to run [default: 1000].")] = None,
-    steps: Annotated[int | None, typer.Option(help="Env steps (auctions) to run.")] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="The one seed every random number derives from [default: 0].")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="A new run directory (default: runs/...).")
-    ] = None,
-    solitary: Annotated[
-        bool | None, typer.Option("--solitary", help="No clones: one bidder per primitive.")
-    ] = None,
-    gamma: Annotated[
-        float | None, typer.Option(help="Discount of utilities and truthful bids [default: 0.99].")
-    ] = None,
-    constant: Annotated[
-        float | None, typer.Option(help="The bid of the constant bidder [default: 0.5].")
-    ] = None,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            help="Episodes running at once [default: 1; 128 with --learn; 32 learning control]."
-        ),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(
-            help="Continue a run (--steps or --episodes more; a learning run from its last "
-            "snapshot), reading only the ledger's tail."
-        ),
-    ] = None,
-    init: Annotated[
-        Path | None,
-        typer.Option(
-            "--init",
-            help="Start the learners from a learning run's latest snapshot (a transfer, e.g. "
-            "a society pretrained on tworooms, now on tworooms-blue).",
-        ),
-    ] = None,
-    primitives: Annotated[
-        int | None,
-        typer.Option(help="Chain only: the society's primitives, L and R then useless ones."),
-    ] = None,
-    economy: Annotated[
-        str | None,
-        typer.Option(
-            help="hayek: members are endowed, bid at most their wealth, pay rent, and close "
-            "when bankrupt (docs/economy.md) [default: none]."
-        ),
-    ] = None,
-    endowment: Annotated[
-        float | None, typer.Option(help="With --economy: each founder's credit [default: 1.0].")
-    ] = None,
-    rent: Annotated[
-        float | None,
-        typer.Option(help="With --economy: credit per auction a member is alive [default: 0.001]."),
-    ] = None,
-    births: Annotated[
-        bool | None,
-        typer.Option(
-            "--births/--no-births",
-            help="With --economy: members richer than --birth-above found children "
-            "[default: births].",
-        ),
-    ] = None,
-    birth_above: Annotated[
-        float | None,
-        typer.Option(
-            help="With --economy: the wealth that founds a child [default: 4 x endowment]."
-        ),
-    ] = None,
-    child: Annotated[
-        str | None,
-        typer.Option(
-            help="With --economy: a child's policy, copy (its parent's, perturbed by "
-            "--mutation) or fresh [default: copy]."
-        ),
-    ] = None,
-    mutation: Annotated[
-        float | None,
-        typer.Option(help="With --economy: the perturbation of a child's policy [default: 0.01]."),
-    ] = None,
-    dividend: Annotated[
-        float | None,
-        typer.Option(
-            help="With --economy: a child's profit share paid to its parent [default: 0]."
-        ),
-    ] = None,
-    max_population: Annotated[
-        int | None,
-        typer.Option(
-            help="With --economy: the most members alive at once [default: 2 x founders]."
-        ),
-    ] = None,
-    frozen: Annotated[
-        bool | None,
-        typer.Option(
-            "--frozen",
-            help="With --init: the learners bid from the snapshot and never update (evaluate "
-            "it, e.g. on mental-rotation-test).",
-        ),
-    ] = None,
-    kernel: Annotated[
-        str | None,
-        typer.Option(
-            help="episodes (a SimPy process each), rounds (all at once, as arrays) or auto "
-            "(rounds when several run at once) [default: auto]. Both write the same ledger."
+            help=f"One of: {', '.join(TASKS)}.",
+            show_default="chain; control: pendulum",
+            rich_help_panel=TASK,
         ),
     ] = None,
     variant: Annotated[
         str | None,
         typer.Option(
-            help="auction (a society of bidders) or control (agents jointly driving one system) "
-            "[default: auction]."
+            help="auction (a society of bidders) or control (agents jointly driving one system).",
+            show_default="auction",
+            rich_help_panel=TASK,
+        ),
+    ] = None,
+    episodes: Annotated[
+        int | None,
+        typer.Option(
+            help="Episodes to run (when --steps is not given).",
+            show_default="1000; control: 100",
+            rich_help_panel=TASK,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Env steps to run: auctions (in Two Rooms an auction calls an option, "
+            "which takes several MiniGrid steps); control: the plant's steps.",
+            rich_help_panel=TASK,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="The one seed every random number derives from.",
+            show_default="0",
+            rich_help_panel=TASK,
+        ),
+    ] = None,
+    primitives: Annotated[
+        int | None,
+        typer.Option(
+            help="Chain only: the society's primitives, L and R then useless ones.",
+            show_default="2",
+            rich_help_panel=TASK,
+        ),
+    ] = None,
+    mechanism: Annotated[
+        str | None,
+        typer.Option(
+            help="; ".join(f"{key.value}: {rule.describe}" for key, rule in RULES.items()) + ".",
+            show_default="ccv",
+            rich_help_panel=MECHANISM,
+        ),
+    ] = None,
+    bidder: Annotated[
+        str | None,
+        typer.Option(
+            help=f"One of: {', '.join(BIDDERS)}; with --variant control: zero or random (fixed "
+            "controls instead of learners).",
+            show_default="truthful; random on the tasks over images, which have no Q* table",
+            rich_help_panel=MECHANISM,
+        ),
+    ] = None,
+    constant: Annotated[
+        float | None,
+        typer.Option(
+            help="The bid of the constant bidder.", show_default="0.5", rich_help_panel=MECHANISM
+        ),
+    ] = None,
+    solitary: Annotated[
+        bool,
+        typer.Option(
+            "--solitary", help="No clones: one bidder per primitive.", rich_help_panel=MECHANISM
+        ),
+    ] = False,
+    gamma: Annotated[
+        float | None,
+        typer.Option(
+            help="Discount of utilities and truthful bids.",
+            show_default="0.99",
+            rich_help_panel=MECHANISM,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Episodes running at once.",
+            show_default="1; 128 with --learn; 32 learning control",
+            rich_help_panel=MECHANISM,
+        ),
+    ] = None,
+    kernel: Annotated[
+        str | None,
+        typer.Option(
+            help="episodes (a SimPy process each), rounds (all at once, as arrays) or "
+            "auto (rounds when several run at once). Both write the same ledger.",
+            show_default="auto",
+            rich_help_panel=MECHANISM,
+        ),
+    ] = None,
+    learn: Annotated[
+        bool,
+        typer.Option(
+            "--learn", help="PPO primitives learn from their payoffs.", rich_help_panel=LEARNING
+        ),
+    ] = False,
+    monolithic: Annotated[
+        bool,
+        typer.Option(
+            "--monolithic",
+            help="Learn with the categorical PPO baseline (env, solitary).",
+            rich_help_panel=LEARNING,
+        ),
+    ] = False,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Start the learners from a learning run's latest snapshot "
+            "(a transfer, e.g. a society pretrained on tworooms, now on tworooms-blue).",
+            rich_help_panel=LEARNING,
+        ),
+    ] = None,
+    frozen: Annotated[
+        bool,
+        typer.Option(
+            "--frozen",
+            help="With --init: the learners bid from the snapshot and never "
+            "update (evaluate it, e.g. on mental-rotation-test).",
+            rich_help_panel=LEARNING,
+        ),
+    ] = False,
+    economy: Annotated[
+        str | None,
+        typer.Option(
+            help="hayek: members are endowed, bid at most their wealth, pay rent, and "
+            "close when bankrupt (docs/economy.md).",
+            show_default="none",
+            rich_help_panel=ECONOMY,
+        ),
+    ] = None,
+    endowment: Annotated[
+        float | None,
+        typer.Option(help="Each founder's credit.", show_default="1.0", rich_help_panel=ECONOMY),
+    ] = None,
+    rent: Annotated[
+        float | None,
+        typer.Option(
+            help="Credit per auction a member is alive.",
+            show_default="0.001",
+            rich_help_panel=ECONOMY,
+        ),
+    ] = None,
+    births: Annotated[
+        bool | None,
+        typer.Option(
+            "--births/--no-births",
+            help="Members richer than --birth-above found children.",
+            show_default="births",
+            rich_help_panel=ECONOMY,
+        ),
+    ] = None,
+    birth_above: Annotated[
+        float | None,
+        typer.Option(
+            help="The wealth that founds a child.",
+            show_default="4 x endowment",
+            rich_help_panel=ECONOMY,
+        ),
+    ] = None,
+    child: Annotated[
+        str | None,
+        typer.Option(
+            help="A child's policy: copy (its parent's, perturbed by --mutation) or fresh.",
+            show_default="copy",
+            rich_help_panel=ECONOMY,
+        ),
+    ] = None,
+    mutation: Annotated[
+        float | None,
+        typer.Option(
+            help="The perturbation of a child's policy.",
+            show_default="0.01",
+            rich_help_panel=ECONOMY,
+        ),
+    ] = None,
+    dividend: Annotated[
+        float | None,
+        typer.Option(
+            help="A child's profit share paid to its parent.",
+            show_default="0",
+            rich_help_panel=ECONOMY,
+        ),
+    ] = None,
+    max_population: Annotated[
+        int | None,
+        typer.Option(
+            help="The most members alive at once.",
+            show_default="2 x founders",
+            rich_help_panel=ECONOMY,
         ),
     ] = None,
     agents: Annotated[
-        int | None, typer.Option(help="Control variant: how many agents [default: 2].")
+        int | None,
+        typer.Option(
+            help="How many agents drive the system.", show_default="2", rich_help_panel=CONTROL
+        ),
     ] = None,
     method: Annotated[
         str | None,
-        typer.Option(help="Control variant: independent, ter, ier, iql or full [default: full]."),
+        typer.Option(
+            help="independent, ter, ier, iql or full.", show_default="full", rich_help_panel=CONTROL
+        ),
     ] = None,
     preset: Annotated[
-        str | None, typer.Option(help="Start from a named experiment (`market presets`).")
+        str | None,
+        typer.Option(
+            help="Start from a named experiment (`market presets`).", rich_help_panel=SETTINGS
+        ),
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="A TOML config (a run's simulation.toml, say)."),
+        typer.Option(
+            "--config",
+            help="A TOML config (a run's simulation.toml, say).",
+            rich_help_panel=SETTINGS,
+        ),
     ] = None,
     assignments: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override one setting, e.g. --set ppo.entropy_coef=0.05."),
+        typer.Option(
+            "--set",
+            help="Override one setting, e.g. --set ppo.entropy_coef=0.05.",
+            rich_help_panel=SETTINGS,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="A new run directory.",
+            show_default="runs/TASK-MECHANISM-BIDDER-sSEED",
+            rich_help_panel=SETTINGS,
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue a run with its own settings (--steps or --episodes more; a "
+            "learning run from its last snapshot), reading only the ledger's tail.",
+            rich_help_panel=SETTINGS,
+        ),
     ] = None,
     audit: Annotated[
         bool,
@@ -233,6 +365,7 @@ def simulate_cmd(
             "--audit/--no-audit",
             help="Audit the ledger when the run ends (streaming, in bounded memory); "
             "--no-audit skips it, for a run audited later with `market audit RUN`.",
+            rich_help_panel=SETTINGS,
         ),
     ] = True,
 ) -> None:
@@ -243,18 +376,26 @@ def simulate_cmd(
     """
 
     flags = {
-        "task": task, "mechanism": mechanism, "bidder": bidder, "learn": learn,
-        "monolithic": monolithic, "episodes": episodes, "steps": steps, "seed": seed,
-        "solitary": solitary, "gamma": gamma, "constant": constant,
+        "task": task, "mechanism": mechanism, "bidder": bidder, "learn": learn or None,
+        "monolithic": monolithic or None, "episodes": episodes, "steps": steps, "seed": seed,
+        "solitary": solitary or None, "gamma": gamma, "constant": constant,
         "concurrency": concurrency, "kernel": kernel, "variant": variant, "agents": agents,
-        "method": method, "init": str(init) if init is not None else None, "frozen": frozen,
-        "primitives": primitives, "economy": economy,
+        "method": method, "init": str(init) if init is not None else None,
+        "frozen": frozen or None, "primitives": primitives, "economy": economy,
         "hayek": {k: v for k, v in (
             ("endowment", endowment), ("rent", rent), ("births", births),
             ("birth_above", birth_above), ("child", child), ("mutation", mutation),
             ("dividend", dividend), ("max_population", max_population)) if v is not None},
     }  # fmt: skip
+    given = _given(flags) | {k for k, v in (("preset", preset), ("config", config)) if v}
+    if assignments:
+        given.add("set")
+    if resume is not None:
+        guarded(lambda: refuse_with_resume(given))
     sim = guarded(lambda: resolve(preset, config, flags, assignments))
+    guarded(lambda: refuse_for_variant(given, sim.variant))
+    if sim.budget_scale is not None:
+        err.print(f"budgets cut by {BUDGET_SCALE}={sim.budget_scale:g}", style="yellow")
     if sim.task in OPTION_TASKS:
         from agents.option_ppo import ensure_options, rich_progress
         from market.two_rooms import options_path
@@ -262,25 +403,77 @@ def simulate_cmd(
         if not options_path().exists():
             with rich_progress() as progress:  # the first Two Rooms run trains its options
                 guarded(lambda: ensure_options(progress=progress))
-    prepared = guarded(lambda: prepare(sim, out, resume))
-    finished = _execute_with_progress(prepared, audit)
-    _print_finished(finished)
+    with interrupted(None):
+        prepared = guarded(lambda: prepare(sim, out, resume))
+    if prepared.resumed_at is not None:
+        console.print(
+            Text.assemble("resuming ", (str(prepared.run), "bold"),
+                          f" at event {prepared.resumed_at:,}: {_budget(prepared)} more")
+        )  # fmt: skip
+    with interrupted(prepared):
+        finished = _execute_with_progress(prepared, audit)
+    _print_finished(finished, prepared)
 
 
-def _print_finished(finished: Finished) -> None:
+def _given(flags: dict[str, Any]) -> set[str]:
+    """The flags given on the command line (the hayek ones by their own names)."""
+    hayek = flags["hayek"]
+    return {k for k, v in flags.items() if v is not None and k != "hayek"} | set(hayek)
+
+
+def _budget(prepared: Prepared) -> str:
+    if prepared.steps is not None:
+        return f"{prepared.steps:,} env steps"
+    return f"{prepared.episodes or 0:,} episodes"
+
+
+@contextmanager
+def interrupted(prepared: Prepared | None) -> Iterator[None]:
+    """On Ctrl-C, say in one line what was kept and how to go on, then exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        said = (
+            prepared.interrupted()
+            if prepared is not None
+            else ("interrupted while preparing the run: nothing was run")
+        )
+        err.print(Text(said, style="yellow"), soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+def _print_finished(finished: Finished, prepared: Prepared) -> None:
     """Print a finished run's summary, wealth and audit verdict; exit 1 if it is not clean."""
     run, ledger, summary, report = finished.run, finished.ledger, finished.summary, finished.report
     console.print(Text.assemble("run written to ", (str(run), "bold")))
     table = Table(title="summary", show_header=False)
+    if prepared.resumed_at is not None:
+        table.add_row("resumed", f"at event {prepared.resumed_at:,}")
     table.add_row("events written", f"{summary.events:,}")
     table.add_row("events/s", f"{summary.events / max(summary.seconds, 1e-9):,.0f}")
-    table.add_row("episodes", f"{summary.episodes:,}")
+    steps_of = f" of {prepared.steps:,}" if prepared.steps is not None else ""
+    by_episodes = prepared.steps is None and prepared.episodes is not None
+    episodes_of = f" of {prepared.episodes:,}" if by_episodes else ""
+    table.add_row("env steps", f"{summary.steps:,}{steps_of}")
+    table.add_row("episodes", f"{summary.episodes:,}{episodes_of}")
     table.add_row("mean return", f"{to_credit(summary.mean_return):.4f} credit")
+    if summary.stopped is not None:
+        table.add_row("stopped early", Text(summary.stopped, style="bold yellow"))
     table.add_row("ledger head", ledger.head[:16])
     verdict = "skipped (--no-audit)" if report is None else "clean" if report.ok else "failed"
     table.add_row("closing audit", verdict)
     console.print(table)
     console.print(_wealth_table(wealth(ledger.scan())))
+    if summary.stopped is not None:
+        budget = (
+            f"{summary.steps:,}{steps_of} env steps"
+            if steps_of
+            else (f"{summary.episodes:,}{episodes_of} episodes")
+        )
+        console.print(
+            Text.assemble(("STOPPED EARLY", "bold yellow"), f" after {budget}: {summary.stopped}"),
+            soft_wrap=True,
+        )
     if report is None:
         console.print(
             Text.assemble(
@@ -293,7 +486,7 @@ def _print_finished(finished: Finished) -> None:
         raise typer.Exit(1)
 
 
-@app.command("audit")
+@app.command("audit", cls=Command)
 def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Check a run's ledger from its stored events alone; exit 0 only when it is clean."""
     ledger = guarded(lambda: rundir.open_run_ledger(run))
@@ -308,13 +501,14 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
     console.print(_verdict(report), soft_wrap=True)
     for note in report.torn_tail:
         console.print(f"[yellow]torn tail:[/] {note}", soft_wrap=True)
-    console.print(_audit_table(report))
-    console.print(_lifecycle_table(report))
-    if not report.ok:
+    if not report.ok:  # the totals stop at the violation: they would mislead
         raise typer.Exit(1)
+    if report.auctions:  # a control run holds no auctions
+        console.print(_audit_table(report))
+    console.print(_lifecycle_table(report))
 
 
-@app.command("sweep")
+@app.command("sweep", cls=Command)
 def sweep_cmd(
     out: Annotated[Path, typer.Option(help="The sweep directory (resumed if it exists).")],
     preset: Annotated[str | None, typer.Option(help="The base settings' preset.")] = None,
@@ -344,39 +538,56 @@ def sweep_cmd(
     ] = "local",
     address: Annotated[
         str | None,
-        typer.Option(help="Ray: the cluster to join (auto: the running one; none: start one)."),
+        typer.Option(
+            help="Ray: left out (or local): Ray started in this process for the sweep; auto: "
+            "join the cluster running on this machine (`ray start --head`); else a cluster's "
+            "address (HOST:6379, ray://HOST:10001)."
+        ),
     ] = None,
 ) -> None:
-    """Run every combination of the axes times the seeds; skip the runs already finished."""
-    from analyses.sweep import Sweep, compare, execute, parse_axis, parse_seeds, plan
+    """Run every combination of the axes times the seeds; skip the runs already finished.
+
+    Every cell's settings are checked before anything runs. Ctrl-C stops the sweep; the same
+    command continues it."""
+    from analyses.sweep import Sweep, compare, execute, parse_axis, parse_seeds, plan, unfinished
 
     if backend not in ("local", "ray"):
         fail(f"unknown backend {backend!r}; choose one of: local, ray")
     named = [("mechanism", mechanisms), ("task", tasks), ("method", methods), ("agents", agents)]
-    axes = [parse_axis(f"{k}={v}") for k, v in named if v is not None]
-    axes += [guarded(lambda g=g: parse_axis(g)) for g in grid or []]  # type: ignore[misc]
+    texts = [f"{k}={v}" for k, v in named if v is not None] + list(grid or [])
+    axes = [guarded(lambda t=t: parse_axis(t)) for t in texts]  # type: ignore[misc]
     if len({k for k, _ in axes}) < len(axes):
         fail("an axis is given twice")
     text = guarded(lambda: config.read_text(encoding="utf-8")) if config is not None else ""
     chosen_seeds = guarded(lambda: parse_seeds(seeds))
     sweep = Sweep(preset, tuple(assignments or ()), tuple(axes), chosen_seeds, text)
-    todo = guarded(lambda: plan(sweep, out))
     total = len(list(sweep.cells()))
-    console.print(f"{total} runs, {total - len(todo)} already finished, {len(todo)} to run")
-    with _progress() as progress:
-        bar = progress.add_task("runs", total=len(todo))
+    try:
+        todo = guarded(lambda: plan(sweep, out))
+        console.print(f"{total} runs, {total - len(todo)} already finished, {len(todo)} to run")
+        with _progress() as progress:
+            bar = progress.add_task("runs", total=len(todo))
 
-        def advance(_row: dict[str, Any]) -> None:
-            progress.advance(bar)
+            def advance(_row: dict[str, Any]) -> None:
+                progress.advance(bar)
 
-        guarded(lambda: execute(sweep, out, todo, workers, backend, address, advance))
+            guarded(lambda: execute(sweep, out, todo, workers, backend, address, advance))
+    except KeyboardInterrupt:
+        finished = total - len(unfinished(sweep, out))
+        err.print(
+            Text(f"interrupted: {finished} of {total} runs finished; rerun the same command "
+                 "to continue"),
+            highlight=False,
+            soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(130) from None
     from analyses.sweep import axes_of, results
 
     console.print(_frame_table("final return per cell", compare(results(out), axes_of(out))))
     console.print(Text.assemble("sweep written to ", (str(out), "bold")))
 
 
-@app.command("presets")
+@app.command("presets", cls=Command)
 def presets_cmd() -> None:
     """List the named experiments `simulate --preset NAME` starts from."""
     from agents.simulation import PRESETS
@@ -391,7 +602,7 @@ def presets_cmd() -> None:
     console.print(table)
 
 
-@app.command("report")
+@app.command("report", cls=Command)
 def report_cmd(
     run: Annotated[Path, typer.Argument(help="A run or sweep directory.")],
     points: Annotated[
@@ -422,18 +633,26 @@ def _frame_table(title: str, frame: pl.DataFrame, limit: int = 40) -> Table:
     for name, dtype in frame.schema.items():
         table.add_column(name, justify="right" if dtype.is_numeric() else "left")
     for row in frame.head(limit).iter_rows():
-        table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(
+            *("" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row)
+        )
     return table
+
+
+PLAIN_EVERY = 5.0
+"""Seconds between plain progress lines when stdout is not a terminal (a log file)."""
 
 
 def _execute_with_progress(prepared: Prepared, audit: bool = True) -> Finished:
     """Execute a prepared run under a progress bar: env steps (or episodes), steps/s, the
-    recent mean return and, for a learning society, its mean bids."""
+    recent mean return and, for a learning society, its mean bids. When stdout is not a
+    terminal, a plain line says the same every `PLAIN_EVERY` seconds (the first after one)."""
     by_steps = prepared.steps is not None
     total = prepared.steps if by_steps else prepared.episodes
     done = {"steps": 0, "episodes": 0}
     recent: deque[int] = deque(maxlen=100)
     start = time.perf_counter()
+    said = {"at": start + 1.0 - PLAIN_EVERY}
     learner = prepared.learner
     with _progress() as progress:
         bar = progress.add_task("env steps" if by_steps else "episodes", total=total)
@@ -444,13 +663,24 @@ def _execute_with_progress(prepared: Prepared, audit: bool = True) -> Finished:
             recent.append(result.episode_return)
             if done["episodes"] % 20:
                 return
-            rate = done["steps"] / max(time.perf_counter() - start, 1e-9)
+            now = time.perf_counter()
+            rate = done["steps"] / max(now - start, 1e-9)
             text = f"{rate:,.0f} steps/s  return {to_credit(int(np.mean(recent))):.3f}"
             if learner is not None and hasattr(learner, "mean_bids"):
                 text += "  bids " + " ".join(f"{b:.2f}" for b in learner.mean_bids())
             progress.update(
                 bar, completed=done["steps" if by_steps else "episodes"], description=text
             )
+            if not console.is_terminal and now - said["at"] >= PLAIN_EVERY:
+                said["at"] = now
+                of = f" of {total:,}" if total is not None else ""
+                count = f"{done['steps']:,}{of if by_steps else ''} env steps, "
+                count += f"{done['episodes']:,}{'' if by_steps else of} episodes"
+                console.print(
+                    f"progress: {count}, {text}, {prepared.ledger.next_seq:,} events",
+                    highlight=False,
+                    soft_wrap=True,
+                )
 
         checked = progress.add_task("closing audit (events)", total=None, visible=False)
 

@@ -83,4 +83,11 @@ def make_bidder(
         return RandomBidder(len(prims), rng)
     if name == "constant":
         return ConstantBidder(len(prims), constant)
-    raise ValueError(f"unknown bidder {name!r}; choose one of: {', '.join(BIDDERS)}")
+    check_bidder(name)
+    raise AssertionError(f"{name} is in BIDDERS but made by no branch above")
+
+
+def check_bidder(name: str) -> None:
+    """A one-line ValueError unless `name` is a fixed bidder."""
+    if name not in BIDDERS:
+        raise ValueError(f"unknown bidder {name!r}; choose one of: {', '.join(BIDDERS)}")

@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.distributions import Categorical
 
+from agents.simulation import budget_scale, scaled
 from market.two_rooms import (
     HEIGHT,
     OPTION_NAMES,
@@ -267,16 +268,28 @@ def ensure_options(
     settings: OptionPPOSettings | None = None,
 ) -> Path:
     """The path of the options trained from `seed`, training and saving them first if the
-    cache has none (`settings` overrides the defaults; its seed is replaced by `seed`)."""
+    cache has none (`settings` overrides the defaults; its seed is replaced by `seed`).
+
+    Under `MARKET_BUDGET_SCALE` their env steps are cut by its factor and the checkpoint
+    records it; a run at full budget retrains options it finds cut."""
     path = options_path(seed)
-    if path.exists():
-        return path
+    scale = budget_scale()
+    if path.exists() and (scale is not None or not _cut(path)):
+        return path  # a cut run takes any options; a full one never takes cut ones
     cfg = (settings or OptionPPOSettings()).model_copy(update={"seed": seed})
-    checkpoint = train_options(cfg, progress)
+    if scale is not None:
+        steps = {k: scaled(getattr(cfg, k), scale) for k in ("door_steps", "goal_steps")}
+        cfg = cfg.model_copy(update=steps)
+    checkpoint = {**train_options(cfg, progress), "budget_scale": scale}
     partial = path.with_suffix(f".{time.time_ns()}.partial")
     torch.save(checkpoint, partial)
     partial.replace(path)  # atomic: a reader never sees half a file
     return path
+
+
+def _cut(path: Path) -> bool:
+    """Whether the options at `path` were trained under `MARKET_BUDGET_SCALE`."""
+    return torch.load(path, weights_only=True).get("budget_scale") is not None
 
 
 @contextmanager

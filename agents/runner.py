@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agents.fixed import make_bidder
+from agents.fixed import check_bidder, make_bidder
 from agents.simulation import Simulation
 from ledger.disk import DiskLedger
 from market import rundir
@@ -29,7 +30,10 @@ from market.kernel import EpisodeResult
 from market.mechanisms import parse as parse_mechanism
 from market.run import KERNELS, KernelChoice, RunConfig, RunSummary, simulate
 from market.society import Policy, Society
-from market.tasks import TABULAR_TASKS, Task, make_task
+from market.tasks import TABULAR_TASKS, Task, check_task, make_task
+
+if TYPE_CHECKING:
+    from market.control import ControlRunConfig
 
 OnEpisode = Callable[[EpisodeResult], None]
 OPTION_TASKS = frozenset({"tworooms", "tworooms-blue"})
@@ -72,6 +76,13 @@ class Prepared:
     learner: Any
     _go: Callable[[OnEpisode | None], RunSummary]
     _after: Callable[[], None]
+    resumed_at: int | None = None
+    """With --resume: the first sequence number this run appends (the events before it are
+    the run continued)."""
+    phase: str = "prepared"
+    """prepared, running, auditing or finished: how far `execute` got."""
+    resumable: bool = True
+    """Whether `--resume` can continue this run once it has committed events."""
 
     def execute(
         self,
@@ -85,14 +96,47 @@ class Prepared:
         The ledger is committed and the head recorded before the audit starts, so a run
         killed during its audit loses nothing and `market audit RUN` checks it again.
         `on_audited` sees the events audited so far after each chunk."""
+        self.phase = "running"
         summary = self._go(on_episode)
         self._after()
         self._write(summary, NOT_AUDITED if not audit else PENDING)
+        self.phase = "auditing"
         if not audit:
+            self.phase = "finished"
             return Finished(self.run, self.ledger, summary, None)
         report = audit_ledger(self.ledger, self.ledger.head, progress=on_audited)
         self._write(summary, "clean" if report.ok else str(report.violation))
+        self.phase = "finished"
         return Finished(self.run, self.ledger, summary, report)
+
+    def interrupted(self) -> str:
+        """What an interrupted `execute` kept, in one line. A new run that committed
+        nothing is removed, so no folder is left that is neither a run nor empty."""
+        committed, run = self.ledger.committed, self.run
+        if self.phase == "auditing":
+            return (
+                f"interrupted during the closing audit: the run is closed ({committed:,} "
+                f"events committed); check it with `market audit {run}`"
+            )
+        if self.phase == "finished":
+            return f"interrupted after the run finished: {run} is complete"
+        if self.resumed_at is None and committed == 0:
+            shutil.rmtree(run, ignore_errors=True)
+            return f"interrupted before any event was committed: {run} removed"
+        from agents.training import latest_snapshot
+
+        kept = f"interrupted: {committed:,} events committed"
+        if self.resumed_at is not None:
+            kept += f" ({committed - self.resumed_at:,} by this run)"
+        if not self.resumable or (self.learner is not None and latest_snapshot(run) is None):
+            return (
+                f"{kept}; the run is not closed and cannot be resumed (no learner snapshot "
+                f"yet, or a kind of run that cannot resume); `market audit {run}` checks it"
+            )
+        return (
+            f"{kept}; the run is not closed; continue with `market simulate --resume {run}` "
+            f"(`market audit {run}` checks it)"
+        )
 
     def _write(self, summary: RunSummary, verdict: str) -> None:
         rundir.write_json(
@@ -101,12 +145,52 @@ class Prepared:
                 "events": summary.events,
                 "seconds": summary.seconds,
                 "episodes": summary.episodes,
+                "steps": summary.steps,
+                "budget": {"steps": self.steps, "episodes": self.episodes},
+                "stopped": summary.stopped,
                 "mean_return": summary.mean_return,
                 "balances": dict(summary.balances),
                 "audit": verdict,
                 "head": self.ledger.head,
+                "resumed_at": self.resumed_at,
             },
         )
+
+
+def check(sim: Simulation) -> None:
+    """Every check `prepare` makes of `sim`'s settings, without building or writing anything
+    (a sweep checks all its cells so before running one): a one-line ValueError."""
+    if sim.variant == "control":
+        control_config(sim)
+    else:
+        checked_config(sim)
+
+
+def checked_config(sim: Simulation) -> RunConfig:
+    """The auction engine's config for `sim` (`auction_config`, an --init source resolved),
+    once every setting is known to be one a run can take."""
+    if sim.method is not None:
+        raise ValueError("--method is for --variant control")
+    _kernel(sim)
+    config = auction_config(sim)
+    if config.task not in TABULAR_TASKS or config.primitives is not None:
+        check_task(config.task, config.primitives)
+    if config.learner is None:
+        check_bidder(config.bidder)
+    if sim.frozen and (sim.init is None or config.learner is None):
+        raise ValueError("--frozen evaluates a snapshot: give --init RUN with --learn/--monolithic")
+    if config.economy is not None and config.bidder == "monolithic":
+        raise ValueError("an economy needs a society of bidders: drop --monolithic")
+    if sim.init is not None:
+        config = config.model_copy(update={"init": _init_source(Path(sim.init), config)})
+    return config
+
+
+def _kernel(sim: Simulation) -> KernelChoice:
+    for kernel in KERNELS:
+        if sim.kernel == kernel:
+            return kernel
+    raise ValueError(f"unknown kernel {sim.kernel!r}; choose one of: {', '.join(KERNELS)}")
 
 
 def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Prepared:
@@ -116,25 +200,17 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         if resume is not None:
             raise ValueError("control runs cannot be resumed yet")
         return _prepare_control(sim, out)
-    if sim.method is not None:
-        raise ValueError("--method is for --variant control")
-    if sim.kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {sim.kernel!r}; choose one of: {', '.join(KERNELS)}")
-    kernel: KernelChoice = sim.kernel
     if resume is not None:
         config, run, ledger = _resumed(resume, sim.steps, sim.episodes)
     else:
-        config = auction_config(sim)
+        config = checked_config(sim)
+    kernel = _kernel(sim)
     if config.task in OPTION_TASKS:
         from agents.option_ppo import ensure_options
 
         ensure_options()  # trained once into the cache (the CLI shows the progress)
     task = make_task(config.task, config.seed, config.gamma, config.primitives)
     society = Society.of(task, config.cloned)
-    if sim.frozen and (sim.init is None or config.learner is None):
-        raise ValueError("--frozen evaluates a snapshot: give --init RUN with --learn/--monolithic")
-    if sim.init is not None and resume is None:
-        config = config.model_copy(update={"init": _init_source(Path(sim.init), config)})
     economy = None
     if config.economy is not None and resume is not None:  # as its ledger left it
         economy = Economy.restore(config.economy, society, ledger.scan())
@@ -171,7 +247,19 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         if record is not None:
             record.save()
 
-    return Prepared(run, ledger, config.steps, config.episodes, learner, go, after)
+    resumed_at = continue_at if resume is not None else None
+    resumable = config.bidder != "monolithic"
+    return Prepared(
+        run,
+        ledger,
+        config.steps,
+        config.episodes,
+        learner,
+        go,
+        after,
+        resumed_at,
+        resumable=resumable,
+    )
 
 
 def auction_config(sim: Simulation) -> RunConfig:
@@ -277,22 +365,20 @@ def _policy(
     seed = learner_seed(config.seed)
     learner: LearningSociety | MonolithicPPO
     if config.bidder == "monolithic":
-        if economy is not None:
-            raise ValueError("an economy needs a society of bidders: drop --monolithic")
         learner = MonolithicPPO(task, ppo, seed)
     else:
         learner = LearningSociety(task, society, ppo, seed, economy)
     return learner, learner
 
 
-def _prepare_control(sim: Simulation, out: Path | None) -> Prepared:
-    """A control-variant run: agents drive one system (learning unless a fixed policy)."""
-    from market.control import LEARNING_CONCURRENCY, ControlRunConfig, simulate_control
+def control_config(sim: Simulation) -> ControlRunConfig:
+    """The control engine's config for `sim` (learning agents unless a fixed policy)."""
+    from market.control import LEARNING_CONCURRENCY, ControlRunConfig
 
     learn = sim.bidder is None
     method = (sim.method or "full") if learn else sim.method
     concurrency = sim.concurrency if sim.concurrency is not None else 1
-    config = ControlRunConfig(
+    return ControlRunConfig(
         task=sim.task or "pendulum",
         agents=sim.agents,
         policy="dqn" if learn else str(sim.bidder),
@@ -304,6 +390,13 @@ def _prepare_control(sim: Simulation, out: Path | None) -> Prepared:
         concurrency=LEARNING_CONCURRENCY if learn and sim.concurrency is None else concurrency,
         learner=sim.dqn_settings(method).model_dump() if learn and method is not None else None,
     )
+
+
+def _prepare_control(sim: Simulation, out: Path | None) -> Prepared:
+    """A control-variant run: agents drive one system (learning unless a fixed policy)."""
+    from market.control import simulate_control
+
+    config = control_config(sim)
     chooser, learner = _control_policy(config)
     name = f"{config.task}-control-{config.method or config.policy}-n{config.agents}-s{sim.seed}"
     run, ledger = new_run(out, name, config.run_id, config.model_dump(mode="json"), sim)
@@ -314,7 +407,9 @@ def _prepare_control(sim: Simulation, out: Path | None) -> Prepared:
     def go(on_episode: OnEpisode | None) -> RunSummary:
         return simulate_control(config, ledger, chooser, on_episode, bus=bus)
 
-    return Prepared(run, ledger, config.steps, config.episodes, learner, go, lambda: None)
+    return Prepared(
+        run, ledger, config.steps, config.episodes, learner, go, lambda: None, resumable=False
+    )
 
 
 def _control_policy(config: Any) -> tuple[Any, Any]:

@@ -10,11 +10,18 @@ directory as `simulation.toml`; `--config RUN/simulation.toml` runs the same thi
 The learners' discount is the run's `gamma` (the auction utility's and the control agents'),
 so `ppo.gamma` and `dqn.gamma` are not set directly; a control run's `method` sets the DQN
 switches (`dqn.ter`, `dqn.ier`, `dqn.iql`, `dqn.psi`), which are not set directly either.
+
+`MARKET_BUDGET_SCALE` (say 0.001) cuts every budget: the resolved `steps` and `episodes` are
+multiplied by it (at least 1 each) and the factor is recorded as `budget_scale`, so a cut
+run's simulation.toml says so. It is how the README's commands are run as a test
+(tests/test_readme.py); the Two Rooms options a first run trains are cut by the same factor
+(`agents/option_ppo.py`). `budget_scale()` is the one place it is read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +40,9 @@ DERIVED = {
     **{f"dqn.{s}": "set method instead" for s in ("ter", "ier", "iql", "psi")},
 }
 """Settings that follow from others, with what to set instead."""
+BUDGET_SCALE = "MARKET_BUDGET_SCALE"
+"""The environment variable whose factor cuts every run's steps and episodes."""
+BUDGETS = ("steps", "episodes")
 
 
 class Simulation(BaseModel):
@@ -71,6 +81,9 @@ class Simulation(BaseModel):
     method: str | None = None
     ppo: PPOConfig = PPOConfig()
     dqn: ControlDQNConfig = ControlDQNConfig()
+    budget_scale: float | None = Field(
+        None, gt=0, description=f"the {BUDGET_SCALE} that cut steps and episodes (recorded)"
+    )
 
     def ppo_settings(self) -> PPOConfig:
         """The PPO primitives' settings, with the run's discount."""
@@ -184,11 +197,48 @@ def resolve(
         _merge(data, config_file)
     elif config_file is not None:
         _merge(data, read_toml(config_file))
+    recorded_cut = "budget_scale" in data  # a cut run's config: its budget is cut already
+    given = {k for k, v in (flags or {}).items() if v is not None}
     _merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
     for assignment in assignments or []:
         key, value = parse_assignment(assignment)
+        if key == "budget_scale":
+            raise ValueError(f"budget_scale cannot be set: set {BUDGET_SCALE} instead")
+        given.add(key)
         _set(data, key, value)
+    _cut(data, given if recorded_cut else set(BUDGETS))
     return validated(data)
+
+
+def budget_scale() -> float | None:
+    """The factor of `MARKET_BUDGET_SCALE`, or None when it is unset; a one-line error when
+    it is not a positive number."""
+    raw = os.environ.get(BUDGET_SCALE, "").strip()
+    if not raw:
+        return None
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale < float("inf"):
+        raise ValueError(f"{BUDGET_SCALE}={raw!r}: expected a positive number such as 0.001")
+    return scale
+
+
+def scaled(budget: int, scale: float | None) -> int:
+    """`budget` cut by `scale` (at least 1), or as it is when there is no scale."""
+    return budget if scale is None else max(1, round(budget * scale))
+
+
+def _cut(data: dict[str, Any], keys: set[str]) -> None:
+    """Cut the budgets among `keys` by `MARKET_BUDGET_SCALE` and record the factor."""
+    scale = budget_scale()
+    cut = [k for k in BUDGETS if k in keys and type(data.get(k)) is int and data[k] > 0]
+    if scale is None or not cut:  # no factor, or only the defaults (small already)
+        return
+    for key in cut:
+        data[key] = scaled(data[key], scale)
+    data["budget_scale"] = scale
 
 
 def read_toml(path: Path) -> dict[str, Any]:

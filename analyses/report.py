@@ -21,11 +21,19 @@ import polars as pl
 from analyses.auctions import bids, bids_against, winners
 from analyses.control import agent_returns_curve
 from analyses.income import income
-from analyses.inequality import NOT_AGENTS, gini_over_time, inequality, lorenz
-from analyses.population import living_inequality, population
-from analyses.wealth import late_episode, returns_curve, wealth, wealth_over_time
+from analyses.inequality import (
+    ALL_OPENED,
+    LIVING,
+    NOT_AGENTS,
+    agent_wealth,
+    gini_over_time,
+    inequality_of,
+    lorenz_of,
+)
+from analyses.population import living_over_time, population
+from analyses.wealth import late_episode, returns_curve, steps_before, wealth, wealth_over_time
 from market import rundir
-from market.tasks import TABULAR_TASKS, make_task
+from market.tasks import TABULAR_TASKS, Task, make_task
 
 REPORT = "report"
 """The directory, inside a run directory, that a report is written to."""
@@ -54,36 +62,100 @@ def run_report(run: Path, points: int = 200) -> Report:
     report.tables["wealth (final)"] = wealth(events).select("account", "credit")
     report.tables["income (credit)"] = _as_credit(income(events))
     over_time = wealth_over_time(events, points)
-    report.plots["wealth over time"] = _plot_wealth(over_time, out / "wealth.png")
-    agents = over_time.filter(~pl.col("account").is_in(list(NOT_AGENTS)))
-    if agents["account"].n_unique() >= 2:
-        report.tables["inequality (final)"] = inequality(events)
-        report.plots["Lorenz curve"] = _plot_lorenz(lorenz(events), out / "lorenz.png")
-        report.plots["Gini over time"] = _plot_gini(gini_over_time(over_time), out / "gini.png")
+    clock = _clock(over_time, config)
+    report.plots["wealth over time"] = _save(
+        wealth_figure(over_time, clock), out / "wealth.png", over_time
+    )
+    ginis = gini_over_time(over_time)
+    if over_time.filter(~pl.col("account").is_in(list(NOT_AGENTS)))["account"].n_unique() >= 2:
+        _add_inequality(report, events, ginis, clock, out)
     changes = population(events)
     if changes.height and (changes["births"][-1] or changes["deaths"][-1]):  # an economy
         report.tables["population (final)"] = changes.tail(1)
-        report.plots["population"] = _plot_population(changes, out / "population.png")
-        living = living_inequality(events, points)
-        report.plots["the living members' wealth"] = _plot_living(living, out / "living.png")
-    if config.get("variant") == "control":
-        late = agent_returns_curve(events, 1, since=late_episode(events, LATE_SHARE))
-        report.tables["return per agent (last 10% of episodes)"] = late.select(
-            "agent", pl.col("credit").alias("mean_return"), "episodes"
+        series = population_series(events, changes, over_time)
+        report.plots["population"] = _save(
+            population_figure(series, clock), out / "population.png", series
         )
-        curves = agent_returns_curve(events, points)
-        report.plots["learning curves"] = _plot_agent_returns(curves, out / "returns.png")
+        living = living_over_time(over_time).join(
+            ginis.select("seq", pl.col("gini").alias(f"gini ({ALL_OPENED})")), on="seq", how="left"
+        )
+        report.plots["the living members' wealth"] = _save(
+            living_figure(living, clock), out / "living.png", living
+        )
+    if config.get("variant") == "control":
+        _add_control(report, events, points, out)
     else:
-        curve = returns_curve(events, points)
-        report.plots["learning curve"] = _plot_returns(curve, out / "returns.png")
-        since = late_episode(events, LATE_SHARE)
-        report.tables["winners (last 10% of episodes)"] = winners(events, since)
-        q = _q_star(config)
-        if q is not None:
-            table = bids_against(bids(events, since), q)
-            report.tables["bids against Q* (last 10% of episodes)"] = table
-            report.plots["bids against Q*"] = _plot_bids(table, out / "bids.png")
+        _add_auctions(report, events, config, points, out)
     return report
+
+
+def _add_inequality(
+    report: Report, events: pl.LazyFrame, ginis: pl.DataFrame, clock: tuple[str, str], out: Path
+) -> None:
+    """The final inequality table, the Lorenz curves and the Gini over time, each for all
+    accounts ever opened and for the living members."""
+    held = agent_wealth(events)
+    table = inequality_of(held)
+    report.tables["inequality (final)"] = by_measure(table)
+    curves = pl.concat(
+        [
+            lorenz_of(held, living).select(pl.lit(name).alias("members"), pl.all())
+            for name, living in ((ALL_OPENED, False), (LIVING, True))
+        ]
+    )
+    figure = lorenz_figure(curves, dict(table.select("members", "gini").iter_rows()))
+    report.plots["Lorenz curve"] = _save(figure, out / "lorenz.png", curves)
+    report.plots["Gini over time"] = _save(gini_figure(ginis, clock), out / "gini.png", ginis)
+
+
+def _add_control(report: Report, events: pl.LazyFrame, points: int, out: Path) -> None:
+    """The control variant's late return per agent and learning curves."""
+    late = agent_returns_curve(events, 1, since=late_episode(events, LATE_SHARE))
+    report.tables["return per agent (last 10% of episodes)"] = late.select(
+        "agent", pl.col("credit").alias("mean_return"), "episodes"
+    )
+    curves = agent_returns_curve(events, points)
+    report.plots["learning curves"] = _save(
+        agent_returns_figure(curves), out / "returns.png", curves
+    )
+
+
+def _add_auctions(
+    report: Report, events: pl.LazyFrame, config: dict[str, Any], points: int, out: Path
+) -> None:
+    """The auction variant's learning curve, late winners and, for a tabular task, the late
+    bids against Q*; primitives named as the accounts name them when the task is known."""
+    curve = returns_curve(events, points)
+    report.plots["learning curve"] = _save(returns_figure(curve), out / "returns.png", curve)
+    since = late_episode(events, LATE_SHARE)
+    names = _primitive_names(config)
+    report.tables["winners (last 10% of episodes)"] = _named(winners(events, since), names)
+    q = _q_star(config)
+    if q is not None:
+        table = _named(bids_against(bids(events, since), q), names)
+        report.tables["bids against Q* (last 10% of episodes)"] = table
+        report.plots["bids against Q*"] = _save(bids_figure(table), out / "bids.png", table)
+
+
+def by_measure(table: pl.DataFrame) -> pl.DataFrame:
+    """An `inequality` table turned to one row per measure and one column per group of
+    members (ALL_OPENED, LIVING): narrow enough for a terminal, the groups side by side."""
+    numbers = table.with_columns(pl.exclude("members").cast(pl.Float64))
+    return numbers.transpose(include_header=True, header_name="measure", column_names="members")
+
+
+def population_series(
+    events: pl.LazyFrame, changes: pl.DataFrame, over_time: pl.DataFrame
+) -> pl.DataFrame:
+    """A `population` table with each row's env steps (those taken before it), and one row
+    more at the run's end (its last checkpoint in `over_time`), so the plot spans the run."""
+    series = changes.with_columns(steps_before(events, changes["seq"]).alias("env_steps"))
+    if over_time.height:
+        end = over_time.select("seq", "time", "env_steps").sort("seq").tail(1)
+        if end["seq"][0] > series["seq"][-1]:
+            last = series.tail(1).select("alive", "births", "deaths")
+            series = pl.concat([series, end.hstack(last).select(series.columns)])
+    return series.select("seq", "time", "env_steps", "alive", "births", "deaths")
 
 
 def sweep_report(out: Path) -> Report:
@@ -161,24 +233,61 @@ def _as_credit(table: pl.DataFrame) -> pl.DataFrame:
 
 
 def _q_star(config: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+    task = _tabular_task(config)
+    if task is None or not isinstance(config.get("gamma"), float):
+        return None
+    return task.q_star(float(config["gamma"]))
+
+
+def _tabular_task(config: dict[str, Any]) -> Task | None:
+    """The run's task if it is tabular (made without loading anything), else None."""
     task = config.get("task")
-    if task not in TABULAR_TASKS or not isinstance(config.get("gamma"), float):
+    if task not in TABULAR_TASKS:
         return None
     primitives = config.get("primitives")
-    chain = make_task(str(task), primitives=primitives if isinstance(primitives, int) else None)
-    return chain.q_star(float(config["gamma"]))
+    return make_task(str(task), primitives=primitives if isinstance(primitives, int) else None)
+
+
+def _primitive_names(config: dict[str, Any]) -> tuple[str, ...] | None:
+    """The names of the run's primitives, as its accounts carry them (`R` of `R.0`), when
+    its task is tabular; None otherwise."""
+    task = _tabular_task(config)
+    return None if task is None else task.primitive_names
+
+
+def _named(table: pl.DataFrame, names: tuple[str, ...] | None) -> pl.DataFrame:
+    """`table` with each primitive's `name` beside its number (unchanged without names)."""
+    if names is None:
+        return table
+    name = pl.col("primitive").replace_strict(
+        list(range(len(names))), list(names), default=None, return_dtype=pl.String
+    )
+    at = table.columns.index("primitive") + 1
+    columns = [*table.columns[:at], "name", *table.columns[at:]]
+    return table.with_columns(name.alias("name")).select(columns)
+
+
+def _clock(over_time: pl.DataFrame, config: dict[str, Any]) -> tuple[str, str]:
+    """The column the economy plots take as x, and its axis label: env steps, when the run
+    took any; SimPy time otherwise."""
+    if over_time.height and (over_time["env_steps"].max() or 0) > 0:  # type: ignore[operator]
+        what = "plant steps" if config.get("variant") == "control" else "auctions"
+        return "env_steps", f"env steps ({what})"
+    return "time", "SimPy time"
 
 
 # --- plots -------------------------------------------------------------------------------
 
 
-def _figure() -> tuple[Any, Any]:
+def _figure(rows: int = 1, width: float = 7) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(7, 4))
+    if rows == 1:
+        return plt.subplots(figsize=(width, 4))
+    return plt.subplots(rows, 1, figsize=(width, 2.6 * rows), sharex=True, squeeze=True)
 
 
 def _save(fig: Any, path: Path, series: pl.DataFrame) -> Path:
@@ -192,83 +301,140 @@ def _save(fig: Any, path: Path, series: pl.DataFrame) -> Path:
     return path
 
 
-def _plot_wealth(table: pl.DataFrame, path: Path) -> Path:
-    fig, ax = _figure()
-    for (account,), part in table.group_by("account", maintain_order=True):
-        style = "--" if account in NOT_AGENTS else "-"
-        ax.plot(part["time"], part["credit"], style, label=str(account))
-    ax.set_title("wealth per account over the run")
-    ax.set_xlabel("SimPy time")
-    ax.set_ylabel("balance (credit)")
-    if table["account"].n_unique() <= 12:
-        ax.legend(fontsize="small")
-    return _save(fig, path, table)
+LABELLED = 8
+"""How many members the wealth plot names: the richest at the end of the run."""
 
 
-def _plot_lorenz(curve: pl.DataFrame, path: Path) -> Path:
+def wealth_figure(table: pl.DataFrame, clock: tuple[str, str] = ("time", "SimPy time")) -> Any:
+    """Each account's balance over the run (a `wealth_over_time` table): the members above,
+    the richest LABELLED at the end named and the others grey; the market's own accounts
+    (environment, treasury, auctioneer), whose balances dwarf the members', below."""
+    x, label = clock
+    market = table.filter(pl.col("account").is_in(list(NOT_AGENTS)))
+    members = table.filter(~pl.col("account").is_in(list(NOT_AGENTS)))
+    panels = [part for part in (members, market) if part.height]
+    fig, axes = _figure(len(panels), width=9)
+    axes = list(np.atleast_1d(axes))
+    if members.height:
+        _draw_members(axes[0], members, x)
+        axes[0].set_title("wealth per member over the run")
+    if market.height:
+        ax = axes[-1]
+        for (account,), part in market.group_by("account", maintain_order=True):
+            ax.plot(part[x], part["credit"], "--", label=str(account))
+        ax.set_title("the market's own accounts (money's sources and sinks)", fontsize="medium")
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    for ax in axes:
+        ax.set_ylabel("balance (credit)")
+    axes[-1].set_xlabel(label)
+    return fig
+
+
+def _draw_members(ax: Any, members: pl.DataFrame, x: str) -> None:
+    """The members' balances: the LABELLED richest at the end in colour, the rest grey."""
+    end = members.filter(pl.col("seq") == pl.col("seq").max().over("account"))
+    ranked = end.sort(["credit", "account"], descending=[True, False])["account"].to_list()
+    named, others = ranked[:LABELLED], ranked[LABELLED:]
+    for account in others:
+        part = members.filter(pl.col("account") == account)
+        ax.plot(part[x], part["credit"], color="0.75", linewidth=0.8)
+    for i, account in enumerate(named):
+        part = members.filter(pl.col("account") == account)
+        final = part["credit"][-1]
+        ax.plot(part[x], part["credit"], color=f"C{i}", label=f"{account} ({final:.4g} at the end)")
+    if others:
+        ax.plot([], [], color="0.75", label=f"{len(others)} other members")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def lorenz_figure(curves: pl.DataFrame, ginis: dict[str, float] | None = None) -> Any:
+    """The Lorenz curve of the agents' final wealth for each group of `curves` (`members`:
+    ALL_OPENED, LIVING), each labelled with its Gini if `ginis` gives it."""
     fig, ax = _figure()
     ax.plot([0, 1], [0, 1], ":", color="grey", label="equal wealth")
-    shares = curve["wealth_share"]
-    if shares.null_count() == 0:
-        ax.plot(curve["population_share"], shares, marker="o", label="agents' wealth")
-        ax.set_ylabel("share of the agents' wealth")
+    shares = curves["wealth_share"].null_count() == 0
+    for i, ((members,), part) in enumerate(curves.group_by("members", maintain_order=True)):
+        gini = (ginis or {}).get(str(members))
+        label = str(members) if gini is None else f"{members} (Gini {gini:.3f})"
+        y = part["wealth_share"] if shares else part["cumulative_credit"]
+        ax.plot(part["population_share"], y, "o-" if i == 0 else "s--", markersize=3, label=label)
+    if shares:
+        ax.set_ylabel("share of the group's wealth")
     else:
-        ax.plot(curve["population_share"], curve["cumulative_credit"], marker="o",
-                label="cumulative wealth (total not positive)")  # fmt: skip
-        ax.set_ylabel("cumulative wealth (credit)")
-    ax.set_title("Lorenz curve of the agents' final wealth")
-    ax.set_xlabel("share of agents, poorest first")
+        ax.set_ylabel("cumulative wealth (credit; total not positive)")
+    ax.set_title("Lorenz curve of the agents' final wealth (the closed at 0 in all accounts)")
+    ax.set_xlabel("share of the group's agents, poorest first")
     ax.legend(fontsize="small")
-    return _save(fig, path, curve)
+    return fig
 
 
-def _plot_gini(table: pl.DataFrame, path: Path) -> Path:
+def gini_figure(table: pl.DataFrame, clock: tuple[str, str] = ("time", "SimPy time")) -> Any:
+    """A `gini_over_time` table: the Gini of every agent account opened by then (the closed
+    at 0) and of the living members."""
+    x, label = clock
     fig, ax = _figure()
-    ax.plot(table["time"], table["gini"])
+    ax.plot(table[x], table["gini"], label=f"{ALL_OPENED} (by then; the closed at 0)")
+    ax.plot(table[x], table["gini_living"], "--", label=LIVING)
     ax.set_ylim(0, 1)
-    ax.set_title("Gini coefficient of the agents' wealth over the run")
-    ax.set_xlabel("SimPy time")
+    ax.set_title("Gini of the agents' wealth over the run (accounts opened by then)")
+    ax.set_xlabel(label)
     ax.set_ylabel("Gini (0 equal, 1 one agent holds all)")
-    return _save(fig, path, table)
+    ax.legend(fontsize="small")
+    return fig
 
 
-def _plot_population(changes: pl.DataFrame, path: Path) -> Path:
+def population_figure(series: pl.DataFrame, clock: tuple[str, str] = ("time", "SimPy time")) -> Any:
+    """A `population_series`: the living members, births and deaths so far."""
+    x, label = clock
     fig, ax = _figure()
-    ax.step(changes["time"], changes["alive"], where="post", label="living members")
-    ax.step(changes["time"], changes["births"], where="post", label="births so far")
-    ax.step(changes["time"], changes["deaths"], where="post", label="deaths so far")
+    ax.step(series[x], series["alive"], where="post", label="living members")
+    ax.step(series[x], series["births"], where="post", label="births so far")
+    ax.step(series[x], series["deaths"], where="post", label="deaths so far")
+    ax.set_ylim(bottom=0)
     ax.set_title("population of the economy over the run")
-    ax.set_xlabel("SimPy time")
+    ax.set_xlabel(label)
     ax.set_ylabel("members")
     ax.legend(fontsize="small")
-    return _save(fig, path, changes)
+    return fig
 
 
-def _plot_living(living: pl.DataFrame, path: Path) -> Path:
+def living_figure(living: pl.DataFrame, clock: tuple[str, str] = ("time", "SimPy time")) -> Any:
+    """A `living_over_time` table beside the Gini of all accounts ever opened: the living
+    members' Gini and the richest living member's share."""
+    x, label = clock
     fig, ax = _figure()
-    ax.plot(living["time"], living["gini"], label="Gini of the living members' wealth")
-    ax.plot(living["time"], living["top1_share"], label="the richest member's share")
+    ax.plot(living[x], living["gini"], label=f"Gini, {LIVING}")
+    everyone = f"gini ({ALL_OPENED})"
+    if everyone in living.columns:
+        ax.plot(living[x], living[everyone], ":", color="grey",
+                label=f"Gini, {ALL_OPENED} (the closed at 0)")  # fmt: skip
+    ax.plot(living[x], living["top1_share"], label="the richest living member's share")
     ax.set_ylim(0, 1)
     ax.set_title("wealth distribution of the living members over the run")
-    ax.set_xlabel("SimPy time")
+    ax.set_xlabel(label)
     ax.set_ylabel("share")
     ax.legend(fontsize="small")
-    return _save(fig, path, living)
+    return fig
 
 
-def _plot_returns(curve: pl.DataFrame, path: Path) -> Path:
+def returns_figure(curve: pl.DataFrame) -> Any:
+    """A `returns_curve`: the mean return of each block of episodes. Each block's min and max
+    are in the series, not drawn: with returns of 0 or the goal's reward they span the whole
+    range and hide the mean."""
     fig, ax = _figure()
     x = curve["episode"].to_numpy()
-    ax.fill_between(x, curve["min_credit"], curve["max_credit"], alpha=0.2, label="min to max")
-    ax.plot(x, curve["credit"], label="mean")
-    ax.set_title("learning curve: the society's return per episode (blocks of episodes)")
+    width = int(curve["episodes"].max() or 1)  # type: ignore[arg-type]
+    ax.plot(x, curve["credit"], label=f"mean return per block of {width} episodes"
+            if width > 1 else "return per episode")  # fmt: skip
+    ax.set_title("learning curve: the society's return per episode")
     ax.set_xlabel("episode")
     ax.set_ylabel("undiscounted return (credit)")
     ax.legend(fontsize="small")
-    return _save(fig, path, curve)
+    return fig
 
 
-def _plot_agent_returns(per_agent: pl.DataFrame, path: Path) -> Path:
+def agent_returns_figure(per_agent: pl.DataFrame) -> Any:
+    """An `agent_returns_curve`: each agent's mean return per block of episodes."""
     fig, ax = _figure()
     for (agent,), part in per_agent.group_by("agent", maintain_order=True):
         ax.plot(part["episode"], part["credit"], label=str(agent))
@@ -276,12 +442,14 @@ def _plot_agent_returns(per_agent: pl.DataFrame, path: Path) -> Path:
     ax.set_xlabel("episode")
     ax.set_ylabel("undiscounted return (credit)")
     ax.legend(fontsize="small")
-    return _save(fig, path, per_agent)
+    return fig
 
 
-def _plot_bids(table: pl.DataFrame, path: Path) -> Path:
+def bids_figure(table: pl.DataFrame) -> Any:
+    """A bids-against-Q* table: each (state, primitive)'s mean bid beside Q*, the primitive
+    named as the tables name it (its `name`, the `R` of accounts `R.0`, `R.1`) if known."""
     fig, ax = _figure()
-    labels = [f"s{s}/p{p}" for s, p in table.select("state", "primitive").iter_rows()]
+    labels = bid_labels(table)
     x = np.arange(len(labels))
     ax.bar(x - 0.2, table["mean_bid"], width=0.4, label="mean bid")
     ax.bar(x + 0.2, table["q_star"], width=0.4, label="Q*(state, primitive)")
@@ -290,7 +458,16 @@ def _plot_bids(table: pl.DataFrame, path: Path) -> Path:
     ax.set_xlabel("state / primitive")
     ax.set_ylabel("credit")
     ax.legend(fontsize="small")
-    return _save(fig, path, table)
+    return fig
+
+
+def bid_labels(table: pl.DataFrame) -> list[str]:
+    """Each row's tick label: `s<state>/<name>` (`p<primitive>` if it has no name)."""
+    names = table["name"] if "name" in table.columns else pl.repeat(None, table.height, eager=True)
+    return [
+        f"s{s}/{n if n is not None else f'p{p}'}"
+        for s, p, n in zip(table["state"], table["primitive"], names, strict=True)
+    ]
 
 
 def _plot_cells(table: pl.DataFrame, axes: list[str], path: Path) -> Path:

@@ -7,14 +7,17 @@ A sweep directory holds:
                                one summary row per finished run: a Hive-partitioned
                                dataset (`pl.scan_parquet(..., hive_partitioning=True)`)
 
-A cell is finished when its result part exists (written after its run audited clean or not,
-which the row records). Running the same sweep again skips finished cells and reruns the
+Every cell's settings are checked (`check`) before anything runs or any folder is made. A
+cell is finished when its result part exists (written, atomically, after its run audited clean
+or not, which the row records). Running the same sweep again skips finished cells and reruns the
 others from scratch (an unfinished cell's run directory is removed first: a run that did not
 finish is not a result). More seeds or axis values may be added to a sweep; its base
 settings may not change.
 
 Every cell's ledger depends on its settings and seed alone, so the local process pool and
-Ray write the same bytes for the same cells (`tests/test_sweep.py`).
+Ray write the same bytes for the same cells (`tests/test_sweep.py`). A Ctrl-C reaches only the
+sweep's own process (the pool's workers ignore SIGINT), which stops the workers and raises
+KeyboardInterrupt; the cells cut off are rerun next time.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import itertools
 import json
 import multiprocessing
 import shutil
+import signal
+import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ from typing import Any
 import polars as pl
 import tomli_w
 
+from agents.runner import check
 from agents.simulation import Simulation, parse_assignment, resolve
 from analyses.control import agent_returns
 from analyses.inequality import inequality
@@ -44,6 +51,16 @@ RUNS = "runs"
 RESULTS = "results"
 LATE_SHARE = 0.1
 """The share of a run's last episodes its final return is averaged over."""
+LOCAL = ("local", "none")
+"""The --address values that, like no --address, start Ray in this process for the sweep."""
+NO_CLUSTER = (
+    "no Ray cluster is running: start one with `ray start --head`, or leave out --address "
+    "to run Ray in this process"
+)
+
+
+class NoRayCluster(ConnectionError):
+    """`--address auto` found no running Ray cluster to join."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,10 @@ class Sweep:
                 "config": self.config_text}  # fmt: skip
 
 
+Job = tuple[str, str, dict[str, Any], Cell]
+"""A cell to run: its settings as TOML, its run directory, its labels, the cell."""
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     """ "0-9" or "0,3,7" (or a mix: "0-2,5") as seeds, each non-negative, in order, once."""
     seeds: list[int] = []
@@ -119,11 +140,16 @@ def parse_axis(text: str) -> tuple[str, tuple[Any, ...]]:
     return key.strip(), tuple(parse_assignment(f"{key}={v}")[1] for v in values.split(","))
 
 
+def unfinished(sweep: Sweep, out: Path) -> list[Cell]:
+    """The sweep's cells without a result in `out` yet."""
+    return [c for c in sweep.cells() if not _result_path(out, c).is_file()]
+
+
 def plan(sweep: Sweep, out: Path) -> list[Cell]:
-    """Check every cell's settings, record the sweep in `out`, and list the cells to run
+    """Check every cell's settings, then record the sweep in `out` and list the cells to run
     (those without a result yet)."""
     for cell in sweep.cells():
-        sweep.simulation(cell)  # a bad key or value fails here, before anything runs
+        check(sweep.simulation(cell))  # a bad key or value fails here, before anything runs
     out.mkdir(parents=True, exist_ok=True)
     recorded = out / SWEEP
     if recorded.is_file():
@@ -136,7 +162,7 @@ def plan(sweep: Sweep, out: Path) -> list[Cell]:
         "seeds": list(sweep.seeds),
     }
     recorded.write_text(tomli_w.dumps(record), encoding="utf-8")
-    return [c for c in sweep.cells() if not _result_path(out, c).is_file()]
+    return unfinished(sweep, out)
 
 
 def run_cell(sim_toml: str, run_dir: str, labels: dict[str, Any]) -> dict[str, Any]:
@@ -191,14 +217,19 @@ def execute(
     on_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run `cells` (local process pool, or Ray tasks) and write each result part as it
-    arrives; `on_done` sees every row."""
+    arrives; `on_done` sees every row. On a Ctrl-C the cells still running are stopped and
+    KeyboardInterrupt is raised."""
     jobs = [(sweep.simulation(c).to_toml(), str(c.path(out / RUNS)), _labels(c), c) for c in cells]
     rows: list[dict[str, Any]] = []
 
     def done(row: dict[str, Any], cell: Cell) -> None:
         path = _result_path(out, cell)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pl.DataFrame([{k: v for k, v in row.items() if k not in _labels(cell)}]).write_parquet(path)
+        partial = path.with_name(f"{path.name}.partial")  # a part cut off is no result
+        pl.DataFrame([{k: v for k, v in row.items() if k not in _labels(cell)}]).write_parquet(
+            partial
+        )
+        partial.replace(path)
         rows.append(row)
         if on_done is not None:
             on_done(row)
@@ -206,13 +237,7 @@ def execute(
     if backend == "ray":
         _execute_ray(jobs, address, done)
     elif backend == "local":
-        # Spawned, not forked: a fork of a process whose Polars or torch thread pools are
-        # running can deadlock in the child.
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max(workers, 1), mp_context=spawn) as pool:
-            futures = {pool.submit(run_cell, *job[:3]): job[3] for job in jobs}
-            for future in as_completed(futures):
-                done(future.result(), futures[future])
+        _execute_local(jobs, workers, done)
     else:
         raise ValueError(f"unknown backend {backend!r}; choose one of: local, ray")
     return rows
@@ -248,17 +273,64 @@ def compare(table: pl.DataFrame, axes: list[str]) -> pl.DataFrame:
     )
 
 
-def _execute_ray(
-    jobs: list[tuple[str, str, dict[str, Any], Cell]],
-    address: str | None,
-    done: Callable[[dict[str, Any], Cell], None],
+def _execute_local(
+    jobs: list[Job], workers: int, done: Callable[[dict[str, Any], Cell], None]
 ) -> None:
-    """The jobs as Ray tasks against `address` (None: a local Ray started for the sweep)."""
+    """The jobs on a pool of `workers` processes; on any exception (a Ctrl-C, say) the cells
+    not started are cancelled and the running ones stopped at once.
+
+    Spawned, not forked: a fork of a process whose Polars or torch thread pools are running
+    can deadlock in the child. The workers start with SIGINT ignored (inherited from here), so
+    a Ctrl-C in the terminal interrupts this process only, not every worker with a traceback.
+    """
+    spawn = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max(workers, 1), mp_context=spawn)
+    try:
+        with _sigint_ignored():  # the submissions start the workers
+            futures = {pool.submit(run_cell, *job[:3]): job[3] for job in jobs}
+        for future in as_completed(futures):
+            done(future.result(), futures[future])
+    except BaseException:
+        with _sigint_ignored():  # a second Ctrl-C does not cut the stopping short
+            _stop(pool)
+        raise
+    pool.shutdown()
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the pool's queued cells and end its workers now (a cell cut off is rerun from
+    scratch next time)."""
+    processes = list(pool._processes.values())  # Python < 3.14 has no terminate_workers()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored meanwhile (only the main thread may set signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before if before is not None else signal.SIG_DFL)
+
+
+def _execute_ray(
+    jobs: list[Job], address: str | None, done: Callable[[dict[str, Any], Cell], None]
+) -> None:
+    """The jobs as Ray tasks: on a Ray started in this process for the sweep (no address, or
+    one of `LOCAL`), the running cluster (auto) or the cluster at `address`."""
     import ray
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        _ray_init(address)
     try:
         remote = ray.remote(num_cpus=1)(run_cell)
         pending = {remote.remote(*job[:3]): job[3] for job in jobs}
@@ -269,6 +341,23 @@ def _execute_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def _ray_init(address: str | None) -> None:
+    """Start or join Ray for `address`; a one-line error when there is nothing to join."""
+    import ray
+
+    local = address is None or address.strip().lower() in LOCAL
+    try:
+        ray.init(
+            address="local" if local else address, include_dashboard=False, log_to_driver=False
+        )
+    except ConnectionError:
+        if address != "auto":
+            raise
+        raise NoRayCluster(NO_CLUSTER) from None
+    except ValueError as e:  # an address Ray cannot read
+        raise ValueError(f"--address {address}: {e}") from None
 
 
 def _result_path(out: Path, cell: Cell) -> Path:

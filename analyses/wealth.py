@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from analyses.flows import checkpoint_flows, flows, postings
+from analyses.flows import CLOSE, STEP_KINDS, Flows, checkpoint_flows, flows, postings
 from ledger.units import UNIT
 
 
@@ -40,9 +40,11 @@ def wealth_over_time(events: pl.LazyFrame, points: int = 100) -> pl.DataFrame:
     """Every account's balance at `points` checkpoints spread evenly over the ledger.
 
     Checkpoint c closes after event `seq` (the last of its share of the sequence numbers);
-    `time` is the SimPy time of that event. One row per account and checkpoint, sorted by
-    account then seq, with the balance in units and credit. Accounts appear from the first
-    checkpoint on (0 before their first posting).
+    `time` is the SimPy time of that event and `env_steps` the env steps taken up to it
+    (auctions, or the control variant's plant steps). One row per account and checkpoint from
+    the checkpoint its account was opened in on (an account not yet opened has no row), sorted
+    by account then seq, with the balance in units and credit, and `closed`: whether the
+    account was closed by then (its balance then 0).
     """
     if points < 1:
         raise ValueError(f"points must be at least 1; got {points}")
@@ -51,26 +53,35 @@ def wealth_over_time(events: pl.LazyFrame, points: int = 100) -> pl.DataFrame:
     # too; the work is redone with it if the frame was not ordered.
     last = events.select(pl.col("seq").last()).collect().item()
     if last is None:
-        return pl.DataFrame(
-            schema={
-                "account": pl.String,
-                "seq": pl.Int64,
-                "time": pl.Float64,
-                "units": pl.Int128,
-                "credit": pl.Float64,
-            }
-        )
+        return pl.DataFrame(schema=_OVER_TIME)
     flows = checkpoint_flows(events, _bucket(points, last))
     if (largest := flows.groups["seq"].max()) != last:
         assert isinstance(largest, int)
-        flows = checkpoint_flows(events, _bucket(points, largest))
+        last = largest
+        flows = checkpoint_flows(events, _bucket(points, last))
     closes = (
         flows.groups.group_by("bucket")
-        .agg(pl.col("seq").max(), pl.col("time").max())
+        .agg(pl.col("seq").max(), pl.col("time").max(), pl.col("_steps").sum())
         .sort("bucket")
+        .select(
+            "bucket", "seq", "time", pl.col("_steps").cum_sum().cast(pl.Int64).alias("env_steps")
+        )
     )
     moved = postings(flows, "bucket").group_by("account", "bucket").agg(pl.col("amount").sum())
-    grid = moved.select("account").unique().join(closes, how="cross")
+    # An account counts from the checkpoint of its opening (from the first if the frame holds
+    # no opening of it) and is closed from the checkpoint of its closing on.
+    opened = flows.openings.group_by("account").agg(_bucket(points, last).min().alias("opened"))
+    shut = (
+        _closings(events, flows).group_by("account").agg(_bucket(points, last).min().alias("shut"))
+    )
+    grid = (
+        moved.select("account")
+        .unique()
+        .join(opened, on="account", how="left")
+        .join(shut, on="account", how="left")
+        .join(closes, how="cross")
+        .filter(pl.col("bucket") >= pl.col("opened").fill_null(0))
+    )
     return (
         grid.join(moved, on=["account", "bucket"], how="left")
         .sort("account", "bucket")
@@ -79,16 +90,65 @@ def wealth_over_time(events: pl.LazyFrame, points: int = 100) -> pl.DataFrame:
             "account",
             "seq",
             "time",
+            "env_steps",
             "units",
             (pl.col("units").cast(pl.Float64) / UNIT).alias("credit"),
+            (pl.col("bucket") >= pl.col("shut")).fill_null(False).alias("closed"),
         )
     )
+
+
+_OVER_TIME = {
+    "account": pl.String,
+    "seq": pl.Int64,
+    "time": pl.Float64,
+    "env_steps": pl.Int64,
+    "units": pl.Int128,
+    "credit": pl.Float64,
+    "closed": pl.Boolean,
+}
+"""The schema of `wealth_over_time`."""
+
+
+def _closings(events: pl.LazyFrame, flows: Flows) -> pl.DataFrame:
+    """The closings (account, seq) of `events`, read only if `flows` counted any."""
+    if not flows.groups["_closings"].sum():
+        return pl.DataFrame(schema={"account": pl.String, "seq": pl.Int64})
+    closings = events.filter(pl.col("kind") == CLOSE).select("account", "seq")
+    return closings.collect(engine="streaming")
 
 
 def _bucket(points: int, last: int) -> pl.Expr:
     """Each event's checkpoint (0 to points - 1) when the largest seq is `last`."""
     width = -(-(last + 1) // points)  # ceil: every seq falls in one of `points` buckets
     return (pl.col("seq") // width).alias("bucket")
+
+
+def steps_before(events: pl.LazyFrame, seqs: pl.Series) -> pl.Series:
+    """The env steps (as `wealth_over_time` counts them) taken before each of `seqs` (ascending,
+    distinct), counted in one streaming scan: memory holds one count per seq."""
+    if seqs.is_empty():
+        return pl.Series("env_steps", [], pl.Int64)
+    if not seqs.is_sorted() or seqs.n_unique() != seqs.len():
+        raise ValueError("steps_before needs ascending, distinct sequence numbers")
+    kind = pl.col("kind")
+    # Each step falls before the seqs above it: it counts for the first of them and after.
+    # Speed: explicit breakpoints bin elementwise, so the streaming engine never holds the
+    # steps (a search of the seqs for each step is a columnar function, which would).
+    first_after = pl.col("seq").bin_intervals(seqs, labels=False).alias("first")
+    counts = (
+        events.filter((kind == STEP_KINDS[0]) | (kind == STEP_KINDS[1]))
+        .group_by(first_after)
+        .agg(pl.len().alias("steps"))
+        .collect(engine="streaming")
+    )
+    per_seq = pl.DataFrame({"first": pl.arange(0, seqs.len(), eager=True).cast(pl.UInt32)})
+    return (
+        per_seq.join(counts, on="first", how="left")
+        .sort("first")
+        .select(pl.col("steps").fill_null(0).cum_sum().cast(pl.Int64).alias("env_steps"))
+        .to_series()
+    )
 
 
 def returns_curve(events: pl.LazyFrame, points: int = 200) -> pl.DataFrame:

@@ -102,6 +102,11 @@ class DiskLedger(Ledger):
         return cls(path)
 
     @property
+    def committed(self) -> int:
+        """How many events are on disk, in committed segments (staged ones are not)."""
+        return self.links[-1].last_seq + 1 if self.links else 0
+
+    @property
     def head(self) -> str:
         """The link of the last committed batch (the whole ledger's fingerprint)."""
         return self.links[-1].link if self.links else chain.GENESIS

@@ -5,13 +5,15 @@ seq of the transaction's first event), the run id, the episode, the step and the
 Money-moving events are transfers `src -> dst` of a non-negative integer `amount` in units
 (see `ledger.units`); a transfer balances by construction, so the books always sum to zero.
 New kinds are added here as new models, not as a new ledger: the lifecycle of an account in a
-society where wealth matters (issue 8: `Endow`, `Rent`, `Liquidate`, `Dividend`, `Close`, and
-a `Bid`'s `cap`) lives in the same ledger as the auctions.
+society where wealth matters (`Endow`, `Rent`, `Liquidate`, `Dividend`, `Close`, and a
+`Bid`'s `cap`) lives in the same ledger as the auctions. A kind's sets (transfer, lifecycle,
+auction) follow from its class: a `Transfer` subclass moves money; `lifecycle` marks an
+account's life besides auctions.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, ClassVar, Literal, TypedDict, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, TypeAdapter, model_validator
 
@@ -36,6 +38,8 @@ class EventBase(BaseModel):
     """Fields every event carries; events are immutable once made."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    lifecycle: ClassVar[bool] = False
+    """True for the kinds of an account's life besides auctions (an economy's)."""
 
     seq: NonNegativeInt
     tx: NonNegativeInt
@@ -201,12 +205,14 @@ class Endow(Transfer):
     founding account, from its parent for a child. Besides payments and rewards, the only
     way money enters an account."""
 
+    lifecycle: ClassVar[bool] = True
     kind: Literal["endow"] = "endow"
 
 
 class Rent(Transfer):
     """An account (`src`) pays rent or tax to the `treasury` (`dst`)."""
 
+    lifecycle: ClassVar[bool] = True
     kind: Literal["rent"] = "rent"
 
 
@@ -215,6 +221,7 @@ class Liquidate(Transfer):
     from it (`src`) to the treasury or a creditor (`dst`); a debt (a negative balance) is
     covered the other way, from the treasury or creditor (`src`) to it (`dst`)."""
 
+    lifecycle: ClassVar[bool] = True
     kind: Literal["liquidate"] = "liquidate"
 
 
@@ -222,6 +229,7 @@ class Dividend(Transfer):
     """A child (`src`) pays its parent (`dst`), the account that endowed it, a share of its
     profits."""
 
+    lifecycle: ClassVar[bool] = True
     kind: Literal["dividend"] = "dividend"
 
 
@@ -229,6 +237,7 @@ class Close(EventBase):
     """Closes `account` for good (`reason`: "bankrupt", "idle", ...). Its balance must be
     exactly 0 (liquidate it first); after it, the account never acts or receives again."""
 
+    lifecycle: ClassVar[bool] = True
     kind: Literal["close"] = "close"
     account: str
     reason: str
@@ -259,42 +268,25 @@ Event = Annotated[
     | Endow
     | Rent
     | Liquidate
-    | Dividend
-    | Close,
+    | Close
+    | Dividend,
     Field(discriminator="kind"),
 ]
+"""Every kind, in one list; new kinds go last, so the older ones keep their batch codes."""
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_TYPES: tuple[type[EventBase], ...] = get_args(get_args(Event)[0])
+"""The kinds of `Event`, in its order (a kind's batch code is its place here)."""
+KIND: dict[type[EventBase], str] = {cls: cls.model_fields["kind"].default for cls in EVENT_TYPES}
+"""Each model's `kind` tag."""
 TRANSFER_KINDS: frozenset[str] = frozenset(
-    {"pay", "mint", "reward", "endow", "rent", "liquidate", "dividend"}
+    KIND[cls] for cls in EVENT_TYPES if issubclass(cls, Transfer)
 )
 """The kinds that move money; each is a `Transfer`."""
-AUCTION_KINDS: frozenset[str] = frozenset({"pay", "mint", "reward"})
+LIFECYCLE_KINDS: frozenset[str] = frozenset(KIND[cls] for cls in EVENT_TYPES if cls.lifecycle)
+"""The kinds of an economy where wealth matters: an account's life besides auctions."""
+AUCTION_KINDS: frozenset[str] = TRANSFER_KINDS - LIFECYCLE_KINDS
 """The transfers an auction (or a control step) makes; the others are lifecycle transfers."""
-LIFECYCLE_KINDS: frozenset[str] = frozenset({"endow", "rent", "liquidate", "dividend", "close"})
-"""The kinds of an economy where wealth matters (issue 8)."""
-EVENT_TYPES: tuple[type[EventBase], ...] = (
-    RunStart,
-    Open,
-    EpisodeStart,
-    Bid,
-    Allocate,
-    Pay,
-    Mint,
-    Transform,
-    Reward,
-    Order,
-    Transition,
-    EpisodeEnd,
-    Balance,
-    RunEnd,
-    Endow,
-    Rent,
-    Liquidate,
-    Close,
-    Dividend,
-)
-"""Every kind; new kinds go last, so the older ones keep their batch codes."""
 
 
 def accounts_of(event: EventBase) -> tuple[str, ...]:
@@ -307,5 +299,3 @@ FIELDS: dict[type[EventBase], tuple[str, ...]] = {
     cls: tuple(f for f in cls.model_fields if f != "kind") for cls in EVENT_TYPES
 }
 """Each kind's fields in record order: the six common fields first, then its own."""
-KIND: dict[type[EventBase], str] = {cls: cls.model_fields["kind"].default for cls in EVENT_TYPES}
-"""Each model's `kind` tag."""

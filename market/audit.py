@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -56,6 +57,7 @@ from ledger.events import (
 )
 from ledger.replay import postings, replay_frame
 from ledger.store import Ledger
+from market.mechanisms import RULES
 
 _C = pl.col
 _MONEY = sorted(AUCTION_KINDS)
@@ -797,14 +799,14 @@ def _bid_summary(bids: pl.DataFrame) -> pl.DataFrame:
 
 def _auction_rules() -> list[Rule]:
     mech, step, fmt = _C("mechanism"), _C("step"), pl.format
-    price = (
-        pl.when(mech.is_in(["ccv", "v"]))
-        .then(_C("b2"))
-        .when(mech.is_in(["bb", "fp"]))
-        .then(_C("b1"))
-        .otherwise(None)
-    )
-    mint = pl.when((mech == "v") & (step > 0)).then(_C("b1") - _C("b2")).otherwise(0)
+    b1, b2 = _C("b1"), _C("b2")
+    price: Any = pl.lit(None, pl.Int64)
+    mint: Any = pl.lit(0, pl.Int64)
+    for key, rule in RULES.items():  # the mechanism table, row by row
+        if (paid := rule.price_of(b1, b2)) is not None:
+            price = pl.when(mech == key.value).then(paid).otherwise(price)
+        if (made := rule.mint_of(b1, b2)) is not None:
+            mint = pl.when((mech == key.value) & (step > 0)).then(made).otherwise(mint)
     seller = pl.when(step == 0).then(pl.lit(ENVIRONMENT)).otherwise(_C("prev_winner"))
     in_order = (
         pl.when(step == 0).then(_C("prev_step").is_null()).otherwise(_C("prev_step") == step - 1)

@@ -150,6 +150,8 @@ class ControlKernel:
         self.seq = first_seq
         self.next_episode = first_episode
         self.steps = 0
+        self.stopped: str | None = None
+        """Why the run stopped before its budget (never, for this kernel)."""
         """Steps taken so far, over all episodes."""
         n = len(accounts)
         self._strings = (run, task.name, "control", ENVIRONMENT, SYSTEM, *accounts)

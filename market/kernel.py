@@ -40,6 +40,9 @@ from market.mechanisms import Mechanism, Settlement, settle
 from market.society import Policy, Society
 from market.tasks import Outcome, Task
 
+EXTINCT = "the society went extinct: no living member has credit left to bid"
+"""Why an economy's run stops before its budget."""
+
 
 @dataclass(frozen=True)
 class EpisodeResult:
@@ -115,6 +118,8 @@ class Kernel:
         self._budget = Budget(None, None)
         self.steps = 0
         """Auctions held so far (env steps)."""
+        self.stopped: str | None = None
+        """Why the run stopped before its budget: an economy's extinction."""
 
     def run_episodes(
         self,
@@ -139,7 +144,8 @@ class Kernel:
             self.gate is None or self.gate()
         ):
             if self.economy is not None and not self.economy.solvent(self.economy.members()):
-                return  # extinction: nobody is left who can bid, or ever will
+                self.stopped = EXTINCT
+                return  # nobody is left who can bid, or ever will
             ep = self.next_episode
             self.next_episode += 1
             result = yield from self._episode(ep)
@@ -206,6 +212,7 @@ class Kernel:
 
     def _extinct(self, ep: int, t: int, total: int) -> EpisodeResult:
         """End episode `ep` before its auction `t`: no member is left to buy its state."""
+        self.stopped = EXTINCT
         self._owners.pop(ep, None)
         if t > 0:
             own: list[Body] = [(EpisodeEnd, (t, total))]

@@ -1,22 +1,18 @@
-"""The auction mechanisms of Chang et al. (2020) as one pure settlement rule.
+"""The auction mechanisms of Chang et al. (2020): one table (`RULES`) and one settlement.
 
 The highest bid wins (ties: the lowest bidder id). The winner pays the previous winner (the
-seller; the environment at the first auction of an episode):
-
-| key | price paid | seller credited | credit created |
-|-----|------------|-----------------|----------------|
-| ccv | b2         | b2              | 0              |
-| v   | b2         | b1              | b1 - b2 (auctioneer mint; not at the first sale) |
-| bb  | b1         | b1              | 0              |
-| fp  | b1         | b1              | 0              |
-| env | nothing    | nothing         | 0              |
+seller; the environment at the first auction of an episode) the row's price, and under a
+row with a mint the auctioneer credits the seller that much more after the first sale.
+Both kernels, the audit's Polars rules and the CLI's help read the same row, evaluated on
+ints, NumPy arrays or Polars expressions alike; docs/engine.md shows the table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 
 class Mechanism(StrEnum):
@@ -29,8 +25,49 @@ class Mechanism(StrEnum):
     ENV = "env"
 
 
-PAYS_SECOND_PRICE = frozenset({Mechanism.CCV, Mechanism.V})
-PAYS_FIRST_PRICE = frozenset({Mechanism.BB, Mechanism.FP})
+Prices = TypeVar("Prices")
+"""Bids as ints, NumPy arrays or Polars expressions: a rule reads the same on each."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One mechanism's row of the table: what the winner pays the seller, and the credit the
+    auctioneer creates for the seller after the first sale, both from (b1, b2)."""
+
+    price: Callable[[Any, Any], Any] | None
+    """(b1, b2) -> the price; None where the winner pays nothing."""
+    mint: Callable[[Any, Any], Any] | None
+    """(b1, b2) -> the credit minted for the seller; None where nothing is ever minted."""
+    describe: str
+    """The row in words (the CLI's help and docs/engine.md show it)."""
+
+    def price_of(self, b1: Prices, b2: Prices) -> Prices | None:
+        return None if self.price is None else cast(Prices, self.price(b1, b2))
+
+    def mint_of(self, b1: Prices, b2: Prices) -> Prices | None:
+        return None if self.mint is None else cast(Prices, self.mint(b1, b2))
+
+
+def _first(b1: Any, b2: Any) -> Any:
+    return b1
+
+
+def _second(b1: Any, b2: Any) -> Any:
+    return b2
+
+
+def _spread(b1: Any, b2: Any) -> Any:
+    return b1 - b2
+
+
+RULES: dict[Mechanism, Rule] = {
+    Mechanism.CCV: Rule(_second, None, "credit-conserving Vickrey: pays b2, seller gets b2"),
+    Mechanism.V: Rule(_second, _spread, "Vickrey: pays b2, seller gets b1 (b1 - b2 minted)"),
+    Mechanism.BB: Rule(_first, None, "bucket brigade: pays b1, seller gets b1"),
+    Mechanism.FP: Rule(_first, None, "first price: pays b1, seller gets b1"),
+    Mechanism.ENV: Rule(None, None, "environment reward only: no payment"),
+}
+"""The mechanism table, read by both kernels, the audit and the CLI's help."""
 
 
 class Settlement(NamedTuple):
@@ -56,14 +93,10 @@ def winner(bids: Sequence[int]) -> tuple[int, int, int]:
 def settle(mechanism: Mechanism, bids: Sequence[int], first_sale: bool) -> Settlement:
     """Settle one auction of integer bids; `first_sale` when the seller is the environment."""
     w, b1, b2 = winner(bids)
-    if mechanism in PAYS_SECOND_PRICE:
-        price: int | None = b2
-    elif mechanism in PAYS_FIRST_PRICE:
-        price = b1
-    else:
-        price = None
-    mint = b1 - b2 if mechanism is Mechanism.V and not first_sale else 0
-    return Settlement(winner=w, b1=b1, b2=b2, price=price, mint=mint)
+    rule = RULES[mechanism]
+    mint = rule.mint_of(b1, b2)
+    mint = 0 if mint is None or first_sale else mint
+    return Settlement(winner=w, b1=b1, b2=b2, price=rule.price_of(b1, b2), mint=mint)
 
 
 def parse(name: str) -> Mechanism:

@@ -41,7 +41,7 @@ from ledger.events import (
 from ledger.units import UNIT
 from market.bus import Bus
 from market.kernel import Budget, EpisodeResult, fewer_collections
-from market.mechanisms import PAYS_FIRST_PRICE, PAYS_SECOND_PRICE, Mechanism
+from market.mechanisms import RULES, Mechanism
 from market.society import Policy, Society
 from market.tasks import Task
 
@@ -89,6 +89,8 @@ class RoundKernel:
         self.seq = first_seq
         self.next_episode = first_episode
         self.steps = 0
+        self.stopped: str | None = None
+        """Why the run stopped before its budget (never, for this kernel)."""
         """Auctions held so far (env steps)."""
         self._prims = np.asarray(society.primitive_of, dtype=np.int64)
         n = len(self._prims)
@@ -183,9 +185,11 @@ class RoundKernel:
         rows = np.arange(k)
         b1 = bids[rows, w]
         b2 = np.sort(bids, axis=1)[:, -2] if bids.shape[1] > 1 else np.zeros(k, np.int64)
-        has_price = self.mechanism in PAYS_SECOND_PRICE or self.mechanism in PAYS_FIRST_PRICE
-        price = b2 if self.mechanism in PAYS_SECOND_PRICE else b1
-        mint = (b1 - b2) * (t > 0) if self.mechanism is Mechanism.V else np.zeros(k, np.int64)
+        rule = RULES[self.mechanism]
+        price = rule.price_of(b1, b2)
+        has_price = price is not None
+        minted = rule.mint_of(b1, b2)
+        mint = minted * (t > 0) if minted is not None else np.zeros(k, np.int64)
         prim, winner = self._prims[w], self._bidders[w]
         moved = self.task.transition(states, prim)
         nxt, done, duration = moved.next_state, moved.done, moved.duration
@@ -216,7 +220,7 @@ class RoundKernel:
         src[:, pos.reward] = np.where(gives, _ENV, winner)
         dst[:, pos.reward] = np.where(gives, winner, _ENV)
         amount[:, pos.bids] = bids
-        amount[:, pos.alloc], amount[:, pos.pay] = b1, price
+        amount[:, pos.alloc], amount[:, pos.pay] = b1, price if price is not None else 0
         amount[:, pos.mint], amount[:, pos.reward] = mint, np.abs(reward)
         primitive[:, pos.bids] = self._prims
         primitive[:, pos.alloc] = primitive[:, pos.transform] = prim

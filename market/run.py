@@ -92,6 +92,11 @@ class RunSummary:
     episodes: int
     mean_return: int
     balances: Balances
+    steps: int = 0
+    """Env steps (auctions, or the plant's steps) the run took."""
+    stopped: str | None = None
+    """Why the run ended before its budget (an economy's extinction, say); None when it ran
+    its budget out."""
 
 
 def simulate(
@@ -171,6 +176,10 @@ class Engine(Protocol):
 
     seq: int
     env: simpy.Environment
+    steps: int
+    """Env steps taken so far by this engine."""
+    stopped: str | None
+    """Why the engine stopped before its budget, if it did (None: the budget ran out)."""
 
     def run_episodes(
         self,
@@ -250,6 +259,8 @@ def run_engine(
         episodes=ended["episodes"],
         mean_return=ended["return"] // max(ended["episodes"], 1),
         balances={a: live.balances.get(a, 0) for a in accounts},
+        steps=engine.steps,
+        stopped=engine.stopped,
     )
 
 

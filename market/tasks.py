@@ -236,12 +236,14 @@ TASKS: dict[str, TaskFactory] = {
 def make_task(name: str, seed: int = 0, gamma: float = 0.99, primitives: int | None = None) -> Task:
     """The task called `name` for a run of `seed` and discount `gamma` (Chain with
     `primitives` primitives, if given); a ValueError names the choices otherwise."""
-    try:
-        factory = TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
-    if primitives is not None:
-        if name != "chain":
-            raise ValueError(f"--primitives sets Chain's society; task {name!r} has its own")
-        return Chain(primitives)
-    return factory(seed, gamma)
+    check_task(name, primitives)
+    return Chain(primitives) if primitives is not None else TASKS[name](seed, gamma)
+
+
+def check_task(name: str, primitives: int | None = None) -> None:
+    """A one-line ValueError unless `name` is a task (taking `primitives`, if given); loads
+    nothing (a task over images reads its data only when made)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+    if primitives is not None and name != "chain":
+        raise ValueError(f"--primitives sets Chain's society; task {name!r} has its own")

@@ -257,3 +257,12 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     import market.audit
 
     monkeypatch.setattr(market.audit, "CHUNK_EVENTS", 50)
+
+
+@pytest.fixture(autouse=True)
+def full_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test sees the budgets it asks for, whatever the shell exports
+    (`MARKET_BUDGET_SCALE` is set by the tests that want it)."""
+    from agents.simulation import BUDGET_SCALE
+
+    monkeypatch.delenv(BUDGET_SCALE, raising=False)

@@ -157,9 +157,10 @@ def test_wealth_over_time_by_hand() -> None:
     ledger.append(moves(len(start), (Reward, ENVIRONMENT, ALICE, 3_000_000_000)))
     frame = wealth_over_time(ledger.scan(), points=2)
     alice = frame.filter(pl.col("account") == ALICE)
-    assert alice.select("seq", "units").rows() == [(2, 0), (5, 3_000_000_000)]
+    assert alice.select("seq", "units").rows() == [(5, 3_000_000_000)]  # opened at seq 3
     assert frame.filter(pl.col("seq") == 5)["units"].sum() == 0
-    assert frame.height == 2 * 4
+    assert frame.height == 2 + 4  # environment and auctioneer are opened by seq 2
+    assert not frame["closed"].any() and frame["env_steps"].to_list() == [0] * 6
     full = wealth_over_time(stored(history()).scan(), points=7)
     last = full.filter(pl.col("seq") == full["seq"].max()).select("account", "units")
     assert last.rows() == wealth(stored(history()).scan()).select("account", "units").rows()

@@ -312,3 +312,35 @@ def test_bids_outside_the_range_are_clipped_before_the_auction() -> None:
     assert winners == ["arm1.0"]  # 1.5 and 1.0 both clip to 1 credit: the lower id wins the tie
     pays = [e.amount for e in ledger.events() if isinstance(e, Pay)]
     assert pays == [UNIT]
+
+
+# --- one table ---------------------------------------------------------------------------------
+
+
+class _Sym(str):
+    """A bid's name, so a rule can be read out in words: b1 - b2 is "b1 \u2212 b2" (the
+    docs' minus sign)."""
+
+    def __sub__(self, other: str) -> _Sym:
+        return _Sym(f"{self} \u2212 {other}")
+
+
+def test_the_docs_table_reads_the_mechanism_table() -> None:
+    """docs/engine.md's table shows, for every mechanism, what its row in `RULES` computes."""
+    from pathlib import Path
+
+    from market.mechanisms import RULES
+
+    docs = (Path(__file__).parents[1] / "docs" / "engine.md").read_text(encoding="utf-8")
+    rows = {
+        cells[0].strip("` "): [c.strip() for c in cells[1:]]
+        for line in docs.splitlines()
+        if line.startswith("| `")
+        for cells in [line.strip("|").split("|")]
+    }
+    assert set(rows) == {m.value for m in RULES}
+    b1, b2 = _Sym("b1"), _Sym("b2")
+    for mechanism, rule in RULES.items():
+        pays, _, minted = rows[mechanism.value][:3]
+        assert pays == (rule.price_of(b1, b2) or "nothing")
+        assert minted.split(" (")[0] == (rule.mint_of(b1, b2) or "0")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from agents.simulation import PRESETS, Simulation, parse_assignment, resolve
+from agents.simulation import BUDGET_SCALE, PRESETS, Simulation, parse_assignment, resolve
 from cli import app
 
 
@@ -118,3 +119,100 @@ def test_presets_lists_every_preset_and_each_validates() -> None:
     for name in PRESETS:
         assert name in out
         assert isinstance(resolve(name), Simulation)
+
+
+# the cut budget: MARKET_BUDGET_SCALE -----------------------------------------------------
+
+
+@pytest.fixture
+def cut(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Every budget cut a thousand times, as tests/test_readme.py runs the README."""
+    monkeypatch.setenv(BUDGET_SCALE, "0.001")
+    return 0.001
+
+
+def test_the_budget_scale_cuts_steps_and_episodes_to_at_least_one(cut: float) -> None:
+    """Steps and episodes are multiplied by the factor, rounded, never below 1."""
+    assert resolve("chain-ccv").steps == 1000
+    assert resolve(flags={"episodes": 10_000_000}).episodes == 10_000
+    assert resolve(flags={"episodes": 20}).episodes == 1
+    sim = resolve("integrator-full", None, {"seed": 1}, ["steps=300000"])
+    assert sim.steps == 300 and sim.budget_scale == cut
+
+
+def test_a_run_under_the_budget_scale_records_it(tmp_path: Path, cut: float) -> None:
+    """A cut run's simulation.toml says so, beside the cut budget: the cut is never silent."""
+    run = tmp_path / "run"
+    code, out, _ = invoke("simulate", "--episodes", "3000", "--out", str(run))
+    assert code == 0, out
+    recorded = tomllib.loads((run / "simulation.toml").read_text())
+    assert recorded["budget_scale"] == cut and recorded["episodes"] == 3
+    assert json.loads((run / "summary.json").read_text())["episodes"] == 3
+
+
+def test_no_budget_scale_no_record_and_defaults_are_not_cut(cut: float) -> None:
+    """Without a budget to cut (the defaults) nothing is recorded; unset, nothing changes."""
+    assert resolve().budget_scale is None and resolve().episodes is None
+    assert "budget_scale" not in resolve().to_toml()
+
+
+def test_the_budget_scale_is_applied_once(tmp_path: Path, cut: float) -> None:
+    """A cut config passed back runs as it was cut; a budget given with it is cut."""
+    first = resolve("chain-ccv")
+    file = tmp_path / "s.toml"
+    file.write_text(first.to_toml())
+    assert resolve(config_file=file) == first
+    assert resolve(config_file=file, flags={"steps": 50_000}).steps == 50
+
+
+def test_unset_the_budget_scale_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With MARKET_BUDGET_SCALE unset or empty, budgets are as given and nothing is recorded."""
+    monkeypatch.setenv(BUDGET_SCALE, "")
+    sim = resolve("chain-ccv")
+    assert sim.steps == 1_000_000 and sim.budget_scale is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "fast", "nan", "inf"])
+def test_a_bad_budget_scale_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """MARKET_BUDGET_SCALE must be a positive number: one line naming it, no run."""
+    monkeypatch.setenv(BUDGET_SCALE, value)
+    code, _, err = invoke("simulate", "--out", str(tmp_path / "r"))
+    assert code != 0 and BUDGET_SCALE in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_budget_scale_cannot_be_set(cut: float) -> None:
+    """`budget_scale` records the environment's factor; --set cannot claim one."""
+    with pytest.raises(ValueError, match=BUDGET_SCALE):
+        resolve(assignments=["budget_scale=0.5"])
+
+
+def test_options_trained_under_the_budget_scale_are_never_used_at_full_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut Two Rooms options are trained with cut steps and say so; a cut run takes any
+    cached options, a run at full budget trains cut ones again."""
+    import torch
+
+    import agents.option_ppo as option_ppo
+
+    monkeypatch.setenv("MARKET_CACHE", str(tmp_path / "cache"))
+    asked: list[int] = []
+
+    def fake(cfg: option_ppo.OptionPPOSettings, progress: object = None) -> dict[str, object]:
+        asked.append(cfg.door_steps)
+        return {"settings": cfg.model_dump()}
+
+    monkeypatch.setattr(option_ppo, "train_options", fake)
+    monkeypatch.setenv(BUDGET_SCALE, "0.001")
+    path = option_ppo.ensure_options()
+    assert torch.load(path, weights_only=True)["budget_scale"] == 0.001
+    option_ppo.ensure_options()  # cut, and cached: not trained again
+    assert asked == [200]
+    monkeypatch.delenv(BUDGET_SCALE)
+    option_ppo.ensure_options()  # full budget: the cut options are replaced
+    option_ppo.ensure_options()
+    assert asked == [200, 200_000]
+    assert torch.load(path, weights_only=True)["budget_scale"] is None
