@@ -22,12 +22,14 @@ from numpy.typing import NDArray
 from agents.ppo_bidder import PPOBidders
 from agents.ppo_vision_bidder import VisionBidders
 from agents.settings import PPOConfig
+from ledger.events import ENVIRONMENT, Close, Endow
 from ledger.payoff_columns import BatchPayoffTracker, SampleColumns
 from ledger.payoffs import PayoffTracker, Sample
 from ledger.store import Ledger
+from ledger.transaction import Transaction
 from ledger.units import UNIT
 from market.bus import Bus
-from market.economy import Economy
+from market.economy import Economy, Seats
 from market.kernel import EpisodeResult
 from market.run import KernelChoice, RunConfig, RunSummary, simulate
 from market.society import Society
@@ -91,8 +93,8 @@ class LearningSociety:
         else:
             self._row_of = {a: i for i, a in enumerate(economy.accounts) if a is not None}
             self._accounts_of = [set() if a is None else {a} for a in economy.accounts]
-            economy.on_close.append(self.retire)
-            economy.on_birth.append(self.born)
+            self._seats = Seats(economy.accounts)
+            """Members' slots as this society has heard of them (births and closes)."""
         self.retired: set[int] = {p for p, accounts in enumerate(self._accounts_of) if not accounts}
         """Policies whose every bidder has closed, or free slots: no update waits for them."""
 
@@ -103,6 +105,22 @@ class LearningSociety:
             PayoffTracker(gamma, self._on_samples).apply,
             BatchPayoffTracker(gamma, self._on_columns).apply_batch,
         )
+        if self.economy is not None:
+            bus.subscribe_all(self._lifecycle)
+
+    def _lifecycle(self, tx: Transaction) -> None:
+        """An economy's settlement, as the ledger has it: a closed member's policy retires,
+        a child's (`Endow` from its parent) starts from its parent's."""
+        if tx.header[2] != -1:  # an episode's auction: no one is born or closes there
+            return
+        for model, values in tx.body:
+            if model is Close:
+                self._seats.free(values[0])
+                self.retire(values[0])
+            elif model is Endow and values[0] != ENVIRONMENT:
+                parent, child = values[0], values[1]
+                assert self._row_of is not None
+                self.born(self._row_of[parent], self._seats.seat(child), child)
 
     def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
         """Every bidder's bid at each state, drawn in one batched call."""

@@ -25,7 +25,7 @@ docs/economy.md gives the defaults' reasons.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Literal, cast
 
 import polars as pl
@@ -67,8 +67,26 @@ class EconomyConfig(BaseModel):
         return self.birth_above if self.birth_above is not None else 4 * self.endowment
 
 
-Birth = Callable[[int, int, str], None]
-"""Called with (the parent's slot, the child's slot, the child's account) at a birth."""
+class Seats:
+    """Which member sits in which slot: a child takes the lowest free slot, and a closed
+    member's slot is freed. A fold over the ledger's births and closes, so the kernel, a
+    resumed run and the learners (each from the events it hears) seat members alike."""
+
+    def __init__(self, accounts: Sequence[str | None]) -> None:
+        self.accounts: list[str | None] = list(accounts)
+        """Each slot's member (None: free); changed in place, never replaced."""
+
+    def free(self, account: str) -> int:
+        """`account` closed: its slot, now free."""
+        slot = self.accounts.index(account)
+        self.accounts[slot] = None
+        return slot
+
+    def seat(self, child: str) -> int:
+        """`child` was born: the slot it now holds."""
+        slot = self.accounts.index(None)
+        self.accounts[slot] = child
+        return slot
 
 
 class Economy:
@@ -83,7 +101,8 @@ class Economy:
                 f"max_population {self.capacity} is below the society's {len(founders)} founders"
             )
         vacant = self.capacity - len(founders)
-        self.accounts: list[str | None] = [*founders, *[None] * vacant]
+        self.seats = Seats([*founders, *[None] * vacant])
+        self.accounts = self.seats.accounts
         """Each slot's member (None: free). The kernel reads it live."""
         self.primitive: list[int] = [*society.primitive_of, *[0] * vacant]
         """Each slot's primitive (a free slot's is meaningless)."""
@@ -103,10 +122,6 @@ class Economy:
         mark)."""
         self._born = [society.copies] * len(self.names)
         """The next account number of each primitive (founders hold 0 and, cloned, 1)."""
-        self.on_close: list[Callable[[str], None]] = []
-        """Called with each account as it closes (learners retire their members)."""
-        self.on_birth: list[Birth] = []
-        """Called at each birth (learners copy the parent's policy into the child's slot)."""
 
     @classmethod
     def restore(cls, config: EconomyConfig, society: Society, events: pl.LazyFrame) -> Economy:
@@ -190,24 +205,21 @@ class Economy:
         balance = self.live.balances.get(account, 0)
         src, dst = (account, TREASURY) if balance >= 0 else (TREASURY, account)
         self._free(account)
-        for callback in self.on_close:
-            callback(account)
         return [(Liquidate, (src, dst, abs(balance))), (Close, (account, "bankrupt"))]
 
     def _free(self, account: str) -> None:
         """`account` is dead: its slot is free."""
         self.alive[account] = False
-        self.accounts[self.accounts.index(account)] = None
+        self.seats.free(account)
 
-    def _place(self, slot: int, child: str) -> int:
-        """Seat `child` of the member in `slot` in the lowest free slot, running the
-        parent's primitive; returns the child's slot."""
-        child_slot = self.accounts.index(None)
+    def _place(self, slot: int, child: str) -> None:
+        """Seat `child` of the member in `slot` (`Seats.seat`), running the parent's
+        primitive."""
+        child_slot = self.seats.seat(child)
         p = self.primitive[slot]
-        self.accounts[child_slot], self.primitive[child_slot] = child, p
+        self.primitive[child_slot] = p
         self.alive[child], self.parent[child] = True, self.accounts[slot] or ""
         self._born[p] = max(self._born[p], int(child.rsplit(".", 1)[1]) + 1)
-        return child_slot
 
     def _dividends(self, balance: dict[str, int]) -> list[Body]:
         """Each living child's share of its profit above its high-water mark, to its living
@@ -237,12 +249,10 @@ class Economy:
                 continue
             p = self.primitive[slot]
             child = f"{self.names[p]}.{self._born[p]}"
-            child_slot = self._place(slot, child)
+            self._place(slot, child)
             balance[parent] -= self.endowment
             balance[child] = self._high[child] = self.endowment
             own += [(Open, (child,)), (Endow, (parent, child, self.endowment))]
-            for callback in self.on_birth:
-                callback(slot, child_slot, child)
         return own
 
 

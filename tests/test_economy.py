@@ -18,11 +18,13 @@ from agents.ppo_bidder import PPOBidders
 from agents.settings import PPOConfig
 from cli import app
 from ledger.disk import DiskLedger
-from ledger.events import ENVIRONMENT, TREASURY
+from ledger.events import ENVIRONMENT, TREASURY, Endow, Open, Rent
 from ledger.payoffs import Sample
 from ledger.store import MemoryLedger
+from ledger.transaction import Body, Transaction
 from ledger.units import UNIT
 from market.audit import audit
+from market.bus import Bus
 from market.economy import Economy, EconomyConfig
 from market.run import RunConfig, simulate
 from market.society import Society
@@ -256,6 +258,22 @@ def test_children_pay_their_parents_only_in_an_audited_run() -> None:
     assert not [e for e in events if e["kind"] == "dividend"]
 
 
+def settle_heard(economy: Economy, learner: LearningSociety) -> None:
+    """Settle `economy` between episodes; `learner` hears the births and closes from the
+    ledger, as in a run."""
+    bus = Bus(MemoryLedger())
+    learner.attach(bus)
+    members = [a for a in economy.accounts if a is not None]
+    opening: list[Body] = [(Open, (a,)) for a in (ENVIRONMENT, TREASURY, *members)]
+    for account, held in economy.live.balances.items():  # the books the test made up
+        if held > 0:
+            opening.append((Endow, (ENVIRONMENT, account, held)))
+        else:
+            opening.append((Rent, (account, TREASURY, -held)))
+    bus.publish(Transaction((0, "run", -1, -1, 0.0), opening))
+    bus.publish(Transaction((len(opening), "run", -1, -1, 0.0), economy.settle(set())))
+
+
 @pytest.mark.parametrize("child", ["copy", "fresh"])
 def test_a_learning_child_starts_from_its_parents_policy_perturbed_or_afresh(child: str) -> None:
     """A birth copies the parent's row of nets into the child's slot, the bid policy
@@ -272,7 +290,7 @@ def test_a_learning_child_starts_from_its_parents_policy_perturbed_or_afresh(chi
         for p in bank.parameters():
             p[2].normal_()  # the parent R.0 (slot 2) has learned something
     economy.live.balances.update({"R.0": 3 * UNIT})
-    economy.settle(set())
+    settle_heard(economy, learner)
     assert economy.accounts[4] == "R.2" and learner._row_of is not None
     assert learner._row_of["R.2"] == 4 and 4 not in learner.retired
     policy = {id(p) for p in bank.policy_params()}
@@ -323,7 +341,7 @@ def test_a_sample_of_a_member_closed_since_it_bid_is_dropped() -> None:
     learner = LearningSociety(task, Society.of(task), PPOConfig(batch=8, minibatch=8), 0,
                               economy)  # fmt: skip
     economy.live.balances.update({"L.0": -1, "R.0": 3 * UNIT})
-    economy.settle(set())  # L.0 closes; R.0 founds R.2 in slot 0, L.0's
+    settle_heard(economy, learner)  # L.0 closes; R.0 founds R.2 in slot 0, L.0's
     assert economy.accounts[0] == "R.2" and learner._row_of == {"L.1": 1, "R.0": 2, "R.1": 3,
                                                                  "R.2": 0}  # fmt: skip
     learner._on_samples([Sample(0, 3, "L.0", 0, 3, UNIT // 2, 0),
