@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from collections import deque
@@ -21,8 +22,15 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from agents.fixed import BIDDERS
-from agents.flags import refuse_for_variant, refuse_with_resume
+from agents.flags import (
+    FLAGS,
+    default_text,
+    flag,
+    refuse_for_variant,
+    refuse_with_resume,
+    settings,
+    value_type,
+)
 from agents.runner import OPTION_TASKS, Finished, Prepared, prepare
 from agents.simulation import BUDGET_SCALE, resolve
 from analyses.wealth import wealth
@@ -31,8 +39,6 @@ from ledger.units import to_credit
 from market import rundir
 from market.audit import AuditReport, audit
 from market.kernel import EpisodeResult
-from market.mechanisms import RULES
-from market.tasks import TASKS
 
 
 class _HelpWithoutValue:
@@ -99,300 +105,28 @@ def _one_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-TASK, MECHANISM, LEARNING = "Task and budget", "Mechanism and bidders", "Learning"
-ECONOMY, CONTROL, SETTINGS = "Economy (--economy hayek)", "Control variant", "Settings and output"
+SETTINGS = "Settings and output"
 
 
-@app.command("simulate", cls=Command)
 def simulate_cmd(
-    task: Annotated[
-        str | None,
-        typer.Option(
-            help=f"One of: {', '.join(TASKS)}.",
-            show_default="chain; control: pendulum",
-            rich_help_panel=TASK,
-        ),
-    ] = None,
-    variant: Annotated[
-        str | None,
-        typer.Option(
-            help="auction (a society of bidders) or control (agents jointly driving one system).",
-            show_default="auction",
-            rich_help_panel=TASK,
-        ),
-    ] = None,
-    episodes: Annotated[
-        int | None,
-        typer.Option(
-            help="Episodes to run (when --steps is not given).",
-            show_default="1000; control: 100",
-            rich_help_panel=TASK,
-        ),
-    ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            help="Env steps to run: auctions (in Two Rooms an auction calls an option, "
-            "which takes several MiniGrid steps); control: the plant's steps.",
-            rich_help_panel=TASK,
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help="The one seed every random number derives from.",
-            show_default="0",
-            rich_help_panel=TASK,
-        ),
-    ] = None,
-    primitives: Annotated[
-        int | None,
-        typer.Option(
-            help="Chain only: the society's primitives, L and R then useless ones.",
-            show_default="2",
-            rich_help_panel=TASK,
-        ),
-    ] = None,
-    mechanism: Annotated[
-        str | None,
-        typer.Option(
-            help="; ".join(f"{key.value}: {rule.describe}" for key, rule in RULES.items()) + ".",
-            show_default="ccv",
-            rich_help_panel=MECHANISM,
-        ),
-    ] = None,
-    bidder: Annotated[
-        str | None,
-        typer.Option(
-            help=f"One of: {', '.join(BIDDERS)}; with --variant control: zero or random (fixed "
-            "controls instead of learners).",
-            show_default="truthful; random on the tasks over images, which have no Q* table",
-            rich_help_panel=MECHANISM,
-        ),
-    ] = None,
-    constant: Annotated[
-        float | None,
-        typer.Option(
-            help="The bid of the constant bidder.", show_default="0.5", rich_help_panel=MECHANISM
-        ),
-    ] = None,
-    solitary: Annotated[
-        bool,
-        typer.Option(
-            "--solitary", help="No clones: one bidder per primitive.", rich_help_panel=MECHANISM
-        ),
-    ] = False,
-    gamma: Annotated[
-        float | None,
-        typer.Option(
-            help="Discount of utilities and truthful bids.",
-            show_default="0.99",
-            rich_help_panel=MECHANISM,
-        ),
-    ] = None,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            help="Episodes running at once.",
-            show_default="1; 128 with --learn; 32 learning control",
-            rich_help_panel=MECHANISM,
-        ),
-    ] = None,
-    kernel: Annotated[
-        str | None,
-        typer.Option(
-            help="episodes (a SimPy process each), rounds (all at once, as arrays) or "
-            "auto (rounds when several run at once). Both write the same ledger.",
-            show_default="auto",
-            rich_help_panel=MECHANISM,
-        ),
-    ] = None,
-    learn: Annotated[
-        bool,
-        typer.Option(
-            "--learn", help="PPO primitives learn from their payoffs.", rich_help_panel=LEARNING
-        ),
-    ] = False,
-    monolithic: Annotated[
-        bool,
-        typer.Option(
-            "--monolithic",
-            help="Learn with the categorical PPO baseline (env, solitary).",
-            rich_help_panel=LEARNING,
-        ),
-    ] = False,
-    init: Annotated[
-        Path | None,
-        typer.Option(
-            "--init",
-            help="Start the learners from a learning run's latest snapshot "
-            "(a transfer, e.g. a society pretrained on tworooms, now on tworooms-blue).",
-            rich_help_panel=LEARNING,
-        ),
-    ] = None,
-    frozen: Annotated[
-        bool,
-        typer.Option(
-            "--frozen",
-            help="With --init: the learners bid from the snapshot and never "
-            "update (evaluate it, e.g. on mental-rotation-test).",
-            rich_help_panel=LEARNING,
-        ),
-    ] = False,
-    economy: Annotated[
-        str | None,
-        typer.Option(
-            help="hayek: members are endowed, bid at most their wealth, pay rent, and "
-            "close when bankrupt (docs/economy.md).",
-            show_default="none",
-            rich_help_panel=ECONOMY,
-        ),
-    ] = None,
-    endowment: Annotated[
-        float | None,
-        typer.Option(help="Each founder's credit.", show_default="1.0", rich_help_panel=ECONOMY),
-    ] = None,
-    rent: Annotated[
-        float | None,
-        typer.Option(
-            help="Credit per auction a member is alive.",
-            show_default="0.001",
-            rich_help_panel=ECONOMY,
-        ),
-    ] = None,
-    births: Annotated[
-        bool | None,
-        typer.Option(
-            "--births/--no-births",
-            help="Members richer than --birth-above found children.",
-            show_default="births",
-            rich_help_panel=ECONOMY,
-        ),
-    ] = None,
-    birth_above: Annotated[
-        float | None,
-        typer.Option(
-            help="The wealth that founds a child.",
-            show_default="4 x endowment",
-            rich_help_panel=ECONOMY,
-        ),
-    ] = None,
-    child: Annotated[
-        str | None,
-        typer.Option(
-            help="A child's policy: copy (its parent's, perturbed by --mutation) or fresh.",
-            show_default="copy",
-            rich_help_panel=ECONOMY,
-        ),
-    ] = None,
-    mutation: Annotated[
-        float | None,
-        typer.Option(
-            help="The perturbation of a child's policy.",
-            show_default="0.01",
-            rich_help_panel=ECONOMY,
-        ),
-    ] = None,
-    dividend: Annotated[
-        float | None,
-        typer.Option(
-            help="A child's profit share paid to its parent.",
-            show_default="0",
-            rich_help_panel=ECONOMY,
-        ),
-    ] = None,
-    max_population: Annotated[
-        int | None,
-        typer.Option(
-            help="The most members alive at once.",
-            show_default="2 x founders",
-            rich_help_panel=ECONOMY,
-        ),
-    ] = None,
-    agents: Annotated[
-        int | None,
-        typer.Option(
-            help="How many agents drive the system.", show_default="2", rich_help_panel=CONTROL
-        ),
-    ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(
-            help="independent, ter, ier, iql or full.", show_default="full", rich_help_panel=CONTROL
-        ),
-    ] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help="Start from a named experiment (`market presets`).", rich_help_panel=SETTINGS
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="A TOML config (a run's simulation.toml, say).",
-            rich_help_panel=SETTINGS,
-        ),
-    ] = None,
-    assignments: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Override one setting, e.g. --set ppo.entropy_coef=0.05.",
-            rich_help_panel=SETTINGS,
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="A new run directory.",
-            show_default="runs/TASK-MECHANISM-BIDDER-sSEED",
-            rich_help_panel=SETTINGS,
-        ),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(
-            help="Continue a run with its own settings (--steps or --episodes more; a "
-            "learning run from its last snapshot), reading only the ledger's tail.",
-            rich_help_panel=SETTINGS,
-        ),
-    ] = None,
-    audit: Annotated[
-        bool,
-        typer.Option(
-            "--audit/--no-audit",
-            help="Audit the ledger when the run ends (streaming, in bounded memory); "
-            "--no-audit skips it, for a run audited later with `market audit RUN`.",
-            rich_help_panel=SETTINGS,
-        ),
-    ] = True,
+    preset: str | None,
+    config: Path | None,
+    assignments: list[str] | None,
+    out: Path | None,
+    resume: Path | None,
+    audit: bool,
+    **flags: Any,
 ) -> None:
     """Run a society into a new run directory (or continue one with --resume), then audit it.
 
     Settings come in layers: a --preset, then a --config file, then the flags given, then
     every --set; the resolved config is written to the run as simulation.toml.
     """
-
-    flags = {
-        "task": task, "mechanism": mechanism, "bidder": bidder, "learn": learn or None,
-        "monolithic": monolithic or None, "episodes": episodes, "steps": steps, "seed": seed,
-        "solitary": solitary or None, "gamma": gamma, "constant": constant,
-        "concurrency": concurrency, "kernel": kernel, "variant": variant, "agents": agents,
-        "method": method, "init": str(init) if init is not None else None,
-        "frozen": frozen or None, "primitives": primitives, "economy": economy,
-        "hayek": {k: v for k, v in (
-            ("endowment", endowment), ("rent", rent), ("births", births),
-            ("birth_above", birth_above), ("child", child), ("mutation", mutation),
-            ("dividend", dividend), ("max_population", max_population)) if v is not None},
-    }  # fmt: skip
-    given = _given(flags) | {k for k, v in (("preset", preset), ("config", config)) if v}
-    if assignments:
-        given.add("set")
+    given = {n for n, v in flags.items() if v is not None and v is not False}
+    given |= {k for k, v in (("preset", preset), ("config", config), ("set", assignments)) if v}
     if resume is not None:
         guarded(lambda: refuse_with_resume(given))
-    sim = guarded(lambda: resolve(preset, config, flags, assignments))
+    sim = guarded(lambda: resolve(preset, config, settings(flags), assignments))
     guarded(lambda: refuse_for_variant(given, sim.variant))
     if sim.budget_scale is not None:
         err.print(f"budgets cut by {BUDGET_SCALE}={sim.budget_scale:g}", style="yellow")
@@ -415,10 +149,52 @@ def simulate_cmd(
     _print_finished(finished, prepared)
 
 
-def _given(flags: dict[str, Any]) -> set[str]:
-    """The flags given on the command line (the hayek ones by their own names)."""
-    hayek = flags["hayek"]
-    return {k for k, v in flags.items() if v is not None and k != "hayek"} | set(hayek)
+def _option(name: str) -> inspect.Parameter:
+    """`market simulate`'s option for setting `name` (`agents.flags.FLAGS`)."""
+    row, kind = FLAGS[name], value_type(name)
+    decls = [f"{flag(name)}/--no-{flag(name)[2:]}" if row.negative else flag(name)]
+    option = typer.Option(
+        *decls, help=row.help, show_default=default_text(name) or False,
+        rich_help_panel=row.panel,
+    )  # fmt: skip
+    switch = kind is bool and not row.negative
+    annotation = Annotated[kind if switch else kind | None, option]  # type: ignore[valid-type]
+    return inspect.Parameter(name, _KEYWORD, default=False if switch else None,
+                             annotation=annotation)  # fmt: skip
+
+
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+_OWN = [
+    ("preset", str | None, None,
+     typer.Option(help="Start from a named experiment (`market presets`).",
+                  rich_help_panel=SETTINGS)),
+    ("config", Path | None, None,
+     typer.Option("--config", help="A TOML config (a run's simulation.toml, say).",
+                  rich_help_panel=SETTINGS)),
+    ("assignments", list[str] | None, None,
+     typer.Option("--set", help="Override one setting, e.g. --set ppo.entropy_coef=0.05.",
+                  rich_help_panel=SETTINGS)),
+    ("out", Path | None, None,
+     typer.Option(help="A new run directory.", show_default="runs/TASK-MECHANISM-BIDDER-sSEED",
+                  rich_help_panel=SETTINGS)),
+    ("resume", Path | None, None,
+     typer.Option(help="Continue a run with its own settings (--steps or --episodes more; a "
+                  "learning run from its last snapshot), reading only the ledger's tail.",
+                  rich_help_panel=SETTINGS)),
+    ("audit", bool, True,
+     typer.Option("--audit/--no-audit", help="Audit the ledger when the run ends (streaming, "
+                  "in bounded memory); --no-audit skips it, for a run audited later with "
+                  "`market audit RUN`.", rich_help_panel=SETTINGS)),
+]  # fmt: skip
+"""The options of `market simulate` that are not settings: where they come from and go."""
+simulate_cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [_option(name) for name in FLAGS]
+    + [
+        inspect.Parameter(name, _KEYWORD, default=default, annotation=Annotated[kind, option])
+        for name, kind, default, option in _OWN
+    ]
+)
+app.command("simulate", cls=Command)(simulate_cmd)
 
 
 def _budget(prepared: Prepared) -> str:
