@@ -6,7 +6,7 @@ spawned process so that its peak memory (the process's maximum resident set, min
 the same process before the analysis) is its own, --repeat times; the table gives the
 medians. CPU seconds (user + system, every thread) are given beside the wall seconds: on a
 shared machine the wall time also counts what other processes take from the cores, and the
-load average over the run says how much that was. Targets (issue 6): every analysis at 20M
+load average over the run says how much that was. Targets: every analysis at 20M
 rows/s or more, and memory well under three times the ledger's size on disk.
 
     python benchmarks/analyses_speed.py [--events 10000000] [--ledger benchmarks/out/ledger-10m]

@@ -14,7 +14,7 @@ and peak resident memory (the process's maximum RSS, from wait4) are recorded:
   resume    market simulate --resume DIR --episodes 1000 (appends to the reused ledger)
 
 This machine's bare SimPy event rate (a single-process `env.timeout` loop) is measured in
-the same run; targets (issue 15): peak memory under 1.5 GiB and flat in the ledger's length,
+the same run; targets: peak memory under 1.5 GiB and flat in the ledger's length,
 time linear; audit events/s at least 3x the SimPy rate, simulate's at least 1.45x.
 Measurements are saved to --root/scale.json (a size already measured is kept unless
 --again); the table, docs/results.md's section "The ledger at scale" and docs/img/scale.png

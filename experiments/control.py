@@ -1,4 +1,4 @@
-"""The cooperative-control comparison (issue 5): independent DQN against TER, IER, IQL, full.
+"""The cooperative-control comparison: independent DQN against TER, IER, IQL, full.
 
 Every run is a control-variant learning run (`market/control.py`, `agents/dqn_control.py`)
 with its ledger on disk, for a fixed budget of env steps. Every figure is folded from the

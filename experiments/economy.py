@@ -1,4 +1,4 @@
-"""The Hayek economy on Chain with useless primitives (issue 8): does it prune them, and does
+"""The Hayek economy on Chain with useless primitives: does it prune them, and does
 it learn faster or slower than the fixed cloned society?
 
 Per arm and seed, one learning run (CCV, cloned founders, the presets `hayek` and

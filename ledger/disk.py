@@ -4,7 +4,7 @@ Layout of a ledger directory:
   seg-<first seq>.arrow  one committed batch of whole transactions (Arrow IPC file, lz4)
   chain.jsonl            one line per committed batch: its segment, seq range, digest, link
 
-A segment stores the table in `schema.BASE_SCHEMA`, the layout of every ledger before issue 8,
+A segment stores the table in `schema.BASE_SCHEMA`, the layout of every ledger before economies,
 until the ledger first holds an economy event (a lifecycle kind or a capped bid); from that
 segment on it stores the whole `schema.SCHEMA`. A ledger without an economy is therefore
 stored byte for byte as before, and `scan` reads either layout (the missing columns null).

@@ -97,7 +97,7 @@ class Bid(EventBase):
     """Bidder `account` (running primitive `primitive`) bids `amount` units for `state`.
 
     Where bids are limited by wealth, `cap` is the budget in force when it bid, and the bid
-    is at most the cap; without a budget (every run before issue 8) the cap is None.
+    is at most the cap; without a budget (a run without an economy) the cap is None.
     """
 
     kind: Literal["bid"] = "bid"

@@ -1,7 +1,7 @@
 """The one-row-per-event table layout shared by every backend and by Polars readers.
 
 The table is the union of every kind's fields; a field a kind does not have is null. The
-columns of issue 8's economy (a Bid's `cap`, a Close's `reason`) come last, so that the table
+columns only an economy fills (a Bid's `cap`, a Close's `reason`) come last, so that the table
 without them is exactly the one every earlier ledger stores (`BASE_SCHEMA`).
 """
 
@@ -61,7 +61,8 @@ COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 ECONOMY_COLUMNS: tuple[str, ...] = ("cap", "reason")
 """The columns only an economy's events fill; the last ones of `SCHEMA`."""
 BASE_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in ECONOMY_COLUMNS])
-"""The table without the economy's columns: the layout of every ledger before issue 8."""
+"""The table without the economy's columns: the layout of every ledger made before the
+economy existed, kept byte for byte so their chain heads still verify."""
 assert COLUMNS[-len(ECONOMY_COLUMNS) :] == ECONOMY_COLUMNS
 
 

@@ -252,7 +252,7 @@ CHUNK_EVENTS = 1 << 19
 
 
 def _conformed(df: pl.DataFrame) -> pl.DataFrame:
-    for col in ("cap", "episodes"):  # cap: a frame read from a ledger before issue 8
+    for col in ("cap", "episodes"):  # cap: a frame read from a ledger without an economy
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.Int64).alias(col))
     # Speed: kinds as categories, compared as integer codes by every rule's filters (the
