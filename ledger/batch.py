@@ -234,6 +234,57 @@ class _Taken(Mapping[str, NDArray[Any]]):
         return len(self._source)
 
 
+class Grid:
+    """Whole transactions laid out as a grid, the way the array kernels build them: one row
+    per transaction, one column per place an event may take (its kind fixed by the place),
+    each cell present or not. Events are the present cells in row-major order, numbered
+    from `first_seq`; a transaction is one row's present cells."""
+
+    def __init__(self, present: NDArray[np.bool_], first_seq: int) -> None:
+        self.shape = present.shape
+        self._flat = np.flatnonzero(present.ravel())
+        self.row, self.place = np.divmod(self._flat, present.shape[1])
+        """Each event's row (its transaction) and place."""
+        sizes = present.sum(axis=1)
+        self._firsts = first_seq + np.cumsum(sizes) - sizes
+        self.first_seq, self.events = first_seq, len(self._flat)
+
+    def cells(self, dtype: type[Any] = np.int64) -> NDArray[Any]:
+        """A grid of zeros to fill with one value per cell."""
+        return np.zeros(self.shape, dtype=dtype)
+
+    def of_cells(self, values: NDArray[Any]) -> NDArray[Any]:
+        """A column from a grid of per-cell values (the present cells' ones)."""
+        return values.ravel()[self._flat]
+
+    def of_rows(self, values: NDArray[Any]) -> NDArray[Any]:
+        """A column from per-row values (each event takes its transaction's)."""
+        return values[self.row]
+
+    def constant(self, value: Any, dtype: type[Any] | None = None) -> NDArray[Any]:
+        """A column of one value."""
+        return np.full(self.events, value, dtype=dtype)
+
+    def batch(
+        self,
+        kinds: NDArray[np.int8],
+        columns: Mapping[str, NDArray[Any]],
+        strings: tuple[str, ...],
+        vectors: Mapping[str, NDArray[np.float64]] | None = None,
+    ) -> EventBatch:
+        """The batch of these events: `kinds` by place, `columns` per event (`seq` and `tx`
+        are the grid's own; a column not given is zeros, stored as null)."""
+        cols: dict[str, NDArray[Any]] = {
+            "seq": np.arange(self.first_seq, self.first_seq + self.events, dtype=np.int64),
+            "tx": self._firsts[self.row],
+            **columns,
+        }
+        for name in COLUMNS:
+            if name not in cols:
+                cols[name] = np.zeros(self.events, dtype=numpy_type(name))
+        return EventBatch(kinds[self.place], cols, strings, vectors or {})
+
+
 def of_transactions(txs: Sequence[Transaction]) -> EventBatch:
     """Transactions as one batch (the inverse of `EventBatch.transactions`)."""
     table = schema.to_table(txs)

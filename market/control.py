@@ -29,7 +29,7 @@ import simpy
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ledger.batch import CODE, COLUMNS, EventBatch, numpy_type
+from ledger.batch import CODE, EventBatch, Grid
 from ledger.events import (
     ENVIRONMENT,
     SYSTEM,
@@ -237,19 +237,10 @@ class ControlKernel:
         orders, move, rewards = slice(1, n + 1), n + 1, slice(n + 2, 2 * n + 2)
         present = np.ones((k, width), dtype=bool)
         present[:, 0], present[:, -1] = t == 0, ends
-        flat = np.flatnonzero(present.ravel())
-        slot, at = np.divmod(flat, width)
-        sizes = present.sum(axis=1)
-        firsts = self.seq + np.cumsum(sizes) - sizes
-        rows = len(flat)
-
-        def grid(fill: Any, dtype: Any) -> NDArray[Any]:
-            return np.full((k, width), fill, dtype=dtype)
-
+        g = Grid(present, self.seq)
         agent = np.arange(n)
-        account, src, dst = grid(0, np.int64), grid(0, np.int64), grid(0, np.int64)
-        primitive, action = grid(0, np.int64), grid(0, np.int64)
-        amount, control = grid(0, np.int64), grid(0.0, np.float64)
+        account, src, dst, primitive, action, amount = (g.cells() for _ in range(6))
+        control = g.cells(np.float64)
         account[:, orders], primitive[:, orders], action[:, orders] = self._agents, agent, actions
         control[:, orders] = u
         account[:, move] = _SYSTEM_CODE
@@ -257,33 +248,31 @@ class ControlKernel:
         src[:, rewards] = np.where(gives, _ENVIRONMENT_CODE, self._agents)
         dst[:, rewards] = np.where(gives, self._agents, _ENVIRONMENT_CODE)
         amount[:, rewards] = np.abs(units)
-        cols: dict[str, NDArray[Any]] = {
-            "seq": np.arange(self.seq, self.seq + rows, dtype=np.int64),
-            "tx": firsts[slot],
-            "run": np.full(rows, _RUN_CODE, dtype=np.int64),
-            "episode": episode[slot],
-            "step": t[slot],
-            "time": np.full(rows, float(self.env.now)),
-            "account": account.ravel()[flat],
-            "src": src.ravel()[flat],
-            "dst": dst.ravel()[flat],
-            "amount": amount.ravel()[flat],
-            "primitive": primitive.ravel()[flat],
-            "action": action.ravel()[flat],
-            "control": control.ravel()[flat],
-            "done": ends[slot],
-            "task": np.full(rows, _TASK_CODE, dtype=np.int64),
-            "mechanism": np.full(rows, _MECHANISM_CODE, dtype=np.int64),
-            "gamma": np.full(rows, self.gamma),
-            "steps": (t + 1)[slot],
-            "episode_return": total[slot],
-        }
-        for name in COLUMNS:
-            if name not in cols:
-                cols[name] = np.zeros(rows, dtype=numpy_type(name))
-        vectors = {"x": x[slot], "controls": u[slot], "next_x": nxt[slot]}
-        self.seq += rows
-        return EventBatch(self._kinds[at], cols, self._strings, vectors)
+        self.seq += g.events
+        return g.batch(
+            self._kinds,
+            {
+                "run": g.constant(_RUN_CODE, np.int64),
+                "episode": g.of_rows(episode),
+                "step": g.of_rows(t),
+                "time": g.constant(float(self.env.now), np.float64),
+                "account": g.of_cells(account),
+                "src": g.of_cells(src),
+                "dst": g.of_cells(dst),
+                "amount": g.of_cells(amount),
+                "primitive": g.of_cells(primitive),
+                "action": g.of_cells(action),
+                "control": g.of_cells(control),
+                "done": g.of_rows(ends),
+                "task": g.constant(_TASK_CODE, np.int64),
+                "mechanism": g.constant(_MECHANISM_CODE, np.int64),
+                "gamma": g.constant(self.gamma),
+                "steps": g.of_rows(t + 1),
+                "episode_return": g.of_rows(total),
+            },
+            self._strings,
+            {"x": g.of_rows(x), "controls": g.of_rows(u), "next_x": g.of_rows(nxt)},
+        )
 
 
 _RUN_CODE, _TASK_CODE, _MECHANISM_CODE, _ENVIRONMENT_CODE, _SYSTEM_CODE = range(5)

@@ -24,7 +24,7 @@ import numpy as np
 import simpy
 from numpy.typing import NDArray
 
-from ledger.batch import CODE, COLUMNS, EventBatch, numpy_type
+from ledger.batch import CODE, Grid
 from ledger.events import (
     AUCTIONEER,
     ENVIRONMENT,
@@ -105,8 +105,6 @@ class RoundKernel:
         models += [Transform, Reward, EpisodeEnd]
         self._kind_at = np.array([CODE[m] for m in models], dtype=np.int8)
         self._width = n + 7
-        self._absent: list[tuple[str, type[np.generic]]] | None = None
-        """Columns no auction event has (zeros; stored as null), found at the first round."""
 
     def run_episodes(
         self,
@@ -202,17 +200,9 @@ class RoundKernel:
         present[:, pos.pay] = has_price
         present[:, pos.mint] = mint > 0
         present[:, pos.end] = last
-        flat = np.flatnonzero(present.ravel())
-        slot, at = np.divmod(flat, self._width)
-        sizes = present.sum(axis=1)
-        firsts = self.seq + np.cumsum(sizes) - sizes
-        n = len(flat)
-
-        def grid() -> NDArray[np.int64]:
-            return np.zeros((k, self._width), dtype=np.int64)
-
+        g = Grid(present, self.seq)
         gives = reward >= 0
-        account, src, dst, amount, primitive = grid(), grid(), grid(), grid(), grid()
+        account, src, dst, amount, primitive = (g.cells() for _ in range(5))
         account[:, pos.bids] = self._bidders
         account[:, pos.alloc] = account[:, pos.transform] = winner
         src[:, pos.pay], dst[:, pos.pay] = winner, self._seller[idx]
@@ -225,34 +215,32 @@ class RoundKernel:
         primitive[:, pos.bids] = self._prims
         primitive[:, pos.alloc] = primitive[:, pos.transform] = prim
 
-        cols: dict[str, NDArray[np.generic]] = {
-            "seq": np.arange(self.seq, self.seq + n, dtype=np.int64),
-            "tx": firsts[slot],
-            "run": np.full(n, self._run, dtype=np.int64),
-            "episode": self._ep[idx][slot],
-            "step": t[slot],
-            "time": np.full(n, now),
-            "account": account.ravel()[flat],
-            "src": src.ravel()[flat],
-            "dst": dst.ravel()[flat],
-            "amount": amount.ravel()[flat],
-            "primitive": primitive.ravel()[flat],
-            "state": states[slot],
-            "next_state": nxt[slot],
-            "duration": duration[slot],
-            "done": done[slot],
-            "task": np.full(n, self._task, dtype=np.int64),
-            "mechanism": np.full(n, self._mech, dtype=np.int64),
-            "cloned": np.full(n, self._cloned),
-            "gamma": np.full(n, self._gamma),
-            "steps": (t + 1)[slot],
-            "episode_return": total[slot],
-        }
-        if self._absent is None:
-            self._absent = [(c, numpy_type(c)) for c in COLUMNS if c not in cols]
-        for name, dtype in self._absent:
-            cols[name] = np.zeros(n, dtype=dtype)
-        batch = EventBatch(self._kind_at[at], cols, self._strings)
+        batch = g.batch(
+            self._kind_at,
+            {
+                "run": g.constant(self._run, np.int64),
+                "episode": g.of_rows(self._ep[idx]),
+                "step": g.of_rows(t),
+                "time": g.constant(now, np.float64),
+                "account": g.of_cells(account),
+                "src": g.of_cells(src),
+                "dst": g.of_cells(dst),
+                "amount": g.of_cells(amount),
+                "primitive": g.of_cells(primitive),
+                "state": g.of_rows(states),
+                "next_state": g.of_rows(nxt),
+                "duration": g.of_rows(duration),
+                "done": g.of_rows(done),
+                "task": g.constant(self._task, np.int64),
+                "mechanism": g.constant(self._mech, np.int64),
+                "cloned": g.constant(self._cloned),
+                "gamma": g.constant(self._gamma),
+                "steps": g.of_rows(t + 1),
+                "episode_return": g.of_rows(total),
+            },
+            self._strings,
+        )
+        n = g.events
         self.seq += n
         self.steps += k
         self.bus.publish_batch(batch)
