@@ -44,8 +44,8 @@ from ledger.store import Ledger
 from ledger.units import UNIT
 from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
-from market.kernel import Budget, EpisodeResult, fewer_collections
-from market.run import Continuation, Engine, RunSummary, run_engine
+from market.kernel import Budget, Core, EpisodeResult, Start
+from market.run import Engine, RunSummary, run_engine
 
 METHODS = ("independent", "ter", "ier", "iql", "full")
 """The learning methods of the control variant (agents/dqn_control.py)."""
@@ -123,57 +123,33 @@ def reset_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
 
 
-class ControlKernel:
+class ControlKernel(Core):
     """Runs control episodes, `concurrency` at a time in lockstep, into a bus."""
 
     def __init__(
         self,
+        start: Start,
         *,
-        bus: Bus,
-        run: str,
         task: ControlTask,
         accounts: tuple[str, ...],
         policy: ControlPolicy,
         rng: np.random.Generator,
         gamma: float,
-        first_seq: int,
-        first_episode: int = 0,
-        start_time: float = 0.0,
-        gate: Callable[[], bool] | None = None,
     ) -> None:
-        """`gate`, if given, must also allow every new episode (an outside driver's say,
-        as in the PettingZoo interface); it may wait for it."""
-        self.bus, self.run, self.task, self.accounts = bus, run, task, accounts
-        self.gate = gate
+        super().__init__(start)
+        self.task, self.accounts = task, accounts
         self.policy, self.rng, self.gamma = policy, rng, gamma
-        self.env = simpy.Environment(initial_time=start_time)
-        self.seq = first_seq
-        self.next_episode = first_episode
-        self.steps = 0
-        self.stopped: str | None = None
-        """Why the run stopped before its budget (never, for this kernel)."""
-        """Steps taken so far, over all episodes."""
         n = len(accounts)
-        self._strings = (run, task.name, "control", ENVIRONMENT, SYSTEM, *accounts)
+        self._strings = (self.run, task.name, "control", ENVIRONMENT, SYSTEM, *accounts)
         self._agents = np.arange(5, 5 + n, dtype=np.int64)
         kinds: list[type[EventBase]] = [
             EpisodeStart, *[Order] * n, Transition, *[Reward] * n, EpisodeEnd
         ]  # fmt: skip
         self._kinds = np.array([CODE[m] for m in kinds], dtype=np.int8)
 
-    def run_episodes(
-        self,
-        episodes: int | None,
-        concurrency: int = 1,
-        on_episode: Callable[[EpisodeResult], None] | None = None,
-        max_steps: int | None = None,
-    ) -> None:
-        """Run `episodes` episodes (or until `max_steps` steps), `concurrency` at a time."""
-        budget = Budget.of(episodes, max_steps, self.next_episode, self.steps)
-        slots = concurrency if episodes is None else min(concurrency, episodes)
-        self.env.process(self._loop(slots, budget, on_episode, self.gate))
-        with fewer_collections():
-            self.env.run()
+    def _schedule(self, slots: int) -> None:
+        """One SimPy process stepping every running slot at each instant, in lockstep."""
+        self.env.process(self._loop(slots, self._budget, self._on_episode, self.gate))
 
     def _loop(
         self,
@@ -292,19 +268,14 @@ def simulate_control(
     task = make_control_task(config.task, config.agents)
     bus_ = bus if bus is not None else Bus(ledger)
 
-    def build(first_seq: int, resume: Continuation) -> Engine:
+    def build(start: Start) -> Engine:
         return ControlKernel(
-            bus=bus_,
-            run=config.run_id,
+            start,
             task=task,
             accounts=config.accounts,
             policy=policy,
             rng=reset_rng(config.seed),
             gamma=config.gamma,
-            first_seq=first_seq,
-            first_episode=resume.next_episode,
-            start_time=resume.time,
-            gate=gate,
         )
 
     return run_engine(
@@ -319,4 +290,5 @@ def simulate_control(
         concurrency=config.concurrency,
         steps=config.steps,
         on_episode=on_episode,
+        gate=gate,
     )

@@ -78,48 +78,38 @@ class Budget:
         return self.limit is None or steps < self.limit
 
 
-class Kernel:
-    """Runs auction episodes of one task, society and mechanism into a bus."""
+@dataclass(frozen=True)
+class Start:
+    """Where a kernel starts writing: the bus and run, the first sequence number and episode
+    number, SimPy's start time (a continued ledger's, or 0), and the outside driver's `gate`
+    (it must also allow every new episode, as in the PettingZoo interface; it may wait)."""
 
-    def __init__(
-        self,
-        *,
-        bus: Bus,
-        run: str,
-        task: Task,
-        society: Society,
-        mechanism: Mechanism,
-        policy: Policy,
-        gamma: float,
-        first_seq: int,
-        first_episode: int = 0,
-        start_time: float = 0.0,
-        gate: Callable[[], bool] | None = None,
-        economy: Economy | None = None,
-    ) -> None:
-        """`gate`, if given, must also allow every new episode (an outside driver's say, as
-        in the PettingZoo interface); it may wait for it. With an `economy`, the bidders
-        are its slots: only living members bid, each up to its balance, and pay rent each
-        auction; between episodes the economy settles (bankruptcies, dividends, births)."""
-        self.gate, self.economy = gate, economy
-        self._owners: dict[int, str] = {}
-        """Each running episode's current seller: a member that must not close yet."""
-        self.bus, self.run, self.task, self.society = bus, run, task, society
-        self.mechanism, self.policy, self.gamma = mechanism, policy, gamma
-        self.env = simpy.Environment(initial_time=start_time)
-        self.seq = first_seq
-        self.next_episode = first_episode
-        self._accounts: Sequence[str] = society.accounts
-        self._prims: Sequence[int] = society.primitive_of
-        if economy is not None:  # bidders are the economy's slots; a free slot never bids
-            self._accounts, self._prims = cast(list[str], economy.accounts), economy.primitive
-        self._waiting: list[tuple[int, simpy.Event]] = []
-        self._batched = False
-        self._budget = Budget(None, None)
+    bus: Bus
+    run: str
+    first_seq: int
+    first_episode: int = 0
+    start_time: float = 0.0
+    gate: Callable[[], bool] | None = None
+
+
+class Core:
+    """What every kernel holds and does alike: where it starts (`Start`), a SimPy
+    environment, the sequence and episode counters, the env steps taken, why the run stopped
+    before its budget, and the run itself: a budget of episodes or steps, `concurrency`
+    slots, then SimPy runs to the end."""
+
+    def __init__(self, start: Start) -> None:
+        self.bus, self.run, self.gate = start.bus, start.run, start.gate
+        self.env = simpy.Environment(initial_time=start.start_time)
+        self.seq = start.first_seq
+        self.next_episode = start.first_episode
         self.steps = 0
-        """Auctions held so far (env steps)."""
+        """Env steps taken so far (auctions, or the plant's steps)."""
         self.stopped: str | None = None
-        """Why the run stopped before its budget: an economy's extinction."""
+        """Why the run stopped before its budget (None: it did not)."""
+        self._budget = Budget(None, None)
+        self._concurrency = 1
+        self._on_episode: Callable[[EpisodeResult], None] | None = None
 
     def run_episodes(
         self,
@@ -129,13 +119,51 @@ class Kernel:
         max_steps: int | None = None,
     ) -> None:
         """Run `episodes` episodes, `concurrency` at a time; with `max_steps`, start no new
-        episode once that many auctions have been held (those under way finish)."""
+        episode once that many steps have been taken (those under way finish)."""
         self._budget = Budget.of(episodes, max_steps, self.next_episode, self.steps)
-        self._batched = concurrency > 1
-        for _ in range(concurrency if episodes is None else min(concurrency, episodes)):
-            self.env.process(self._worker(on_episode))
+        self._concurrency, self._on_episode = concurrency, on_episode
+        self._schedule(concurrency if episodes is None else min(concurrency, episodes))
         with fewer_collections():
             self.env.run()
+
+    def _schedule(self, slots: int) -> None:
+        """Start the SimPy processes that run `slots` episodes at a time within the budget."""
+        raise NotImplementedError
+
+
+class Kernel(Core):
+    """Runs auction episodes of one task, society and mechanism into a bus."""
+
+    def __init__(
+        self,
+        start: Start,
+        *,
+        task: Task,
+        society: Society,
+        mechanism: Mechanism,
+        policy: Policy,
+        gamma: float,
+        economy: Economy | None = None,
+    ) -> None:
+        """With an `economy`, the bidders are its slots: only living members bid, each up
+        to its balance, and pay rent each auction; between episodes the economy settles
+        (bankruptcies, dividends, births)."""
+        super().__init__(start)
+        self.economy = economy
+        self._owners: dict[int, str] = {}
+        """Each running episode's current seller: a member that must not close yet."""
+        self.task, self.society = task, society
+        self.mechanism, self.policy, self.gamma = mechanism, policy, gamma
+        self._accounts: Sequence[str] = society.accounts
+        self._prims: Sequence[int] = society.primitive_of
+        if economy is not None:  # bidders are the economy's slots; a free slot never bids
+            self._accounts, self._prims = cast(list[str], economy.accounts), economy.primitive
+        self._waiting: list[tuple[int, simpy.Event]] = []
+
+    def _schedule(self, slots: int) -> None:
+        """A SimPy process per slot, each running one episode after another."""
+        for _ in range(slots):
+            self.env.process(self._worker(self._on_episode))
 
     def _worker(
         self, on_episode: Callable[[EpisodeResult], None] | None
@@ -200,7 +228,7 @@ class Kernel:
         time come from one policy call (a round): the first to ask schedules the round with
         a zero delay, which SimPy runs after every episode already due at that time.
         """
-        if not self._batched:
+        if self._concurrency == 1:
             drawn = self.policy.bids(np.array([state], dtype=np.int64))[0]
             return quantise_bids(drawn.tolist())
         if not self._waiting:

@@ -39,8 +39,7 @@ from ledger.events import (
     Transform,
 )
 from ledger.units import UNIT
-from market.bus import Bus
-from market.kernel import Budget, EpisodeResult, fewer_collections
+from market.kernel import Budget, Core, EpisodeResult, Start
 from market.mechanisms import RULES, Mechanism
 from market.society import Policy, Society
 from market.tasks import Task
@@ -63,42 +62,28 @@ class _Positions(NamedTuple):
     end: int
 
 
-class RoundKernel:
+class RoundKernel(Core):
     """Runs auction episodes of one task as rounds of array operations."""
 
     def __init__(
         self,
+        start: Start,
         *,
-        bus: Bus,
-        run: str,
         task: Task,
         society: Society,
         mechanism: Mechanism,
         policy: Policy,
         gamma: float,
-        first_seq: int,
-        first_episode: int = 0,
-        start_time: float = 0.0,
-        gate: Callable[[], bool] | None = None,
     ) -> None:
-        """`gate`, if given, must also allow every new episode (an outside driver's say, as
-        in the PettingZoo interface); it may wait for it."""
-        self.gate = gate
-        self.bus, self.task, self.mechanism, self.policy = bus, task, mechanism, policy
-        self.env = simpy.Environment(initial_time=start_time)
-        self.seq = first_seq
-        self.next_episode = first_episode
-        self.steps = 0
-        self.stopped: str | None = None
-        """Why the run stopped before its budget (never, for this kernel)."""
-        """Auctions held so far (env steps)."""
+        super().__init__(start)
+        self.task, self.mechanism, self.policy = task, mechanism, policy
         self._prims = np.asarray(society.primitive_of, dtype=np.int64)
         n = len(self._prims)
-        names = [ENVIRONMENT, AUCTIONEER, *society.accounts, run, task.name, mechanism.value]
+        names = [ENVIRONMENT, AUCTIONEER, *society.accounts, self.run, task.name, mechanism.value]
         self._strings = tuple(dict.fromkeys(names))
         code = self._strings.index
         self._bidders = np.array([code(a) for a in society.accounts], dtype=np.int64)
-        self._run, self._task, self._mech = code(run), code(task.name), code(mechanism.value)
+        self._run, self._task, self._mech = code(self.run), code(task.name), code(mechanism.value)
         self._cloned, self._gamma = society.cloned, gamma
         self._pos = _Positions(slice(1, n + 1), *range(n + 1, n + 7))
         models: list[type[EventBase]] = [EpisodeStart, *[Bid] * n, Allocate, Pay, Mint]
@@ -106,17 +91,9 @@ class RoundKernel:
         self._kind_at = np.array([CODE[m] for m in models], dtype=np.int8)
         self._width = n + 7
 
-    def run_episodes(
-        self,
-        episodes: int | None,
-        concurrency: int = 1,
-        on_episode: Callable[[EpisodeResult], None] | None = None,
-        max_steps: int | None = None,
-    ) -> None:
-        """As `Kernel.run_episodes`: `episodes` episodes (or until `max_steps` auctions),
-        `concurrency` at a time."""
-        budget = Budget.of(episodes, max_steps, self.next_episode, self.steps)
-        k = concurrency if episodes is None else min(concurrency, episodes)
+    def _schedule(self, slots: int) -> None:
+        """One SimPy process that settles every slot due at each instant as one round."""
+        k = slots
         self._status = np.full(k, _STARTING, dtype=np.int8)
         self._due = np.full(k, self.env.now, dtype=np.float64)
         self._ep = np.zeros(k, dtype=np.int64)
@@ -126,9 +103,7 @@ class RoundKernel:
         self._total = np.zeros(k, dtype=np.int64)
         self._results: list[EpisodeResult | None] = [None] * k
         """Each slot's finished episode, reported when its last transformation is over."""
-        self.env.process(self._loop(budget, on_episode))
-        with fewer_collections():
-            self.env.run()
+        self.env.process(self._loop(self._budget, self._on_episode))
 
     def _loop(
         self, budget: Budget, on_episode: Callable[[EpisodeResult], None] | None

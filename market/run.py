@@ -11,10 +11,9 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import polars as pl
-import simpy
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ledger.events import (
@@ -32,7 +31,7 @@ from ledger.replay import Balances, LiveBalances, replay_frame
 from ledger.store import Ledger
 from market.bus import Bus
 from market.economy import Economy, EconomyConfig
-from market.kernel import EpisodeResult, Kernel
+from market.kernel import Core, EpisodeResult, Kernel, Start
 from market.mechanisms import Mechanism
 from market.rounds import RoundKernel
 from market.society import Policy, Society
@@ -134,25 +133,12 @@ def simulate(
         if economy is None:
             raise ValueError("an economy run needs its Economy, whose slots the policy bids for")
 
-    def build(first_seq: int, resume: Continuation) -> Engine:
+    def build(start: Start) -> Engine:
         if not rounds:
-            return Kernel(**common(first_seq, resume), economy=economy)
-        return RoundKernel(**common(first_seq, resume))
-
-    def common(first_seq: int, resume: Continuation) -> dict[str, Any]:
-        return dict(
-            bus=bus_,
-            run=config.run_id,
-            task=task,
-            society=society,
-            mechanism=config.mechanism,
-            policy=policy,
-            gamma=config.gamma,
-            first_seq=first_seq,
-            first_episode=resume.next_episode,
-            start_time=resume.time,
-            gate=gate,
-        )
+            return Kernel(start, task=task, society=society, mechanism=config.mechanism,
+                          policy=policy, gamma=config.gamma, economy=economy)  # fmt: skip
+        return RoundKernel(start, task=task, society=society, mechanism=config.mechanism,
+                           policy=policy, gamma=config.gamma)  # fmt: skip
 
     return run_engine(
         ledger,
@@ -168,28 +154,12 @@ def simulate(
         concurrency=config.concurrency,
         steps=config.steps,
         on_episode=on_episode,
+        gate=gate,
     )
 
 
-class Engine(Protocol):
-    """A kernel that runs episodes into a bus: the auction kernels, the control kernel."""
-
-    seq: int
-    env: simpy.Environment
-    steps: int
-    """Env steps taken so far by this engine."""
-    stopped: str | None
-    """Why the engine stopped before its budget, if it did (None: the budget ran out)."""
-
-    def run_episodes(
-        self,
-        episodes: int | None,
-        concurrency: int = 1,
-        on_episode: Callable[[EpisodeResult], None] | None = None,
-        max_steps: int | None = None,
-    ) -> None:
-        """Run `episodes` episodes (or until `max_steps` steps), `concurrency` at a time."""
-        ...
+Engine = Core
+"""A kernel that runs episodes into a bus: the auction kernels, the control kernel."""
 
 
 def run_engine(
@@ -200,18 +170,19 @@ def run_engine(
     seed: int,
     config_json: str,
     accounts: tuple[str, ...],
-    build: Callable[[int, Continuation], Engine],
+    build: Callable[[Start], Engine],
     episodes: int | None,
     concurrency: int,
     steps: int | None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     endowments: Sequence[tuple[str, int]] = (),
     live: LiveBalances | None = None,
+    gate: Callable[[], bool] | None = None,
 ) -> RunSummary:
     """Open a run (RunStart, one Open per new account, an Endow from the environment per
-    `endowments`), run the engine `build` makes from
-    the first free sequence number and the ledger's continuation point, then close the run
-    (RunEnd, a Balance per account from the live balances) and flush."""
+    `endowments`), run the engine `build` makes from its `Start` (the first free sequence
+    number, the ledger's continuation point and the `gate`), then close the run (RunEnd, a
+    Balance per account from the live balances) and flush."""
     if bus.ledger is not ledger:
         raise ValueError("the bus must publish into the run's ledger")
     live = live if live is not None else LiveBalances()  # an economy reads the same fold
@@ -239,7 +210,7 @@ def run_engine(
             ),
         ]
     )
-    engine = build(ledger.next_seq, resume)
+    engine = build(Start(bus, run_id, ledger.next_seq, resume.next_episode, resume.time, gate))
     engine.run_episodes(episodes, concurrency, record, steps)
     seq = engine.seq
     head = Header(tx=seq, run=run_id, episode=-1, step=-1, time=engine.env.now)

@@ -15,7 +15,7 @@ from ledger.store import MemoryLedger
 from ledger.transaction import Transaction
 from market.audit import audit
 from market.bus import Bus
-from market.kernel import Kernel
+from market.kernel import Kernel, Start
 from market.mechanisms import Mechanism
 from market.run import RunConfig, simulate
 from market.society import Society
@@ -64,14 +64,12 @@ def test_a_rejected_transaction_reaches_no_subscriber() -> None:
     bus.subscribe_all(seen.append)
     task = make_task("chain")
     kernel = Kernel(
-        bus=bus,
-        run="r",
+        Start(bus, "r", first_seq=0),
         task=task,
         society=Society.of(task),
         mechanism=Mechanism.CCV,
         policy=random_policy(),
         gamma=0.99,
-        first_seq=0,
     )
     with pytest.raises(UnknownAccount):  # no account was ever opened
         kernel.run_episodes(1)
