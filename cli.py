@@ -488,8 +488,13 @@ def _verdict(report: AuditReport) -> str:
         f", {to_credit(report.minted):.6f} credit minted by the mechanism" if report.minted else ""
     )
     torn = f", torn tail reported ({len(report.torn_tail)})" if report.torn_tail else ""
+    if report.anchored_to is not None:
+        torn += (
+            f"; the recorded head vouches for the first {report.anchored_to:,} events, not the "
+            f"{report.events - report.anchored_to:,} appended since (a continuation not closed)"
+        )
     if not report.closed:
-        torn += "; the run was not closed, so closing balances were not checked"
+        torn += "; the last run was not closed, so its closing balances were not checked"
     return (
         f"[bold green]AUDIT CLEAN[/] {report.events:,} events, {report.auctions:,} auctions, "
         f"{report.episodes:,} episodes; every rule holds{minted}{torn}"

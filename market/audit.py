@@ -120,6 +120,10 @@ class AuditReport:
     dividends_paid: int = 0
     """Units children paid their parents."""
     closing_checked: int = 0
+    anchored_to: int | None = None
+    """When the chain extends the recorded head (a continuation interrupted before it
+    recorded its own): how many events that head covers; the ones after it are checked by
+    every rule, but no head kept elsewhere vouches for them."""
     closed: bool = False
     violation: Violation | None = None
     torn_tail: list[str] = field(default_factory=list)
@@ -140,7 +144,9 @@ def audit(
     """Audit a ledger; on disk, the hash chain is checked before any event is read.
 
     `expected_head` is the chain head recorded elsewhere when the run finished: a chain that
-    was cut short, or rebuilt after an edit, ends at another head. The events are read
+    was cut short, or rebuilt after an edit, ends at another head. A chain that passes
+    through it and goes on (a continuation not yet recorded) is not a violation; the report
+    says how far the head vouches (`anchored_to`). The events are read
     `chunk_events` at a time (default `CHUNK_EVENTS`), so memory does not grow with the
     ledger's length; `progress`, if given, is called with the events audited so far after
     each chunk.
@@ -154,13 +160,16 @@ def audit(
             report.violation = Violation(e.seq, "chain", "bytes matching the chain", str(e))
             return report
         if expected_head is not None and ledger.head != expected_head:
-            report.violation = Violation(
-                ledger.next_seq,
-                "chain",
-                f"the recorded head {expected_head[:16]}",
-                f"head {ledger.head[:16]} (committed batches removed or rewritten)",
-            )
-            return report
+            earlier = [link.last_seq + 1 for link in ledger.links if link.link == expected_head]
+            if not earlier:
+                report.violation = Violation(
+                    ledger.next_seq,
+                    "chain",
+                    f"the recorded head {expected_head[:16]}",
+                    f"head {ledger.head[:16]} (committed batches removed or rewritten)",
+                )
+                return report
+            report.anchored_to = earlier[0]  # the chain extends the recorded head
     return audit_chunks(ledger.chunks(chunk_events or CHUNK_EVENTS, _AUDITED), report, progress)
 
 
@@ -289,6 +298,8 @@ class _Carry:
     their first auction)."""
     ended: int = 0
     """Episodes ended since the last RunStart."""
+    running: bool = False
+    """Whether the last RunStart is not yet followed by its RunEnd."""
     found: Violation | None = None
     per_mechanism: pl.DataFrame | None = None
     lifecycle: pl.DataFrame | None = None
@@ -316,7 +327,7 @@ class _Carry:
             ):
                 totals[kind] = (int(count), int(amount or 0))
         report.episodes = totals.get("episode_start", (0, 0))[0]
-        report.closed = totals.get("run_end", (0, 0))[0] > 0
+        report.closed = totals.get("run_end", (0, 0))[0] > 0 and not self.running
         report.opens, report.closes = totals.get("open", (0, 0))[0], totals.get("close", (0, 0))[0]
         report.endowments, report.endowed = totals.get("endow", (0, 0))
         report.rent = totals.get("rent", (0, 0))[1]
@@ -879,11 +890,15 @@ def _run_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:
     ended, found = carry.ended, None
     for seq, kind, episodes in marks.iter_rows():
         if kind == "run_start":
-            ended = 0
+            ended, carry.running = 0, True
         elif kind == "episode_end":
             ended += 1
-        elif episodes != ended and found is None:
-            found = Violation(seq, "run-end", f"{ended} episodes ended in the run", str(episodes))
+        else:
+            carry.running = False
+            if episodes != ended and found is None:
+                found = Violation(
+                    seq, "run-end", f"{ended} episodes ended in the run", str(episodes)
+                )
     carry.ended = ended
     return found
 

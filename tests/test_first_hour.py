@@ -178,3 +178,38 @@ def test_a_control_run_audit_shows_no_auction_table(cwd: Path) -> None:
     result = market("audit", "runs/ctl")
     assert result.exit_code == 0
     assert "credit by mechanism" not in text(result) and "rewards in" not in text(result)
+
+
+def test_an_interrupted_continuation_audits_clean_and_says_what_the_head_covers(
+    tmp_path: Path,
+) -> None:
+    """summary.json's head is the finished run's; a --resume cut short by Ctrl-C appends
+    past it. The chain passes through that head, so the audit is clean and says how many
+    events the head vouches for, and that the last run was not closed. A head that is not
+    in the chain at all still fails."""
+    run = tmp_path / "r"
+    assert (
+        market("simulate", "--bidder", "random", "--episodes", "200", "--out", str(run)).exit_code
+        == 0
+    )
+    recorded = json.loads((run / SUMMARY).read_text())["head"]
+    proc = run_market("simulate", "--resume", str(run), "--episodes", "10000000", cwd=tmp_path)
+    links = run / LEDGER / MANIFEST
+    before = len(links.read_text().splitlines())
+    deadline = time.monotonic() + 60
+    while len(links.read_text().splitlines()) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    result = market("audit", str(run))
+    verdict = next(line for line in text(result).splitlines() if line.startswith("AUDIT"))
+    assert result.exit_code == 0 and verdict.startswith("AUDIT CLEAN"), verdict
+    covered = re.search(r"the recorded head vouches for the first ([0-9,]+) events", verdict)
+    assert covered is not None and "the last run was not closed" in verdict
+    link = next(json.loads(line) for line in links.read_text().splitlines()
+                if json.loads(line)["link"] == recorded)  # fmt: skip
+    assert int(covered[1].replace(",", "")) == link["last_seq"] + 1
+    summary = run / SUMMARY
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "head": "f" * 64}))
+    assert market("audit", str(run)).exit_code == 1
