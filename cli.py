@@ -37,7 +37,7 @@ from analyses.wealth import wealth
 from ledger.errors import LedgerError
 from ledger.units import to_credit
 from market import rundir
-from market.audit import AuditReport, audit
+from market.audit import AuditReport, audit, full_head
 from market.kernel import EpisodeResult
 
 
@@ -235,7 +235,7 @@ def _print_finished(finished: Finished, prepared: Prepared) -> None:
     table.add_row("mean return", f"{to_credit(summary.mean_return):.4f} credit")
     if summary.stopped is not None:
         table.add_row("stopped early", Text(summary.stopped, style="bold yellow"))
-    table.add_row("ledger head", ledger.head[:16])
+    table.add_row("ledger head", ledger.head)
     verdict = "skipped (--no-audit)" if report is None else "clean" if report.ok else "failed"
     table.add_row("closing audit", verdict)
     console.print(table)
@@ -263,10 +263,30 @@ def _print_finished(finished: Finished, prepared: Prepared) -> None:
 
 
 @app.command("audit", cls=Command)
-def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+def audit_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="The ledger head you kept when the run finished (all 64 hex digits, or at "
+            "least the first 16): the ledger must end there, or pass through it and go on.",
+            show_default="the head summary.json recorded",
+        ),
+    ] = None,
+    unanchored: Annotated[
+        bool,
+        typer.Option(
+            "--unanchored",
+            help="Accept a run that no head vouches for (no summary.json or no head in it, and "
+            "no --head): the rules alone cannot catch a consistent rewrite.",
+        ),
+    ] = False,
+) -> None:
     """Check a run's ledger from its stored events alone; exit 0 only when it is clean."""
     ledger = guarded(lambda: rundir.open_run_ledger(run))
     recorded = guarded(lambda: rundir.recorded_head(run))
+    if head is not None:
+        recorded = guarded(lambda: full_head(ledger, head))
     with _progress() as progress:
         bar = progress.add_task("auditing (events)", total=ledger.next_seq)
 
@@ -282,6 +302,18 @@ def audit_cmd(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
     if report.auctions:  # a control run holds no auctions
         console.print(_audit_table(report))
     console.print(_lifecycle_table(report))
+    if recorded is None:
+        console.print(
+            Text.assemble(
+                ("UNANCHORED", "bold yellow"),
+                ": no head kept elsewhere vouches for this ledger (summary.json is missing or "
+                "names none), so a consistent rewrite would pass the rules; give --head HEX",
+                " (accepted with --unanchored)" if unanchored else ", or --unanchored",
+            ),
+            soft_wrap=True,
+        )
+        if not unanchored:
+            raise typer.Exit(1)
 
 
 @app.command("sweep", cls=Command)

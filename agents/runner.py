@@ -60,6 +60,8 @@ class Finished:
 
 NOT_AUDITED = "not audited (--no-audit): run `market audit RUN`"
 """What summary.json says of a run executed without its closing audit."""
+INTERRUPTED = "interrupted (Ctrl-C) before its budget"
+"""What summary.json says of a run stopped by the user (its figures then unknown)."""
 PENDING = "pending: the run closed, its closing audit did not finish; run `market audit RUN`"
 """What summary.json says while the closing audit runs (and after, if it is killed)."""
 
@@ -123,6 +125,7 @@ class Prepared:
         if self.resumed_at is None and committed == 0:
             shutil.rmtree(run, ignore_errors=True)
             return f"interrupted before any event was committed: {run} removed"
+        self._write(None, NOT_AUDITED)  # what was committed, anchored by its head
         from agents.training import latest_snapshot
 
         kept = f"interrupted: {committed:,} events committed"
@@ -138,18 +141,26 @@ class Prepared:
             f"(`market audit {run}` checks it)"
         )
 
-    def _write(self, summary: RunSummary, verdict: str) -> None:
+    def _write(self, summary: RunSummary | None, verdict: str) -> None:
+        """summary.json: the run's figures (None: interrupted, figures unknown), the audit's
+        verdict and the head of the ledger as committed."""
+        figures: dict[str, object] = {
+            "events": self.ledger.committed - (self.resumed_at or 0),
+            "seconds": None, "episodes": None, "steps": None, "stopped": INTERRUPTED,
+            "mean_return": None, "balances": {},
+        }  # fmt: skip
+        if summary is not None:
+            figures = {
+                "events": summary.events, "seconds": summary.seconds,
+                "episodes": summary.episodes, "steps": summary.steps,
+                "stopped": summary.stopped, "mean_return": summary.mean_return,
+                "balances": dict(summary.balances),
+            }  # fmt: skip
         rundir.write_json(
             self.run / rundir.SUMMARY,
             {
-                "events": summary.events,
-                "seconds": summary.seconds,
-                "episodes": summary.episodes,
-                "steps": summary.steps,
+                **figures,
                 "budget": {"steps": self.steps, "episodes": self.episodes},
-                "stopped": summary.stopped,
-                "mean_return": summary.mean_return,
-                "balances": dict(summary.balances),
                 "audit": verdict,
                 "head": self.ledger.head,
                 "resumed_at": self.resumed_at,

@@ -89,7 +89,10 @@ def measure(size: int, root: Path) -> dict[str, Any]:
     run = root / f"ledger-{label(size)}"
     episodes = max(size // EVENTS_PER_EPISODE, 1)
     found: dict[str, Any] = {"size": size, "episodes": episodes}
-    if not (run / "summary.json").is_file():
+    finished = (run / "summary.json").is_file() and json.loads(
+        (run / "summary.json").read_text(encoding="utf-8")
+    ).get("stopped") is None  # an interrupted run's summary says so
+    if not finished:
         if run.exists():
             raise SystemExit(f"error: {run} holds an unfinished run; remove it and run again")
         found["simulate"] = timed(

@@ -183,6 +183,17 @@ def _ahead(parts: Iterator[_Part]) -> Iterator[_Part]:
             yield part
 
 
+def full_head(ledger: DiskLedger, given: str) -> str:
+    """The head of `ledger`'s chain (its last link or an earlier one) that `given` names: all
+    64 hex digits or a prefix of at least 16; a ValueError if it names none. A head no link
+    has is returned as given, for the audit to report."""
+    text = given.strip().lower()
+    if len(text) < 16 or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError(f"--head {given!r}: expected at least 16 hex digits of a ledger head")
+    named = [link.link for link in ledger.links if link.link.startswith(text)]
+    return named[-1] if named else text
+
+
 def audit_frame(
     df: pl.DataFrame, report: AuditReport | None = None, chunk_events: int | None = None
 ) -> AuditReport:

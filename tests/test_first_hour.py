@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from agents.runner import INTERRUPTED
 from agents.simulation import resolve
 from cli import app
 from ledger.disk import MANIFEST
@@ -130,6 +131,12 @@ def test_ctrl_c_says_what_was_kept_and_the_run_goes_on(tmp_path: Path) -> None:
                          r"continue with `market simulate --resume (\S+)`.*", said)  # fmt: skip
     assert match is not None, said
     assert "Traceback" not in err and Path(match[2]) == run
+    summary = json.loads((run / SUMMARY).read_text())  # what was committed, anchored
+    assert summary["stopped"] == INTERRUPTED and summary["events"] == int(match[1].replace(",", ""))
+    assert (
+        summary["head"]
+        == json.loads((run / LEDGER / MANIFEST).read_text().splitlines()[-1])["link"]
+    )
     audited = subprocess.run([str(MARKET), "audit", str(run)], capture_output=True, text=True)
     assert audited.returncode == 0 and f"AUDIT CLEAN {match[1]} events" in audited.stdout
     resumed = market("simulate", "--resume", str(run), "--episodes", "20")
@@ -180,13 +187,13 @@ def test_a_control_run_audit_shows_no_auction_table(cwd: Path) -> None:
     assert "credit by mechanism" not in text(result) and "rewards in" not in text(result)
 
 
-def test_an_interrupted_continuation_audits_clean_and_says_what_the_head_covers(
+def test_a_killed_continuation_audits_clean_and_says_what_the_head_covers(
     tmp_path: Path,
 ) -> None:
-    """summary.json's head is the finished run's; a --resume cut short by Ctrl-C appends
-    past it. The chain passes through that head, so the audit is clean and says how many
-    events the head vouches for, and that the last run was not closed. A head that is not
-    in the chain at all still fails."""
+    """summary.json's head is the finished run's; a --resume killed outright (no chance to
+    record anything) appends past it. The chain passes through that head, so the audit is
+    clean and says how many events the head vouches for, and that the last run was not
+    closed. A head that is not in the chain at all still fails."""
     run = tmp_path / "r"
     assert (
         market("simulate", "--bidder", "random", "--episodes", "200", "--out", str(run)).exit_code
@@ -199,9 +206,8 @@ def test_an_interrupted_continuation_audits_clean_and_says_what_the_head_covers(
     deadline = time.monotonic() + 60
     while len(links.read_text().splitlines()) == before and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.kill()
     proc.communicate(timeout=60)
-    assert proc.returncode == 130
     result = market("audit", str(run))
     verdict = next(line for line in text(result).splitlines() if line.startswith("AUDIT"))
     assert result.exit_code == 0 and verdict.startswith("AUDIT CLEAN"), verdict
@@ -213,3 +219,22 @@ def test_an_interrupted_continuation_audits_clean_and_says_what_the_head_covers(
     summary = run / SUMMARY
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "head": "f" * 64}))
     assert market("audit", str(run)).exit_code == 1
+
+
+def test_an_audit_anchors_to_a_head_kept_elsewhere_or_says_it_is_unanchored(cwd: Path) -> None:
+    """--head checks the ledger against a head the user kept (16 hex digits are enough);
+    without it and without summary.json's head, the audit says nothing vouches for the
+    ledger and exits 1 unless --unanchored."""
+    finished = market("simulate", "--episodes", "30", "--out", "runs/a")
+    head = re.search(r"ledger head\W+([0-9a-f]{64})", text(finished))
+    assert head is not None
+    assert market("audit", "runs/a", "--head", head[1][:16]).exit_code == 0
+    wrong = market("audit", "runs/a", "--head", "0" * 64)
+    assert wrong.exit_code == 1 and "chain: expected the recorded head 0000" in text(wrong)
+    (cwd / "runs/a" / SUMMARY).unlink()
+    bare = market("audit", "runs/a")
+    assert bare.exit_code == 1 and "UNANCHORED" in text(bare) and "AUDIT CLEAN" in text(bare)
+    assert market("audit", "runs/a", "--unanchored").exit_code == 0
+    assert market("audit", "runs/a", "--head", head[1]).exit_code == 0
+    bad = market("audit", "runs/a", "--head", "xyz")
+    assert bad.exit_code == 2 and "at least 16 hex digits" in text(bad)
