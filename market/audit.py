@@ -64,7 +64,7 @@ _MONEY = sorted(AUCTION_KINDS)
 """The transfers only an auction (or a control step) may make."""
 _AUDITED = [
     "seq", "tx", "kind", "episode", "step", "account", "src", "dst", "amount", "mechanism", "cap",
-    "episodes",
+    "episodes", "episode_return", "steps",
 ]  # fmt: skip
 """The columns the rules read."""
 _SOURCES = [ENVIRONMENT, AUCTIONEER]
@@ -286,6 +286,9 @@ _EPISODES = {
 }  # fmt: skip
 
 
+_TALLIES = {"episode": pl.Int64, "ret": pl.Int64, "n": pl.Int64}
+
+
 @dataclass
 class _Carry:
     """What the audit of one chunk hands to the next: nothing grows with the ledger."""
@@ -311,6 +314,8 @@ class _Carry:
     """Episodes ended since the last RunStart."""
     running: bool = False
     """Whether the last RunStart is not yet followed by its RunEnd."""
+    tallies: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_TALLIES))
+    """Per episode running at the chunk's end: its return and steps so far."""
     found: Violation | None = None
     per_mechanism: pl.DataFrame | None = None
     lifecycle: pl.DataFrame | None = None
@@ -392,6 +397,7 @@ def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
         _first(transfers, _economy_rules()),
         _closed_with_money(events, held, base),
         _run_ends(df, carry),
+        _episode_ends(df, carry),
         _closing(df, moves, base, report),
     ]
     for v in found:
@@ -912,6 +918,53 @@ def _run_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:
                 )
     carry.ended = ended
     return found
+
+
+def _episode_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:
+    """The first EpisodeEnd whose return or step count is not what its episode's events add
+    up to: the signed rewards (from the environment +, to it -) and the steps (an auction's
+    Allocate, a control step's Transition) before it. Episodes running across chunks carry
+    their tallies."""
+    kind = _C("kind")
+    signed = pl.when(_C("src") == ENVIRONMENT).then(_C("amount")).otherwise(-_C("amount"))
+    ends = (  # each episode's first end (a second one breaks the sequence rules)
+        df.filter(kind == "episode_end")
+        .select("seq", "episode", "episode_return", "steps")
+        .unique("episode", keep="first", maintain_order=True)
+    )
+    rows = df.filter(kind.is_in(["reward", "allocate", "transition"])).select(
+        "seq", "episode",
+        pl.when(kind == "reward").then(signed).otherwise(0).alias("ret"),
+        (kind != "reward").cast(pl.Int64).alias("n"),
+    )  # fmt: skip
+    sums = rows.group_by("episode").agg(_C("ret").sum(), _C("n").sum(), _C("seq").max())
+    late = sums.join(ends.select("episode", end="seq"), "episode").filter(_C("seq") > _C("end"))
+    if late.height:  # events of an episode after its end (the sequence rules name them)
+        rows = rows.join(ends.select("episode", end="seq"), "episode", "left").filter(
+            _C("end").is_null() | (_C("seq") < _C("end"))
+        )
+        sums = rows.group_by("episode").agg(_C("ret").sum(), _C("n").sum())
+    tallies = (
+        pl.concat([carry.tallies, sums.select(list(_TALLIES))])
+        .group_by("episode")
+        .agg(_C("ret").sum(), _C("n").sum())
+    )
+    carry.tallies = tallies.join(ends, "episode", "anti")
+    if ends.is_empty():
+        return None
+    wrong = (
+        ends.join(tallies, "episode", "left")
+        .with_columns(_C("ret").fill_null(0), _C("n").fill_null(0))
+        .filter((_C("episode_return") != _C("ret")) | (_C("steps") != _C("n")))
+        .sort("seq")
+    )
+    if wrong.is_empty():
+        return None
+    seq, ret, n, told, steps = wrong.select("seq", "ret", "n", "episode_return", "steps").row(0)
+    return Violation(
+        seq, "episode-end", f"return {ret} over {n} steps from its events",
+        f"return {told} over {steps} steps",
+    )  # fmt: skip
 
 
 def _closing(

@@ -8,8 +8,10 @@ import pytest
 from conftest import append_all, control_history
 
 from agents.fixed import make_bidder
+from agents.fixed_control import RandomPolicy
 from ledger.store import MemoryLedger
 from market.audit import audit_frame
+from market.control import ControlRunConfig, simulate_control
 from market.run import RunConfig, simulate
 from market.society import Society
 from market.tasks import make_task
@@ -187,3 +189,26 @@ def test_a_run_end_miscounting_its_episodes_breaks_run_end(ccv: pl.DataFrame, de
     episodes = int(ccv.filter(pl.col("seq") == seq)["episodes"][0])
     assert episodes == ccv.filter(pl.col("kind") == "episode_end").height
     assert rule_broken(falsify(ccv, seq, episodes=episodes + delta)) == ("run-end", seq)
+
+
+@pytest.mark.parametrize(("field", "delta"), [("episode_return", 1), ("steps", -1)])
+def test_an_episode_end_misstating_its_return_or_steps_breaks_episode_end(
+    ccv: pl.DataFrame, field: str, delta: int
+) -> None:
+    """An EpisodeEnd states its episode's return and steps: exactly the signed rewards and
+    the auctions before it (results such as returns curves are computed from these)."""
+    seq = first_seq(ccv, "episode_end", pl.col("steps") > 1)
+    told = int(ccv.filter(pl.col("seq") == seq)[field][0])
+    assert rule_broken(falsify(ccv, seq, **{field: told + delta})) == ("episode-end", seq)
+
+
+def test_a_control_episode_end_misstating_its_return_breaks_episode_end() -> None:
+    """In a control step every agent's reward counts toward the episode's return."""
+    ledger = MemoryLedger()
+    control = ControlRunConfig(task="integrator", agents=2, policy="random", episodes=2)
+    simulate_control(control, ledger, RandomPolicy(5, 2, np.random.default_rng(0)))
+    df = ledger.scan().collect()
+    assert audit_frame(df).ok
+    seq = first_seq(df, "episode_end")
+    told = int(df.filter(pl.col("seq") == seq)["episode_return"][0])
+    assert rule_broken(falsify(df, seq, episode_return=told - 1)) == ("episode-end", seq)

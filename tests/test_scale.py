@@ -79,7 +79,16 @@ def ledgers() -> dict[str, pl.DataFrame]:
     out["statement falsified"] = falsify(v, statement, amount=3)
     end = first_seq(v, "episode_end")
     running = v.filter((pl.col("kind") == "bid") & (pl.col("seq") > end))["episode"][0]
-    out["episode ended early"] = falsify(v, end, episode=int(running))
+    so_far = v.filter((pl.col("episode") == running) & (pl.col("seq") < end))
+    rewards = so_far.filter(pl.col("kind") == "reward")
+    signed = (
+        pl.when(pl.col("src") == "environment").then(pl.col("amount")).otherwise(-pl.col("amount"))
+    )
+    told = {  # the end's own figures agree with its (new) episode: only the later auction errs
+        "episode_return": int(rewards.select(signed.sum()).item() or 0),
+        "steps": so_far.filter(pl.col("kind") == "allocate").height,
+    }
+    out["episode ended early"] = falsify(v, end, episode=int(running), **told)
     return out
 
 
