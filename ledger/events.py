@@ -29,6 +29,8 @@ AUCTIONEER = "auctioneer"
 TREASURY = "treasury"
 """The account that collects rent and the wealth of closed accounts. Unlike the environment
 and the auctioneer it is inside the economy: its money still counts in the society's total."""
+CONTROL = "control"
+"""The mechanism an `EpisodeStart` names in a control run: its steps move rewards only."""
 SYSTEM = "system"
 """The addressee of a control system's public state changes (the control variant); it holds
 no money and every agent may read what is addressed to it."""

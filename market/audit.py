@@ -49,6 +49,7 @@ from ledger.errors import CorruptLedger
 from ledger.events import (
     AUCTION_KINDS,
     AUCTIONEER,
+    CONTROL,
     ENVIRONMENT,
     LIFECYCLE_KINDS,
     SYSTEM,
@@ -378,14 +379,12 @@ def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
         _first(sequenced, _sequence_rules()),
         _first(transfers, _balance_rules()),
         _first(
-            money.join(auctions.lazy(), "tx", "anti").join(
-                events.filter(_C("kind") == "transition").select("tx"), "tx", "anti"
-            ),
+            _outside_steps(money, auctions.lazy(), _control_steps(events, starts)),
             [
                 Rule(
                     "auction-only",
                     pl.lit(True),
-                    pl.lit("money moving in an auction or a control step"),
+                    pl.lit("money moving in an auction, or a reward in a control run's step"),
                     pl.format("{} outside any auction or control step", "kind"),
                 )
             ],
@@ -918,6 +917,29 @@ def _run_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:
                 )
     carry.ended = ended
     return found
+
+
+def _control_steps(events: pl.LazyFrame, starts: pl.LazyFrame) -> pl.LazyFrame:
+    """The control steps (tx): transactions with a `Transition`, in an episode of a
+    control run."""
+    return (
+        events.filter(_C("kind") == "transition")
+        .select("tx", "episode")
+        .join(starts.select("episode", "mechanism"), "episode")
+        .filter(_C("mechanism") == CONTROL)
+        .select("tx")
+        .unique()
+    )
+
+
+def _outside_steps(
+    money: pl.LazyFrame, auctions: pl.LazyFrame, steps: pl.LazyFrame
+) -> pl.LazyFrame:
+    """The money moving neither in an auction nor as a reward of a control step (a control
+    step pays no price and mints nothing)."""
+    outside = money.join(auctions, "tx", "anti").join(steps, "tx", "anti")
+    odd = money.join(steps, "tx").filter(_C("kind") != "reward")
+    return pl.concat([outside, odd])
 
 
 def _episode_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ledger.batch import CODE, EventBatch, Grid
 from ledger.events import (
+    CONTROL,
     ENVIRONMENT,
     SYSTEM,
     EpisodeEnd,
@@ -140,7 +141,7 @@ class ControlKernel(Core):
         self.task, self.accounts = task, accounts
         self.policy, self.rng, self.gamma = policy, rng, gamma
         n = len(accounts)
-        self._strings = (self.run, task.name, "control", ENVIRONMENT, SYSTEM, *accounts)
+        self._strings = (self.run, task.name, CONTROL, ENVIRONMENT, SYSTEM, *accounts)
         self._agents = np.arange(5, 5 + n, dtype=np.int64)
         kinds: list[type[EventBase]] = [
             EpisodeStart, *[Order] * n, Transition, *[Reward] * n, EpisodeEnd

@@ -10,6 +10,7 @@ import pytest
 
 from ledger.disk import DiskLedger
 from ledger.events import (
+    CONTROL,
     ENVIRONMENT,
     SYSTEM,
     TREASURY,
@@ -93,9 +94,13 @@ def auction(first: int, step: int, winner: str, seller: str, reward: int) -> Tx:
 def control_step(first: int, step: int, controls: tuple[float, float]) -> Tx:
     """One control-variant step: both agents' orders, the system's transition, their rewards
     (a penalty for each: its distance from its target plus its effort)."""
-    h = iter(head(first + i, first, step) for i in range(5))
+    h = iter(head(first + i, first, step) for i in range(6))
     x, nxt = [0.1 * step, 0.0], [0.1 * (step + 1), sum(controls)]
-    tx: Tx = [
+    tx: Tx = []
+    if step == 0:  # the episode opens in its first step's transaction, as a control run's
+        tx.append(EpisodeStart(**next(h), task="integrator", mechanism=CONTROL, cloned=False,
+                               gamma=0.99, state=0))  # fmt: skip
+    tx += [
         Order(**next(h), account=a, primitive=i, action=int(c > 0), control=c)
         for i, (a, c) in enumerate(zip((ALICE, BOB), controls, strict=True))
     ]

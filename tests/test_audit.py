@@ -212,3 +212,20 @@ def test_a_control_episode_end_misstating_its_return_breaks_episode_end() -> Non
     seq = first_seq(df, "episode_end")
     told = int(df.filter(pl.col("seq") == seq)["episode_return"][0])
     assert rule_broken(falsify(df, seq, episode_return=told - 1)) == ("episode-end", seq)
+
+
+def test_a_transition_in_an_auction_run_does_not_license_money() -> None:
+    """A Transition makes a control step only in a control run's episode: the same steps in
+    an episode that says it is a CCV auction move money outside any auction."""
+    df = control_frame()
+    start = first_seq(df, "episode_start")
+    reward = first_seq(df, "reward")
+    assert rule_broken(falsify(df, start, mechanism="ccv")) == ("auction-only", reward)
+
+
+def test_a_control_step_mints_nothing() -> None:
+    """A control step moves rewards only: a Mint in one is money outside any auction."""
+    df = control_frame()
+    seq = first_seq(df, "reward")
+    minted = falsify(df, seq, kind="mint", src="auctioneer")
+    assert rule_broken(minted) == ("auction-only", seq)
