@@ -294,6 +294,14 @@ def audit_cmd(
             progress.update(bar, completed=events)
 
         report = guarded(lambda: audit(ledger, recorded, progress=done))
+    stated = guarded(
+        lambda: rundir.summary_disagrees(run, report.last_run if report.closed else None)
+    )
+    if report.ok and stated is not None:
+        console.print(
+            Text.assemble(("AUDIT FAILED", "bold red"), f" summary: {stated}"), soft_wrap=True
+        )
+        raise typer.Exit(1)
     console.print(_verdict(report), soft_wrap=True)
     for note in report.torn_tail:
         console.print(f"[yellow]torn tail:[/] {note}", soft_wrap=True)

@@ -126,6 +126,9 @@ class AuditReport:
     recorded its own): how many events that head covers; the ones after it are checked by
     every rule, but no head kept elsewhere vouches for them."""
     closed: bool = False
+    last_run: tuple[int, int, int] | None = None
+    """The last run's events (from its RunStart on), episodes ended and their returns'
+    sum: what its summary.json states."""
     violation: Violation | None = None
     torn_tail: list[str] = field(default_factory=list)
     per_mechanism: list[dict[str, object]] = field(default_factory=list)
@@ -315,6 +318,10 @@ class _Carry:
     """Episodes ended since the last RunStart."""
     running: bool = False
     """Whether the last RunStart is not yet followed by its RunEnd."""
+    run_from: int | None = None
+    """The seq of the last RunStart."""
+    run_return: int = 0
+    """The episodes' returns summed since the last RunStart."""
     tallies: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_TALLIES))
     """Per episode running at the chunk's end: its return and steps so far."""
     found: Violation | None = None
@@ -351,6 +358,8 @@ class _Carry:
         report.liquidations, report.liquidated = totals.get("liquidate", (0, 0))
         report.dividends, report.dividends_paid = totals.get("dividend", (0, 0))
         report.endowed_in = self.endowed_in
+        if self.run_from is not None:
+            report.last_run = (report.events - self.run_from, self.ended, self.run_return)
 
 
 def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
@@ -901,14 +910,16 @@ def _run_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:
     """The first RunEnd whose episode count is not the number of episodes that ended since
     its run started."""
     marks = df.filter(_C("kind").is_in(["run_start", "episode_end", "run_end"])).select(
-        "seq", "kind", "episodes"
+        "seq", "kind", "episodes", "episode_return"
     )
     ended, found = carry.ended, None
-    for seq, kind, episodes in marks.iter_rows():
+    for seq, kind, episodes, returned in marks.iter_rows():
         if kind == "run_start":
             ended, carry.running = 0, True
+            carry.run_from, carry.run_return = seq, 0
         elif kind == "episode_end":
             ended += 1
+            carry.run_return += returned
         else:
             carry.running = False
             if episodes != ended and found is None:

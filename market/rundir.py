@@ -50,6 +50,28 @@ def write_json(path: Path, data: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
+def summary_disagrees(run: Path, last_run: tuple[int, int, int] | None) -> str | None:
+    """What summary.json states of the run's last invocation and its ledger does not bear
+    out (events, episodes, mean return), in one line; None when they agree, or when the
+    summary has no such figures (an interrupted run) or the ledger no closed last run."""
+    path = run / SUMMARY
+    if last_run is None or not path.is_file():
+        return None
+    try:
+        stated = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise CorruptLedger(f"{path}: not a run summary") from None
+    if not isinstance(stated, dict) or stated.get("episodes") is None:
+        return None
+    events, episodes, returned = last_run
+    found = {"events": events, "episodes": episodes,
+             "mean_return": returned // max(episodes, 1)}  # fmt: skip
+    for name, value in found.items():
+        if stated.get(name) != value:
+            return f"summary.json states {name} {stated.get(name)}, the ledger's last run {value}"
+    return None
+
+
 def recorded_head(run: Path) -> str | None:
     """The ledger head `summary.json` recorded when the run finished (None if absent)."""
     path = run / SUMMARY

@@ -238,3 +238,21 @@ def test_an_audit_anchors_to_a_head_kept_elsewhere_or_says_it_is_unanchored(cwd:
     assert market("audit", "runs/a", "--head", head[1]).exit_code == 0
     bad = market("audit", "runs/a", "--head", "xyz")
     assert bad.exit_code == 2 and "at least 16 hex digits" in text(bad)
+
+
+@pytest.mark.parametrize("field", ["events", "episodes", "mean_return"])
+def test_summary_figures_that_the_ledger_does_not_bear_out_fail_the_audit(
+    cwd: Path, field: str
+) -> None:
+    """summary.json's events, episodes and mean return are those of the ledger's last run
+    (here a resumed one): a summary that says otherwise fails the audit, in one line."""
+    assert market("simulate", "--episodes", "40", "--out", "runs/s").exit_code == 0
+    assert market("simulate", "--resume", "runs/s", "--episodes", "30").exit_code == 0
+    assert market("audit", "runs/s").exit_code == 0
+    path = cwd / "runs/s" / SUMMARY
+    stated = json.loads(path.read_text())
+    assert stated["episodes"] == 30
+    path.write_text(json.dumps({**stated, field: stated[field] + 1}))
+    result = market("audit", "runs/s")
+    assert result.exit_code == 1
+    assert f"AUDIT FAILED summary: summary.json states {field} {stated[field] + 1}" in text(result)
