@@ -172,9 +172,7 @@ def settings(given: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in given.items():
         if value is None or (value is False and not FLAGS[name].negative):
             continue
-        (out["hayek"] if FLAGS[name].economy else out)[name] = (
-            str(value) if name == "init" else value
-        )
+        (out["hayek"] if FLAGS[name].economy else out)[name] = value
     return out
 
 

@@ -54,14 +54,8 @@ def summary_disagrees(run: Path, last_run: tuple[int, int, int] | None) -> str |
     """What summary.json states of the run's last invocation and its ledger does not bear
     out (events, episodes, mean return), in one line; None when they agree, or when the
     summary has no such figures (an interrupted run) or the ledger no closed last run."""
-    path = run / SUMMARY
-    if last_run is None or not path.is_file():
-        return None
-    try:
-        stated = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise CorruptLedger(f"{path}: not a run summary") from None
-    if not isinstance(stated, dict) or stated.get("episodes") is None:
+    stated = read_summary(run) if last_run is not None else None
+    if last_run is None or stated is None or stated.get("episodes") is None:
         return None
     events, episodes, returned = last_run
     found = {"events": events, "episodes": episodes,
@@ -72,13 +66,22 @@ def summary_disagrees(run: Path, last_run: tuple[int, int, int] | None) -> str |
     return None
 
 
-def recorded_head(run: Path) -> str | None:
-    """The ledger head `summary.json` recorded when the run finished (None if absent)."""
+def read_summary(run: Path) -> dict[str, object] | None:
+    """The run's summary.json (None if absent); a CorruptLedger if it is not a summary."""
     path = run / SUMMARY
     if not path.is_file():
         return None
     try:
-        head = json.loads(path.read_text(encoding="utf-8")).get("head")
-    except (ValueError, AttributeError):
-        raise CorruptLedger(f"{path}: not a run summary") from None
+        stated = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        stated = None
+    if not isinstance(stated, dict):
+        raise CorruptLedger(f"{path}: not a run summary")
+    return stated
+
+
+def recorded_head(run: Path) -> str | None:
+    """The ledger head `summary.json` recorded when the run finished (None if absent)."""
+    stated = read_summary(run)
+    head = stated.get("head") if stated is not None else None
     return head if isinstance(head, str) else None
