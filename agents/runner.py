@@ -113,8 +113,14 @@ class Prepared:
 
     def interrupted(self) -> str:
         """What an interrupted `execute` kept, in one line. A new run that committed
-        nothing is removed, so no folder is left that is neither a run nor empty."""
-        committed, run = self.ledger.committed, self.run
+        nothing is removed, so no folder is left that is neither a run nor empty.
+
+        What was committed is read again from disk: Ctrl-C can land inside a commit, after
+        the manifest line is written and before the in-memory ledger counts it."""
+        run = self.run
+        if self.phase == "running" and self.ledger.path.is_dir():
+            self.ledger = DiskLedger(self.ledger.path)
+        committed = self.ledger.committed
         if self.phase == "auditing":
             return (
                 f"interrupted during the closing audit: the run is closed ({committed:,} "

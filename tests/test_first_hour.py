@@ -256,3 +256,36 @@ def test_summary_figures_that_the_ledger_does_not_bear_out_fail_the_audit(
     result = market("audit", "runs/s")
     assert result.exit_code == 1
     assert f"AUDIT FAILED summary: summary.json states {field} {stated[field] + 1}" in text(result)
+
+
+def test_ctrl_c_inside_a_commit_reports_what_is_on_disk(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands after a batch's manifest line is written but before the ledger in
+    memory counts it: the line, summary.json and the audit all agree with the disk."""
+    from agents.runner import prepare
+
+    prepared = prepare(resolve(None, None, {"episodes": 400}, None), cwd / "cut")
+    prepared.ledger.batch_events = 500
+    fsyncs, real_fsync = 0, os.fsync
+
+    def fsync_then_ctrl_c(fd: int) -> None:
+        nonlocal fsyncs
+        real_fsync(fd)
+        fsyncs += 1
+        if fsyncs == 4:  # a segment, its manifest line, a segment, its line: then Ctrl-C
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", fsync_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        prepared.execute()
+    monkeypatch.undo()
+    said = prepared.interrupted()
+    lines = (cwd / "cut" / LEDGER / MANIFEST).read_text().splitlines()
+    on_disk = json.loads(lines[-1])
+    events = on_disk["last_seq"] + 1
+    assert f"interrupted: {events:,} events committed" in said
+    summary = json.loads((cwd / "cut" / SUMMARY).read_text())
+    assert summary["head"] == on_disk["link"] and summary["events"] == events
+    audited = market("audit", str(cwd / "cut"))
+    assert audited.exit_code == 0 and f"AUDIT CLEAN {events:,} events" in text(audited)
