@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 import time
 from collections import deque
@@ -31,13 +32,15 @@ from agents.flags import (
     settings,
     value_type,
 )
-from agents.runner import OPTION_TASKS, Finished, Prepared, prepare
+from agents.runner import OPTION_TASKS, STORAGE_FAILED, Finished, Prepared, prepare
 from agents.simulation import BUDGET_SCALE, resolve
 from analyses.wealth import wealth
 from ledger.errors import LedgerError
+from ledger.signing import Signer, Verifier, generate
 from ledger.units import to_credit
-from market import rundir
-from market.audit import AuditReport, audit, full_head
+from market import proofs, rundir
+from market.anchors import Anchors, full_head
+from market.audit import AuditReport, audit
 from market.kernel import EpisodeResult
 
 
@@ -115,6 +118,7 @@ def simulate_cmd(
     out: Path | None,
     resume: Path | None,
     audit: bool,
+    sign_key: Path | None,
     **flags: Any,
 ) -> None:
     """Run a society into a new run directory (or continue one with --resume), then audit it.
@@ -137,8 +141,12 @@ def simulate_cmd(
         if not options_path().exists():
             with rich_progress() as progress:  # the first Two Rooms run trains its options
                 guarded(lambda: ensure_options(progress=progress))
+    signer = None if sign_key is None else guarded(lambda: Signer(sign_key))
+    if resume is not None and signer is None and guarded(lambda: _signed(resume)):
+        fail(f"{resume}'s heads are signed: give --sign-key KEY to go on signing them")
     with interrupted(None):
         prepared = guarded(lambda: prepare(sim, out, resume))
+    prepared.ledger.signer = signer
     if prepared.resumed_at is not None:
         console.print(
             Text.assemble("resuming ", (str(prepared.run), "bold"),
@@ -185,6 +193,9 @@ _OWN = [
      typer.Option("--audit/--no-audit", help="Audit the ledger when the run ends (streaming, "
                   "in bounded memory); --no-audit skips it, for a run audited later with "
                   "`market audit RUN`.", rich_help_panel=SETTINGS)),
+    ("sign_key", Path | None, None,
+     typer.Option(help="A private key (`market keygen`): sign the ledger's head after every "
+                  "commit, for `market audit --verify-key`.", rich_help_panel=SETTINGS)),
 ]  # fmt: skip
 """The options of `market simulate` that are not settings: where they come from and go."""
 simulate_cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -195,6 +206,12 @@ simulate_cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     ]
 )
 app.command("simulate", cls=Command)(simulate_cmd)
+
+
+def _signed(run: Path) -> bool:
+    """Whether the last committed head of `run`'s ledger is signed."""
+    links = rundir.open_run_ledger(run).links
+    return bool(links) and links[-1].signature is not None
 
 
 def _budget(prepared: Prepared) -> str:
@@ -218,6 +235,20 @@ def interrupted(prepared: Prepared | None) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+@contextmanager
+def storage_failed(prepared: Prepared) -> Iterator[None]:
+    """On an OSError while the run executes (a full disk, a failing device), say in one
+    line the error, what the ledger kept and how to go on, then exit 2 (docs/ledger.md,
+    "Fault injection")."""
+    try:
+        yield
+    except OSError as raised:
+        e = raised
+        while e.filename is None and isinstance(e.__cause__, OSError):
+            e = e.__cause__  # SimPy re-raises a process's error without its file name
+        fail(prepared.stopped_by(f"{_one_line(e)}; the run stopped", STORAGE_FAILED))
+
+
 def _print_finished(finished: Finished, prepared: Prepared) -> None:
     """Print a finished run's summary, wealth and audit verdict; exit 1 if it is not clean."""
     run, ledger, summary, report = finished.run, finished.ledger, finished.summary, finished.report
@@ -235,10 +266,16 @@ def _print_finished(finished: Finished, prepared: Prepared) -> None:
     table.add_row("mean return", f"{to_credit(summary.mean_return):.4f} credit")
     if summary.stopped is not None:
         table.add_row("stopped early", Text(summary.stopped, style="bold yellow"))
-    table.add_row("ledger head", ledger.head)
     verdict = "skipped (--no-audit)" if report is None else "clean" if report.ok else "failed"
     table.add_row("closing audit", verdict)
     console.print(table)
+    head = proofs.head_of(ledger)
+    signed = "unsigned" if head["signature"] is None else f"signature {head['signature']}"
+    console.print(
+        Text.assemble("ledger head ", (head["root"], "bold"),
+                      f"  ({summary.episodes:,} episodes, {head['events']:,} events; {signed})"),
+        soft_wrap=True,
+    )  # fmt: skip
     console.print(_wealth_table(wealth(ledger.scan())))
     if summary.stopped is not None:
         budget = (
@@ -273,6 +310,20 @@ def audit_cmd(
             show_default="the head summary.json recorded",
         ),
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="A head you kept earlier: the ledger must extend it by appending only "
+            "(checked with a Merkle consistency proof).",
+        ),
+    ] = None,
+    verify_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="A public key (`market keygen`): every committed head must be "
+            "signed with its private key."
+        ),
+    ] = None,
     unanchored: Annotated[
         bool,
         typer.Option(
@@ -287,13 +338,18 @@ def audit_cmd(
     recorded = guarded(lambda: rundir.recorded_head(run))
     if head is not None:
         recorded = guarded(lambda: full_head(ledger, head))
+    anchors = Anchors(
+        head=recorded,
+        since=None if since is None else guarded(lambda: full_head(ledger, since, "--since")),
+        verifier=None if verify_key is None else guarded(lambda: Verifier(verify_key)),
+    )
     with _progress() as progress:
         bar = progress.add_task("auditing (events)", total=ledger.next_seq)
 
         def done(events: int) -> None:
             progress.update(bar, completed=events)
 
-        report = guarded(lambda: audit(ledger, recorded, progress=done))
+        report = guarded(lambda: audit(ledger, anchors, progress=done))
     stated = guarded(
         lambda: rundir.summary_disagrees(run, report.last_run if report.closed else None)
     )
@@ -310,7 +366,7 @@ def audit_cmd(
     if report.auctions:  # a control run holds no auctions
         console.print(_audit_table(report))
     console.print(_lifecycle_table(report))
-    if recorded is None:
+    if recorded is None and anchors.since is None:
         console.print(
             Text.assemble(
                 ("UNANCHORED", "bold yellow"),
@@ -322,6 +378,66 @@ def audit_cmd(
         )
         if not unanchored:
             raise typer.Exit(1)
+
+
+@app.command("head", cls=Command)
+def head_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, for machines.")] = False,
+) -> None:
+    """Print the ledger's head (the Merkle root to keep), its size and its signature."""
+    ledger = guarded(lambda: rundir.open_run_ledger(run))
+    head = proofs.head_of(ledger)
+    if as_json:
+        print(json.dumps(head, indent=2, sort_keys=True))
+        return
+    console.print(Text.assemble("head ", (head["root"], "bold")), soft_wrap=True)
+    console.print(f"tree size {head['size']:,} batches, {head['events']:,} events")
+    console.print(f"signature {head['signature'] or 'none (unsigned)'}", soft_wrap=True)
+
+
+@app.command("prove", cls=Command)
+def prove_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    seq: Annotated[
+        int | None, typer.Option(help="Prove that this event is in the ledger (inclusion).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Prove that the ledger extends this earlier head (consistency)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --seq: a directory for proof.json and the event's segment, "
+            "checkable offline (docs/ledger.md)."
+        ),
+    ] = None,
+) -> None:
+    """Print a proof a third party checks offline against a head they kept."""
+    if (seq is None) == (since is None):
+        fail("give one of --seq N (inclusion) or --since HEAD (consistency)")
+    ledger = guarded(lambda: rundir.open_run_ledger(run))
+    if since is not None:
+        prior = guarded(lambda: full_head(ledger, since, "--since"))
+        print(json.dumps(guarded(lambda: proofs.consistency(ledger, prior)), indent=2))
+        return
+    assert seq is not None
+    proof = guarded(lambda: proofs.inclusion(ledger, seq))
+    if out is None:
+        print(json.dumps(proof, indent=2))
+        return
+    written = guarded(lambda: proofs.write_inclusion(ledger, proof, out))
+    console.print(Text.assemble("proof written to ", (str(written), "bold")), soft_wrap=True)
+
+
+@app.command("keygen", cls=Command)
+def keygen_cmd(
+    key: Annotated[Path, typer.Argument(help="The private key file to write (KEY.pub beside).")],
+) -> None:
+    """Make an Ed25519 key pair for signing ledger heads (`market simulate --sign-key`)."""
+    public = guarded(lambda: generate(key))
+    console.print(f"private key {key} (keep it), public key {public} (give it to auditors)")
 
 
 @app.command("sweep", cls=Command)
@@ -505,7 +621,11 @@ def _execute_with_progress(prepared: Prepared, audit: bool = True) -> Finished:
             progress.update(checked, completed=events, total=prepared.ledger.next_seq)
             progress.update(checked, visible=True)
 
-        finished = guarded(lambda: prepared.execute(tick, audit, audited))
+        def execute() -> Finished:
+            with storage_failed(prepared):
+                return prepared.execute(tick, audit, audited)
+
+        finished = guarded(execute)
         progress.update(bar, completed=total)
     return finished
 
@@ -528,17 +648,36 @@ def _verdict(report: AuditReport) -> str:
         f", {to_credit(report.minted):.6f} credit minted by the mechanism" if report.minted else ""
     )
     torn = f", torn tail reported ({len(report.torn_tail)})" if report.torn_tail else ""
-    if report.anchored_to is not None:
-        torn += (
-            f"; the recorded head vouches for the first {report.anchored_to:,} events, not the "
-            f"{report.events - report.anchored_to:,} appended since (a continuation not closed)"
-        )
+    torn += _vouched(report)
     if not report.closed:
         torn += "; the last run was not closed, so its closing balances were not checked"
     return (
         f"[bold green]AUDIT CLEAN[/] {report.events:,} events, {report.auctions:,} auctions, "
         f"{report.episodes:,} episodes; every rule holds{minted}{torn}"
     )
+
+
+def _vouched(report: AuditReport) -> str:
+    """What the heads and signatures vouch for, as the verdict's tail."""
+    vouched, said = report.vouched, ""
+    if vouched.anchored_to is not None:
+        said += (
+            f"; the head kept vouches for the first {vouched.anchored_to:,} events, not the "
+            f"{report.events - vouched.anchored_to:,} appended after it (a continuation: "
+            f"give its own head, or --since to prove it only appended)"
+        )
+    if vouched.extends is not None:
+        said += (
+            f"; it extends head {vouched.extends.root[:16]} ({vouched.extends.events:,} events) "
+            f"by appending {report.events - vouched.extends.events:,} (consistency proof checked)"
+        )
+    if vouched.verified:
+        said += f"; all {vouched.signed:,} heads signed by the key"
+    elif vouched.signed:
+        said += f"; {vouched.signed:,} heads signed, not checked (give --verify-key)"
+    else:
+        said += "; heads unsigned"
+    return said
 
 
 def _audit_table(report: AuditReport) -> Table:

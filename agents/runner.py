@@ -8,6 +8,7 @@ printed: the caller shows progress through `on_episode` and reports the result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -62,6 +63,8 @@ NOT_AUDITED = "not audited (--no-audit): run `market audit RUN`"
 """What summary.json says of a run executed without its closing audit."""
 INTERRUPTED = "interrupted (Ctrl-C) before its budget"
 """What summary.json says of a run stopped by the user (its figures then unknown)."""
+STORAGE_FAILED = "stopped by a storage error before its budget"
+"""What summary.json says of a run a failed write or sync stopped (its figures unknown)."""
 PENDING = "pending: the run closed, its closing audit did not finish; run `market audit RUN`"
 """What summary.json says while the closing audit runs (and after, if it is killed)."""
 
@@ -112,8 +115,13 @@ class Prepared:
         return Finished(self.run, self.ledger, summary, report)
 
     def interrupted(self) -> str:
-        """What an interrupted `execute` kept, in one line. A new run that committed
-        nothing is removed, so no folder is left that is neither a run nor empty.
+        """What an `execute` interrupted by Ctrl-C kept, in one line."""
+        return self.stopped_by("interrupted", INTERRUPTED)
+
+    def stopped_by(self, why: str, stopped: str) -> str:
+        """What an `execute` stopped by `why` (Ctrl-C, a storage error) kept, in one line;
+        summary.json records the committed head, with `stopped` saying why. A new run that
+        committed nothing is removed, so no folder is left that is neither a run nor empty.
 
         What was committed is read again from disk: Ctrl-C can land inside a commit, after
         the manifest line is written and before the in-memory ledger counts it."""
@@ -123,18 +131,19 @@ class Prepared:
         committed = self.ledger.committed
         if self.phase == "auditing":
             return (
-                f"interrupted during the closing audit: the run is closed ({committed:,} "
+                f"{why} during the closing audit: the run is closed ({committed:,} "
                 f"events committed); check it with `market audit {run}`"
             )
         if self.phase == "finished":
-            return f"interrupted after the run finished: {run} is complete"
+            return f"{why} after the run finished: {run} is complete"
         if self.resumed_at is None and committed == 0:
             shutil.rmtree(run, ignore_errors=True)
-            return f"interrupted before any event was committed: {run} removed"
-        self._write(None, NOT_AUDITED)  # what was committed, anchored by its head
+            return f"{why} before any event was committed: {run} removed"
+        with contextlib.suppress(OSError):  # a full disk: the audit then says UNANCHORED
+            self._write(None, NOT_AUDITED, stopped)  # what was committed, anchored by its head
         from agents.training import latest_snapshot
 
-        kept = f"interrupted: {committed:,} events committed"
+        kept = f"{why}: {committed:,} events committed"
         if self.resumed_at is not None:
             kept += f" ({committed - self.resumed_at:,} by this run)"
         if not self.resumable or (self.learner is not None and latest_snapshot(run) is None):
@@ -147,12 +156,12 @@ class Prepared:
             f"(`market audit {run}` checks it)"
         )
 
-    def _write(self, summary: RunSummary | None, verdict: str) -> None:
+    def _write(self, summary: RunSummary | None, verdict: str, stopped: str = INTERRUPTED) -> None:
         """summary.json: the run's figures (None: interrupted, figures unknown), the audit's
         verdict and the head of the ledger as committed."""
         figures: dict[str, object] = {
             "events": self.ledger.committed - (self.resumed_at or 0),
-            "seconds": None, "episodes": None, "steps": None, "stopped": INTERRUPTED,
+            "seconds": None, "episodes": None, "steps": None, "stopped": stopped,
             "mean_return": None, "balances": {},
         }  # fmt: skip
         if summary is not None:

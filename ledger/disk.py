@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,9 +28,10 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ledger import chain, schema
+from ledger import chain, merkle, schema, storage
 from ledger.batch import EventBatch, table_of
 from ledger.errors import CorruptLedger
+from ledger.signing import Signer
 from ledger.store import Ledger, items_since
 from ledger.transaction import Transaction
 
@@ -51,6 +51,13 @@ class Link(BaseModel):
     digest: str
     prev: str
     link: str
+    signature: str | None = None
+    """The tree head after this batch, signed (`ledger.signing`), when the run had a key."""
+
+    def line(self) -> str:
+        """The manifest line (a field that is None is left out: unsigned lines read as
+        every ledger before signatures wrote them)."""
+        return self.model_dump_json(exclude_none=True) + "\n"
 
 
 class DiskLedger(Ledger):
@@ -70,6 +77,9 @@ class DiskLedger(Ledger):
         self._layout_read = not self.links
         if self.links:
             self.next_seq = self.links[-1].last_seq + 1
+        self._tree: merkle.Tree | None = None
+        self.signer: Signer | None = None
+        """Signs the tree head after each commit, when set."""
 
     @property
     def accounts(self) -> frozenset[str]:
@@ -108,8 +118,26 @@ class DiskLedger(Ledger):
 
     @property
     def head(self) -> str:
-        """The link of the last committed batch (the whole ledger's fingerprint)."""
-        return self.links[-1].link if self.links else chain.GENESIS
+        """The root of the Merkle tree over every committed batch: the whole ledger's
+        fingerprint, the head a user keeps (`tree_head` has its size too)."""
+        return self.tree.head().root
+
+    @property
+    def tree(self) -> merkle.Tree:
+        """The Merkle tree over the committed batches (built from the manifest once)."""
+        if self._tree is None:
+            self._tree = merkle.Tree()
+            for link in self.links:
+                self._tree.append(link.digest, link.first_seq, link.last_seq)
+        return self._tree
+
+    def vouched(self, head: str) -> int | None:
+        """How many events `head` vouches for: the tree's root at some size, or (as
+        summaries before Merkle heads recorded it) a chain link; None if neither."""
+        for link, tree_head in zip(self.links, self.tree.heads(), strict=True):
+            if head in (tree_head.root, link.link):
+                return tree_head.events
+        return None
 
     def _stage(self, item: Transaction | EventBatch) -> None:
         if isinstance(item, EventBatch):
@@ -140,22 +168,35 @@ class DiskLedger(Ledger):
         last = first + self._staged_events - 1
         name = f"seg-{first:012d}.arrow"
         _write_atomic(self.path / name, data)
-        d = chain.digest(data)
-        entry = Link(
-            segment=name,
-            first_seq=first,
-            last_seq=last,
-            digest=d,
-            prev=self.head,
-            link=chain.link(self.head, d, first, last),
-        )
-        with open(self.path / MANIFEST, "a", encoding="utf-8") as f:
-            f.write(entry.model_dump_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.links.append(entry)
+        self._commit(name, chain.digest(data), first, last)
         self._staged.clear()
         self._staged_events = 0
+
+    def _commit(self, name: str, d: str, first: int, last: int) -> None:
+        """Write the manifest line that commits segment `name` (digest `d`): its chain link
+        and, with a signer, the signed tree head it makes."""
+        prev = self.links[-1].link if self.links else chain.GENESIS
+        tree = self.tree
+        tree.append(d, first, last)
+        try:
+            signature = None if self.signer is None else self.signer.sign(tree.head())
+            link = chain.link(prev, d, first, last)
+            entry = Link(segment=name, first_seq=first, last_seq=last, digest=d, prev=prev,
+                         link=link, signature=signature)  # fmt: skip
+            if self.links or (self.path / MANIFEST).exists():
+                with open(self.path / MANIFEST, "ab") as f:
+                    storage.active().write(f, entry.line().encode())
+                    storage.active().fsync(f)
+            else:  # the first commit makes the manifest: whole and synced, or not at all
+                _write_atomic(self.path / MANIFEST, entry.line().encode())
+        except BaseException:
+            self._tree = None  # rebuilt from the committed links when next asked
+            # What this commit left (a segment, part of its line) is set aside by the next
+            # one, which first rewrites the manifest to the committed lines: a retry (a
+            # `with` block's close) must not append after half a line or repeat a whole one.
+            self.torn_tail = self.torn_tail or [f"{name}: its commit failed, not committed"]
+            raise
+        self.links.append(entry)
 
     def scan(self) -> pl.LazyFrame:
         return self._scan(0)
@@ -239,17 +280,21 @@ class DiskLedger(Ledger):
     def _set_aside_torn(self) -> None:
         torn_dir = self.path / "torn"
         torn_dir.mkdir(exist_ok=True)
-        raw = (self.path / MANIFEST).read_bytes()
+        manifest = self.path / MANIFEST
+        raw = manifest.read_bytes() if manifest.exists() else b""
         tail = raw[raw.rfind(b"\n") + 1 :]
         if tail:
             with open(torn_dir / f"{MANIFEST}.tail", "ab") as f:
-                f.write(tail + b"\n")
+                storage.active().write(f, tail + b"\n")
+        # The manifest first, so no whole line ever names a segment already moved (a line
+        # can land whole in a commit that then failed: its fsync, say).
+        text = "".join(link.line() for link in self.links).encode()
+        if raw != text:
+            _write_atomic(manifest, text)
         committed = {link.segment for link in self.links}
         for p in self.path.iterdir():
             if p.is_file() and p.name.startswith("seg-") and p.name not in committed:
-                p.rename(torn_dir / p.name)
-        text = "".join(link.model_dump_json() + "\n" for link in self.links)
-        _write_atomic(self.path / MANIFEST, text.encode())
+                storage.active().rename(p, torn_dir / p.name)
         self.torn_tail = []
 
 
@@ -297,11 +342,12 @@ def _encode(table: pa.Table) -> bytes:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    io = storage.active()
     with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        io.write(f, data)
+        io.fsync(f)
+    io.rename(tmp, path)
+    io.fsync_dir(path.parent)  # the new name itself survives a power cut
 
 
 def _read_manifest(path: Path) -> tuple[list[Link], list[str]]:

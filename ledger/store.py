@@ -53,20 +53,20 @@ class Ledger(abc.ABC):
         tx = as_transaction(tx)
         accounts = self.accounts  # (a disk ledger reads its accounts, closed ones too, first)
         opened, closed = transaction.check(tx, self.next_seq, accounts, self._closed, self._balance)
-        self._stage(tx)
-        self.next_seq += len(tx)
-        if opened:
+        self.next_seq += len(tx)  # counted before staging: a commit the staging makes may
+        if opened:  # fail after the transaction is staged, and a retry commits it
             self._accounts = self._accounts | opened
         if closed:
             self._closed = self._closed | closed
+        self._stage(tx)
 
     def append_batch(self, batch: EventBatch) -> None:
         """Check a batch of whole transactions and stage it; on any violation raise and
         stage nothing of it."""
         accounts = self.accounts
         check_batch(batch, self.next_seq, accounts, self._closed)
+        self.next_seq += len(batch)  # as in `append`: counted before a commit can fail
         self._stage(batch)
-        self.next_seq += len(batch)
 
     def balances(self) -> Balances:
         """Every account's balance after the last appended event (staged ones included).

@@ -58,6 +58,8 @@ from ledger.events import (
 )
 from ledger.replay import postings, replay_frame
 from ledger.store import Ledger
+from market import anchors
+from market.anchors import Anchors, Vouched
 from market.mechanisms import RULES
 
 _C = pl.col
@@ -121,10 +123,8 @@ class AuditReport:
     dividends_paid: int = 0
     """Units children paid their parents."""
     closing_checked: int = 0
-    anchored_to: int | None = None
-    """When the chain extends the recorded head (a continuation interrupted before it
-    recorded its own): how many events that head covers; the ones after it are checked by
-    every rule, but no head kept elsewhere vouches for them."""
+    vouched: Vouched = field(default_factory=Vouched)
+    """What the heads kept elsewhere and the signatures vouch for (`anchors`)."""
     closed: bool = False
     last_run: tuple[int, int, int] | None = None
     """The last run's events (from its RunStart on), episodes ended and their returns'
@@ -141,19 +141,20 @@ class AuditReport:
 
 def audit(
     ledger: Ledger,
-    expected_head: str | None = None,
+    expected_head: str | Anchors | None = None,
     chunk_events: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> AuditReport:
-    """Audit a ledger; on disk, the hash chain is checked before any event is read.
+    """Audit a ledger; on disk, the hash chain and what vouches for it (`anchors.Anchors`:
+    a head kept elsewhere, an earlier head it must extend, a key its heads are signed with)
+    are checked before any event is read.
 
-    `expected_head` is the chain head recorded elsewhere when the run finished: a chain that
-    was cut short, or rebuilt after an edit, ends at another head. A chain that passes
+    A head (`expected_head`, or `Anchors.head`) is recorded elsewhere when the run finished:
+    a ledger cut short, or rebuilt after an edit, ends at another head. One that passes
     through it and goes on (a continuation not yet recorded) is not a violation; the report
-    says how far the head vouches (`anchored_to`). The events are read
-    `chunk_events` at a time (default `CHUNK_EVENTS`), so memory does not grow with the
-    ledger's length; `progress`, if given, is called with the events audited so far after
-    each chunk.
+    says how far the head vouches (`anchored_to`). The events are read `chunk_events` at a
+    time (default `CHUNK_EVENTS`), so memory does not grow with the ledger's length;
+    `progress`, if given, is called with the events audited so far after each chunk.
     """
     report = AuditReport()
     if isinstance(ledger, DiskLedger):
@@ -163,17 +164,11 @@ def audit(
         except CorruptLedger as e:
             report.violation = Violation(e.seq, "chain", "bytes matching the chain", str(e))
             return report
-        if expected_head is not None and ledger.head != expected_head:
-            earlier = [link.last_seq + 1 for link in ledger.links if link.link == expected_head]
-            if not earlier:
-                report.violation = Violation(
-                    ledger.next_seq,
-                    "chain",
-                    f"the recorded head {expected_head[:16]}",
-                    f"head {ledger.head[:16]} (committed batches removed or rewritten)",
-                )
-                return report
-            report.anchored_to = earlier[0]  # the chain extends the recorded head
+        given = expected_head if isinstance(expected_head, Anchors) else Anchors(expected_head)
+        broken = anchors.check(ledger, given, report.vouched)
+        if broken is not None:
+            report.violation = Violation(broken.seq, broken.rule, broken.expected, broken.found)
+            return report
     return audit_chunks(ledger.chunks(chunk_events or CHUNK_EVENTS, _AUDITED), report, progress)
 
 
@@ -185,17 +180,6 @@ def _ahead(parts: Iterator[_Part]) -> Iterator[_Part]:
         while (part := coming.result()) is not None:
             coming = pool.submit(next, parts, None)
             yield part
-
-
-def full_head(ledger: DiskLedger, given: str) -> str:
-    """The head of `ledger`'s chain (its last link or an earlier one) that `given` names: all
-    64 hex digits or a prefix of at least 16; a ValueError if it names none. A head no link
-    has is returned as given, for the audit to report."""
-    text = given.strip().lower()
-    if len(text) < 16 or any(c not in "0123456789abcdef" for c in text):
-        raise ValueError(f"--head {given!r}: expected at least 16 hex digits of a ledger head")
-    named = [link.link for link in ledger.links if link.link.startswith(text)]
-    return named[-1] if named else text
 
 
 def audit_frame(

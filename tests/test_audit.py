@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from conftest import append_all, control_history
+from conftest import append_all, control_history, lifecycle_history
 
 from agents.fixed import make_bidder
 from agents.fixed_control import RandomPolicy
+from ledger.events import TREASURY
 from ledger.store import MemoryLedger
 from market.audit import audit_frame
 from market.control import ControlRunConfig, simulate_control
@@ -77,6 +78,14 @@ def test_a_loser_recorded_as_winner_breaks_allocation(ccv: pl.DataFrame) -> None
     assert rule_broken(falsify(ccv, seq, account=loser)) == ("allocation", seq)
 
 
+@pytest.mark.parametrize("delta", [1, -1])
+def test_a_winner_recorded_off_its_bid_breaks_allocation(ccv: pl.DataFrame, delta: int) -> None:
+    """The winner is allocated at its own bid, the highest: any other amount is caught there."""
+    seq = first_seq(ccv, "allocate")
+    won = int(ccv.filter(pl.col("seq") == seq)["amount"][0])
+    assert rule_broken(falsify(ccv, seq, amount=won + delta)) == ("allocation", seq)
+
+
 def test_a_wrong_price_breaks_price(ccv: pl.DataFrame) -> None:
     """Under ccv the winner pays exactly the second-highest bid."""
     seq = first_seq(ccv, "pay")
@@ -104,9 +113,12 @@ def test_a_wrong_mint_breaks_mint(vickrey: pl.DataFrame) -> None:
 
 
 def test_a_mint_under_ccv_breaks_mint(ccv: pl.DataFrame) -> None:
-    """CCV creates no credit: a pay turned into a mint from the auctioneer is caught."""
-    seq = first_seq(ccv, "pay", pl.col("step") > 0)
-    assert rule_broken(falsify(ccv, seq, kind="mint", src="auctioneer"))[0] in {"mint", "price"}
+    """CCV creates no credit: a mint from the auctioneer to the seller is caught at the mint."""
+    seq = first_seq(ccv, "transform", pl.col("step") > 0)
+    tx = int(ccv.filter(pl.col("seq") == seq)["tx"][0])
+    seller = ccv.filter((pl.col("tx") == tx) & (pl.col("kind") == "pay"))["dst"][0]
+    minted = falsify(ccv, seq, kind="mint", src="auctioneer", dst=seller, amount=1)
+    assert rule_broken(minted) == ("mint", seq)
 
 
 def test_a_reward_to_a_loser_breaks_reward(ccv: pl.DataFrame) -> None:
@@ -119,6 +131,22 @@ def test_a_removed_event_breaks_sequence(ccv: pl.DataFrame) -> None:
     """Sequence numbers are contiguous from 0."""
     seq = first_seq(ccv, "transform")
     assert rule_broken(ccv.filter(pl.col("seq") != seq)) == ("sequence", seq + 1)
+
+
+def test_a_transaction_without_its_first_event_breaks_sequence(ccv: pl.DataFrame) -> None:
+    """A transaction runs contiguously from its first event: that one filed elsewhere is caught."""
+    seq = first_seq(ccv, "episode_start", pl.col("episode") == 1)
+    assert int(ccv.filter(pl.col("seq") == seq)["tx"][0]) == seq  # it starts its transaction
+    earlier = int(ccv.filter(pl.col("tx") < seq).select(pl.col("tx").max()).item())
+    assert rule_broken(falsify(ccv, seq, tx=earlier)) == ("sequence", seq + 1)
+
+
+def test_an_auction_stepping_back_in_its_episode_breaks_sequence(ccv: pl.DataFrame) -> None:
+    """An episode's auctions are steps 0, 1, 2, ... in order: step 3 recorded as 1 is caught."""
+    seq = first_seq(ccv, "bid", (pl.col("episode") == 0) & (pl.col("step") == 3))
+    tx = int(ccv.filter(pl.col("seq") == seq)["tx"][0])
+    back = pl.when(pl.col("tx") == tx).then(1).otherwise(pl.col("step")).alias("step")
+    assert rule_broken(ccv.with_columns(back)) == ("sequence", seq)
 
 
 def test_a_second_payment_in_one_auction_breaks_sequence(ccv: pl.DataFrame) -> None:
@@ -138,6 +166,27 @@ def test_a_transfer_from_an_unopened_account_breaks_balance(ccv: pl.DataFrame) -
     """Money moves only between accounts opened before it."""
     seq = first_seq(ccv, "reward")
     assert rule_broken(falsify(ccv, seq, src="mallory")) == ("balance", seq)
+
+
+def test_a_negative_amount_breaks_balance(ccv: pl.DataFrame) -> None:
+    """Amounts are never negative (direction carries the sign), even moving the same money."""
+    seq = first_seq(ccv, "reward", pl.col("amount") > 0)
+    src, dst, amount = ccv.filter(pl.col("seq") == seq).select("src", "dst", "amount").row(0)
+    reversed_ = falsify(ccv, seq, src=dst, dst=src, amount=-amount)
+    assert rule_broken(reversed_) == ("balance", seq)
+
+
+def test_a_transfer_without_an_amount_breaks_balance(ccv: pl.DataFrame) -> None:
+    """Every transfer states a whole amount: a reward of none (for 0) is caught at it."""
+    seq = first_seq(ccv, "reward", pl.col("amount") == 0)
+    assert rule_broken(falsify(ccv, seq, amount=None)) == ("balance", seq)
+
+
+def test_a_transfer_to_itself_other_than_a_pay_breaks_balance() -> None:
+    """Only a pay may go from an account to itself: rent from the treasury to itself is not."""
+    df = lifecycle_frame()
+    seq = first_seq(df, "rent")
+    assert rule_broken(falsify(df, seq, src=TREASURY)) == ("balance", seq)
 
 
 def test_money_outside_an_auction_breaks_auction_only(ccv: pl.DataFrame) -> None:
@@ -164,6 +213,14 @@ def control_frame() -> pl.DataFrame:
     """The hand-made control-variant history, stored and read back."""
     ledger = MemoryLedger()
     append_all(ledger, control_history())
+    return ledger.scan().collect()
+
+
+def lifecycle_frame() -> pl.DataFrame:
+    """The hand-made economy (endowments, rent, a dividend, a bankruptcy), stored and read
+    back."""
+    ledger = MemoryLedger()
+    append_all(ledger, lifecycle_history())
     return ledger.scan().collect()
 
 

@@ -60,7 +60,7 @@ def head_of(case: Case, where: Path) -> str:
     preset, flags, assignments = case
     sim = resolve(preset, None, flags, assignments)
     prepared = prepare(sim, where)
-    return prepared.execute(audit=False).ledger.head
+    return prepared.execute(audit=False).ledger.links[-1].link  # the chain pins every byte
 
 
 def pinned() -> dict[str, str]:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pytest
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 from agents.pettingzoo_env import AuctionMarketEnv, ControlMarketEnv
 from ledger.events import ENVIRONMENT
 from ledger.store import MemoryLedger
+from ledger.units import quantise_bids, to_units
 from ledger.utilities import utilities
 from market.audit import audit
 
@@ -41,8 +42,9 @@ def test_auction_parallel_api_and_seed_conformance() -> None:
 
 
 def test_auction_rewards_are_the_ledgers_utilities_and_bids_its_bids() -> None:
-    """Random bids over three episodes: each agent's summed reward is its summed utility as
-    the stored ledger folds it, every Bid event is the bid sent, and the run audits clean."""
+    """Random bids over three episodes: each agent's summed reward is, to the unit, its summed
+    utility as the stored ledger folds it exactly (with the env's gamma as a Fraction), every
+    Bid event is the bid sent, quantised, and the run audits clean."""
     env = AuctionMarketEnv("chain", "ccv")
     rng = np.random.default_rng(1)
     sent, got = [], dict.fromkeys(env.possible_agents, 0.0)
@@ -59,12 +61,12 @@ def test_auction_rewards_are_the_ledgers_utilities_and_bids_its_bids() -> None:
     env.close()
     assert env.ledger is not None and audit(env.ledger).ok
     events = list(env.ledger.events())
-    stored = utilities(events, 0.99)
+    stored = utilities(events, Fraction(env.config.gamma))  # exact: the float's own value
     for account in env.possible_agents:
-        folded = sum(u for (_, _, a), u in stored.items() if a == account) / 1e9
-        assert got[account] == pytest.approx(folded, abs=1e-9)
-    placed = [e.amount / 1e9 for e in events if e.kind == "bid"]
-    assert placed == pytest.approx([b for row in sent for b in row], abs=1e-9)
+        folded = sum((u for (_, _, a), u in stored.items() if a == account), Fraction(0))
+        assert to_units(got[account]) == round(folded)  # units, both rounded to nearest/even
+    placed = [e.amount for e in events if e.kind == "bid"]
+    assert placed == [units for row in sent for units in quantise_bids(row)]
     assert sum(1 for e in events if e.kind == "episode_end") == 3
 
 
@@ -96,9 +98,9 @@ def test_every_step_is_in_the_ledger_and_rewards_are_the_ledgers() -> None:
     orders = frame.filter(pl.col("kind") == "order").sort("seq")
     assert orders["action"].to_list() == [s[a] for s in actions for a in ("agent0", "agent1")]
     paid = frame.filter(pl.col("kind") == "reward").sort("seq")
-    sign = np.where(paid["src"].to_numpy() == ENVIRONMENT, 1.0, -1.0)
-    units = (sign * paid["amount"].to_numpy() / 1e9).reshape(-1, 2)
-    assert np.allclose(units, [[r["agent0"], r["agent1"]] for r in rewards])
+    sign = np.where(paid["src"].to_numpy() == ENVIRONMENT, 1, -1)
+    units = (sign * paid["amount"].to_numpy()).reshape(-1, 2).tolist()
+    assert units == [[to_units(r["agent0"]), to_units(r["agent1"])] for r in rewards]
     assert frame.filter(pl.col("kind") == "episode_end").height == 2
     assert frame.filter(pl.col("kind") == "run_end").height == 1
 
