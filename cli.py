@@ -649,6 +649,10 @@ def _verdict(report: AuditReport) -> str:
     )
     torn = f", torn tail reported ({len(report.torn_tail)})" if report.torn_tail else ""
     torn += _vouched(report)
+    if report.not_rederived:
+        torn += "; not re-derived: " + "; ".join(
+            f"{rule} ({why})" for rule, why in report.not_rederived.items()
+        )
     if not report.closed:
         torn += "; the last run was not closed, so its closing balances were not checked"
     return (

@@ -27,6 +27,9 @@ Rules (a violation names the first broken one in sequence order):
   dividend      a dividend goes from a child to the parent that endowed it
   liquidation   a liquidation settles an account closed later in the same transaction
   closing       every balance statement equals the replay of all events before it
+and the world's rules (`market.rederive`: transition, reward-value, duration, episode-start,
+episode-order, run-start, run-end), which re-derive every transformation, reward and
+duration from the task the run's configuration names.
 
 Every check is a Polars query over one chunk of the ledger (a run of whole segments, about
 `CHUNK_EVENTS` events) and the state carried from the chunks before it (`_Carry`), so an
@@ -58,18 +61,20 @@ from ledger.events import (
 )
 from ledger.replay import postings, replay_frame
 from ledger.store import Ledger
-from market import anchors
+from market import anchors, rederive
 from market.anchors import Anchors, Vouched
 from market.mechanisms import RULES
 
 _C = pl.col
 _MONEY = sorted(AUCTION_KINDS)
 """The transfers only an auction (or a control step) may make."""
-_AUDITED = [
+_RULED = [
     "seq", "tx", "kind", "episode", "step", "account", "src", "dst", "amount", "mechanism", "cap",
     "episodes", "episode_return", "steps",
 ]  # fmt: skip
-"""The columns the rules read."""
+"""The columns the rules of this module read."""
+_AUDITED = [*_RULED, *rederive.COLUMNS]
+"""The columns every rule reads (the world's, `rederive`, too)."""
 _SOURCES = [ENVIRONMENT, AUCTIONEER]
 """The accounts outside the society: money from them is created, money to them destroyed."""
 
@@ -132,6 +137,9 @@ class AuditReport:
     violation: Violation | None = None
     torn_tail: list[str] = field(default_factory=list)
     per_mechanism: list[dict[str, object]] = field(default_factory=list)
+    not_rederived: dict[str, str] = field(default_factory=dict)
+    """The world's rules (`rederive`) not re-derived, or only in part, for some run or
+    episode: rule -> why (a task over images, trained networks, a hand-made run)."""
 
     @property
     def ok(self) -> bool:
@@ -228,8 +236,8 @@ def _whole(chunks: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
         if chunk.is_empty():
             continue
         last = chunk["tx"][-1]
-        starts = chunk.with_row_index("_i").filter(_C("tx") != last).select(_C("_i").max())
-        cut = starts.item()
+        # (on the tx column alone: a filter of the frame would copy every column)
+        cut = chunk.select(pl.int_range(pl.len()).filter(_C("tx") != last).max()).item()
         cut = 0 if cut is None else int(cut) + 1  # the first row of the trailing transaction
         held_back = chunk.slice(cut)
         if cut:
@@ -248,11 +256,15 @@ class _Part:
     """Its transfers."""
     sold: pl.DataFrame
     """One row per auction: its bids' summary and its allocate, pay, mint and reward."""
+    world: rederive.Parts
+    """The rows and columns the world's rules read (`rederive.prepare`)."""
 
     @classmethod
     def of(cls, df: pl.DataFrame) -> _Part:
+        world = rederive.prepare(df)
+        df = df.select(_RULED)
         moves = df.filter(_C("kind").is_in(sorted(TRANSFER_KINDS)))
-        return cls(df, moves, _sold(df.lazy()).collect())
+        return cls(df, moves, _sold(df.lazy()).collect(), world)
 
 
 CHUNK_EVENTS = 1 << 19
@@ -260,9 +272,10 @@ CHUNK_EVENTS = 1 << 19
 
 
 def _conformed(df: pl.DataFrame) -> pl.DataFrame:
-    for col in ("cap", "episodes"):  # cap: a frame read from a ledger without an economy
+    missing: dict[str, pl.DataType] = {"cap": pl.Int64(), "episodes": pl.Int64(), **rederive.DTYPES}
+    for col, dtype in missing.items():  # cap: a frame read from a ledger without an economy
         if col not in df.columns:
-            df = df.with_columns(pl.lit(None, dtype=pl.Int64).alias(col))
+            df = df.with_columns(pl.lit(None, dtype=dtype).alias(col))
     # Speed: kinds as categories, compared as integer codes by every rule's filters (the
     # cast costs one pass; measured 20% less time per chunk in all).
     return df.select(_AUDITED).with_columns(_C("kind").cast(pl.Categorical))
@@ -312,6 +325,8 @@ class _Carry:
     per_mechanism: pl.DataFrame | None = None
     lifecycle: pl.DataFrame | None = None
     endowed_in: int = 0
+    world: rederive.Carry = field(default_factory=rederive.Carry)
+    """What the world's rules carry (`rederive.Carry`)."""
 
     def report(self, violation: Violation | None) -> None:
         if violation is not None and (self.found is None or violation.seq < self.found.seq):
@@ -344,6 +359,7 @@ class _Carry:
         report.endowed_in = self.endowed_in
         if self.run_from is not None:
             report.last_run = (report.events - self.run_from, self.ended, self.run_return)
+        report.not_rederived = self.world.not_rederived()
 
 
 def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
@@ -391,11 +407,18 @@ def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
         _run_ends(df, carry),
         _episode_ends(df, carry),
         _closing(df, moves, base, report),
+        _rederived(part.world, carry.world),
     ]
     for v in found:
         carry.report(v)
     _totals(df, auctions, carry)
     _carry_over(df, moves, auctions, lives, ends.collect(), carry)
+
+
+def _rederived(world: rederive.Parts, carry: rederive.Carry) -> Violation | None:
+    """The first of the world's rules broken in the chunk (`rederive.check`)."""
+    found = rederive.check(world, carry)
+    return None if found is None else Violation(*found)
 
 
 def _merge_lives(carry: _Carry, events: pl.LazyFrame) -> pl.DataFrame:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor
 
-from market.digits import CANVAS, Trained, classifier, load_digits, predict
-from market.tasks import Outcome, Task, TaskTables
+from market.digits import CANVAS, Digits, Trained, classifier, load_digits, predict
+from market.tasks import MENTAL_ROTATION, START_DRAWS, Outcome, Task, TaskTables, start_draws
 
 ANGLE = 60.0
 """Degrees of every turn, input and primitive."""
@@ -37,7 +37,7 @@ KINDS = tuple(f"rotate{a} {d}" for a in ("+60", "-60") for d in DIRECTIONS)
 """Input kinds, kind = 4 * turn + direction (turn 0 is +60): turned, then shifted."""
 NODES = 43
 """States per input: the input itself, 6 after one step, 36 after two."""
-START_CHUNK = 4096
+START_CHUNK = START_DRAWS
 """Starts are drawn from the seed's generator this many at a time, always in this size."""
 
 _UNIT = 2.0 / CANVAS
@@ -107,6 +107,25 @@ def encode(
     return np.asarray(inputs, dtype=np.int64) * NODES + node
 
 
+def moves(
+    states: NDArray[np.int64], primitives: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.bool_]]:
+    """Where each primitive takes each state id (ids and primitives in range), whether that
+    ends the episode, and whether it is the second step (the one the classifier pays for):
+    arithmetic on ids, no image. After two steps nothing more happens."""
+    inputs, node = np.divmod(states, NODES)
+    fresh, finishing = node == 0, (node >= 1) & (node <= 6)
+    nxt = np.where(fresh, states + 1 + primitives, states)
+    nxt[finishing] = (inputs * NODES + 7 + 6 * (node - 1) + primitives)[finishing]
+    return nxt, ~fresh, finishing
+
+
+def split_inputs(digits: Digits, split: str) -> NDArray[np.int64]:
+    """The input indices of `split`'s digits (every kind of each): what episodes start from."""
+    chosen = digits.train if split == "train" else digits.test
+    return (chosen[:, None] * len(KINDS) + np.arange(len(KINDS))).ravel()
+
+
 class MentalRotation(Task):
     """Mental Rotation over the `split`'s digits: every episode is two steps from an input,
     and pays 1 exactly when the classifier reads its final image as the digit's label."""
@@ -119,16 +138,15 @@ class MentalRotation(Task):
     def __init__(self, seed: int = 0, split: str = "train") -> None:
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
-        self.name = "mental-rotation" if split == "train" else "mental-rotation-test"
+        self.name = next(name for name, of in MENTAL_ROTATION.items() if of == split)
         self.seed, self.split = seed, split
         self.digits = load_digits()
         self.trained: Trained = classifier()
         self.n_inputs = len(self.digits.labels) * len(KINDS)
         self.n_states = self.n_inputs * NODES
-        digits = self.digits.train if split == "train" else self.digits.test
-        self.inputs = (digits[:, None] * len(KINDS) + np.arange(len(KINDS))).ravel()
+        self.inputs = split_inputs(self.digits, split)
         """The split's input indices: what `starts` draws from."""
-        self._rng = np.random.default_rng(seed)
+        self._drawing = start_draws(seed, len(self.inputs), START_CHUNK)
         self._draws = np.empty(0, dtype=np.int64)
         self._read = np.full(self.n_inputs * 36, -1, dtype=np.int8)
         """Memo by input * 36 + 6 * p1 + p2: is the final image read right? (-1: not yet known)"""
@@ -144,8 +162,7 @@ class MentalRotation(Task):
         """The node-0 state of the split input drawn for each episode (seed, episode number)."""
         episodes = np.asarray(episodes, dtype=np.int64)
         while len(self._draws) <= episodes.max(initial=-1):  # same draws in any request order
-            more = self._rng.integers(0, len(self.inputs), size=START_CHUNK, dtype=np.int64)
-            self._draws = np.concatenate([self._draws, more])
+            self._draws = np.concatenate([self._draws, next(self._drawing)])
         return self.inputs[self._draws[episodes]] * NODES
 
     def step(self, state: int, primitive: int) -> Outcome:
@@ -156,15 +173,13 @@ class MentalRotation(Task):
     def transition(self, states: NDArray[np.int64], primitives: NDArray[np.int64]) -> TaskTables:
         """`step` for many (state, primitive) pairs; only unseen two-step endings are drawn."""
         states, primitives = self._checked(states, primitives)
+        nxt, done, finishing = moves(states, primitives)
         inputs, node = np.divmod(states, NODES)
-        fresh, finishing = node == 0, (node >= 1) & (node <= 6)
-        nxt = np.where(fresh, states + 1 + primitives, states)
-        nxt[finishing] = (inputs * NODES + 7 + 6 * (node - 1) + primitives)[finishing]
         reward = np.zeros(len(states))
         reward[finishing] = self.solved(
             inputs[finishing], node[finishing] - 1, primitives[finishing]
         )
-        return TaskTables(nxt, reward, ~fresh, np.ones(len(states)))
+        return TaskTables(nxt, reward, done, np.ones(len(states)))
 
     def _checked(
         self, states: NDArray[np.int64], primitives: NDArray[np.int64]

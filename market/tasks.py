@@ -13,7 +13,7 @@ kernels start every episode in the same state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -190,6 +190,20 @@ class Duality(Task):
         return Outcome(next_state=nxt, reward=reward, done=False)
 
 
+START_DRAWS = 4096
+"""Episode starts are drawn this many at a time (`start_draws`), always in this size."""
+
+
+def start_draws(seed: int, n: int, chunk: int = START_DRAWS) -> Iterator[NDArray[np.int64]]:
+    """The uniform draws in [0, n) that place the episodes of a task that starts anywhere,
+    `chunk` at a time from one generator seeded by the run's seed: episode e takes draw e,
+    so the draws do not depend on how many episodes are asked for at once (the tasks'
+    `starts`, and the audit re-deriving them)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield rng.integers(0, n, size=chunk, dtype=np.int64)
+
+
 TaskFactory = Callable[[int, float], Task]
 """Makes a task from the run's seed (where its episodes start) and discount (inside options)."""
 
@@ -220,14 +234,16 @@ def _two_rooms(goal: str) -> TaskFactory:
 
 TABULAR_TASKS = frozenset({"bandit", "chain", "duality"})
 """The tasks with Q* tables (made without loading anything)."""
+MENTAL_ROTATION = {"mental-rotation": "train", "mental-rotation-test": "test"}
+"""Mental Rotation's tasks: each name's split of the digits."""
+TWO_ROOMS = {"tworooms": "green", "tworooms-blue": "blue"}
+"""Two Rooms' tasks: each name's goal."""
 TASKS: dict[str, TaskFactory] = {
     "bandit": _tabular(Bandit),
     "chain": _tabular(Chain),
     "duality": _tabular(Duality),
-    "mental-rotation": _mental_rotation("train"),
-    "mental-rotation-test": _mental_rotation("test"),
-    "tworooms": _two_rooms("green"),
-    "tworooms-blue": _two_rooms("blue"),
+    **{name: _mental_rotation(split) for name, split in MENTAL_ROTATION.items()},
+    **{name: _two_rooms(goal) for name, goal in TWO_ROOMS.items()},
 }
 """Every task by name: `tworooms` pretrains on the green goal, `tworooms-blue` is the transfer;
 `mental-rotation-test` draws its inputs from the held-out digits."""

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from market.cache import cache_dir
-from market.tasks import Outcome, Task, TaskTables
+from market.tasks import START_DRAWS, Outcome, Task, TaskTables, start_draws
 
 WIDTH, HEIGHT = 13, 7
 """The grid with its outer walls: room 1 is x 1..5, the dividing wall x = 6, room 2 x 7..11."""
@@ -161,6 +161,39 @@ def option_ends(option: int, states: NDArray[np.int64]) -> NDArray[np.bool_]:
     if OPTION_NAMES[option] == "door":
         return np.asarray(decode(states).x > WALL_X)
     return on_goal(states, OPTION_NAMES[option])
+
+
+def option_stopped(
+    states: NDArray[np.int64], primitives: NDArray[np.int64], next_states: NDArray[np.int64]
+) -> NDArray[np.bool_]:
+    """Whether option `primitives` run from `states` may have stopped at `next_states`, read
+    from the ids alone (where it went is the options' choice): from an ended episode it
+    stays put; otherwise it took at least one env step and stopped at its termination
+    predicate, at the episode's end or after `OPTION_STEPS` steps."""
+    states, nxt = np.asarray(states, np.int64), np.asarray(next_states, np.int64)
+    was_over, before, after = episode_over(states), decode(states).t, decode(nxt).t
+    stopped = np.zeros(len(states), dtype=bool)
+    for option in range(len(OPTION_NAMES)):
+        rows = primitives == option
+        stopped[rows] = option_ends(option, nxt[rows])
+    stopped |= episode_over(nxt) | (after - before == OPTION_STEPS)
+    return np.where(was_over, nxt == states, (after > before) & stopped)
+
+
+def option_reward(
+    next_states: NDArray[np.int64], steps: NDArray[np.int64], goal: str, gamma: float
+) -> NDArray[np.float64]:
+    """What an option that took `steps` env steps to `next_states` earns: MiniGrid's
+    1 - 0.9 t / MAX_STEPS (t the step count on arrival) when its last step reached `goal`,
+    discounted by `gamma` once per step before it, as `TwoRooms` sums it step by step (so
+    to the same float); 0 otherwise (the other goal, the time-out, an option's own end)."""
+    steps = np.asarray(steps, dtype=np.int64)
+    discount = np.ones(len(steps))
+    for k in range(max(int(steps.max(initial=0)) - 1, 0)):
+        discount = np.where(k < steps - 1, discount * gamma, discount)
+    arrived = decode(next_states).t.astype(np.float64)
+    paid = 1 - 0.9 * (arrived / MAX_STEPS)
+    return np.where(on_goal(next_states, goal) & (steps > 0), 0.0 + discount * paid, 0.0)
 
 
 def room1_states() -> NDArray[np.int64]:
@@ -363,7 +396,7 @@ class TwoRooms(Task):
     """MiniGrid's full-grid encoding scaled into [0, 1], and the elapsed fraction of
     `MAX_STEPS` as a fourth plane (the reward and the time-out depend on it)."""
     tabular = False
-    _CHUNK = 4096
+    _CHUNK = START_DRAWS
 
     def __init__(
         self,
@@ -376,17 +409,16 @@ class TwoRooms(Task):
         self.name = "tworooms" if goal == "green" else f"tworooms-{goal}"
         self.options = options if options is not None else load_options()
         self.env = TwoRoomsEnv(goal)
-        self._rng = np.random.default_rng(seed)
-        self._drawn = np.zeros(0, dtype=np.int64)
         self._room1 = room1_states()
+        self._drawing = start_draws(seed, len(self._room1), self._CHUNK)
+        self._drawn = np.zeros(0, dtype=np.int64)
         self._memo: dict[tuple[int, int], Outcome] = {}
 
     def starts(self, episodes: NDArray[np.int64]) -> NDArray[np.int64]:
         """Episode e starts in the e-th draw of one uniform sequence over `room1_states`."""
         episodes = np.asarray(episodes, dtype=np.int64)
         while len(episodes) and len(self._drawn) <= int(episodes.max()):
-            draw = self._rng.integers(0, len(self._room1), size=self._CHUNK)
-            self._drawn = np.concatenate([self._drawn, draw])
+            self._drawn = np.concatenate([self._drawn, next(self._drawing)])
         return np.asarray(self._room1[self._drawn[episodes]], dtype=np.int64)
 
     def step(self, state: int, primitive: int) -> Outcome:
