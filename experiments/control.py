@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from pool import run_all
 
 from agents.control_learning import ControlSociety
+from agents.dqn_control import coordination
 from agents.learning import learner_seed
 from agents.settings import METHODS, ControlDQNConfig
 from ledger.disk import DiskLedger
@@ -184,8 +185,9 @@ def episode_table(events: pl.LazyFrame, task: ControlTask) -> pl.DataFrame:
     )
     next_x = np.array(moves["next_x"].to_list())
     u = np.array(moves["controls"].to_list())
-    others = u.sum(axis=1, keepdims=True) - u
-    coordinating = (u * others >= 0).mean(axis=1)
+    # psi as the learners compute it: the others' sum over the others only (total - u_i can
+    # leave a rounding residue where the others cancel, and flip psi's sign).
+    coordinating = (coordination(u) > 0).mean(axis=1)
     steps = moves.with_columns(
         pl.Series("in_band", task.in_goal(next_x)),
         pl.Series("coordinating", coordinating),

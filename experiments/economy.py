@@ -96,12 +96,11 @@ def run_one(
         .with_columns(pl.col("env_steps").fill_null(0))
     )
     tail = success.tail(max(success.height // 10, 1))
-    solved = success.filter(pl.col("rolling") >= CRITERION)
     row: Row = {
         "arm": arm,
         "seed": seed,
         "success": float(tail["reached"].mean() or 0.0),  # type: ignore[arg-type]
-        "solved_at": int(solved["env_steps"][0]) if solved.height else None,
+        "solved_at": solved_at(success),
         "length": float(tail["length"].mean() or 0.0),  # type: ignore[arg-type]
         "episodes": success.height,
         "env_steps": int(clock["env_steps"].max() or 0),  # type: ignore[arg-type]
@@ -185,6 +184,13 @@ def _success(events: pl.LazyFrame, clock: pl.DataFrame) -> pl.DataFrame:
     return ends.join_asof(clock, on="seq").with_columns(
         pl.col("reached").rolling_mean(WINDOW).alias("rolling")
     )
+
+
+def solved_at(success: pl.DataFrame) -> int | None:
+    """The env steps taken when a `_success` table's rolling share first reaches CRITERION;
+    None if it never does."""
+    solved = success.filter(pl.col("rolling") >= CRITERION)
+    return int(solved["env_steps"][0]) if solved.height else None
 
 
 def _table(runs: pl.DataFrame) -> str:

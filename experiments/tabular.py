@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from numpy.typing import NDArray
 from pool import run_all
 
-from agents.learning import LearningSociety, run_learning
+from agents.learning import run_learning
 from agents.settings import PPOConfig
 from ledger.disk import DiskLedger
 from ledger.units import UNIT
@@ -97,7 +98,8 @@ def run_one(
         "audit_clean": report.ok,
         "events": summary.events,
     }
-    row |= _task_metrics(task, setting, learner, last)
+    means = learner.agent.mean_bids(np.arange(task.n_states))
+    row |= _task_metrics(task, setting, means, last)
     curve = [
         {**p, "label": setting.label, "task": setting.task, "seed": seed} for p in tracker.curve
     ]
@@ -144,10 +146,11 @@ class _Tracker:
 
 
 def _task_metrics(
-    task: Task, setting: Setting, learner: LearningSociety, last: pl.DataFrame
+    task: Task, setting: Setting, means: NDArray[np.float64], last: pl.DataFrame
 ) -> dict[str, object]:
-    """What the paper compares: bids against Q*, the greedy society's choices and return."""
-    means = learner.agent.mean_bids(np.arange(task.n_states))
+    """What the paper compares: bids against Q*, the greedy society's choices and return,
+    from each primitive's mean bid in every state (`means`, (P, n_states)) and the run's last
+    allocations (`last`: state, primitive, amount in units)."""
     q = task.q_star(0.99)
     greedy = means.argmax(axis=0)  # (n_states,): the primitive with the highest mean bid
     out: dict[str, object] = {"greedy": "".join(task.primitive_names[g][-1] for g in greedy)}

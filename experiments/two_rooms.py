@@ -44,10 +44,9 @@ def run_one(method: str, seed: int, steps: int, out: Path) -> tuple[Row, list[Ro
         finished = run.execute()
         seconds = time.perf_counter() - began
         progress = _progress(finished.ledger.scan())
-        solved = progress.filter(pl.col("success") >= CRITERION)
         env_steps = int(progress["env_steps"].max() or 0)  # type: ignore[arg-type]
         row |= {
-            f"{phase}_env_steps_to_solve": int(solved["env_steps"][0]) if solved.height else None,
+            f"{phase}_env_steps_to_solve": steps_to_solve(progress),
             f"{phase}_final_success": float(progress["success"][-1]),
             f"{phase}_env_steps": env_steps,
             f"{phase}_seconds": seconds,
@@ -77,6 +76,13 @@ def _progress(events: pl.LazyFrame) -> pl.DataFrame:
     return ends.join_asof(moves, on="seq").with_columns(
         pl.col("reached").rolling_mean(WINDOW).fill_null(0.0).alias("success")
     )
+
+
+def steps_to_solve(progress: pl.DataFrame) -> int | None:
+    """The env steps taken when a `_progress` table first meets the criterion (CRITERION of
+    the last WINDOW episodes reached the goal); None if it never does."""
+    solved = progress.filter(pl.col("success") >= CRITERION)
+    return int(solved["env_steps"][0]) if solved.height else None
 
 
 def _tables(runs: pl.DataFrame) -> str:

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
+from conftest import ALICE, BOB, Tx, append_all, head, history, next_seq, opening
 from typer.testing import CliRunner
 
-from analyses.auctions import bids, bids_against
-from analyses.control import agent_returns, agent_returns_curve
-from analyses.inequality import ALL_OPENED, LIVING, lorenz
-from analyses.wealth import returns, returns_curve, wealth, wealth_over_time
+from analyses.inequality import ALL_OPENED, LIVING
+from analyses.report import run_report
+from analyses.wealth import wealth_over_time
 from cli import app
+from ledger.disk import DiskLedger
+from ledger.events import (
+    CONTROL,
+    ENVIRONMENT,
+    SYSTEM,
+    EpisodeEnd,
+    EpisodeStart,
+    Order,
+    Reward,
+    Transition,
+)
 from market import rundir
-from market.tasks import make_task
 
 
 def simulate(tmp_path: Path, *args: str) -> Path:
@@ -25,53 +37,137 @@ def simulate(tmp_path: Path, *args: str) -> Path:
     return run
 
 
+def hand_made_run(tmp_path: Path, txs: list[Tx], config: dict[str, Any]) -> Path:
+    """A run directory holding the hand-made ledger `txs` and `config` as its config.json."""
+    run = tmp_path / "run"
+    ledger = DiskLedger(run / rundir.LEDGER)
+    append_all(ledger, txs)
+    ledger.close()
+    (run / rundir.CONFIG).write_text(json.dumps(config), encoding="utf-8")
+    return run
+
+
+def rows(path: Path) -> list[tuple[Any, ...]]:
+    """The rows of a Parquet file."""
+    return pl.read_parquet(path).rows()
+
+
+N = 1e-9
+"""One unit in credit: conftest's amounts are units."""
+
+
 def test_an_auction_runs_report_holds_its_tables_plots_and_series(tmp_path: Path) -> None:
-    """Every plot is a PNG with the exact series beside it; the page embeds all of them."""
-    run = simulate(tmp_path, "--task", "chain", "--bidder", "random", "--episodes", "40")
-    result = CliRunner().invoke(app, ["report", str(run), "--points", "50"])
+    """The report of conftest's hand-made Vickrey episode (three auctions on Chain, worked
+    through in tests/test_analyses.py), against figures worked out by hand. Its 32 events
+    in 4 checkpoints of 8 (seq 7, 15, 23, 31): auctions are allocated at seq 8, 14 and 21;
+    alice's balance is 0, then -5 + 10 + 6 = 11, then + 3 - 7 = 7, then + 30 = 37 units."""
+    run = hand_made_run(tmp_path, history(), {"task": "chain", "mechanism": "v",
+                                              "bidder": "hand", "gamma": 0.5})  # fmt: skip
+    result = CliRunner().invoke(app, ["report", str(run), "--points", "4"])
     assert result.exit_code == 0, result.output
     out = run / "report"
-    events = rundir.open_run_ledger(run).scan()
     for name in ("wealth", "lorenz", "gini", "returns", "bids"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert pl.read_parquet(out / "wealth.parquet").equals(wealth_over_time(events, 50))
-    curves = pl.read_parquet(out / "lorenz.parquet")
-    assert curves.filter(pl.col("members") == ALL_OPENED).drop("members").equals(lorenz(events))
-    assert (
-        curves.filter(pl.col("members") == LIVING)
-        .drop("members")
-        .equals(lorenz(events, living=True))
-    )
-    curve = pl.read_parquet(out / "returns.parquet")
-    assert curve.equals(returns_curve(events, 50))
-    assert curve.height == 40 and curve["credit"].to_list() == returns(events)["credit"].to_list()
-    q = make_task("chain").q_star(0.99)
-    since = returns(events)["episode"][36]  # the last 10% of 40 episodes
-    expected = bids_against(bids(events, since), q)
-    shown = pl.read_parquet(out / "bids.parquet")
-    assert shown.drop("name").equals(expected)
-    assert shown.columns.index("name") == shown.columns.index("primitive") + 1
+    checkpoints = [(7, 1.5, 0), (15, 3.0, 2), (23, 4.75, 3), (31, 6.75, 3)]  # seq, time, steps
+    balances = {"alice": [0, 11, 7, 37], "auctioneer": [0, 0, -6, -6], "bob": [0, -6, 0, 0],
+                "environment": [0, -5, -1, -31]}  # fmt: skip
+    assert rows(out / "wealth.parquet") == [
+        (account, seq, time, steps, units, pytest.approx(units * N), False)
+        for account, held in balances.items()
+        for (seq, time, steps), units in zip(checkpoints, held, strict=True)
+    ]
+    lorenz = [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (1.0, pytest.approx(37 * N), 1.0)]  # bob, alice
+    assert rows(out / "lorenz.parquet") == [(m, *p) for m in (ALL_OPENED, LIVING) for p in lorenz]
+    # Gini of two agents a, b: 2|a - b| / (2 * 2 * (|a| + |b|)): 0 for 0, 0; 0.5 for 11, -6 too.
+    assert [(r[0], r[4], r[6]) for r in rows(out / "gini.parquet")] == [
+        (7, 0.0, 0.0), (15, 0.5, 0.5), (23, 0.5, 0.5), (31, 0.5, 0.5)
+    ]  # fmt: skip
+    assert rows(out / "returns.parquet") == [(0, 1, *[pytest.approx(36 * N)] * 3)]
+    # Chain's Q* at gamma 0.5: R is worth 0.8 * 0.5^(4 - s); L from s is worth half of R from
+    # max(s - 1, 0). The winner (L) bid the price + 3, the loser (R) the price: 5, 6, 7.
+    q = {(0, 0): 0.025, (0, 1): 0.05, (1, 0): 0.025, (1, 1): 0.1, (2, 0): 0.05, (2, 1): 0.2}
+    bid = {(0, 0): 8, (0, 1): 5, (1, 0): 9, (1, 1): 6, (2, 0): 10, (2, 1): 7}
+    assert rows(out / "bids.parquet") == [
+        (s, p, "LR"[p], pytest.approx(bid[s, p] * N), 1, pytest.approx(q[s, p]),
+         pytest.approx(bid[s, p] * N - q[s, p]))
+        for s, p in sorted(q)
+    ]  # fmt: skip
+    report = run_report(run, 4)
+    assert report.tables["winners (last 10% of episodes)"].rows() == [
+        (s, 0, "L", 1, 1.0) for s in range(3)
+    ]
+    assert report.tables["income (credit)"].rows() == [
+        (a, *(pytest.approx(v * N) for v in values))
+        for a, values in (("alice", (40, 6, 12, 3, 37)), ("auctioneer", (0, 0, 0, -6, -6)),
+                          ("bob", (-4, 7, 6, 3, 0)), ("environment", (-36, 5, 0, 0, -31)))
+    ]  # fmt: skip
+    inequality = dict(report.tables["inequality (final)"].select("measure", LIVING).rows())
+    assert inequality == {"agents": 2.0, "total_credit": pytest.approx(37 * N),
+                          "mean_credit": pytest.approx(18.5 * N), "gini": 0.5,
+                          "top1_share": 1.0, "in_debt": 0.0}  # fmt: skip
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 5
-    for account, credit in wealth(events).select("account", "credit").iter_rows():
-        assert f"<td>{account}</td><td>{credit:.6g}</td>" in page
+    for account, units in (("alice", 37), ("auctioneer", -6), ("bob", 0), ("environment", -31)):
+        assert f"<td>{account}</td><td>{units * N:.6g}</td>" in page
     assert "wealth (final)" in result.output and "bids against Q*" in result.output
 
 
+def control_run() -> list[Tx]:
+    """Two episodes of two steps of alice and bob. Episode 0: each step alice pays a penalty
+    of 10 units and bob of 11; episode 1: the environment pays alice 5, bob pays 1."""
+    txs = [opening(0)]
+    for episode, paid in enumerate(((-10, -11), (5, -1))):
+        for step in range(2):
+            first = next_seq(txs)
+            h = iter({**head(first + i, first, step), "episode": episode} for i in range(7))
+            tx: Tx = []
+            if step == 0:
+                tx.append(EpisodeStart(**next(h), task="integrator", mechanism=CONTROL,
+                                       cloned=False, gamma=0.99, state=0))  # fmt: skip
+            tx += [Order(**next(h), account=a, primitive=i, action=1, control=0.0)
+                   for i, a in enumerate((ALICE, BOB))]  # fmt: skip
+            tx.append(Transition(**next(h), account=SYSTEM, x=[0.0, 0.0], controls=[0.0, 0.0],
+                                 next_x=[0.0, 0.0], done=step == 1))  # fmt: skip
+            for agent, r in zip((ALICE, BOB), paid, strict=True):
+                src, dst = (ENVIRONMENT, agent) if r > 0 else (agent, ENVIRONMENT)
+                tx.append(Reward(**next(h), src=src, dst=dst, amount=abs(r)))
+            txs.append(tx)
+        first = next_seq(txs)
+        end = {**head(first, first, 1), "episode": episode}
+        txs.append([EpisodeEnd(**end, steps=2, episode_return=2 * sum(paid))])
+    return txs
+
+
 def test_a_control_runs_report_shows_each_agents_returns(tmp_path: Path) -> None:
-    """A control run's report has every agent's learning curve and late mean return."""
-    run = simulate(tmp_path, "--variant", "control", "--task", "integrator", "--agents", "3",
-                   "--bidder", "random", "--episodes", "10")  # fmt: skip
+    """The report of a hand-made control run, against figures worked out by hand: each
+    agent's return per episode (alice -20 then 10 units, bob -22 then -2), the last 10% of
+    2 episodes (episode 1), the final balances, and the Gini of agents in debt."""
+    config = {"variant": "control", "task": "integrator", "agents": 2, "policy": "random"}
+    run = hand_made_run(tmp_path, control_run(), config)
     result = CliRunner().invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
-    events = rundir.open_run_ledger(run).scan()
-    curves = pl.read_parquet(run / "report" / "returns.parquet")
-    assert curves.equals(agent_returns_curve(events, 200))
-    per_episode = agent_returns(events).sort("episode", "agent")
-    assert curves.select("episode", "agent", "credit").equals(
-        per_episode.select("episode", "agent", "credit")
-    )  # 10 episodes in up to 200 blocks: a block per episode
-    assert set(curves["agent"]) == {"agent0", "agent1", "agent2"}
+    out = run / "report"
+    assert rows(out / "returns.parquet") == [  # 2 episodes in up to 200 blocks: 1 per block
+        (0, ALICE, 1, -20, pytest.approx(-20 * N)), (0, BOB, 1, -22, pytest.approx(-22 * N)),
+        (1, ALICE, 1, 10, pytest.approx(10 * N)), (1, BOB, 1, -2, pytest.approx(-2 * N)),
+    ]  # fmt: skip
+    report = run_report(run)
+    assert report.tables["return per agent (last 10% of episodes)"].rows() == [
+        (ALICE, pytest.approx(10 * N), 1), (BOB, pytest.approx(-2 * N), 1)
+    ]  # fmt: skip
+    assert report.tables["wealth (final)"].rows() == [
+        (ALICE, pytest.approx(-10 * N)), ("auctioneer", 0.0), (BOB, pytest.approx(-24 * N)),
+        (ENVIRONMENT, pytest.approx(34 * N)),
+    ]  # fmt: skip
+    # In debt: shares of a total that is not positive are null; the Gini is
+    # 2 * |-10 - -24| / (2 * 2 * (10 + 24)) = 7 / 34.
+    assert rows(out / "lorenz.parquet")[:3] == [
+        (ALL_OPENED, 0.0, 0.0, None), (ALL_OPENED, 0.5, pytest.approx(-24 * N), None),
+        (ALL_OPENED, 1.0, pytest.approx(-34 * N), None),
+    ]  # fmt: skip
+    assert rows(out / "gini.parquet")[-1][4] == pytest.approx(7 / 34)
+    for name in ("wealth", "lorenz", "gini", "returns"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "return per agent" in result.output
 
 

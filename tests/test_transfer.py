@@ -1,5 +1,5 @@
 """--init starts a run's learners from another run's snapshot (a transfer); --frozen evaluates
-a snapshot without learning; the vision learner runs on a task over images."""
+a snapshot without learning; the vision learner runs, and learns, on a task over images."""
 
 from __future__ import annotations
 
@@ -10,13 +10,21 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from numpy.typing import NDArray
 from typer.testing import CliRunner
 
-from agents.learning import LearningSociety
+from agents.learning import LearningSociety, learner_seed, one_thread
 from agents.runner import prepare
+from agents.settings import PPOConfig
 from agents.simulation import resolve
 from agents.training import latest_snapshot
 from cli import app
+from ledger.store import MemoryLedger
+from ledger.units import UNIT
+from market.bus import Bus
+from market.mental_rotation import KINDS, NODES, PRIMITIVES, MentalRotation, solution
+from market.run import RunConfig, simulate
+from market.society import Society
 
 
 @pytest.fixture
@@ -94,8 +102,9 @@ def test_bad_init_and_frozen_flags_are_one_line_errors(
     assert message in out
 
 
-def test_a_society_of_cnn_bidders_learns_on_mental_rotation(cwd: Path) -> None:
-    """On a task over images the society's bidders are CNNs: updates run and the ledger audits."""
+def test_a_society_of_cnn_bidders_updates_and_audits_on_mental_rotation(cwd: Path) -> None:
+    """On a task over images the society's bidders are CNNs: through the CLI, updates run with
+    finite losses and the ledger audits (a budget far too small to learn: see the next test)."""
     code, out = market(
         "simulate", "--task", "mental-rotation", "--learn", "--steps", "1200", "--out", "mr",
         "--set", "ppo.batch=128", "--set", "ppo.channels=4",
@@ -104,6 +113,55 @@ def test_a_society_of_cnn_bidders_learns_on_mental_rotation(cwd: Path) -> None:
     metrics = pl.read_parquet(cwd / "mr" / "metrics.parquet")
     assert metrics.height >= 2
     assert np.isfinite(metrics["policy_loss"].to_numpy()).all()
+
+
+class OneKind(MentalRotation):
+    """Mental Rotation reduced to one input kind, `rotate+60 left` (undone by `right`, then
+    `rotate-60`), over the training digits; the same six functions, states and rewards."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed, split="train")
+        self.kept = self.inputs[self.inputs % len(KINDS) == 0]
+        self.order = np.random.default_rng(seed).permutation(len(self.kept))
+
+    def starts(self, episodes: NDArray[np.int64]) -> NDArray[np.int64]:
+        """A kept input for each episode, in the seed's order (a function of the episode)."""
+        chosen = self.order[np.asarray(episodes, dtype=np.int64) % len(self.kept)]
+        return np.asarray(self.kept[chosen] * NODES, dtype=np.int64)
+
+
+def test_a_society_of_cnn_bidders_learns_one_kind_of_mental_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cloned CCV society of CNN bidders learns Mental Rotation reduced to one input kind:
+    after 4,000 auctions (2,000 episodes) the last 200 episodes earn 0.6 or more, five times
+    what random functions earn (0.12, docs/results.md), and the pair of functions the society
+    chooses most is the solution. Learned (seed 0): 0.985, the solution in 197 of 200.
+    Without updates: 0.125, as random functions, the most chosen pair 12 times of 200 and not
+    the solution."""
+    monkeypatch.setenv("MARKET_CACHE", str(tmp_path / "cache"))  # the classifier: trained here
+    one_thread()
+    task = OneKind(seed=0)
+    ppo = PPOConfig(batch=128, minibatch=64, epochs=2, channels=4, policy_lr=3e-3)
+    config = RunConfig(task="mental-rotation", mechanism="ccv", bidder="ppo", episodes=None,
+                       steps=4000, concurrency=16, learner=ppo.model_dump())  # fmt: skip
+    learner = LearningSociety(task, Society.of(task, cloned=True), ppo, learner_seed(0))
+    ledger = MemoryLedger()
+    bus = Bus(ledger)
+    learner.attach(bus)
+    simulate(config, ledger, learner, bus=bus, task=task)
+    frame = ledger.scan().collect()
+    ends = frame.filter(pl.col("kind") == "episode_end").tail(200)
+    assert len(learner.updates) >= 50
+    assert float(ends["episode_return"].mean()) / UNIT >= 0.6  # type: ignore[arg-type]
+    last = frame.filter(
+        (pl.col("kind") == "allocate") & pl.col("episode").is_in(ends["episode"].implode())
+    )
+    pairs = last.sort("episode", "step").group_by("episode").agg(pl.col("primitive"))
+    chosen = pairs["primitive"].value_counts(sort=True)["primitive"][0].to_list()
+    assert (
+        tuple(chosen) == solution(0) == (PRIMITIVES.index("right"), PRIMITIVES.index("rotate-60"))
+    )
 
 
 def test_two_rooms_pretrains_and_transfers_through_the_cli(cwd: Path) -> None:

@@ -1,0 +1,451 @@
+"""The experiment scripts' criteria, windows and summaries, on hand-made episode tables whose
+answers are worked out by hand: the figures docs/results.md reports are made by these."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ledger.events import ENVIRONMENT
+from ledger.units import UNIT
+from market.control_tasks import Integrator, make_control_task
+from market.kernel import EpisodeResult
+from market.mental_rotation import NODES
+from market.tasks import make_task
+
+# The scripts run from experiments/ and import each other as top-level modules.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import control
+import economy
+import mental_rotation
+import tabular
+import two_rooms
+
+SCHEMA: dict[str, Any] = {
+    "seq": pl.Int64, "kind": pl.String, "episode": pl.Int64, "step": pl.Int64,
+    "src": pl.String, "dst": pl.String, "amount": pl.Int64, "primitive": pl.Int64,
+    "state": pl.Int64, "duration": pl.Float64, "steps": pl.Int64, "episode_return": pl.Int64,
+    "controls": pl.List(pl.Float64), "next_x": pl.List(pl.Float64),
+}  # fmt: skip
+"""The ledger columns the scripts read, with the dtypes of a ledger's scan."""
+
+
+def events(rows: list[dict[str, Any]]) -> pl.LazyFrame:
+    """A hand-made ledger scan: one row per event, numbered in order, absent fields null."""
+    return pl.DataFrame([{"seq": i, **row} for i, row in enumerate(rows)], schema=SCHEMA).lazy()
+
+
+def credit(amount: float) -> int:
+    """`amount` credit in units."""
+    return round(amount * UNIT)
+
+
+def md_rows(table: str) -> list[list[str]]:
+    """The body rows of the markdown tables in `table`, split into cells."""
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+# --- tabular.py: Bandit, Chain and Duality ------------------------------------------------
+
+
+def setting(task: str) -> tabular.Setting:
+    return next(s for s in tabular.SETTINGS if s.task == task)
+
+
+def test_tabular_criterion_waits_for_a_full_window_of_100_episodes() -> None:
+    """Chain: solved at the first episode that ends a full window of 100 episodes whose mean
+    return is >= 0.75, with the env steps taken by then. 94 goals in 100 (0.752) meet it; 93
+    (0.744) do not, and the next goal, pushing a failure out of the window, does."""
+    for failures, solved_at in ((6, 100 * 5), (7, 101 * 5)):
+        tracker = tabular._Tracker(setting("chain"), budget=1000)
+        returns = [0.0] * failures + [0.8] * (200 - failures)
+        for i, r in enumerate(returns):
+            tracker.on_episode(EpisodeResult(episode=i, steps=5, episode_return=credit(r)))
+            if i == 98:  # 99 episodes of 100: no verdict yet, whatever their returns
+                assert tracker.hit_steps is None
+        assert tracker.hit_steps == solved_at
+        assert tracker.score() == pytest.approx(0.8)  # the last 100 all reached the goal
+
+
+def test_tabular_bandit_criterion_is_arm_3s_share_of_the_last_2000_episodes() -> None:
+    """Bandit: an episode counts when its reward is arm 3's 0.8; solved when 90% of the last
+    2000 did. 200 other arms then 1800 arm-3 wins: solved at episode 2000 (its one step
+    each); 201 others: one episode later."""
+    for others, solved_at in ((200, 2000), (201, 2001)):
+        tracker = tabular._Tracker(setting("bandit"), budget=1_500_000)
+        returns = [0.6, 0.2, 0.4] * (others // 3) + [0.6] * (others % 3) + [0.8] * 2100
+        for i, r in enumerate(returns):
+            tracker.on_episode(EpisodeResult(episode=i, steps=1, episode_return=credit(r)))
+        assert tracker.hit_steps == solved_at
+        assert tracker.score() == 1.0
+
+
+def test_tabular_score_is_the_windows_mean_and_the_curve_a_point_per_budget_percent() -> None:
+    """The running sum gives the window's mean after any number of episodes; the curve takes
+    a point whenever another 1% of the budget (here 10 env steps) has been taken."""
+    tracker = tabular._Tracker(setting("duality"), budget=1000)
+    rng = np.random.default_rng(0)
+    returns = rng.choice([-1.0, 0.5, 3.0, 5.0], size=1234)
+    for i, r in enumerate(returns):
+        tracker.on_episode(EpisodeResult(episode=i, steps=5, episode_return=credit(r)))
+    assert tracker.score() == pytest.approx(returns[-100:].mean(), abs=1e-9)
+    steps = [p["steps"] for p in tracker.curve]
+    assert steps[:4] == [5, 10, 20, 30]  # the first episode, then every 10 env steps
+    assert len(steps) == 1 + 1234 * 5 // 10
+
+
+@pytest.mark.parametrize(
+    ("task", "greedy", "expected"),
+    [
+        ("chain", [1, 1, 1, 1, 1, 0], 0.8),  # right to the goal
+        ("chain", [0] * 6, 0.0),  # left for 20 steps
+        ("chain", [1, 0, 1, 1, 1, 1], 0.0),  # 0 -> 1 -> 0 -> ... never past 1
+        ("duality", [1, 0, 0], 5.0),  # a1, a0, a1, ...: 0.5 for each of 10 steps
+        ("duality", [0, 0, 0], -9.0),  # a0 into the absorbing state: 0, then -1 nine times
+        ("duality", [1, 1, 0], 0.5 + 9 * 0.3),  # a1 then a1 at state 1 forever
+    ],
+)
+def test_tabular_greedy_return_follows_the_greedy_primitives(
+    task: str, greedy: list[int], expected: float
+) -> None:
+    assert tabular._greedy_return(make_task(task), np.array(greedy)) == pytest.approx(expected)
+
+
+def test_tabular_task_metrics_of_hand_made_bids() -> None:
+    """Greedy = the primitive with the highest mean bid per state (named by its last
+    letter); |bid - Q*| over the last allocations; Bandit's arm-3 share and mean bids."""
+    chain = make_task("chain")
+    means = np.array([[0.1, 0.2, 0.1, 0.1, 0.1, 0.9], [0.5, 0.6, 0.5, 0.5, 0.5, 0.1]])
+    last = pl.DataFrame(
+        {"state": [4, 3], "primitive": [1, 0], "amount": [credit(0.7), credit(0.3)]}
+    )
+    got = tabular._task_metrics(chain, setting("chain"), means, last)
+    q_3_left = 0.99 * 0.8 * 0.99**2  # L from 3 to 2, then R, R to the goal
+    assert got["greedy"] == "RRRRRL" and got["greedy_return"] == pytest.approx(0.8)
+    assert got["mean_abs_bid_minus_q"] == pytest.approx((0.1 + abs(0.3 - q_3_left)) / 2)
+    bandit = make_task("bandit")
+    last = pl.DataFrame({"state": [0] * 4, "primitive": [3, 3, 1, 3], "amount": [1] * 4})
+    got = tabular._task_metrics(bandit, setting("bandit"), np.array([[0.2], [0.3], [0.1], [0.7]]),
+                                last)  # fmt: skip
+    assert got["greedy"] == "3" and got["greedy_return"] == pytest.approx(0.8)
+    assert got["arm3_share"] == 0.75 and got["mean_bids"] == "0.20 0.30 0.10 0.70"
+    duality = tabular._task_metrics(
+        make_task("duality"), setting("duality"), np.array([[0.1, 0.9, 0.3], [0.8, 0.2, 0.4]]),
+        last,
+    )  # fmt: skip
+    assert duality == {"greedy": "101", "greedy_return": pytest.approx(5.0)}  # no Q* gap
+
+
+def test_tabular_tables_give_the_median_and_range_over_seeds_and_count_the_solved() -> None:
+    """A cell is median [min, max] over seeds; steps to the criterion over the seeds that
+    met it (`reached` counts them; none: None); greedy is seed 0's."""
+    runs = pl.DataFrame(
+        {
+            "task": ["chain"] * 5,
+            "label": ["CCV"] * 3 + ["Vickrey"] * 2,
+            "seed": [0, 1, 2, 0, 1],
+            "steps_to_criterion": [100, None, 300, None, None],
+            "seconds_to_criterion": [1.0, None, 3.0, None, None],
+            "final_score": [0.8, 0.2, 0.79, 0.1, 0.3],
+            "mean_abs_bid_minus_q": [0.3, 0.2, 0.1, 0.5, 0.25],
+            "steps_per_s": [10.0, 20.0, 30.0, 5.0, 7.0],
+            "greedy_return": [0.8, 0.0, 0.8, 0.0, 0.0],
+            "greedy": ["RRRRRR", "LRLRLR", "RRRRRL", "LLLLLL", "RRRRRR"],
+            "audit_clean": [True, True, True, True, False],
+        },
+        schema_overrides={"steps_to_criterion": pl.Int64, "seconds_to_criterion": pl.Float64},
+    )
+    rows = md_rows(tabular._tables(runs))
+    assert rows[0][:3] == ["label", "seeds", "reached"]
+    assert rows[1:] == [
+        ["CCV", "3", "2", "200.0 [100.0, 300.0]", "2.0 [1.0, 3.0]", "0.79 [0.2, 0.8]",
+         "0.2 [0.1, 0.3]", "20.0 [10.0, 30.0]", "0.8 [0.0, 0.8]", "RRRRRR", "True"],
+        ["Vickrey", "2", "0", "None", "None", "0.2 [0.1, 0.3]", "0.375 [0.25, 0.5]",
+         "6.0 [5.0, 7.0]", "0.0 [0.0, 0.0]", "LLLLLL", "False"],
+    ]  # fmt: skip
+
+
+# --- two_rooms.py: env steps to solve -------------------------------------------------------
+
+
+def option_episodes(reached: list[bool]) -> pl.LazyFrame:
+    """Episodes of two option calls each (1 and 2 env steps), reaching the goal or not."""
+    rows: list[dict[str, Any]] = []
+    for episode, hit in enumerate(reached):
+        rows += [{"kind": "allocate", "episode": episode}]
+        rows += [{"kind": "transform", "episode": episode, "duration": d} for d in (1.0, 2.0)]
+        rows += [{"kind": "episode_end", "episode": episode, "episode_return": credit(hit)}]
+    return events(rows)
+
+
+def test_two_rooms_solves_when_90_of_the_last_100_episodes_reach_the_goal() -> None:
+    """Env steps are the options' durations (3 per episode here). The share is over a full
+    window of 100 episodes (0 before); 90 of 100 solves, 89 does not."""
+    for failures, episode in ((10, 99), (11, 100), (0, 99)):
+        progress = two_rooms._progress(
+            option_episodes([False] * failures + [True] * (150 - failures))
+        )
+        assert progress["env_steps"].to_list() == [3 * (i + 1) for i in range(150)]
+        assert progress["success"][:99].to_list() == [0.0] * 99
+        assert two_rooms.steps_to_solve(progress) == 3 * (episode + 1)
+    never = two_rooms._progress(option_episodes([True, False] * 100))
+    assert never["success"][-1] == 0.5 and two_rooms.steps_to_solve(never) is None
+
+
+def test_two_rooms_table_gives_the_median_and_range_over_the_seeds_that_solved() -> None:
+    runs = pl.DataFrame(
+        {
+            "method": ["society"] * 3,
+            "pretrain_env_steps_to_solve": [100_000, None, 3_000],
+            "pretrain_final_success": [0.5, 0.9, 0.2],
+            "pretrain_env_steps_per_s": [1000.0, 3000.0, 500.0],
+            "pretrain_audit_clean": [True, True, True],
+            "transfer_env_steps_to_solve": [None, None, None],
+            "transfer_final_success": [0.1, 0.2, 0.3],
+            "transfer_env_steps_per_s": [10.0, 20.0, 30.0],
+            "transfer_audit_clean": [True, False, True],
+        },
+        schema_overrides={"transfer_env_steps_to_solve": pl.Int64},
+    )
+    assert md_rows(two_rooms._tables(runs))[1:] == [
+        ["society", "3", "pretrain", "51,500 [3,000, 100,000] (2 solved)", "0.50", "1,000",
+         "True"],
+        ["society", "3", "transfer", "none", "0.20", "20", "False"],
+    ]  # fmt: skip
+
+
+# --- mental_rotation.py: the functions chosen per input kind ------------------------------
+
+
+def test_mental_rotation_choices_per_input_kind() -> None:
+    """Per input kind: the mean test reward, the most frequent pair of functions, its share
+    of the kind's episodes, and whether it is the kind's solution (shift back, then turn
+    back)."""
+    plays = [  # (digit, kind, first, second, reward)
+        (0, 0, 3, 1, 1), (1, 0, 3, 1, 1), (2, 0, 3, 1, 0), (3, 0, 0, 1, 0),  # right, rotate-60
+        (4, 5, 2, 0, 1), (5, 5, 4, 4, 0), (6, 5, 4, 4, 0),  # up, up; left, rotate+60 solves
+    ]  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for episode, (digit, kind, first, second, reward) in enumerate(plays):
+        state = (digit * 8 + kind) * NODES
+        rows += [
+            {"kind": "allocate", "episode": episode, "step": 0, "state": state,
+             "primitive": first},
+            {"kind": "allocate", "episode": episode, "step": 1, "state": state + 1 + first,
+             "primitive": second},
+            {"kind": "episode_end", "episode": episode, "episode_return": credit(reward)},
+        ]  # fmt: skip
+    choices = mental_rotation._choices(events(rows))
+    assert choices == [
+        {"input_kind": "rotate+60 left", "reward": 0.5, "chosen": "right, rotate-60",
+         "share": 0.75, "correct": True},
+        {"input_kind": "rotate-60 right", "reward": pytest.approx(1 / 3), "chosen": "up, up",
+         "share": pytest.approx(2 / 3), "correct": False},
+    ]  # fmt: skip
+
+
+def test_mental_rotation_tables_give_the_median_and_range_over_seeds() -> None:
+    runs = pl.DataFrame(
+        {
+            "seed": [0, 1, 2],
+            "test_reward": [0.9, 0.95, 0.8],
+            "final_train_reward": [0.5, 0.7, 0.6],
+            "train_steps": [10, 20, 30],
+            "train_seconds": [1.0, 2.0, 3.0],
+            "steps_per_s": [10.0, 10.0, 10.0],
+            "solved_kinds": [8, 7, 8],
+            "audit_clean": [True, True, True],
+        }
+    )
+    choices = pl.DataFrame(
+        {
+            "seed": [0, 1, 2],
+            "input_kind": ["rotate+60 left"] * 3,
+            "reward": [0.9, 0.5, 0.7],
+            "chosen": ["right, rotate-60", "up, up", "right, rotate-60"],
+            "share": [0.9, 0.4, 0.8],
+            "correct": [True, False, True],
+        }
+    )
+    rows = md_rows(mental_rotation._tables(runs, choices))
+    assert rows[1] == ["3", "0.900 [0.800, 0.950]", "0.600 [0.500, 0.700]",
+                       "20.000 [10.000, 30.000]", "2.000 [1.000, 3.000]",
+                       "10.000 [10.000, 10.000]", "8, 7, 8", "True"]  # fmt: skip
+    assert rows[3] == ["rotate+60 left", "0.7", "right, rotate-60", "2", "0.8"]
+
+
+# --- control.py: held the band, returns per agent, psi --------------------------------------
+
+
+class ShortIntegrator(Integrator):
+    """The integrator with 8-step episodes: the last quarter is steps 6 and 7."""
+
+    horizon = 8
+
+
+IN, OUT = [0.0, 0.0], [0.5, 0.0]
+"""A state inside the goal band (|p| < 0.05, |v| < 0.1), and one outside it."""
+
+
+def control_episodes() -> pl.LazyFrame:
+    """Three 8-step episodes of two agents. 0 and 1 run side by side (0's step first), then
+    2. Episode 0 is in the band at steps 6 and 7 (held); 1 at steps 2 and 7 (reached, not
+    held); 2 never. Controls: (1, 1) agree, (1, -1) disagree, (0, 1) agree (+1 at 0)."""
+    inside = {0: {6, 7}, 1: {2, 7}, 2: set()}
+    controls = {0: [1.0, 1.0], 1: [1.0, -1.0], 2: [0.0, 1.0]}
+    rewards = {0: (-2.0, -4.0), 1: (1.0, -3.0), 2: (-5.0, -5.0)}
+    rows: list[dict[str, Any]] = []
+    for block in ((0, 1), (2,)):
+        for step in range(8):
+            for episode in block:
+                rows.append({"kind": "transition", "episode": episode, "step": step,
+                             "controls": controls[episode],
+                             "next_x": IN if step in inside[episode] else OUT})  # fmt: skip
+    for episode, paid in rewards.items():
+        for agent, r in zip(("alice", "bob"), paid, strict=True):
+            src, dst = (ENVIRONMENT, agent) if r > 0 else (agent, ENVIRONMENT)
+            rows.append({"kind": "reward", "episode": episode, "step": 7, "src": src,
+                         "dst": dst, "amount": credit(abs(r))})  # fmt: skip
+    return events(rows)
+
+
+def test_control_episode_table_holds_the_band_only_through_the_whole_last_quarter() -> None:
+    """Held: in the band at every step of the last quarter; reached: at any step. Env steps
+    count every episode's steps in ledger order; the return per agent is the team's over the
+    agents; psi's share over steps and agents."""
+    table = control.episode_table(control_episodes(), ShortIntegrator(2))
+    assert table.select(
+        "episode", "env_steps", "held", "reached", "first_in_band", "coordinating",
+        "team_return", "return_per_agent",
+    ).rows() == [
+        (0, 15, True, True, 13, 1.0, -6.0, -3.0),
+        (1, 16, False, True, 6, 0.0, -2.0, -1.0),
+        (2, 24, False, False, None, 1.0, -10.0, -5.0),
+    ]  # fmt: skip
+
+
+def test_control_psi_sums_the_others_controls_over_the_others_only() -> None:
+    """psi_i = sgn(u_i * sum_{j != i} u_j), +1 at 0 (docs/control.md). With the pendulum's
+    four-agent controls (-u, -u/2, 0, u), agent 1's others sum to exactly 0 (+1), though
+    total - u_1 leaves 1e-16 in floats; agents 0 and 3 disagree with theirs: 2 of 4."""
+    task = make_control_task("pendulum", 4)
+    u = task.controls
+    joint = [float(u[0]), float(u[1]), float(u[2]), float(u[4])]
+    assert joint[0] + joint[1] + joint[2] + joint[3] - joint[1] != 0.0  # the residue
+    frame = events([{"kind": "transition", "episode": 0, "step": k, "controls": joint,
+                     "next_x": [np.pi, 0.0]} for k in range(task.horizon)]
+                   + [{"kind": "reward", "episode": 0, "step": 0, "src": "a", "dst": ENVIRONMENT,
+                       "amount": 1}])  # fmt: skip
+    assert control.episode_table(frame, task)["coordinating"].to_list() == [0.5]
+
+
+def test_control_summary_takes_the_last_tenth_of_episodes() -> None:
+    """Final figures over the last 10% of episodes (at least one); steps to hold: the end of
+    the first held episode; steps to reach: the first step in the band; psi over all."""
+    n = 20
+    episodes = pl.DataFrame(
+        {
+            "episode": range(n),
+            "env_steps": [10 * (i + 1) for i in range(n)],
+            "held": [i in (5, 18) for i in range(n)],
+            "reached": [i >= 3 for i in range(n)],
+            "first_in_band": [None] * 3 + [10 * i + 7 for i in range(3, n)],
+            "coordinating": [0.5] * 10 + [1.0] * 10,
+            "return_per_agent": [float(-i) for i in range(n)],
+        }
+    )
+    row, curve = control.summarise(episodes, ShortIntegrator(2))
+    assert row == {
+        "final_return_per_agent": -18.5,  # episodes 18 and 19
+        "held_share": 0.5,
+        "steps_to_reach": 37,
+        "steps_to_hold": 60,
+        "psi_plus_share": 0.75,
+        "episodes": 20,
+    }
+    assert [p["env_steps"] for p in curve] == episodes["env_steps"].to_list()  # 1 per block
+    row, _ = control.summarise(episodes.head(3), ShortIntegrator(2))
+    assert row["final_return_per_agent"] == -2.0 and row["steps_to_hold"] is None
+
+
+def test_control_tables_give_the_median_and_range_over_seeds_in_method_order() -> None:
+    runs = pl.DataFrame(
+        {
+            "agents": [2] * 4,
+            "method": ["full", "full", "full", "independent"],
+            "final_return_per_agent": [-100.0, -300.0, -200.0, -50.0],
+            "held_share": [0.0, 0.5, 1.0, 0.0],
+            "greedy_return_per_agent": [-1.0, -2.0, -3.0, -4.0],
+            "greedy_held_share": [0.0, 0.0, 0.0, 0.0],
+            "steps_to_hold": [None, 500, None, None],
+            "steps_to_reach": [5, 10, 15, 20],
+            "psi_plus_share": [0.8, 0.9, 1.0, 0.5],
+            "steps_per_s": [1.0, 2.0, 3.0, 4.0],
+            "audit_clean": [True, True, True, True],
+            "greedy_audit_clean": [True, False, True, True],
+        },
+        schema_overrides={"steps_to_hold": pl.Int64},
+    )
+    rows = md_rows(control.tables(runs))
+    assert [r[0] for r in rows] == ["method", "independent", "full"]
+    assert rows[2] == ["full", "3", "-200.0 [-300.0, -100.0]", "0.5 [0.0, 1.0]",
+                       "-2.0 [-3.0, -1.0]", "0.0 [0.0, 0.0]", "1", "10.0 [5.0, 15.0]",
+                       "500.0 [500.0, 500.0]", "0.9 [0.8, 1.0]", "2.0 [1.0, 3.0]",
+                       "False"]  # fmt: skip
+
+
+# --- economy.py: solved, lineages, the table ------------------------------------------------
+
+
+def test_economy_solves_when_90_of_the_last_200_episodes_reach_the_goal() -> None:
+    """The rolling share is over a full window of 200 episodes; solved at the first episode
+    where it reaches 0.9, at the env steps taken by then."""
+    for failures, episode in ((20, 199), (21, 200)):
+        rows: list[dict[str, Any]] = []
+        for i in range(300):
+            hit = i >= failures
+            rows += [{"kind": "transform", "duration": 1.0}] * 4
+            rows += [{"kind": "episode_end", "episode": i, "steps": 4,
+                      "episode_return": credit(0.8 if hit else 0.0)}]  # fmt: skip
+        frame = events(rows)
+        success = economy._success(frame, economy._env_steps(frame))
+        assert success["rolling"][:199].null_count() == 199
+        assert success["env_steps"][episode] == 4 * (episode + 1)
+        assert economy.solved_at(success) == 4 * (episode + 1)
+    assert economy.solved_at(success.head(150)) is None
+
+
+def test_economy_largest_lineage_is_the_share_of_the_living_from_one_founder() -> None:
+    lives = pl.DataFrame(
+        {
+            "event": ["born", "born", "born", "died"],
+            "account": ["A.1", "A.2", "B.1", "C.0"],
+            "parent": ["A.0", "A.1", "B.0", None],
+        }
+    )
+    assert economy._largest_lineage(lives, ["A.1", "A.2", "B.1", "C.1"]) == 0.5
+    assert economy._largest_lineage(lives, ["A.2"]) == 1.0
+    assert economy._largest_lineage(lives, []) is None
+
+
+def test_economy_table_cells() -> None:
+    """median [min, max] over the seeds with a value, the value alone when all agree, and
+    '-' when no seed has one."""
+    columns = ["solved_at", "success", "length", "extinct_at", "alive", "useless_alive",
+               "r_share", "births", "deaths", "useless_deaths", "lineage", "gini",
+               "top1"]  # fmt: skip
+    data: dict[str, list[Any]] = {"arm": ["endowed"] * 3, "audit_clean": [True] * 3}
+    data |= {c: [1.0, 1.0, 1.0] for c in columns}
+    data |= {"solved_at": [30_000, None, 10_000], "extinct_at": [None, None, None]}
+    data["success"] = [1.0, 0.25, 0.5]
+    runs = pl.DataFrame(data, schema_overrides={"solved_at": pl.Int64, "extinct_at": pl.Int64})
+    (row,) = md_rows(economy._table(runs))[1:]
+    assert row[:7] == ["endowed", "3", "2", "0", "20,000 [10,000, 30,000]", "0.50 [0.25, 1.00]",
+                       "1.0"]  # fmt: skip
+    assert row[7] == "-" and row[-1] == "True"
