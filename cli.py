@@ -392,7 +392,8 @@ def head_cmd(
         print(json.dumps(head, indent=2, sort_keys=True))
         return
     console.print(Text.assemble("head ", (head["root"], "bold")), soft_wrap=True)
-    console.print(f"tree size {head['size']:,} batches, {head['events']:,} events")
+    batches = "batch" if head["size"] == 1 else "batches"
+    console.print(f"tree size {head['size']:,} {batches}, {head['events']:,} events")
     console.print(f"signature {head['signature'] or 'none (unsigned)'}", soft_wrap=True)
 
 
