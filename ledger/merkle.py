@@ -53,6 +53,8 @@ class Tree:
     def __init__(self) -> None:
         self._tree = InmemoryTree(algorithm="sha256")
         self._events: list[int] = []
+        self._heads: list[TreeHead] = []
+        """The heads at sizes 1.. taken so far (a tree only grows: they never change)."""
 
     @property
     def size(self) -> int:
@@ -70,7 +72,8 @@ class Tree:
 
     def heads(self) -> list[TreeHead]:
         """The head at every size from 1 batch to all of them."""
-        return [self.head(size) for size in range(1, self.size + 1)]
+        self._heads += [self.head(size) for size in range(len(self._heads) + 1, self.size + 1)]
+        return list(self._heads)
 
     def inclusion(self, index: int, size: int | None = None) -> dict[str, Any]:
         """The proof that batch `index` (from 0) is in the tree of `size` batches."""
