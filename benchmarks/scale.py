@@ -168,7 +168,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         BEGIN,
         "",
-        "## The ledger at scale (issue 15)",
+        "## The ledger at scale",
         "",
         f"`python benchmarks/scale.py --sizes {','.join(label(r['size']) for r in rows(results))}"
         " --write-docs`, on "

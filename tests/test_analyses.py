@@ -63,7 +63,7 @@ def test_returns_come_from_episode_ends() -> None:
     assert frame.rows() == [(0, 3, 36, 36e-9)]  # conftest's episode: rewards 10 - 4 + 30
 
 
-# --- issue 6: analyses checked against the hand-computed conftest ledger -----------------
+# --- analyses checked against the hand-computed conftest ledger -----------------
 # conftest.history(): three Vickrey auctions. Step 0: alice buys from the environment at 5,
 # earns 10. Step 1: bob buys from alice at 6 (3 minted to alice), pays a 4 penalty. Step 2:
 # alice buys from bob at 7 (3 minted to bob), earns 30. Bids: the winner price + 3 (primitive
@@ -173,7 +173,7 @@ def test_agent_returns_by_hand() -> None:
     assert frame.select("episode", "agent", "units").rows() == [(0, ALICE, -20), (0, BOB, -22)]
 
 
-# --- issue 6: the speed tricks keep the results exact -------------------------------------
+# --- the speed tricks keep the results exact -------------------------------------
 
 
 def test_only_transfers_carry_a_payer() -> None:

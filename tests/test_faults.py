@@ -1,4 +1,4 @@
-"""Deterministic fault injection under the disk ledger (issue 18 part 7, after TigerBeetle's
+"""Deterministic fault injection under the disk ledger (after TigerBeetle's
 simulator testing): at every write, fsync and rename a small run makes, fail it with ENOSPC
 or EIO, tear it, or crash right after it, and check what survives (docs/ledger.md, "Fault
 injection").

@@ -1,4 +1,4 @@
-"""Accounts that are born, pay rent and die (issue 8): the ledger's rules, the audit's, and
+"""Accounts that are born, pay rent and die: the ledger's rules, the audit's, and
 conservation of money across random lifecycles."""
 
 from __future__ import annotations
