@@ -522,6 +522,26 @@ class _Check:
     """Row -> (expected, found)."""
 
 
+def _ends_here(
+    ok: NDArray[np.bool_],
+    last: NDArray[np.bool_],
+    ended: NDArray[np.bool_],
+    seq: NDArray[np.int64],
+    goes_on: str,
+) -> _Check:
+    """`transition`: a step's transaction holds its episode's end exactly when the step is
+    the episode's last (`goes_on` says why the others are not)."""
+    return _Check(
+        "transition",
+        ok & (last != ended),
+        seq,
+        lambda i: (
+            "the episode's end in this transaction" if last[i] else goes_on,
+            "an EpisodeEnd" if ended[i] else "none",
+        ),
+    )
+
+
 def _first(checks: list[_Check]) -> Finding | None:
     """The first broken check, by seq (ties: the one listed first)."""
     best: tuple[int, int, int] | None = None
@@ -936,16 +956,8 @@ def _auctions(
             seq,
             lambda i: (f"done {bool(want.done[i])} ({world.name}: {told(i)})", f"done {done[i]}"),
         ),
-        _Check(
-            "transition",
-            ok & (last != ended),
-            seq,
-            lambda i: (
-                "the episode's end in this transaction"
-                if last[i]
-                else "no end: the episode goes on (not done, before its horizon)",
-                "an EpisodeEnd" if ended[i] else "none",
-            ),
+        _ends_here(
+            ok, last, ended, seq, "no end: the episode goes on (not done, before its horizon)"
         ),
         _Check(
             "duration",
@@ -1049,15 +1061,7 @@ def _control(
             seq,
             lambda i: (f"done {bool(last[i])} (step {step[i]} of {world.horizon})", f"{done[i]}"),
         ),
-        _Check(
-            "transition",
-            ok & (ended != last),
-            seq,
-            lambda i: (
-                "the episode's end in this transaction" if last[i] else "no end before the horizon",
-                "an EpisodeEnd" if ended[i] else "none",
-            ),
-        ),
+        _ends_here(ok, last, ended, seq, "no end before the horizon"),
     ]
     o_row = orders["_row"].to_numpy()
     checks.append(
