@@ -560,6 +560,36 @@ def report_cmd(
     console.print(Text.assemble("report written to ", (str(page), "bold")))
 
 
+@app.command("watch", cls=Command)
+def watch_cmd(
+    run: Annotated[Path, typer.Argument(help="A run or sweep directory (running or finished).")],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The port to serve on.")] = 8765,
+    host: Annotated[
+        str, typer.Option(help="The address to bind (another than 127.0.0.1 exposes the run).")
+    ] = "127.0.0.1",
+) -> None:
+    """Serve a live page over a run's ledger (docs/watch.md); it never writes into the run.
+
+    The page follows the ledger as it grows, reading only new segments, and redraws itself
+    every second. Ctrl-C stops the server."""
+    from analyses.watch.server import Watch, bind, page_url, serve
+
+    watch = guarded(lambda: Watch(run))
+    try:
+        sock = bind(host, port)
+    except OSError as e:
+        fail(f"cannot serve on {host}:{port}: {e.strerror or e}; give another --port")
+    console.print(Text.assemble("watching ", (str(run), "bold"), " at ", page_url(host, port)),
+                  soft_wrap=True)  # fmt: skip
+    try:
+        serve(watch, sock)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watch.stop()
+        sock.close()
+
+
 def _frame_table(title: str, frame: pl.DataFrame, limit: int = 40) -> Table:
     """A Polars frame as a Rich table (its first `limit` rows)."""
     table = Table(title=title if frame.height <= limit else f"{title} (first {limit} rows)")

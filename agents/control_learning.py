@@ -13,6 +13,7 @@ agent's own `Order` events.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,8 @@ class ControlSociety:
         self._public: list[EventBatch] = []
         self._previous: dict[int, NDArray[np.float64]] = {}
         self.metrics: list[dict[str, float]] = []
+        self.on_update: Callable[[dict[str, float]], None] | None = None
+        """Called with the metrics of each step's updates (TensorBoard, `--tensorboard`)."""
 
     def attach(self, bus: Bus) -> None:
         """Learn from what each agent's account and the system's account receive."""
@@ -130,6 +133,8 @@ class ControlSociety:
             metrics = self.agent.update() or metrics
         if metrics:
             self.metrics.append(metrics)
+            if self.on_update is not None:
+                self.on_update(metrics)
 
 
 class Greedy:

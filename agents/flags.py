@@ -103,6 +103,11 @@ FLAGS: dict[str, Flag] = {
         "on mental-rotation-test).",
         variant=_A,
     ),
+    "tensorboard": Flag(
+        LEARNING,
+        "A directory: write the learning metrics and the episode returns as TensorBoard "
+        "scalars into DIR/RUN (one run per seed; docs/learning.md).",
+    ),
     "economy": Flag(
         ECONOMY,
         "hayek: members are endowed, bid at most their wealth, pay rent, and close when "

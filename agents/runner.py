@@ -88,6 +88,8 @@ class Prepared:
     """prepared, running, auditing or finished: how far `execute` got."""
     resumable: bool = True
     """Whether `--resume` can continue this run once it has committed events."""
+    scalars: Any = None
+    """With `--tensorboard DIR`: the run's TensorBoard writer (`agents.tensorboard.Scalars`)."""
 
     def execute(
         self,
@@ -102,7 +104,13 @@ class Prepared:
         killed during its audit loses nothing and `market audit RUN` checks it again.
         `on_audited` sees the events audited so far after each chunk."""
         self.phase = "running"
-        summary = self._go(on_episode)
+        if self.scalars is not None:
+            on_episode = self.scalars.watching(on_episode)
+        try:
+            summary = self._go(on_episode)
+        finally:
+            if self.scalars is not None:
+                self.scalars.close()
         self._after()
         self._write(summary, NOT_AUDITED if not audit else PENDING)
         self.phase = "auditing"
@@ -285,7 +293,20 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         after,
         resumed_at,
         resumable=resumable,
+        scalars=_scalars(sim, run, learner),
     )
+
+
+def _scalars(sim: Simulation, run: Path, learner: Any) -> Any:
+    """With `--tensorboard DIR`, the run's TensorBoard writer, attached to its learner."""
+    if sim.tensorboard is None:
+        return None
+    from agents.tensorboard import Scalars
+
+    scalars = Scalars(Path(sim.tensorboard), run)
+    if learner is not None:
+        scalars.attach(learner)
+    return scalars
 
 
 def auction_config(sim: Simulation) -> RunConfig:
@@ -434,8 +455,9 @@ def _prepare_control(sim: Simulation, out: Path | None) -> Prepared:
         return simulate_control(config, ledger, chooser, on_episode, bus=bus)
 
     return Prepared(
-        run, ledger, config.steps, config.episodes, learner, go, lambda: None, resumable=False
-    )
+        run, ledger, config.steps, config.episodes, learner, go, lambda: None, resumable=False,
+        scalars=_scalars(sim, run, learner),
+    )  # fmt: skip
 
 
 def _control_policy(config: Any) -> tuple[Any, Any]:

@@ -81,6 +81,9 @@ class Simulation(BaseModel):
     method: str | None = None
     ppo: PPOConfig = PPOConfig()
     dqn: ControlDQNConfig = ControlDQNConfig()
+    tensorboard: str | None = Field(
+        None, description="a directory for TensorBoard scalars (DIR/RUN; not in the ledger)"
+    )
     budget_scale: float | None = Field(
         None, gt=0, description=f"the {BUDGET_SCALE} that cut steps and episodes (recorded)"
     )

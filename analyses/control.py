@@ -58,3 +58,14 @@ def agent_returns_curve(events: pl.LazyFrame, points: int = 200, since: int = 0)
         .sort("episode", "agent")
         .collect(engine="streaming")
     )
+
+
+def trajectory(events: pl.LazyFrame, episode: int) -> pl.DataFrame:
+    """One row per step of a control episode: step, the state `x` it was in (a list) and the
+    sum of the agents' `controls` applied there (what the plant received)."""
+    return (
+        events.filter((pl.col("kind") == "transition") & (pl.col("episode") == episode))
+        .select("step", "x", pl.col("controls").list.sum().alias("control"))
+        .sort("step")
+        .collect()
+    )

@@ -128,9 +128,9 @@ def _add_auctions(
     curve = returns_curve(events, points)
     report.plots["learning curve"] = _save(returns_figure(curve), out / "returns.png", curve)
     since = late_episode(events, LATE_SHARE)
-    names = _primitive_names(config)
+    names = primitive_names_of(config)
     report.tables["winners (last 10% of episodes)"] = _named(winners(events, since), names)
-    q = _q_star(config)
+    q = q_star_of(config)
     if q is not None:
         table = _named(bids_against(bids(events, since), q), names)
         report.tables["bids against Q* (last 10% of episodes)"] = table
@@ -232,7 +232,8 @@ def _as_credit(table: pl.DataFrame) -> pl.DataFrame:
     return table.select("account", *(pl.col(p).cast(pl.Float64) / 1e9 for p in parts))
 
 
-def _q_star(config: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+def q_star_of(config: dict[str, Any]) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+    """Q* of the run's task at its gamma when the task is tabular; None otherwise."""
     task = _tabular_task(config)
     if task is None or not isinstance(config.get("gamma"), float):
         return None
@@ -248,7 +249,7 @@ def _tabular_task(config: dict[str, Any]) -> Task | None:
     return make_task(str(task), primitives=primitives if isinstance(primitives, int) else None)
 
 
-def _primitive_names(config: dict[str, Any]) -> tuple[str, ...] | None:
+def primitive_names_of(config: dict[str, Any]) -> tuple[str, ...] | None:
     """The names of the run's primitives, as its accounts carry them (`R` of `R.0`), when
     its task is tabular; None otherwise."""
     task = _tabular_task(config)

@@ -263,18 +263,7 @@ class DiskLedger(Ledger):
                 raise CorruptLedger(
                     f"{entry.segment}: cannot read ({e.strerror})", entry.first_seq
                 ) from None
-            found = chain.digest(data)
-            if found != entry.digest:
-                raise CorruptLedger(
-                    f"{entry.segment} (seq {entry.first_seq}-{entry.last_seq}): stored bytes "
-                    f"hash to {found[:12]}, chain recorded {entry.digest[:12]}",
-                    entry.first_seq,
-                )
-            expected = chain.link(prev, found, entry.first_seq, entry.last_seq)
-            if entry.prev != prev or entry.link != expected:
-                raise CorruptLedger(
-                    f"{entry.segment}: hash chain broken at seq {entry.first_seq}", entry.first_seq
-                )
+            check_link(entry, prev, data)
             prev = entry.link
 
     def _set_aside_torn(self) -> None:
@@ -375,3 +364,20 @@ def _read_manifest(path: Path) -> tuple[list[Link], list[str]]:
         if not (path / link.segment).is_file():
             raise CorruptLedger(f"{path / link.segment}: committed segment is missing")
     return links, torn
+
+
+def check_link(entry: Link, prev: str, data: bytes) -> None:
+    """Raise `CorruptLedger` unless a segment's stored bytes hash to its link's digest and
+    the link follows `prev` (the link before it, `chain.GENESIS` for the first)."""
+    found = chain.digest(data)
+    if found != entry.digest:
+        raise CorruptLedger(
+            f"{entry.segment} (seq {entry.first_seq}-{entry.last_seq}): stored bytes "
+            f"hash to {found[:12]}, chain recorded {entry.digest[:12]}",
+            entry.first_seq,
+        )
+    expected = chain.link(prev, found, entry.first_seq, entry.last_seq)
+    if entry.prev != prev or entry.link != expected:
+        raise CorruptLedger(
+            f"{entry.segment}: hash chain broken at seq {entry.first_seq}", entry.first_seq
+        )

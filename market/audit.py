@@ -211,18 +211,47 @@ def audit_chunks(
     trailing transaction of a chunk is held back and audited with the next one, so a chunk
     may end anywhere.
     """
-    report = report or AuditReport()
-    carry = _Carry()
+    stream = AuditStream(report)
     for part in _ahead(map(_Part.of, _whole(chunks))):
-        _audit_chunk(part, carry, report)
+        stream.check(part)
         if progress is not None:
-            progress(report.events)
-    if carry.at == 0:
-        report.violation = Violation(0, "sequence", "a run's events", "an empty ledger")
+            progress(stream.report.events)
+    return stream.finish()
+
+
+class AuditStream:
+    """The audit fed as a ledger grows: each `feed` checks every rule on a frame of whole
+    transactions (a committed segment is one), given the state carried from the frames
+    before; `violation` is the first broken rule so far. `audit_chunks` is this, fed a
+    ledger's chunks in order; a live view (`market watch`) feeds it segments as they are
+    committed."""
+
+    def __init__(self, report: AuditReport | None = None) -> None:
+        self.report = report or AuditReport()
+        self._carry = _Carry()
+
+    def feed(self, frame: pl.DataFrame) -> Violation | None:
+        """Check the frame's events, which follow those fed before; the first violation so far."""
+        self.check(_Part.of(_conformed(frame)))
+        return self.violation
+
+    def check(self, part: _Part) -> None:
+        """`feed`, for a part prepared already (`_Part.of`, on a reading thread)."""
+        _audit_chunk(part, self._carry, self.report)
+
+    @property
+    def violation(self) -> Violation | None:
+        return self._carry.found
+
+    def finish(self) -> AuditReport:
+        """The report of the events fed, totals included; an empty ledger is a violation."""
+        report = self.report
+        if self._carry.at == 0:
+            report.violation = Violation(0, "sequence", "a run's events", "an empty ledger")
+            return report
+        report.violation = self._carry.found
+        self._carry.finish(report)
         return report
-    report.violation = carry.found
-    carry.finish(report)
-    return report
 
 
 def _whole(chunks: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
