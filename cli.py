@@ -535,6 +535,35 @@ def presets_cmd() -> None:
     console.print(table)
 
 
+@app.command("tasks", cls=Command)
+def tasks_cmd() -> None:
+    """List the built-in tasks, how to name any Gymnasium env, and other packages' tasks."""
+    from market.control_tasks import CONTROL_TASKS
+    from market.tasks import ABOUT, ENTRY_POINTS, offered
+
+    table = Table(title="tasks (market simulate --task NAME)")
+    table.add_column("name", style="bold")
+    table.add_column("variant")
+    table.add_column("what it is")
+    for name, about in ABOUT.items():
+        table.add_row(name, "auction", about)
+    for name, kind in CONTROL_TASKS.items():
+        table.add_row(name, "control", (kind.__doc__ or "").strip().splitlines()[0])
+    table.add_row(
+        "gym:ID",
+        "auction",
+        "any Gymnasium env with Discrete actions, one primitive per action: gym:CartPole-v1, "
+        "gym:Acrobot-v1, gym:FrozenLake-v1, gym:MiniGrid-DoorKey-5x5-v0 (docs/gymnasium.md)",
+    )
+    for prefix, where in offered().items():
+        table.add_row(f"{prefix}:NAME", "auction", f"offered by {where}")
+    console.print(table)
+    console.print(
+        f"A package offers tasks as PREFIX:NAME through the {ENTRY_POINTS!r} entry point group "
+        "(docs/gymnasium.md)."
+    )
+
+
 @app.command("report", cls=Command)
 def report_cmd(
     run: Annotated[Path, typer.Argument(help="A run or sweep directory.")],

@@ -1,5 +1,6 @@
-"""What a learner's nets read of a task's state ids: a one-hot row (tabular tasks) or the
-task's observation through a small CNN (tasks over images: Mental Rotation, Two Rooms).
+"""What a learner's nets read of a task's state ids: a one-hot row (tabular tasks), the
+task's observation through a small CNN (tasks over images: Mental Rotation, Two Rooms, a
+MiniGrid env) or through a tanh layer (a vector: a Gymnasium env's Box or one-hot Discrete).
 
 `inputs(task, states)` turns state ids into the tensor a `StateEncoder` reads, so one net
 definition serves both kinds of task.
@@ -43,6 +44,29 @@ class ConvFeatures(nn.Module):
         return self.net(x)  # type: ignore[no-any-return]
 
 
+class VectorFeatures(nn.Module):
+    """A vector observation through one tanh layer of width `width` (an MLP's first layer;
+    the bid and value heads add the second)."""
+
+    def __init__(self, shape: tuple[int, ...], width: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), width), nn.Tanh())
+        self.size = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+
+def observation_features(shape: tuple[int, ...], channels: int) -> ConvFeatures | VectorFeatures:
+    """The features of an observation of `shape`: a CNN of `channels` over an image (C, H, W),
+    else a tanh layer of 64 units over the vector."""
+    return ConvFeatures(shape, channels) if len(shape) == 3 else VectorFeatures(shape, VECTOR_WIDTH)
+
+
+VECTOR_WIDTH = 64
+"""The width of a vector observation's first layer (CleanRL's PPO uses 64 for CartPole)."""
+
+
 class OneHot(nn.Module):
     """A state id as a one-hot row of width `n_states`."""
 
@@ -54,8 +78,9 @@ class OneHot(nn.Module):
         return nn.functional.one_hot(states, self.size).float()
 
 
-def state_encoder(task: Task, channels: int) -> OneHot | ConvFeatures:
-    """The encoder of `task`'s states: one-hot for tabular tasks, else a CNN."""
+def state_encoder(task: Task, channels: int) -> OneHot | ConvFeatures | VectorFeatures:
+    """The encoder of `task`'s states: one-hot for tabular tasks, else its observations'
+    features (`observation_features`)."""
     if task.observation_shape is None:
         return OneHot(task.n_states)
-    return ConvFeatures(task.observation_shape, channels)
+    return observation_features(task.observation_shape, channels)

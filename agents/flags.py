@@ -50,7 +50,12 @@ Variant = Literal["auction", "control"]
 _A: Variant = "auction"
 _C: Variant = "control"
 FLAGS: dict[str, Flag] = {
-    "task": Flag(TASK, f"One of: {', '.join(TASKS)}.", "chain; control: pendulum"),
+    "task": Flag(
+        TASK,
+        f"One of: {', '.join(TASKS)}; gym:ID for a Gymnasium env; PREFIX:NAME for another "
+        "package's (`market tasks`).",
+        "chain; control: pendulum",
+    ),
     "variant": Flag(
         TASK, "auction (a society of bidders) or control (agents jointly driving one system)."
     ),
@@ -63,6 +68,12 @@ FLAGS: dict[str, Flag] = {
     "seed": Flag(TASK, "The one seed every random number derives from."),
     "primitives": Flag(
         TASK, "Chain only: the society's primitives, L and R then useless ones.", "2", _A
+    ),
+    "reward_scale": Flag(
+        TASK,
+        "Gymnasium tasks: credit per unit of the env's reward (docs/gymnasium.md).",
+        "the env's: CartPole, Acrobot 0.01; others 1",
+        _A,
     ),
     "mechanism": Flag(
         MECHANISM,

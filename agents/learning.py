@@ -31,9 +31,9 @@ from ledger.units import UNIT
 from market.bus import Bus
 from market.economy import Economy, Seats
 from market.kernel import EpisodeResult
-from market.run import KernelChoice, RunConfig, RunSummary, simulate
+from market.run import KernelChoice, RunConfig, RunSummary, simulate, task_of
 from market.society import Society
-from market.tasks import Task, make_task
+from market.tasks import Task
 
 
 class LearningSociety:
@@ -296,7 +296,7 @@ def run_learning(
 ) -> tuple[RunSummary, LearningSociety]:
     """Run `config` (whose `learner` holds a PPOConfig) with a learning society."""
     one_thread()
-    task = make_task(config.task, config.seed, config.gamma, config.primitives)
+    task = task_of(config)
     ppo = PPOConfig.model_validate(config.learner or {})
     society = Society.of(task, config.cloned)
     economy = Economy(config.economy, society) if config.economy is not None else None

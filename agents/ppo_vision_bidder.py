@@ -2,7 +2,8 @@
 
 The same learner as `agents/ppo_bidder.py` (same Beta head, same PPO, same settings), for
 tasks whose states are images (Mental Rotation, Two Rooms): each primitive's bid policy and
-value net read the task's observation of the state through a small CNN (`ConvFeatures`)
+value net read the task's observation of the state through a small CNN, or a tanh layer
+for a vector observation (`observation_features`: an MLP bidder for a Gymnasium Box),
 instead of a one-hot row, so nothing can be tabulated per state and each net runs on every
 sample. Clones share their primitive's nets and draw their bids independently.
 
@@ -24,7 +25,7 @@ from numpy.typing import NDArray
 from torch import nn
 from torch.distributions import Beta
 
-from agents.encoders import ConvFeatures
+from agents.encoders import observation_features
 from agents.settings import PPOConfig
 
 Observe = Callable[[NDArray[np.int64]], NDArray[np.float32]]
@@ -39,7 +40,7 @@ class BidNet(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], channels: int, hidden: int) -> None:
         super().__init__()
-        self.features = ConvFeatures(shape, channels)
+        self.features = observation_features(shape, channels)
         self.hidden = nn.Linear(self.features.size, hidden)
         self.head = nn.Linear(hidden, 2)
         nn.init.zeros_(self.head.weight)  # every state starts at Beta(1, 1)
@@ -57,7 +58,7 @@ class ValueNet(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], channels: int, hidden: int) -> None:
         super().__init__()
-        features = ConvFeatures(shape, channels)
+        features = observation_features(shape, channels)
         self.net = nn.Sequential(
             features, nn.Linear(features.size, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )

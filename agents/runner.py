@@ -29,9 +29,17 @@ from market.bus import Bus
 from market.economy import Economy
 from market.kernel import EpisodeResult
 from market.mechanisms import parse as parse_mechanism
-from market.run import KERNELS, KernelChoice, RunConfig, RunSummary, simulate
+from market.run import (
+    KERNELS,
+    KernelChoice,
+    RunConfig,
+    RunSummary,
+    file_name,
+    simulate,
+    task_of,
+)
 from market.society import Policy, Society
-from market.tasks import TABULAR_TASKS, Task, check_task, make_task
+from market.tasks import TABULAR_TASKS, Task, check_task
 
 if TYPE_CHECKING:
     from market.control import ControlRunConfig
@@ -209,6 +217,8 @@ def checked_config(sim: Simulation) -> RunConfig:
     config = auction_config(sim)
     if config.task not in TABULAR_TASKS or config.primitives is not None:
         check_task(config.task, config.primitives)
+    if config.reward_scale is not None and not config.task.startswith("gym:"):
+        raise ValueError("--reward-scale is for Gymnasium tasks (--task gym:ID)")
     if config.learner is None:
         check_bidder(config.bidder)
     if sim.frozen and (sim.init is None or config.learner is None):
@@ -243,7 +253,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         from agents.option_ppo import ensure_options
 
         ensure_options()  # trained once into the cache (the CLI shows the progress)
-    task = make_task(config.task, config.seed, config.gamma, config.primitives)
+    task = task_of(config)
     society = Society.of(task, config.cloned)
     economy = None
     if config.economy is not None and resume is not None:  # as its ledger left it
@@ -258,8 +268,9 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         start_from(learner, Path(config.init.split(" sha256=")[0]))
         learner.frozen = config.frozen
     if resume is None:
-        name = f"{config.task}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
+        name = f"{file_name(config.task)}-{config.mechanism.value}-{config.bidder}-s{config.seed}"
         run, ledger = new_run(out, name, config.run_id, config.model_dump(mode="json"), sim)
+        _record_env(run, task)
     bus = Bus(ledger)
     record = None
     if learner is not None:
@@ -330,7 +341,22 @@ def auction_config(sim: Simulation) -> RunConfig:
         frozen=sim.frozen,
         primitives=sim.primitives,
         economy=sim.hayek if sim.economy == "hayek" else None,
+        reward_scale=sim.reward_scale,
     )
+
+
+def _record_env(run: Path, task: Task) -> None:
+    """A Gymnasium task's env as made (`rundir.ENV`)."""
+    from market.gym_tasks import GymTask
+
+    if isinstance(task, GymTask):
+        import gymnasium
+
+        rundir.write_json(
+            run / rundir.ENV,
+            {"id": task.env_id, "gymnasium": gymnasium.__version__, "wrappers": task.wrappers,
+             "horizon": task.horizon, "reward_scale": task.reward_scale},
+        )  # fmt: skip
 
 
 def new_run(

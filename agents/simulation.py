@@ -70,6 +70,9 @@ class Simulation(BaseModel):
     primitives: int | None = Field(
         None, ge=2, description="Chain's primitives: L, R and useless ones (stay, reset, ...)"
     )
+    reward_scale: float | None = Field(
+        None, gt=0, description="a Gymnasium task's credit per unit of its env's reward"
+    )
     economy: Literal["hayek"] | None = Field(
         None, description="hayek: members endowed, bids capped by wealth, rent, bankruptcy"
     )

@@ -25,6 +25,8 @@ Rules (names as the audit reports them; `market.audit` runs them on each chunk a
                  started has ended by its RunEnd, and the run ended no more episodes than its
                  budget (exactly that many when the budget is episodes alone, without an
                  economy, which may stop early)
+A Gymnasium task (`gym:ID`) is re-stepped: each episode's env reset from the episode's seed
+and stepped with its winners' actions in the ledger's order (`market.gym_tasks.Stepper`).
 `EpisodeEnd.steps` and `episode_return` are the audit's `episode-end` rule (its steps are its
 auctions, its return their signed rewards), so with `reward-value` a return is re-derived
 too.
@@ -367,6 +369,50 @@ class _TwoRooms(AuctionWorld):
         )
 
 
+class _Gym(AuctionWorld):
+    """A Gymnasium env, re-stepped: each episode's env reset from the episode's seed when its
+    first transformation is read, then stepped with each winner's primitive in the ledger's
+    order; its reward, termination and next id must be the recorded ones. Memory: one env
+    per episode in flight."""
+
+    def __init__(self, name: str, seed: int, reward_scale: float | None) -> None:
+        from market.gym_tasks import GymTask
+
+        task = GymTask(name[len("gym:") :], seed, reward_scale)
+        self.name, self.horizon, self.primitives = name, task.horizon, task.primitive_names
+        self.unchecked = {}
+        self._task, self._span = task, task.span
+        self._stepper = task.stepper
+
+    def starts(self, episodes: NDArray[np.int64]) -> NDArray[np.int64]:
+        return np.asarray(episodes, dtype=np.int64) * self._span
+
+    def expect(
+        self, states: NDArray[np.int64], primitives: NDArray[np.int64], nxt: NDArray[np.int64]
+    ) -> Expected:
+        from market.gym_tasks import GymTaskError
+
+        n = len(states)
+        valid, done = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        reward = np.zeros(n, dtype=np.int64)
+        stepper, actions = self._stepper, len(self.primitives)
+        for i, (state, primitive) in enumerate(
+            zip(states.tolist(), primitives.tolist(), strict=True)
+        ):
+            episode, t = divmod(state, self._span)
+            if t == 0 and stepper.at(episode) is None and state >= 0:
+                stepper.begin(episode)
+            if stepper.at(episode) != t or not 0 <= primitive < actions:
+                continue  # not where its episode stands: the transition rule says so
+            try:
+                _, r, terminated, _ = stepper.step(episode, primitive)
+            except GymTaskError:
+                continue
+            valid[i], done[i] = True, terminated
+            reward[i] = np.rint(self._task.credit(r) * UNIT)
+        return Expected(valid, np.asarray(states, dtype=np.int64) + 1, done, np.ones(n), reward)
+
+
 class _Control:
     """A control task: f and g, the control set, and the run's generator of starts."""
 
@@ -426,6 +472,8 @@ def world_of(config: RunConfig | ControlRunConfig) -> tuple[World | None, str]:
             return _MentalRotation(name, config.seed), ""
         if name in TWO_ROOMS:
             return _TwoRooms(name, config.seed, config.gamma), ""
+        if name.startswith("gym:"):
+            return _Gym(name, config.seed, config.reward_scale), ""
     except (ValueError, ImportError, OSError) as e:
         return None, f"task {name!r} cannot be made ({e})"
     return None, f"task {name!r} is not one the audit can make"

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from ledger.events import (
     AUCTIONEER,
@@ -64,6 +72,9 @@ class RunConfig(BaseModel):
     gamma: float = Field(default=0.99, gt=0.0, le=1.0)
     constant: float = Field(default=0.5, ge=0.0, le=1.0)
     concurrency: int = Field(default=1, ge=1)
+    reward_scale: float | None = Field(default=None, gt=0.0)
+    """A Gymnasium task's credit per unit of its env's reward; None: the env's default
+    (`market.gym_tasks.REWARD_SCALES`)."""
 
     @model_validator(mode="after")
     def _bounded(self) -> RunConfig:
@@ -71,11 +82,35 @@ class RunConfig(BaseModel):
             raise ValueError("give a number of episodes or of steps")
         return self
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """Settings added since ledgers were first written are left out while unset, so a
+        configuration that does not use them dumps (and hashes) as it always did."""
+        data = handler(self)
+        for name in _ADDED:
+            if isinstance(data, dict) and data.get(name) is None:
+                data.pop(name, None)
+        return data
+
     @property
     def run_id(self) -> str:
         """A readable id that is a function of the configuration alone."""
         digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
-        return f"{self.task}-{self.mechanism.value}-s{self.seed}-{digest}"
+        return f"{file_name(self.task)}-{self.mechanism.value}-s{self.seed}-{digest}"
+
+
+def file_name(task: str) -> str:
+    """A task's name as part of a file name (`gym:ALE/Pong-v5` -> `gym-ALE-Pong-v5`)."""
+    return task.replace(":", "-").replace("/", "-")
+
+
+_ADDED = ("reward_scale",)
+"""`RunConfig` fields dumped only when set (`RunConfig._dump`)."""
+
+
+def task_of(config: RunConfig) -> Task:
+    """The task `config` names, made for its seed, discount, primitives and reward scale."""
+    return make_task(config.task, config.seed, config.gamma, config.primitives, config.reward_scale)
 
 
 KernelChoice = Literal["auto", "episodes", "rounds"]
@@ -122,7 +157,7 @@ def simulate(
     before the policy, which bids for the economy's slots.
     """
     if task is None:
-        task = make_task(config.task, config.seed, config.gamma, config.primitives)
+        task = task_of(config)
     society = Society.of(task, config.cloned)
     rounds = kernel == "rounds" or (kernel == "auto" and config.concurrency > 1)
     bus_ = bus if bus is not None else Bus(ledger)

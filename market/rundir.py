@@ -17,6 +17,9 @@ CONFIG = "config.json"
 SIMULATION = "simulation.toml"
 """What was asked for (agents.simulation.Simulation): `--config` it to run it again."""
 SUMMARY = "summary.json"
+ENV = "env.json"
+"""A Gymnasium task's env as the run made it: id, Gymnasium's version, wrappers, horizon and
+reward scale (the configuration names the id; this says what it was)."""
 LEDGER = "ledger"
 
 

@@ -247,19 +247,98 @@ TASKS: dict[str, TaskFactory] = {
 }
 """Every task by name: `tworooms` pretrains on the green goal, `tworooms-blue` is the transfer;
 `mental-rotation-test` draws its inputs from the held-out digits."""
+ABOUT: dict[str, str] = {
+    "bandit": "one state, four arms paying 0.2-0.8 (Q* known)",
+    "chain": "six states in a row; R to the end pays 0.8 (Q* known)",
+    "duality": "two states and an absorbing one; alternating pays 0.5 a step (Q* known)",
+    "mental-rotation": "rotate and translate a digit image in two steps; pays 1 if it is read",
+    "mental-rotation-test": "Mental Rotation on the held-out digits",
+    "tworooms": "MiniGrid's two rooms, trained options as primitives, green goal",
+    "tworooms-blue": "Two Rooms with the blue goal (the transfer)",
+}
+"""Each built-in task in a few words (`market tasks`)."""
 
 
-def make_task(name: str, seed: int = 0, gamma: float = 0.99, primitives: int | None = None) -> Task:
+ENTRY_POINTS = "market.tasks"
+"""The entry point group through which another package offers tasks: an entry `mypkg` whose
+object is `make(name, seed, gamma) -> Task` makes `--task mypkg:NAME` (docs/gymnasium.md)."""
+
+
+def make_task(
+    name: str,
+    seed: int = 0,
+    gamma: float = 0.99,
+    primitives: int | None = None,
+    reward_scale: float | None = None,
+) -> Task:
     """The task called `name` for a run of `seed` and discount `gamma` (Chain with
-    `primitives` primitives, if given); a ValueError names the choices otherwise."""
+    `primitives` primitives, if given; a Gymnasium env's rewards times `reward_scale`, if
+    given); a ValueError names the choices otherwise."""
+    if reward_scale is not None and not name.startswith("gym:"):
+        raise ValueError("--reward-scale is for Gymnasium tasks (--task gym:ID)")
+    if name.startswith("gym:"):
+        from market.gym_tasks import GymTask
+
+        _no_primitives(name, primitives)
+        return GymTask(name[len("gym:") :], seed, reward_scale)
+    if ":" in name:
+        _no_primitives(name, primitives)
+        return _offered(name, seed, gamma)
     check_task(name, primitives)
     return Chain(primitives) if primitives is not None else TASKS[name](seed, gamma)
 
 
 def check_task(name: str, primitives: int | None = None) -> None:
     """A one-line ValueError unless `name` is a task (taking `primitives`, if given); loads
-    nothing (a task over images reads its data only when made)."""
+    nothing for the built-in tasks (a task over images reads its data only when made); a
+    Gymnasium env or another package's task is made once to see that it fits."""
+    if ":" in name:
+        make_task(name, primitives=primitives)
+        return
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+        raise ValueError(
+            f"unknown task {name!r}; choose one of: {', '.join(TASKS)}, or gym:ID for a "
+            "Gymnasium env (`market tasks`)"
+        )
+    _no_primitives(name, primitives)
+
+
+def _no_primitives(name: str, primitives: int | None) -> None:
     if primitives is not None and name != "chain":
         raise ValueError(f"--primitives sets Chain's society; task {name!r} has its own")
+
+
+def offered() -> dict[str, str]:
+    """Every package's entry in `ENTRY_POINTS`: its prefix -> where it points."""
+    from importlib.metadata import entry_points
+
+    return {e.name: e.value for e in entry_points(group=ENTRY_POINTS)}
+
+
+def _offered(name: str, seed: int, gamma: float) -> Task:
+    """Task `PREFIX:NAME` made by the package registered as PREFIX in `ENTRY_POINTS`."""
+    from importlib.metadata import entry_points
+
+    prefix, _, rest = name.partition(":")
+    found = [e for e in entry_points(group=ENTRY_POINTS) if e.name == prefix]
+    if not found:
+        known = ", ".join(["gym", *sorted(offered())])
+        raise ValueError(
+            f"unknown task {name!r}: no package offers tasks as {prefix!r} (known: {known}); "
+            f"a package offers them through the {ENTRY_POINTS!r} entry point group"
+        )
+    try:
+        make = found[0].load()
+        task = make(rest, seed, gamma)
+    except ValueError:
+        raise
+    except Exception as e:  # another package's code: its failure, said in one line
+        raise ValueError(
+            f"task {name!r}: {found[0].value} failed ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(task, Task):
+        raise ValueError(
+            f"task {name!r}: {found[0].value} gave a {type(task).__name__}, not a Task"
+        )
+    task.name = name  # what the ledger and the audit know it by
+    return task

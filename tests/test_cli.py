@@ -341,7 +341,8 @@ def test_unknown_task_from_the_console_script_is_one_stderr_line(tmp_path: Path)
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: unknown task 'nope'; choose one of: {', '.join(TASKS)}"
+        f"error: unknown task 'nope'; choose one of: {', '.join(TASKS)}, or gym:ID for a "
+        "Gymnasium env (`market tasks`)"
     ]
     assert not (tmp_path / "runs").exists()
 
