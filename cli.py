@@ -520,15 +520,25 @@ def sweep_cmd(
     console.print(Text.assemble("sweep written to ", (str(out), "bold")))
 
 
+def _listing(title: str, *columns: str) -> Table:
+    """A table of named things: the name in bold, then `columns`."""
+    table = Table(title=title)
+    table.add_column("name", style="bold")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
 @app.command("presets", cls=Command)
 def presets_cmd() -> None:
     """List the named experiments `simulate --preset NAME` starts from."""
     from agents.simulation import PRESETS
 
-    table = Table(title="presets (market simulate --preset NAME; --set to change a setting)")
-    table.add_column("name", style="bold")
-    table.add_column("experiment")
-    table.add_column("settings")
+    table = _listing(
+        "presets (market simulate --preset NAME; --set to change a setting)",
+        "experiment",
+        "settings",
+    )
     for name, preset in PRESETS.items():
         settings = ", ".join(f"{k}={v}" for k, v in preset.settings.items())
         table.add_row(name, preset.description, settings)
@@ -541,10 +551,7 @@ def tasks_cmd() -> None:
     from market.control_tasks import CONTROL_TASKS
     from market.tasks import ABOUT, ENTRY_POINTS, offered
 
-    table = Table(title="tasks (market simulate --task NAME)")
-    table.add_column("name", style="bold")
-    table.add_column("variant")
-    table.add_column("what it is")
+    table = _listing("tasks (market simulate --task NAME)", "variant", "what it is")
     for name, about in ABOUT.items():
         table.add_row(name, "auction", about)
     for name, kind in CONTROL_TASKS.items():
