@@ -31,6 +31,18 @@ class PPOConfig(BaseModel):
     value_lr: float = Field(5e-3, gt=0, description="Adam step size of the value net")
 
 
+GYM_PPO: dict[str, Any] = {
+    "hidden": 64,
+    "entropy_coef": 0.01,
+    "batch": 1024,
+    "epochs": 4,
+    "policy_lr": 3e-4,
+}
+"""The PPO settings a Gymnasium task starts from, each unless the run sets it: wider nets,
+a smaller entropy bonus, and more and larger policy steps per sample than the tabular
+tasks' (Chang et al.'s), under which a society learns CartPole (docs/gymnasium.md)."""
+
+
 METHODS: dict[str, tuple[str, ...]] = {
     "independent": (),
     "ter": ("ter",),

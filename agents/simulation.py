@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agents.settings import ControlDQNConfig, PPOConfig
+from agents.settings import GYM_PPO, ControlDQNConfig, PPOConfig
 from market.economy import EconomyConfig
 from market.rundir import SIMULATION
 
@@ -90,6 +90,18 @@ class Simulation(BaseModel):
     budget_scale: float | None = Field(
         None, gt=0, description=f"the {BUDGET_SCALE} that cut steps and episodes (recorded)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gym_defaults(cls, data: Any) -> Any:
+        """A Gymnasium task's PPO settings start from `GYM_PPO` (each one the run does not
+        set), resolved here so that simulation.toml records them."""
+        if not isinstance(data, dict) or not str(data.get("task") or "").startswith("gym:"):
+            return data
+        ppo = data.get("ppo") or {}
+        if isinstance(ppo, PPOConfig):
+            ppo = ppo.model_dump(exclude_unset=True)
+        return {**data, "ppo": {**GYM_PPO, **ppo}}
 
     def ppo_settings(self) -> PPOConfig:
         """The PPO primitives' settings, with the run's discount."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import gymnasium
@@ -18,6 +19,8 @@ from test_audit import falsify, first_seq, rule_broken
 from test_rederive import run_into
 
 from agents.encoders import VectorFeatures, observation_features
+from agents.settings import GYM_PPO, PPOConfig
+from agents.simulation import Simulation
 from ledger.store import MemoryLedger
 from ledger.units import UNIT
 from market.audit import audit_frame
@@ -208,3 +211,16 @@ def test_the_reward_scale_is_recorded_only_when_set() -> None:
     scaled = RunConfig(task="gym:CartPole-v1", reward_scale=0.5)
     assert RunConfig.model_validate_json(scaled.model_dump_json()) == scaled
     assert scaled.run_id.startswith("gym-CartPole-v1-ccv-s0-")
+
+
+def test_a_gymnasium_task_starts_from_its_own_ppo_settings() -> None:
+    """Unless the run sets them; and simulation.toml records what was resolved, so running it
+    again runs the same settings."""
+    gym = Simulation.model_validate({"task": "gym:CartPole-v1", "ppo": {"hidden": 32}})
+    assert gym.ppo.hidden == 32
+    assert {k: getattr(gym.ppo, k) for k in GYM_PPO if k != "hidden"} == {
+        k: v for k, v in GYM_PPO.items() if k != "hidden"
+    }
+    assert Simulation(task="chain").ppo == PPOConfig()
+    again = Simulation.model_validate(tomllib.loads(gym.to_toml()))
+    assert again.ppo == gym.ppo
