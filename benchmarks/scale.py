@@ -118,7 +118,7 @@ def raw_simpy_rate() -> float:
     """The best of three bare SimPy loops (benchmarks/engine.py's), in events/s."""
     from engine import raw_simpy_rate as rate
 
-    return max(rate() for _ in range(3))
+    return float(max(rate() for _ in range(3)))
 
 
 def table(results: dict[str, Any]) -> Table:

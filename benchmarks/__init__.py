@@ -1,0 +1,1 @@
+"""Benchmarks: each a script (`python benchmarks/NAME.py`), its figures printed."""
