@@ -562,6 +562,12 @@ def tasks_cmd() -> None:
         "any Gymnasium env with Discrete actions, one primitive per action: gym:CartPole-v1, "
         "gym:Acrobot-v1, gym:FrozenLake-v1, gym:MiniGrid-DoorKey-5x5-v0 (docs/gymnasium.md)",
     )
+    table.add_row(
+        "gym:ID",
+        "control",
+        "a Gymnasium env with a Box action space and a settable state as the agents' plant: "
+        "gym:Pendulum-v1 (docs/gymnasium.md)",
+    )
     for prefix, where in offered().items():
         table.add_row(f"{prefix}:NAME", "auction", f"offered by {where}")
     console.print(table)

@@ -93,9 +93,11 @@ class ControlRunConfig(BaseModel):
     def _valid(self) -> ControlRunConfig:
         if self.episodes is None and self.steps is None:
             raise ValueError("give a number of episodes or of steps")
-        if self.task not in CONTROL_TASKS:
+        if self.task not in CONTROL_TASKS and not self.task.startswith("gym:"):
             choices = ", ".join(CONTROL_TASKS)
-            raise ValueError(f"unknown control task {self.task!r}; choose one of: {choices}")
+            raise ValueError(
+                f"unknown control task {self.task!r}; choose one of: {choices}, or gym:ID"
+            )
         if self.policy not in POLICIES:
             raise ValueError(
                 f"unknown control policy {self.policy!r}; choose one of: {', '.join(POLICIES)}"

@@ -234,10 +234,15 @@ CONTROL_TASKS: dict[str, type[ControlTask]] = {
 def make_control_task(name: str, n_agents: int) -> ControlTask:
     """The control task called `name` for `n_agents` agents (2 to 16); a ValueError names the
     choices for an unknown name."""
+    if name.startswith("gym:"):
+        from market.gym_control import GymControl
+
+        return GymControl(name[len("gym:") :], n_agents)
     try:
         cls = CONTROL_TASKS[name]
     except KeyError:
         raise ValueError(
-            f"unknown control task {name!r}; choose one of: {', '.join(CONTROL_TASKS)}"
+            f"unknown control task {name!r}; choose one of: {', '.join(CONTROL_TASKS)}, or "
+            "gym:ID for a Gymnasium env with a Box action space"
         ) from None
     return cls(n_agents)

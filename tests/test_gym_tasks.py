@@ -9,6 +9,7 @@ import sys
 import textwrap
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -19,11 +20,15 @@ from test_audit import falsify, first_seq, rule_broken
 from test_rederive import run_into
 
 from agents.encoders import VectorFeatures, observation_features
+from agents.fixed_control import RandomPolicy
 from agents.settings import GYM_PPO, PPOConfig
 from agents.simulation import Simulation
 from ledger.store import MemoryLedger
 from ledger.units import UNIT
 from market.audit import audit_frame
+from market.control import ControlRunConfig, simulate_control
+from market.control_tasks import make_control_task
+from market.gym_control import N_CONTROLS, GymControl
 from market.gym_tasks import GymTask, GymTaskError, episode_seed, reward_scale_of
 from market.run import RunConfig
 from market.tasks import ENTRY_POINTS, Task, check_task, make_task
@@ -224,3 +229,49 @@ def test_a_gymnasium_task_starts_from_its_own_ppo_settings() -> None:
     assert Simulation(task="chain").ppo == PPOConfig()
     again = Simulation.model_validate(tomllib.loads(gym.to_toml()))
     assert again.ppo == gym.ppo
+
+
+# --- the control variant over a Box action space ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pendulum() -> pl.DataFrame:
+    """Three Gymnasium Pendulum episodes driven by two random agents, two at once."""
+    config = ControlRunConfig(
+        task="gym:Pendulum-v1", agents=2, policy="random", episodes=3, concurrency=2, seed=4
+    )
+    ledger = MemoryLedger()
+    simulate_control(config, ledger, RandomPolicy(N_CONTROLS, 2, np.random.default_rng(0)))
+    return ledger.scan().collect()
+
+
+def test_two_agents_share_one_torque_and_its_reward() -> None:
+    """One action dimension: each agent's controls span half the torque range, the plant
+    gets their sum, and each agent earns half the env's reward."""
+    plant = make_control_task("gym:Pendulum-v1", 2)
+    assert isinstance(plant, GymControl) and plant.shared and plant.horizon == 200
+    assert plant.controls.tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    x = plant.reset(np.random.default_rng(0), 1)
+    u = np.array([[1.0, 0.5]])
+    env: Any = gymnasium.make("Pendulum-v1").unwrapped
+    env.reset(seed=0)
+    env.state = x[0].copy()
+    _, reward, *_ = env.step(np.array([1.5]))
+    assert np.array_equal(plant.f(x, u)[0], env.state)
+    assert plant.g(x, u).tolist() == [[reward / 2, reward / 2]]
+    env.state = x[0].copy()
+    assert np.array_equal(plant.features(x)[0], env._get_obs())
+
+
+def test_the_audit_re_derives_every_plant_step_to_the_bit(pendulum: pl.DataFrame) -> None:
+    report = audit_frame(pendulum)
+    assert report.ok and report.not_rederived == {}, report.violation
+    seq = first_seq(pendulum, "transition", pl.col("step") == 5)
+    theta, omega = pendulum.filter(pl.col("seq") == seq)["next_x"][0].to_list()
+    moved = falsify(pendulum, seq, next_x=[float(np.nextafter(theta, 4.0)), omega])
+    assert rule_broken(moved) == ("transition", seq)
+
+
+def test_a_plant_that_does_not_fit_is_one_line() -> None:
+    with pytest.raises(GymTaskError, match="Discrete action space; the control variant needs"):
+        make_control_task("gym:CartPole-v1", 2)
