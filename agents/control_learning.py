@@ -6,7 +6,8 @@ receives each as columns: the rows of every committed batch addressed to it. Fro
 alone the society assembles every agent's experience (x_k, u_{k-1}, its action, its
 reward, x_{k+1}) and hands a whole instant's worth, across the concurrent episodes, to the
 N stacked Q-learners of `agents/dqn_control.py`, which then take one gradient step per
-`steps_per_update` env steps (the remainder carries over to the next instant). No side
+`steps_per_update` env steps (the remainder carries over to the next instant), an instant's
+steps in one `update` call. No side
 channel: rewards are read back from the `Reward` events (in units), actions from the
 agent's own `Order` events.
 """
@@ -38,9 +39,11 @@ class ControlSociety:
         accounts: tuple[str, ...],
         config: ControlDQNConfig,
         seed: int,
+        budget: int | None = None,
     ) -> None:
+        """`budget`: the run's env steps, which the exploration schedule is a fraction of."""
         self.task, self.accounts, self.config = task, accounts, config
-        self.agent = ControlDQN(task, config, seed, features=task.features)
+        self.agent = ControlDQN(task, config, seed, features=task.features, budget=budget)
         self._owed = 0
         """Env steps observed and not yet paid for with gradient steps."""
         self._own: list[list[EventBatch]] = [[] for _ in accounts]
@@ -128,9 +131,7 @@ class ControlSociety:
         states, before, actions, rewards, after = steps
         self.agent.observe(states, before, actions, rewards, after)
         updates, self._owed = divmod(self._owed + len(states), self.config.steps_per_update)
-        metrics: dict[str, float] = {}
-        for _ in range(updates):
-            metrics = self.agent.update() or metrics
+        metrics = self.agent.update(updates) if updates else {}
         if metrics:
             self.metrics.append(metrics)
             if self.on_update is not None:

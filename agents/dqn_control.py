@@ -10,38 +10,53 @@ input, the impact, psi and the imagined experiences use them, acting never does.
 The base learner is independent double DQN (the online net picks the next control, a target
 net synced every `target_period` steps values it; Huber loss; no terminal states, since the
 control tasks are continuing and time limits are truncations). Four switches add, following
-methods.md Part 2 ([ours] marks the forms the paper left open; all configurable):
+methods.md Part 2 ([ours] marks the forms the paper left open; all configurable). eps_k is
+the description's exploration rate, annealed from 1 to 0 over a fraction of the run; acting
+keeps a floor of epsilon_end.
 - TER: a macro-batch of B_k = t + (B - t)(1 - eps_k) [ours] uniformly from the buffer, then t
-  of it without replacement with P(j) ∝ tau_j^rho [ours], tau_j = recency rank in (0, 1].
+  of it without replacement with P(j) ∝ tau_j^rho [ours], tau_j = recency rank in (0, 1];
+  every experience has its own step index k (the learner's env-step count).
 - IER: each of the first `imagined` minibatch samples is imagined again, with probability
   eps_k with the others' controls removed, else (1 - eps_k) as the coordination experiences
-  idle, coop1 and coop2; all from f and g, never stored.
-- IQL: each sample's TD loss is scaled by eta / alpha, eta in {alpha, sigma, beta} by the sign
-  of the TD error and the impact lambda_i = |u_i| / sum_j |u_j| [ours].
+  idle, coop1 and coop2; all from f and g, never stored. Agent i's imagined control is a
+  control of U (the nearest to 0, to the others' mean), as trained on and as f, g see it.
+- IQL: each sample's step size is eta in {alpha, sigma, beta}, by the sign of the TD error
+  and the impact lambda_i = |u_i| / sum_j |u_j| [ours] (`credit_rate`, `blame_rate`).
 - psi = sgn(u_i sum_{j != i} u_j), +1 at 0 [ours]: at +1 no coordination experiences and
   alpha where IQL would use sigma; at -1 the coordination experiences, at rate beta.
-Without IQL every trained sample weighs 1 (imagined ones included): the rates belong to IQL.
-Adam (step size alpha) normalises the gradient's scale, so IQL's rates act through their
-ratios within a minibatch and across recent steps, not as absolute step sizes.
+Without IQL every trained sample has rate alpha (imagined ones included): the rates belong to
+IQL. The rates are step sizes: `RateAdam` (agents/q_bank.py) takes Adam's scale from the
+gradient at rate alpha and its step from the rate-weighted one.
 
-For speed the N agents' networks are stacked: one batched pass gives every agent's Q-values
-and one optimiser step trains them all (parameters, inputs and losses stay separate).
+The replay buffer and TER's sampling live in agents/control_replay.py.
+
+For speed the N agents' networks are stacked (one batched pass gives every agent's Q-values
+and one optimiser step trains them all; parameters, inputs and losses stay separate), the
+gradient is written out by hand, and the minibatches of an instant's gradient steps are
+drawn and prepared together.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import itertools
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from torch import nn
 
+from agents.control_replay import (
+    Batch,
+    ReplayBuffer,
+    distinct_uniform,
+    draw_without_replacement,
+    macro_batch_size,
+    own_columns,
+    rank_probabilities,
+)
+from agents.q_bank import QBank, RateAdam
 from agents.settings import ControlDQNConfig
 
 FloatArray = NDArray[np.float64]
@@ -75,56 +90,19 @@ class ControlDynamics(Protocol):
         ...
 
 
-def epsilon_at(step: int, config: ControlDQNConfig) -> float:
-    """The exploration rate after `step` observed env steps: linear from start to end, then
-    flat. (An env step is one step of one episode, however many run at once.)"""
-    done = min(step / config.epsilon_steps, 1.0)
-    return config.epsilon_start + done * (config.epsilon_end - config.epsilon_start)
+def schedule_epsilon(step: int, config: ControlDQNConfig, length: int) -> float:
+    """The description's eps_k after `step` observed env steps: linear from epsilon_start to
+    0 over `length` env steps, then 0 (methods.md Part 2: TER's B_k reaches B and IER's
+    alone experiences stop once eps_k -> 0). TER and IER read it."""
+    return config.epsilon_start * (1.0 - min(step / length, 1.0))
 
 
-# --- TER ---------------------------------------------------------------------------------
+def exploration_rate(step: int, config: ControlDQNConfig, length: int) -> float:
+    """The exploration rate: eps_k, but never below the floor epsilon_end (acting only)."""
+    return max(schedule_epsilon(step, config, length), config.epsilon_end)
 
 
-def macro_batch_size(t: int, b: int, eps: float) -> int:
-    """TER's B_k = t + (B - t)(1 - eps_k) [ours], rounded: t while exploring, B at the end."""
-    return t + round((b - t) * (1.0 - eps))
-
-
-def recency_probabilities(k: IntArray, rho: float) -> FloatArray:
-    """TER's P(j) ∝ tau_j^rho along the last axis of step indices k [ours].
-
-    tau_j is the fraction of the batch collected no later than k_j: 1 for the newest, 1/n for
-    the oldest; experiences of the same step share a rank.
-    """
-    n = k.shape[-1]
-    rows = k.reshape(-1, n)
-    # Speed: every row at once. In sorted order, a position's rank is one past the last
-    # position holding the same step.
-    order = np.argsort(rows, axis=-1, kind="stable")
-    ordered = np.take_along_axis(rows, order, axis=-1)
-    last = np.ones(rows.shape, dtype=bool)
-    last[:, :-1] = ordered[:, 1:] != ordered[:, :-1]
-    ends = np.where(last, np.arange(n), n)
-    in_order = np.minimum.accumulate(ends[:, ::-1], axis=-1)[:, ::-1] + 1
-    rank = np.empty_like(in_order)
-    np.put_along_axis(rank, order, in_order, axis=-1)
-    weight = (rank.reshape(k.shape) / n) ** rho
-    out: FloatArray = weight / weight.sum(axis=-1, keepdims=True)
-    return out
-
-
-def draw_without_replacement(p: FloatArray, t: int, rng: np.random.Generator) -> IntArray:
-    """t positions per row of p (R, n), drawn one after another ∝ p without replacement.
-
-    Speed: an exponential race (Efraimidis and Spirakis): the t smallest E_j / p_j, with E_j
-    standard exponential, are such a draw, for all rows at once.
-    """
-    with np.errstate(divide="ignore"):
-        keys = rng.standard_exponential(size=p.shape) / p
-    return np.argpartition(keys, t - 1, axis=-1)[:, :t]
-
-
-# --- IER ---------------------------------------------------------------------------------
+# --- IER (TER lives in agents/control_replay.py) -----------------------------------------
 
 
 def nearest_control(controls: FloatArray, values: FloatArray) -> IntArray:
@@ -155,18 +133,21 @@ def imagined_controls(controls: FloatArray, u: FloatArray) -> FloatArray:
     """IER's four imagined joint controls for every agent: (N, 4, S, N) from (N, S, N).
 
     Agent i's rows u[i] are its sampled joint controls; for each, in this order:
-    alone: every agent but i at 0; idle: u_i = 0; coop1: u_i = the others' mean control,
-    snapped to the nearest control in U; coop2: every other agent takes u_i.
+    alone: every agent but i at 0; idle: u_i = 0; coop1: u_i = the others' mean control;
+    coop2: every other agent takes u_i. Agent i's own imagined control is the control in U
+    nearest the description's value (0, the mean), so that the control the net trains on
+    and the one f and g see are the same; the others' removed controls are exactly 0.
     """
     n = u.shape[0]
     mine = np.eye(n, dtype=bool)[:, None, :]  # agent i's own column, (N, 1, N)
-    own = _own(u)[..., None]
-    mean = _own(others_sum(u)) / max(n - 1, 1)
+    own = own_columns(u)[..., None]
+    mean = own_columns(others_sum(u)) / max(n - 1, 1)
+    idle = controls[nearest_control(controls, np.zeros(1))]
     snapped = controls[nearest_control(controls, mean)][..., None]
     return np.stack(
         [
             np.where(mine, u, 0.0),
-            np.where(mine, 0.0, u),
+            np.where(mine, idle, u),
             np.where(mine, snapped, u),
             np.broadcast_to(own, u.shape),
         ],
@@ -191,8 +172,8 @@ def coordination_controls(
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """IER's imagined joint controls for agent i: idle, coop1, coop2 (each (B, N)).
 
-    idle: u_i = 0; coop1: u_i = the others' mean control, snapped to the nearest control in U;
-    coop2: every other agent takes u_i.
+    idle: u_i = 0; coop1: u_i = the others' mean control (each snapped to the nearest control
+    in U); coop2: every other agent takes u_i.
     """
     _, idle, coop1, coop2 = _for_agent(controls, u, i)
     return idle, coop1, coop2
@@ -231,6 +212,23 @@ def impact(u: FloatArray) -> FloatArray:
     return out
 
 
+def credit_rate(
+    lam: FloatArray, low: float, high: float, middle: Any, config: ControlDQNConfig
+) -> Any:
+    """IQL's rate for a positive experience (TD error > 0) by impact lambda: the agent that
+    did most earns most. alpha above the band, `middle` in it, beta below (methods.md Part 2,
+    "IQL": sigma in the band; "The combined algorithm": alpha there where psi = +1)."""
+    return np.where(lam > high, config.alpha, np.where(lam >= low, middle, config.beta))
+
+
+def blame_rate(lam: FloatArray, low: float, config: ControlDQNConfig) -> FloatArray:
+    """IQL's rate for a negative experience (TD error <= 0) by impact lambda: a responsible
+    agent (lambda >= low) is discouraged strongly, at alpha; an irresponsible one weakly, at
+    beta (methods.md Part 2, "IQL": "delta <= 0: alpha if lambda >= lambda_low, else beta")."""
+    out: FloatArray = np.where(lam >= low, config.alpha, config.beta)
+    return out
+
+
 def iql_rate(
     delta: FloatArray,
     lam: FloatArray,
@@ -238,17 +236,13 @@ def iql_rate(
     n_agents: int,
     psi: FloatArray | None = None,
 ) -> FloatArray:
-    """IQL's rate eta per sample from its TD error delta and impact lambda (same shapes).
-
-    delta > 0: alpha if lambda > high, sigma if low <= lambda <= high, beta if lambda < low;
-    delta <= 0: alpha if lambda >= low, else beta. low and high are the config's values over
-    N. Where a given psi is +1, alpha replaces sigma.
-    """
+    """IQL's rate eta per sample from its TD error delta and impact lambda (same shapes):
+    `credit_rate` where delta > 0, `blame_rate` where delta <= 0. low and high are the
+    config's values over N. Where a given psi is +1, alpha replaces sigma."""
     low, high = config.lambda_low / n_agents, config.lambda_high / n_agents
     middle = config.sigma if psi is None else np.where(psi > 0, config.alpha, config.sigma)
-    gain = np.where(lam > high, config.alpha, np.where(lam >= low, middle, config.beta))
-    blame = np.where(lam >= low, config.alpha, config.beta)
-    out: FloatArray = np.where(delta > 0, gain, blame)
+    gain = credit_rate(lam, low, high, middle, config)
+    out: FloatArray = np.where(delta > 0, gain, blame_rate(lam, low, config))
     return out
 
 
@@ -258,7 +252,7 @@ def coordination(u: FloatArray) -> FloatArray:
     return out
 
 
-# --- networks, buffer, learner -----------------------------------------------------------
+# --- inputs, buffer, learner -------------------------------------------------------------
 
 
 def observations(x: FloatArray, prev_u: FloatArray) -> FloatArray:
@@ -277,111 +271,8 @@ def _others(n: int) -> IntArray:
     return np.array([[j for j in range(n) if j != i] for i in range(n)], dtype=np.int64)
 
 
-class QBank(nn.Module):
-    """N agents' Q-nets [d + N - 1, h, h, M] with ReLU, stacked: one pass serves all of them.
-
-    Speed: the output layer is stored PADDED columns wide (zeros beyond M, which get no
-    gradient and so stay zero): a batched product 16 columns wide runs about three times as
-    fast as one 5 wide on this CPU's BLAS.
-    """
-
-    PADDED = 16
-
-    def __init__(
-        self, n_agents: int, n_in: int, n_out: int, hidden: int, generator: torch.Generator
-    ) -> None:
-        super().__init__()
-        self.n_out = n_out
-        dims = [n_in, hidden, hidden, n_out]
-        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
-        for fan_in, fan_out in itertools.pairwise(dims):
-            bound = 1 / math.sqrt(fan_in)  # torch.nn.Linear's default initialisation
-            w, b = torch.empty(n_agents, fan_in, fan_out), torch.empty(n_agents, 1, fan_out)
-            nn.init.uniform_(w, -bound, bound, generator)
-            nn.init.uniform_(b, -bound, bound, generator)
-            if fan_out == n_out and fan_out < self.PADDED:
-                w = nn.functional.pad(w, (0, self.PADDED - fan_out))
-                b = nn.functional.pad(b, (0, self.PADDED - fan_out))
-            self.weights.append(nn.Parameter(w))
-            self.biases.append(nn.Parameter(b))
-        # Speed: plain references, not a walk through the ParameterLists, in every pass.
-        self._layers = list(zip(self.weights, self.biases, strict=True))
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Every agent's Q-values (N, S, M) for its own inputs (N, S, d + N - 1)."""
-        (w0, b0), (w1, b1), (w2, b2) = self._layers
-        h = torch.relu(torch.baddbmm(b0, inputs, w0))
-        h = torch.relu(torch.baddbmm(b1, h, w1))
-        return torch.baddbmm(b2, h, w2)[..., : self.n_out]
-
-
-class Batch(NamedTuple):
-    """Each agent's view of its sampled experiences; the leading axis is the agent."""
-
-    x: FloatArray
-    """x_k (N, S, d)."""
-    prev_u: FloatArray
-    """Joint controls at k - 1 (N, S, N); agent i's input keeps the others' columns only."""
-    u: FloatArray
-    """Joint controls at k (N, S, N), known to agent i from k + 1 on."""
-    action: IntArray
-    """Agent i's own control index at k (N, S)."""
-    reward: FloatArray
-    """Agent i's own reward r_{i,k} (N, S)."""
-    next_x: FloatArray
-    """x_{k+1} (N, S, d)."""
-
-
-class ReplayBuffer:
-    """N agents' experience buffers, stacked in rings of NumPy arrays (oldest overwritten).
-
-    Agent i's experience is chi_i = (x_k, u_{-i,k-1}, u_{i,k}, r_{i,k}, x_{k+1}, k) and u_{-i,k},
-    learned at k + 1. Speed: the state, the step and the joint controls are the same in every
-    agent's experience of a step, so they are stored once; rewards are stored per agent and
-    agent i's view reads only its own column.
-    """
-
-    def __init__(self, capacity: int, state_dim: int, n_agents: int) -> None:
-        self.x = np.zeros((capacity, state_dim))
-        self.prev_u = np.zeros((capacity, n_agents))
-        self.action = np.zeros((capacity, n_agents), dtype=np.int64)
-        self.reward = np.zeros((capacity, n_agents))
-        self.next_x = np.zeros((capacity, state_dim))
-        self.k = np.zeros(capacity, dtype=np.int64)
-        self.capacity, self.size, self._head = capacity, 0, 0
-
-    def add(
-        self,
-        x: FloatArray,
-        prev_u: FloatArray,
-        action: IntArray,
-        reward: FloatArray,
-        next_x: FloatArray,
-        k: int,
-    ) -> None:
-        """Store one step of B parallel systems (rows of each array), all stamped k."""
-        rows = (self._head + np.arange(len(x))) % self.capacity
-        self.x[rows], self.prev_u[rows], self.action[rows] = x, prev_u, action
-        self.reward[rows], self.next_x[rows], self.k[rows] = reward, next_x, k
-        self._head = int(rows[-1] + 1) % self.capacity
-        self.size = min(self.size + len(x), self.capacity)
-
-    def view(self, rows: IntArray, controls: FloatArray) -> Batch:
-        """Each agent's experiences at its own buffer rows (N, S)."""
-        action = self.action[rows]
-        own = np.arange(rows.shape[0])[:, None]
-        return Batch(
-            self.x[rows],
-            self.prev_u[rows],
-            controls[action],
-            _own(action),
-            self.reward[rows, own],
-            self.next_x[rows],
-        )
-
-
 class Part(NamedTuple):
-    """Training samples of every agent (N, S, ...) and how IQL weighs them."""
+    """Training samples of every agent (N, S, ...) and the rates IQL may give them."""
 
     inputs: FloatArray
     action: IntArray
@@ -392,7 +283,25 @@ class Part(NamedTuple):
     mask: FloatArray
     """1 where the sample is trained on, 0 where it only pads an agent's rows."""
     rate: FloatArray
-    """A fixed rate per sample (beta: coordination experiences), or NaN: IQL's rule."""
+    """A fixed rate per sample (beta: coordination experiences under psi), or NaN: IQL's rule."""
+    kind: IntArray
+    """0 experienced; imagined: 1 alone, 2 idle, 3 coop1, 4 coop2."""
+
+
+class Steps(NamedTuple):
+    """The tensors of `times` gradient steps, the step first (times, N, S, ...)."""
+
+    both: torch.Tensor
+    """Each sample's input, then each sample's next input, with ones (times, N, 2 S, D + 1)."""
+    action: torch.Tensor
+    reward: torch.Tensor
+    pick: torch.Tensor
+    """One-hot of each sample's action over the padded outputs, times its mask over t: the
+    Huber loss's gradient in the outputs per unit of clipped TD error."""
+    gain: torch.Tensor
+    """Each sample's rate over alpha if its TD error is positive (0 where masked)."""
+    blame: torch.Tensor
+    """... and if it is not."""
 
 
 class ControlDQN:
@@ -408,9 +317,11 @@ class ControlDQN:
         config: ControlDQNConfig | None = None,
         seed: int = 0,
         features: Callable[[FloatArray], FloatArray] | None = None,
+        budget: int | None = None,
     ) -> None:
         """`features` maps states (B, d) to the Q-nets' state inputs (B, d'); the identity
-        if None (a pendulum's angle, say, enters better as its cosine and sine)."""
+        if None (a pendulum's angle, say, enters better as its cosine and sine). `budget`,
+        the run's env steps, sets the eps schedule's length (`schedule_steps`)."""
         self.dynamics, self.config = dynamics, config or ControlDQNConfig()
         cfg, n = self.config, dynamics.n_agents
         d = (features or _identity)(np.zeros((1, dynamics.state_dim))).shape[1]
@@ -419,14 +330,15 @@ class ControlDQN:
         self.rng = np.random.default_rng(int(numpy_seed))
         generator = torch.Generator().manual_seed(int(torch_seed))
         self.online = QBank(n, d + n - 1, len(self.controls), cfg.hidden, generator)
-        self.target = copy.deepcopy(self.online).requires_grad_(False)
-        # Speed: the fused Adam kernel (one call, not a loop over tensors)
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.alpha, fused=True)
+        self.online.requires_grad_(False)  # trained by its own gradient, not autograd
+        self.target = copy.deepcopy(self.online)
+        self.optimizer = RateAdam(list(self.online.parameters()), lr=cfg.alpha)
         self.buffer = ReplayBuffer(cfg.capacity, dynamics.state_dim, n)
-        self.steps = 0
-        """Observed instants k (one per `observe` call, whatever its batch): TER's clock."""
+        self.schedule = cfg.schedule_steps(budget)
+        """Env steps over which eps_k anneals to 0."""
         self.env_steps = 0
-        """Observed env steps (every row of every `observe` call): the exploration clock."""
+        """Observed env steps (every row of every `observe` call): TER's step index k and
+        the schedule's clock."""
         self.features = features if features is not None else _identity
         self.updates = 0
         self._coordinating = np.zeros(n)
@@ -439,8 +351,13 @@ class ControlDQN:
 
     @property
     def epsilon(self) -> float:
-        """The exploration rate at the current step."""
-        return epsilon_at(self.env_steps, self.config)
+        """The exploration rate at the current step (eps_k, floored at epsilon_end)."""
+        return exploration_rate(self.env_steps, self.config, self.schedule)
+
+    @property
+    def schedule_epsilon(self) -> float:
+        """The description's eps_k at the current step, which TER and IER read."""
+        return schedule_epsilon(self.env_steps, self.config, self.schedule)
 
     @property
     def coordinating_fraction(self) -> FloatArray:
@@ -480,83 +397,131 @@ class ControlDQN:
         """Store step k of B parallel systems in every agent's buffer and count psi = +1.
 
         x, next_x (B, d); prev_u the joint controls at k - 1 (B, N); actions the control
-        indices at k (B, N); rewards (B, N), agent i's in column i. k is the learner's step
-        counter (recency across episodes, which TER needs).
+        indices at k (B, N); rewards (B, N), agent i's in column i. Each row is stamped with
+        the learner's env-step count, its own step index for TER's recency.
         """
         self._coordinating += (coordination(self.controls[actions]) > 0).sum(axis=0)
         self._rows += len(x)
-        self.buffer.add(x, prev_u, actions, rewards, next_x, self.steps)
-        self.steps += 1
+        self.buffer.add(x, prev_u, actions, rewards, next_x, self.env_steps)
         self.env_steps += len(x)
 
-    def update(self) -> dict[str, float]:
-        """One gradient step of every agent on its own minibatch and imagined experiences.
+    def update(self, times: int = 1) -> dict[str, float]:
+        """`times` gradient steps of every agent, each on its own minibatch and imagined
+        experiences (all drawn first, from the buffer as it is now).
 
-        Returns the step's statistics, or {} without a step while the buffer holds fewer
-        than t experiences.
+        Returns the last step's statistics, or {} without a step while the buffer holds
+        fewer than t experiences.
         """
-        cfg, n = self.config, self.n_agents
-        if self.buffer.size < cfg.minibatch:
+        cfg = self.config
+        if self.buffer.size < cfg.minibatch or times < 1:
             return {}
-        eps = self.epsilon
-        batch = self.buffer.view(self.sample_rows(eps), self.controls)
+        eps = self.schedule_epsilon
+        rows = self.sample_rows(eps, times)  # (N, times, t)
+        batch = self.buffer.view(rows.reshape(self.n_agents, -1), self.controls)
         parts = [self.experienced(batch)]
-        imagined = self._imagined(batch, eps) if cfg.ier else None
+        imagined = self._imagined(batch, eps, times) if cfg.ier else None
         if imagined is not None:
             parts.append(imagined)
-        q, target = self._td(parts)
-        weight = self._weights(parts, (target - q).detach().double().numpy())
-        huber = nn.functional.huber_loss(q, target, reduction="none")
-        loss = (torch.as_tensor(weight, dtype=torch.float32) * huber).sum() / cfg.minibatch
-        self.optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        self.optimizer.step()
+        steps, stats = self._steps(parts, times), {}
+        for j in range(times):
+            stats = self._step(steps, j, last=j == times - 1)
+        alone = coordinated = 0.0
+        if imagined is not None:
+            per_agent = self.n_agents * times
+            alone = float(imagined.mask[imagined.kind == 1].sum()) / per_agent
+            coordinated = float(imagined.mask[imagined.kind > 1].sum()) / per_agent
+        return stats | {"epsilon": eps, "alone": alone, "coordination": coordinated}
+
+    @torch.no_grad()
+    def _step(self, steps: Steps, j: int, last: bool) -> dict[str, float]:
+        """Gradient step j: double-DQN targets r + gamma Q'(x', argmax Q(x', .)) (no terminal
+        states), the Huber loss's gradient, each sample at its IQL rate, one RateAdam step."""
+        cfg = self.config
+        both, action, reward = steps.both[j], steps.action[j], steps.reward[j]
+        s = action.shape[1]
+        trace = self.online.trace(both)  # Speed: inputs and next inputs in one pass
+        q_all = trace[-1]
+        q = q_all[:, :s].gather(-1, action).squeeze(-1)
+        best = q_all[:, s:, : self.online.n_out].argmax(-1, keepdim=True)
+        next_q = self.target.trace(both[:, s:])[-1].gather(-1, best).squeeze(-1)
+        diff = q - (reward + cfg.gamma * next_q)  # -delta
+        rate = torch.where(diff < 0, steps.gain[j], steps.blame[j])
+        d_q = steps.pick[j] * diff.clamp(-1.0, 1.0)[..., None]
+        self.optimizer.step(
+            self.online.gradients([a[:, :s] for a in trace[:-1]], d_q, rate[..., None])
+        )
         self.updates += 1
         if self.updates % cfg.target_period == 0:
             self.target.load_state_dict(self.online.state_dict())
-        alone = coordinated = 0.0
-        if imagined is not None:
-            fixed = ~np.isnan(imagined.rate)
-            alone = float(imagined.mask[~fixed].sum()) / n
-            coordinated = float(imagined.mask[fixed].sum()) / n
+        if not last:
+            return {}
+        t, size = cfg.minibatch, diff.abs()
+        huber = torch.where(size < 1, 0.5 * diff**2, size - 0.5)
         return {
-            "loss": loss.item() / n,
-            "q": q[:, : cfg.minibatch].mean().item(),
-            "epsilon": eps,
-            "rate": float(weight[:, : cfg.minibatch].mean()),
-            "alone": alone,
-            "coordination": coordinated,
+            "loss": (rate * huber).sum().item() / cfg.minibatch / self.n_agents,
+            "q": q[:, :t].mean().item(),
+            "rate": rate[:, :t].mean().item(),
         }
 
-    def _td(self, parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q(x, u_i) of every sample (N, S) and its double-DQN target r + gamma Q'(x', a*).
+    def _steps(self, parts: list[Part], times: int) -> Steps:
+        """The training tensors of `times` steps from parts whose samples run step by step
+        along their second axis; IQL's two possible rates per sample (the TD error picks)."""
+        n = self.n_agents
 
-        a* = argmax of the online net at x', valued by the target net; no terminal states.
-        """
-        inputs, action, reward, next_inputs = (
-            torch.as_tensor(np.concatenate([getattr(p, name) for p in parts], axis=1))
-            for name in ("inputs", "action", "reward", "next_inputs")
+        def per_step(values: NDArray[Any]) -> NDArray[Any]:
+            """(N, times * S, ...) -> (times, N, S, ...)."""
+            split = values.reshape(n, times, -1, *values.shape[2:])
+            return np.moveaxis(split, 1, 0)
+
+        def joined(name: str) -> NDArray[Any]:
+            return np.concatenate([per_step(getattr(p, name)) for p in parts], axis=2)
+
+        mask, action = joined("mask"), joined("action")
+        pick = np.zeros((*action.shape, self.online.layers[-1].shape[2]), dtype=np.float32)
+        np.put_along_axis(pick, action[..., None], mask[..., None] / self.config.minibatch, -1)
+        gain, blame = self._rates(parts, n)
+        both = np.concatenate([joined("inputs"), joined("next_inputs")], axis=2)
+        both = np.concatenate([both, np.ones((*both.shape[:-1], 1))], axis=-1)
+        return Steps(
+            torch.from_numpy(both).float(),
+            torch.from_numpy(action)[..., None],
+            torch.from_numpy(joined("reward")).float(),
+            torch.from_numpy(pick),
+            torch.from_numpy(np.concatenate([per_step(g) for g in gain], axis=2)).float(),
+            torch.from_numpy(np.concatenate([per_step(b) for b in blame], axis=2)).float(),
         )
-        q = self.online(inputs.float()).gather(-1, action[..., None]).squeeze(-1)
-        with torch.no_grad():
-            best = self.online(next_inputs.float()).argmax(-1, keepdim=True)
-            next_q = self.target(next_inputs.float()).gather(-1, best).squeeze(-1)
-            target = reward.float() + self.config.gamma * next_q
-        return q, target
 
-    def sample_rows(self, eps: float) -> IntArray:
-        """Every agent's t buffer rows (N, t): TER's two steps, or uniform without replacement."""
-        cfg, size, rng = self.config, self.buffer.size, self.rng
+    def _rates(self, parts: list[Part], n: int) -> tuple[list[FloatArray], list[FloatArray]]:
+        """Per part, each sample's rate over alpha for a positive and for a non-positive TD
+        error: IQL's rule or the part's fixed rate, times the mask; the mask without IQL."""
+        cfg = self.config
+        if not cfg.iql:
+            return [p.mask for p in parts], [p.mask for p in parts]
+        gains: list[FloatArray] = []
+        blames: list[FloatArray] = []
+        for p in parts:
+            lam = own_columns(impact(p.joint))
+            psi = own_columns(coordination(p.joint)) if cfg.psi else None
+            fixed = np.isnan(p.rate)
+            for delta, out in ((1.0, gains), (0.0, blames)):
+                eta = iql_rate(np.full(lam.shape, delta), lam, cfg, n, psi)
+                out.append(p.mask * np.where(fixed, eta, p.rate) / cfg.alpha)
+        return gains, blames
+
+    def sample_rows(self, eps: float, times: int = 1) -> IntArray:
+        """Every agent's t buffer rows for each of `times` steps (N, times, t): TER's two
+        steps, or uniform without replacement."""
+        cfg, size, rng, n = self.config, self.buffer.size, self.rng, self.n_agents
+        t = cfg.minibatch
         if not cfg.ter:
-            return np.stack(
-                [rng.choice(size, cfg.minibatch, replace=False) for _ in range(self.n_agents)]
-            )
-        b = min(macro_batch_size(cfg.minibatch, cfg.macro_batch, eps), size)
-        macro = np.stack(
-            [rng.choice(size, b, replace=False, shuffle=False) for _ in range(self.n_agents)]
-        )
-        p = recency_probabilities(self.buffer.k[macro], cfg.rho)
-        return np.take_along_axis(macro, draw_without_replacement(p, cfg.minibatch, rng), 1)
+            ages = rng.permuted(distinct_uniform(rng, size, (n * times, t)), axis=1)
+            return self.buffer.rows_by_age(ages).reshape(n, times, t)
+        b = min(macro_batch_size(t, cfg.macro_batch, eps), size)
+        ages = distinct_uniform(rng, size, (n * times, b))
+        macro = self.buffer.rows_by_age(ages[:, ::-1])  # oldest first
+        p = np.broadcast_to(rank_probabilities(b, cfg.rho), macro.shape)
+        picked = np.take_along_axis(macro, draw_without_replacement(p, t, rng), 1)
+        return picked.reshape(n, times, t)
 
     def _inputs(self, x: FloatArray, prev_u: FloatArray) -> FloatArray:
         """Every agent's Q-net inputs from states (N, S, d) and joint controls (N, S, N)."""
@@ -564,73 +529,70 @@ class ControlDQN:
         return observations(self.features(x.reshape(n * s, d)).reshape(n, s, -1), prev_u)
 
     def experienced(self, batch: Batch) -> Part:
-        """The sampled experiences themselves, weighed by IQL's rule."""
+        """The sampled experiences themselves, rated by IQL's rule."""
         inputs = self._inputs(batch.x, batch.prev_u)
         next_inputs = self._inputs(batch.next_x, batch.u)
         ones = np.ones(batch.action.shape)
         rule = np.full(batch.action.shape, np.nan)
-        return Part(inputs, batch.action, batch.reward, next_inputs, batch.u, ones, rule)
+        kind = np.zeros(batch.action.shape, dtype=np.int64)
+        return Part(inputs, batch.action, batch.reward, next_inputs, batch.u, ones, rule, kind)
 
-    def _imagined(self, batch: Batch, eps: float) -> Part | None:
-        """IER on the first `imagined` samples: alone w.p. eps, else idle, coop1 and coop2.
+    def _imagined(self, batch: Batch, eps: float, times: int = 1) -> Part | None:
+        """IER on the first `imagined` samples of each step's t: alone w.p. eps, else idle,
+        coop1 and coop2.
 
-        Under psi the coordination experiences are drawn only where psi_i = -1. An imagined
+        Under psi the coordination experiences are drawn only where psi_i = -1, and are
+        trained at beta; without psi IQL's rule rates them like any sample. An imagined
         experience keeps the observed input (x_k, u_{-i,k-1}) and replaces the controls at k.
-        None if nothing was drawn.
+        None if nothing was drawn. Samples run step by step along the second axis.
 
         Speed: only the drawn experiences go through f, g and the networks; every agent's
-        are padded (mask 0) to the largest agent's count, so all agents train in one
-        stacked pass.
+        and step's are padded (mask 0) to the largest count, so all train in stacked passes.
         """
-        cfg, n, s = self.config, self.n_agents, self.config.imagined
-        x, u, prev_u = batch.x[:, :s], batch.u[:, :s], batch.prev_u[:, :s]
-        alone = self.rng.random((n, s)) < eps
-        together = ~alone & (_own(coordination(u)) < 0 if cfg.psi else True)
-        drawn = np.concatenate([alone, together, together, together], axis=1)  # (n, 4 s)
-        count = int(drawn.sum(axis=1).max())
+        cfg, n, s, t = self.config, self.n_agents, self.config.imagined, self.config.minibatch
+
+        def first(values: NDArray[Any]) -> NDArray[Any]:
+            """(N, times * t, ...) -> each step's first s samples (N, times, s, ...)."""
+            return values.reshape(n, times, t, *values.shape[2:])[:, :, :s]
+
+        x, u, prev_u = first(batch.x), first(batch.u), first(batch.prev_u)
+        alone = self.rng.random((n, times, s)) < eps
+        together = ~alone & (
+            own_columns(coordination(u.reshape(n, -1, n))).reshape(alone.shape) < 0
+            if cfg.psi
+            else True
+        )
+        drawn = np.concatenate([alone, together, together, together], axis=2)  # (n, times, 4 s)
+        count = int(drawn.sum(axis=2).max())
         if count == 0:
             return None
-        pick = np.argsort(~drawn, axis=1, kind="stable")[:, :count]  # drawn first, in order
+        pick = np.argsort(~drawn, axis=2, kind="stable")[..., :count]  # drawn first, in order
         kind, sample = np.divmod(pick, s)
-        joints = imagined_controls(self.controls, u).reshape(n, 4 * s, n)
-        joint = np.take_along_axis(joints, pick[..., None], axis=1)
+        joints = imagined_controls(self.controls, u.reshape(n, times * s, n))
+        joints = joints.reshape(n, 4, times, s, n).transpose(0, 2, 1, 3, 4)
+        joint = np.take_along_axis(joints.reshape(n, times, 4 * s, n), pick[..., None], axis=2)
         at = sample[..., None]
-        x_drawn = np.take_along_axis(x, at, axis=1)
         d = x.shape[-1]
+        x_drawn = np.take_along_axis(x, at, axis=2).reshape(n, times * count, d)
+        prev_drawn = np.take_along_axis(prev_u, at, axis=2).reshape(n, times * count, n)
+        joint = joint.reshape(n, times * count, n)
         # Speed: every agent's drawn experiences through f and g in one call.
-        flat_x, flat_u = x_drawn.reshape(n * count, d), joint.reshape(n * count, n)
-        next_x = self.dynamics.f(flat_x, flat_u).reshape(n, count, d)
-        reward = _own(self.dynamics.g(flat_x, flat_u).reshape(n, count, n))
+        flat_x, flat_u = x_drawn.reshape(-1, d), joint.reshape(-1, n)
+        next_x = self.dynamics.f(flat_x, flat_u).reshape(n, -1, d)
+        reward = own_columns(self.dynamics.g(flat_x, flat_u).reshape(n, -1, n))
+        fixed = cfg.beta if cfg.psi else np.nan
         return Part(
-            self._inputs(x_drawn, np.take_along_axis(prev_u, at, axis=1)),
-            _own(nearest_control(self.controls, joint)),
+            self._inputs(x_drawn, prev_drawn),
+            own_columns(nearest_control(self.controls, joint)),
             reward,
             self._inputs(next_x, joint),
             joint,
-            np.take_along_axis(drawn, pick, axis=1).astype(np.float64),
-            np.where(kind == 0, np.nan, cfg.beta),
+            np.take_along_axis(drawn, pick, axis=2).reshape(n, -1).astype(np.float64),
+            np.where(kind == 0, np.nan, fixed).reshape(n, -1),
+            kind.reshape(n, -1) + 1,
         )
-
-    def _weights(self, parts: list[Part], delta: FloatArray) -> FloatArray:
-        """Each sample's loss weight (N, S): eta / alpha under IQL, else 1; 0 where masked."""
-        cfg, n = self.config, self.n_agents
-        mask = np.concatenate([p.mask for p in parts], axis=1)
-        if not cfg.iql:
-            return mask
-        joint = np.concatenate([p.joint for p in parts], axis=1)
-        fixed = np.concatenate([p.rate for p in parts], axis=1)
-        psi = _own(coordination(joint)) if cfg.psi else None
-        eta = iql_rate(delta, _own(impact(joint)), cfg, n, psi)
-        out: FloatArray = mask * np.where(np.isnan(fixed), eta, fixed) / cfg.alpha
-        return out
 
 
 def _identity(x: FloatArray) -> FloatArray:
     """The states themselves as features."""
     return x
-
-
-def _own(values: NDArray[Any]) -> NDArray[Any]:
-    """Agent i's column of its own rows: (N, S, N) -> (N, S)."""
-    n = values.shape[0]
-    return values[np.arange(n), :, np.arange(n)]

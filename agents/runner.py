@@ -504,5 +504,6 @@ def _control_policy(config: Any) -> tuple[Any, Any]:
 
     one_thread()
     dqn = ControlDQNConfig.model_validate(config.learner)
-    society = ControlSociety(task, config.accounts, dqn, learner_seed(config.seed))
+    budget = config.steps or (config.episodes or 0) * task.horizon
+    society = ControlSociety(task, config.accounts, dqn, learner_seed(config.seed), budget)
     return society, society

@@ -70,9 +70,14 @@ class ControlDQNConfig(BaseModel):
     minibatch: int = Field(64, ge=1, description="t: real experiences per agent per step")
     macro_batch: int = Field(1024, ge=1, description="B: TER's macro-batch size once eps = 0")
     rho: float = Field(1.0, ge=0, description="TER's recency exponent; 0 samples uniformly [ours]")
-    epsilon_start: float = Field(1.0, ge=0, le=1, description="exploration rate at step 0")
-    epsilon_end: float = Field(0.05, ge=0, le=1, description="exploration rate after the decay")
-    epsilon_steps: int = Field(10_000, ge=1, description="env steps of linear eps decay")
+    epsilon_start: float = Field(1.0, ge=0, le=1, description="eps_k at step 0")
+    epsilon_end: float = Field(0.05, ge=0, le=1, description="exploration's floor (acting only)")
+    epsilon_steps: int | None = Field(
+        None, ge=1, description="env steps over which eps_k anneals to 0; None: the fraction"
+    )
+    epsilon_fraction: float = Field(
+        0.5, gt=0, le=1, description="the schedule's share of the run's env steps (budget)"
+    )
     target_period: int = Field(200, ge=1, description="gradient steps between target syncs")
     steps_per_update: int = Field(
         8, ge=1, description="env steps per gradient step (DQN's training frequency)"
@@ -82,7 +87,9 @@ class ControlDQNConfig(BaseModel):
     beta: float = Field(1e-5, gt=0, description="IQL's lowest rate; coordination experiences")
     lambda_low: float = Field(0.5, ge=0, description="lambda_low in units of 1/N [ours]")
     lambda_high: float = Field(1.5, ge=0, description="lambda_high in units of 1/N [ours]")
-    imagined: int = Field(64, ge=0, description="minibatch samples per agent imagined again")
+    imagined: int = Field(
+        16, ge=0, description="minibatch samples per agent imagined again (IER's ∝: t / 4)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ControlDQNConfig:
@@ -105,3 +112,14 @@ class ControlDQNConfig(BaseModel):
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
         return cls(**dict.fromkeys(METHODS[name], True), **overrides)
+
+    def schedule_steps(self, budget: int | None) -> int:
+        """Env steps over which eps_k anneals: `epsilon_steps` if set, else `epsilon_fraction`
+        of the budget (the run's env steps), or of DEFAULT_BUDGET when none is known."""
+        if self.epsilon_steps is not None:
+            return self.epsilon_steps
+        return max(1, round(self.epsilon_fraction * (budget or DEFAULT_BUDGET)))
+
+
+DEFAULT_BUDGET = 200_000
+"""The presets' control budget in env steps: the schedule's base for a learner outside a run."""

@@ -78,7 +78,7 @@ def run_one(
     )
     task = make_control_task(task_name, agents)
     dqn = ControlDQNConfig.for_method(method, gamma=gamma, **overrides)
-    society = ControlSociety(task, config.accounts, dqn, learner_seed(seed))
+    society = ControlSociety(task, config.accounts, dqn, learner_seed(seed), steps)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         ledger = DiskLedger(Path(tmp) / "ledger")

@@ -7,18 +7,26 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
+from agents import control_replay
+from agents.control_replay import (
+    distinct_uniform,
+    draw_without_replacement,
+    macro_batch_size,
+    rank_probabilities,
+)
 from agents.dqn_control import (
     ControlDQN,
+    blame_rate,
     coordination,
     coordination_experiences,
-    draw_without_replacement,
-    epsilon_at,
+    exploration_rate,
+    imagined_controls,
     imagined_without_others,
     impact,
     iql_rate,
-    macro_batch_size,
-    recency_probabilities,
+    schedule_epsilon,
 )
+from agents.q_bank import QBank, RateAdam
 from agents.settings import METHODS, ControlDQNConfig
 
 torch.set_num_threads(1)
@@ -77,20 +85,20 @@ def test_macro_batch_grows_from_t_to_b_as_exploration_ends() -> None:
     assert macro_batch_size(64, 1024, 0.0) == 1024
 
 
-def test_recency_probabilities_favour_the_newest_and_sum_to_one() -> None:
-    """P(j) ∝ tau_j^rho, tau_j = recency rank / n: newest 1, ties share a rank."""
-    p = recency_probabilities(np.array([7, 2, 5]), 1.0)
-    assert np.allclose(p, [3 / 6, 1 / 6, 2 / 6])
-    p2 = recency_probabilities(np.array([7, 2, 5]), 2.0)
-    assert np.allclose(p2, np.array([9, 1, 4]) / 14)
-    assert np.allclose(recency_probabilities(np.array([5, 5, 1]), 1.0), [3 / 7, 3 / 7, 1 / 7])
-    rows = recency_probabilities(np.array([[1, 2, 3, 4], [4, 3, 2, 1]]), 1.0)
-    assert np.allclose(rows.sum(axis=1), 1) and np.allclose(rows[0], rows[1, ::-1])
+def test_rank_probabilities_favour_the_newest_and_sum_to_one() -> None:
+    """P(j) ∝ tau_j^rho, tau_j = (j + 1) / n over a macro-batch sorted oldest first."""
+    assert np.allclose(rank_probabilities(3, 1.0), [1 / 6, 2 / 6, 3 / 6])
+    assert np.allclose(rank_probabilities(3, 2.0), np.array([1, 4, 9]) / 14)
+    assert np.allclose(rank_probabilities(4, 0.0), 0.25)  # rho = 0: uniform
 
 
-def test_recency_exponent_zero_samples_uniformly() -> None:
-    """rho = 0 gives every experience of the macro-batch the same probability."""
-    assert np.allclose(recency_probabilities(np.array([9, 1, 4, 4]), 0.0), 0.25)
+def test_distinct_uniform_draws_uniform_subsets() -> None:
+    """Each row holds b distinct sorted values, and every value is in a row w.p. b / size."""
+    rows = distinct_uniform(np.random.default_rng(0), 10, (20_000, 6))
+    assert np.all(np.diff(rows, axis=1) > 0)
+    assert np.allclose(np.bincount(rows.ravel(), minlength=10) / 20_000, 0.6, atol=0.015)
+    pairs = ((rows == 0).any(axis=1) & (rows == 1).any(axis=1)).mean()
+    assert abs(pairs - 6 / 10 * 5 / 9) < 0.015  # pairs too, as a uniform 6-subset has them
 
 
 def test_drawing_without_replacement_follows_the_sequential_probabilities() -> None:
@@ -116,10 +124,10 @@ def test_ter_samples_recent_experiences_more_once_exploration_ends() -> None:
         for _ in range(300):  # steps k = 0..299 of 10 systems each
             x = rng.normal(size=(10, 1))
             learner.observe(x, np.zeros((10, 2)), np.ones((10, 2), np.int64), -(x**2), x)
-        rows = learner.sample_rows(0.0)
+        rows = learner.sample_rows(0.0)[:, 0]
         assert rows.shape == (2, 64) and all(len(set(r)) == 64 for r in rows)
         means.append(learner.buffer.k[rows].mean())
-    assert means[0] < 180 < 200 < means[1], means
+    assert means[0] < 1800 < 2000 < means[1], means  # k counts env steps: 0..2999
 
 
 def test_others_removed_experience_by_hand() -> None:
@@ -193,7 +201,7 @@ def test_an_agents_input_never_holds_the_others_current_control() -> None:
     inputs, next_inputs = part.inputs, part.next_inputs
     assert np.array_equal(inputs[0, 0], inputs[0, 1]) and np.allclose(inputs[0, 0], [1, 2, -1, 1])
     q = learner.online(torch.as_tensor(inputs, dtype=torch.float32)).detach()
-    assert torch.equal(q[0, 0], q[0, 1])
+    assert torch.allclose(q[0, 0], q[0, 1], rtol=0, atol=1e-6)  # BLAS rounds rows apart
     assert next_inputs[0, 0, 2] == -1.0 and next_inputs[0, 1, 2] == 1.0  # known at k + 1
     assert np.allclose(learner.q_values(X, prev)[0, 0], q[0, 0].double().numpy(), atol=1e-6)
     changed = prev.copy()
@@ -267,13 +275,13 @@ def test_the_update_weighs_each_sample_by_its_iql_rate_over_alpha() -> None:
 
 def test_coordination_experiences_only_where_psi_is_minus_one_in_full() -> None:
     """At eps = 0 full imagines idle/coop1/coop2 for opposed controls only; plain IER always."""
-    late = {"epsilon_start": 0.0, "epsilon_end": 0.0}
+    late, s = {"epsilon_start": 0.0, "epsilon_end": 0.0}, CONFIG.imagined
     opposed, together = np.array([[0, 2]]), np.array([[2, 2]])
-    assert filled("full", 0, opposed, **late).update()["coordination"] == 3 * 64
+    assert filled("full", 0, opposed, **late).update()["coordination"] == 3 * s
     assert filled("full", 0, together, **late).update()["coordination"] == 0
-    assert filled("ier", 0, together, **late).update()["coordination"] == 3 * 64
-    early = filled("full", 0, together, epsilon_end=1.0).update()  # eps = 1: alone only
-    assert early["alone"] == 64 and early["coordination"] == 0
+    assert filled("ier", 0, together, **late).update()["coordination"] == 3 * s
+    early = filled("full", 0, together, epsilon_steps=10**9).update()  # eps = 1: alone only
+    assert early["alone"] == s and early["coordination"] == 0
 
 
 def test_config_names_the_methods_and_rejects_inconsistent_settings() -> None:
@@ -289,12 +297,162 @@ def test_config_names_the_methods_and_rejects_inconsistent_settings() -> None:
         ControlDQNConfig.for_method("vdn")
 
 
-def test_epsilon_falls_linearly_then_stays() -> None:
-    """eps goes 1 -> 0.05 linearly over epsilon_steps, then stays at 0.05."""
-    config = ControlDQNConfig(epsilon_steps=100)
-    assert [epsilon_at(k, config) for k in (0, 50, 100, 500)] == pytest.approx(
-        [1.0, 0.525, 0.05, 0.05]
+def test_eps_anneals_to_zero_and_exploration_keeps_its_floor() -> None:
+    """eps_k goes 1 -> 0 linearly over the schedule; acting explores at max(eps_k, 0.05)."""
+    config = ControlDQNConfig()
+    ks = (0, 50, 96, 100, 500)
+    assert [schedule_epsilon(k, config, 100) for k in ks] == pytest.approx([1, 0.5, 0.04, 0, 0])
+    assert [exploration_rate(k, config, 100) for k in ks] == pytest.approx(
+        [1, 0.5, 0.05, 0.05, 0.05]
     )
+
+
+def test_the_schedule_is_a_fraction_of_the_budget_unless_set() -> None:
+    """By default eps anneals over half the run's env steps; epsilon_steps overrides."""
+    assert ControlDQNConfig().schedule_steps(200_000) == 100_000
+    assert ControlDQNConfig(epsilon_fraction=0.25).schedule_steps(40_000) == 10_000
+    assert ControlDQNConfig(epsilon_steps=7).schedule_steps(200_000) == 7
+    assert ControlDQN(Integrator(), budget=30_000).schedule == 15_000
+
+
+def test_imagined_experiences_never_outnumber_the_real_ones_by_default() -> None:
+    """IER's constant of proportionality: t/4 samples imagined, so 3 coordination
+    experiences each stay fewer than the t real ones."""
+    assert 4 * CONFIG.imagined == CONFIG.minibatch and 3 * CONFIG.imagined < CONFIG.minibatch
+
+
+def test_ter_macro_batch_reaches_b_at_the_end_of_annealing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """B_k = t at the start, B once the schedule has run, although exploration keeps 0.05."""
+    overrides = {"epsilon_steps": 100, "macro_batch": 80, "minibatch": 8, "imagined": 8}
+    learner = filled("ter", 0, np.array([[0, 2]]), **overrides)
+    assert learner.epsilon == pytest.approx(0.05) and learner.schedule_epsilon == 0.0
+    sizes: list[int] = []
+    original = control_replay.distinct_uniform
+
+    def noted(rng: np.random.Generator, size: int, shape: tuple[int, int]) -> NDArray[np.int64]:
+        sizes.append(shape[1])
+        return original(rng, size, shape)
+
+    monkeypatch.setattr("agents.dqn_control.distinct_uniform", noted)
+    learner.update()
+    assert sizes == [80]  # B for both agents (the exploration rate would give 76)
+    assert macro_batch_size(8, 80, 1.0) == 8
+
+
+def test_concurrent_episodes_get_their_own_step_index() -> None:
+    """Experiences of one instant, across concurrent episodes, never share TER's k."""
+    learner = ControlDQN(Integrator())
+    for _ in range(3):
+        learner.observe(np.zeros((5, 1)), np.zeros((5, 2)), np.ones((5, 2), np.int64),
+                        np.zeros((5, 2)), np.zeros((5, 1)))  # fmt: skip
+    assert np.array_equal(learner.buffer.k[:15], np.arange(15))
+
+
+def test_a_sample_at_beta_moves_the_net_beta_over_alpha_as_far() -> None:
+    """IQL's rates are step sizes: the same minibatch trained all at beta moves every
+    parameter beta / alpha as far as all at alpha (under Adam's normalisation too)."""
+    moved = {}
+    for rate in (CONFIG.alpha, CONFIG.beta):
+        learner = filled("independent", 0, np.array([[0, 2]]))
+        parts = [learner.experienced(learner.buffer.view(np.tile(np.arange(64), (2, 1)),
+                                                          Integrator.controls))]  # fmt: skip
+        steps = learner._steps(parts, 1)
+        scaled = steps._replace(gain=steps.gain * rate / CONFIG.alpha,
+                                blame=steps.blame * rate / CONFIG.alpha)  # fmt: skip
+        before = [p.detach().clone() for p in learner.online.parameters()]
+        learner._step(scaled, 0, last=True)
+        after = list(learner.online.parameters())
+        moved[rate] = torch.cat([(a - b).flatten() for a, b in zip(after, before, strict=True)])
+    ratio = moved[CONFIG.beta].norm() / moved[CONFIG.alpha].norm()
+    assert float(ratio) == pytest.approx(CONFIG.beta / CONFIG.alpha, rel=1e-3)
+    assert torch.allclose(moved[CONFIG.beta], moved[CONFIG.alpha] * 0.01, rtol=0.01, atol=1e-7)
+
+
+def test_rate_adam_is_adam_when_every_rate_is_alpha() -> None:
+    """With the rated gradient equal to the unit one, RateAdam steps exactly like torch's Adam."""
+    generator = torch.Generator().manual_seed(0)
+    bank = QBank(2, 3, 4, 8, generator).requires_grad_(False)
+    reference = QBank(2, 3, 4, 8, torch.Generator().manual_seed(0))
+    ours, adam = (
+        RateAdam(list(bank.parameters()), 1e-2),
+        torch.optim.Adam(reference.parameters(), 1e-2),
+    )
+    for k in range(3):
+        x = torch.randn(2, 5, 3, generator=generator)
+        trace = bank.trace(QBank.with_ones(x))
+        d_q = torch.zeros_like(trace[-1])
+        d_q[..., :4] = trace[-1][..., :4] - k  # the gradient of 0.5 (Q - k)^2
+        ours.step(bank.gradients(trace[:-1], d_q, torch.ones(2, 5, 1)))
+        adam.zero_grad()
+        (0.5 * (reference(x) - k) ** 2).sum().backward()
+        for q, frozen in zip(reference.parameters(), reference.trainable, strict=True):
+            q.grad.mul_(frozen)  # type: ignore[union-attr]  # the constant column stays
+        adam.step()
+    for p, q in zip(bank.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_negative_experiences_blame_the_responsible_strongly() -> None:
+    """delta <= 0 (methods.md Part 2, IQL): alpha if lambda >= lambda_low, else beta, whatever
+    psi says."""
+    lam = np.array([0.0, 0.1, 0.25, 0.5, 1.0])  # N = 2: lambda_low = 0.25
+    a, b = CONFIG.alpha, CONFIG.beta
+    assert np.allclose(blame_rate(lam, 0.25, CONFIG), [b, b, a, a, a])
+    delta = np.array([-1.0, -1, 0, -1, 0])
+    for psi in (None, np.ones(5), -np.ones(5)):
+        assert np.allclose(iql_rate(delta, lam, CONFIG, 2, psi), [b, b, a, a, a])
+
+
+def test_coordination_experiences_take_beta_only_under_psi() -> None:
+    """With psi the coordination experiences train at beta; with IER and IQL but no psi,
+    IQL's rule rates them like any other sample."""
+    actions = np.array([[0, 2]])  # opposed: psi = -1, lambda = 1/2 each
+    for psi in (True, False):
+        late = {"epsilon_start": 0.0, "epsilon_end": 0.0}
+        learner = (
+            filled("full", 0, actions, **late)
+            if psi
+            else filled("ier", 0, actions, iql=True, **late)
+        )
+        batch = learner.buffer.view(np.tile(np.arange(64), (2, 1)), Integrator.controls)
+        part = learner._imagined(batch, 0.0)
+        assert part is not None and (part.kind > 1).all()
+        (gain,), (blame,) = learner._rates([part], 2)
+        if psi:
+            assert np.allclose(gain, CONFIG.beta / CONFIG.alpha)
+            assert np.allclose(blame, CONFIG.beta / CONFIG.alpha)
+        else:
+            assert np.isnan(part.rate).all()
+            lam = impact(part.joint)[np.arange(2), :, np.arange(2)]
+            assert np.allclose(blame, iql_rate(np.zeros_like(lam), lam, CONFIG, 2) / CONFIG.alpha)
+
+
+def test_imagined_controls_are_controls_of_the_set_that_f_and_g_see() -> None:
+    """Agent i's imagined control in idle and coop1 is the control of U nearest 0 and the
+    others' mean; the trained action is that control, and f and g see the same value."""
+
+    class NoZero(Integrator):
+        controls = np.array([-1.0, -0.3, 0.5, 1.0])
+
+    learner = ControlDQN(NoZero(), ControlDQNConfig.for_method("ier", epsilon_start=0.0,
+                                                                 epsilon_end=0.0))  # fmt: skip
+    acts = np.array([[0, 3], [3, 2], [1, 1]])
+    for row in acts:
+        x = np.array([[0.5]])
+        u = NoZero.controls[row][None]
+        learner.observe(x, np.zeros((1, 2)), row[None], NoZero().g(x, u), NoZero().f(x, u))
+    batch = learner.buffer.view(np.array([[0, 1, 2], [0, 1, 2]]), NoZero.controls)
+    joints = imagined_controls(NoZero.controls, batch.u)
+    assert np.allclose(joints[0, 1, :, 0], -0.3)  # idle: nearest 0, not 0 itself
+    assert np.allclose(joints[0, 2, :, 0], [1.0, 0.5, -0.3])  # coop1: the partner's own
+    learner.config = learner.config.model_copy(update={"imagined": 3, "minibatch": 3})
+    part = learner._imagined(batch, 0.0)
+    assert part is not None
+    own = part.joint[np.arange(2), :, np.arange(2)]
+    assert np.array_equal(NoZero.controls[part.action], own)  # trained == seen by f and g
+    assert np.allclose(part.reward, NoZero().g(np.full((2 * part.mask.shape[1], 1), 0.5),
+                                               part.joint.reshape(-1, 2)).reshape(2, -1, 2)
+                       [np.arange(2), :, np.arange(2)])  # fmt: skip
 
 
 def greedy_return(learner: ControlDQN, task: Integrator) -> float:
