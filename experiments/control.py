@@ -16,8 +16,9 @@ stored ledger, not from the learners:
   its own audited ledger: its return per agent and the share of episodes it holds.
 Training episodes explore (epsilon-greedy), and the pendulum's start anywhere, so the greedy
 figures are the ones that say what was learned.
-Prints markdown tables (median [min, max] over seeds) and writes runs.parquet, curves.parquet
-and PNG learning curves to --out.
+Saves runs.parquet, curves.parquet and reference.parquet (the central controller) under
+<results>/data/<name>/, then writes the tables (median [min, max] over seeds) and PNG
+learning curves they make under <results>/ (experiments/regenerate.py remakes them).
 
     python experiments/control.py --seeds 5 [--agents 2,4] [--steps 200000] [--workers 2]
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from generated import RESULTS, Table, frame, publish, read, save_data, spread
 from numpy.typing import NDArray
 from pool import run_all
 
@@ -244,45 +246,47 @@ def summarise(
     return row, curve.to_dicts()
 
 
-def tables(runs: pl.DataFrame) -> str:
-    """Markdown: per number of agents, each method's figures as median [min, max]."""
-
-    def cell(col: str) -> pl.Expr:
-        c = pl.col(col).cast(pl.Float64)
-        return pl.format(
-            "{} [{}, {}]", c.median().round(3), c.min().round(3), c.max().round(3)
-        ).alias(col)
-
-    lines = []
-    for n in runs["agents"].unique().sort():
-        part = runs.filter(pl.col("agents") == n)
-        order = {m: i for i, m in enumerate(METHODS)}
-        agg = (
-            part.group_by("method")
-            .agg(
-                pl.len().alias("seeds"),
-                cell("final_return_per_agent"),
-                cell("held_share"),
-                cell("greedy_return_per_agent"),
-                cell("greedy_held_share"),
-                pl.col("steps_to_hold").is_not_null().sum().alias("ever_held"),
-                cell("steps_to_reach"),
-                cell("steps_to_hold"),
-                cell("psi_plus_share"),
-                cell("steps_per_s"),
-                (pl.col("audit_clean") & pl.col("greedy_audit_clean")).all().alias("audit_clean"),
-            )
-            .sort(pl.col("method").replace_strict(order, return_dtype=pl.Int64))
-        )
-        lines.append(f"\n### N = {n} agents\n")
-        lines.append("| " + " | ".join(agg.columns) + " |")
-        lines.append("|" + "---|" * len(agg.columns))
-        for row in agg.iter_rows():
-            lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines)
+COLUMNS = (
+    ("greedy return per agent", "greedy_return_per_agent", "{:,.0f}"),
+    ("greedy held", "greedy_held_share", "{:.2f}"),
+    ("training return per agent (last 10%)", "final_return_per_agent", "{:,.0f}"),
+    ("training held", "held_share", "{:.2f}"),
+    ("psi = +1", "psi_plus_share", "{:.2f}"),
+    ("env steps to first hold", "steps_to_hold", "{:,.0f}"),
+    ("env steps/s", "steps_per_s", "{:,.0f}"),
+)
+"""The table's spread columns: heading, runs.parquet column, format."""
 
 
-def plot(curves: pl.DataFrame, out: Path) -> None:
+def tables(data: Path) -> list[Table]:
+    """Per number of agents and method, over seeds: COLUMNS as median [min, max], the seeds
+    whose training ever held the band, and whether every ledger audited clean; then the
+    central controller's greedy figures (saved as reference.parquet) for scale."""
+    runs = read(data, "runs")
+    order = {m: i for i, m in enumerate(METHODS)}
+    rows = []
+    for (n, method), part in runs.sort(
+        "agents", pl.col("method").replace_strict(order, return_dtype=pl.Int64), "seed"
+    ).group_by("agents", "method", maintain_order=True):
+        row = {"N": str(n), "method": str(method), "seeds": str(part.height)}
+        row |= {heading: spread(part[col], fmt) for heading, col, fmt in COLUMNS}
+        row["seeds that ever held"] = str(part["steps_to_hold"].is_not_null().sum())
+        clean = part["audit_clean"] & part["greedy_audit_clean"]
+        row["audit clean"] = str(bool(clean.all()))
+        rows.append(row)
+    reference_rows = [
+        {
+            "N": str(r["agents"]),
+            "central controller: greedy return per agent": f"{r['return_per_agent']:,.0f}",
+            "central controller: greedy held": f"{r['held_share']:.2f}",
+            "audit clean": str(r["audit_clean"]),
+        }
+        for r in read(data, "reference").sort("agents").iter_rows(named=True)
+    ]
+    return [Table(data.name, frame(rows)), Table(f"{data.name}-reference", frame(reference_rows))]
+
+
+def plots(data: Path, img: Path) -> None:
     """One PNG per number of agents: each method's return per agent against env steps, the
     median over seeds with the range between the lowest and highest seed shaded."""
     import matplotlib
@@ -290,6 +294,8 @@ def plot(curves: pl.DataFrame, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves = read(data, "curves")
+    img.mkdir(parents=True, exist_ok=True)
     for n in curves["agents"].unique().sort():
         part = curves.filter(pl.col("agents") == n)
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -310,7 +316,7 @@ def plot(curves: pl.DataFrame, out: Path) -> None:
         ax.set_ylabel("episode return per agent (credit)")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / f"control-n{n}.png", dpi=120)
+        fig.savefig(img / f"{data.name}-n{n}.png", dpi=120)
         plt.close(fig)
 
 
@@ -328,33 +334,35 @@ def main() -> None:
     parser.add_argument(
         "--learner", default="", help="learner settings, e.g. gamma=0.99,epsilon_steps=20000"
     )
-    parser.add_argument("--out", type=Path, default=Path("experiments/out/control"))
-    parser.add_argument("--report-only", action="store_true", help="redo tables and plots")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="saved data, tables and plots go here"
+    )
+    parser.add_argument("--name", default="control", help="the saved data's directory name")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.report_only:
-        plot(pl.read_parquet(args.out / "curves.parquet"), args.out)
-        print(tables(pl.read_parquet(args.out / "runs.parquet")))
-        return
     learner = {k: float(v) for k, v in (kv.split("=") for kv in args.learner.split(",") if kv)}
     learner = {k: int(v) if v.is_integer() and k != "gamma" else v for k, v in learner.items()}
+    agents = sorted({int(n) for n in args.agents.split(",")})
     jobs = [
-        (args.task, int(n), method, seed, args.steps, args.concurrency, learner)
-        for n in args.agents.split(",")
+        (args.task, n, method, seed, args.steps, args.concurrency, learner)
+        for n in agents
         for method in args.methods.split(",")
         for seed in range(args.seeds)
     ]
     rows, curves = run_all(run_one, jobs, args.workers)
-    runs = pl.DataFrame(rows).sort("agents", "method", "seed")
-    runs.write_parquet(args.out / "runs.parquet")
-    curve_frame = pl.DataFrame(curves)
-    curve_frame.write_parquet(args.out / "curves.parquet")
-    plot(curve_frame, args.out)
-    print(tables(runs))
-    if args.task == "pendulum":
-        print("\nReference: a central controller that sees everything (pendulum-hanging)\n")
-        for n in sorted({int(a) for a in args.agents.split(",")}):
-            print(reference(n))
+    frames = {
+        "runs": pl.DataFrame(rows).sort("agents", "method", "seed"),
+        "curves": pl.DataFrame(curves),
+        "reference": pl.DataFrame(
+            [reference(n) for n in agents] if args.task == "pendulum" else [],
+            schema={
+                "agents": pl.Int64,
+                "return_per_agent": pl.Float64,
+                "held_share": pl.Float64,
+                "audit_clean": pl.Boolean,
+            },
+        ),
+    }
+    publish(save_data(args.results, args.name, "control", frames), args.results)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ optimal), the env step of extinction (if), members alive at the end (and how man
 useless primitive: neither L nor R), the share of the living that run R (the one move
 toward the goal), births, deaths (and how many were useless), the share
 of the living that descend from one founder (the largest lineage), the Gini of the living
-members' wealth and the richest member's share at the end. Prints a markdown table (median
-and range over seeds) and writes runs-pN.parquet, curves-pN.parquet and economy-pN.png (N
-primitives) to --out.
+members' wealth and the richest member's share at the end. Saves runs.parquet and
+curves.parquet under <results>/data/<name>/, then writes the table (median and range over
+seeds) and the plot they make under <results>/ (experiments/regenerate.py remakes them).
+The runs' ledgers stay in --out.
 
     python experiments/economy.py --seeds 5 [--primitives 12] [--steps 200000] [--arms ...]
-                                  [--ppo preset|methods] [--replot]
+                                  [--ppo preset|methods] [--name economy]
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
+from generated import RESULTS, Table, frame, median, publish, read, save_data, spread
 from pool import Row, run_all
 
 from agents.runner import prepare
@@ -193,48 +194,74 @@ def solved_at(success: pl.DataFrame) -> int | None:
     return int(solved["env_steps"][0]) if solved.height else None
 
 
-def _table(runs: pl.DataFrame) -> str:
-    def cell(values: pl.Series, fmt: str = "{:,.0f}") -> str:
-        v = values.drop_nulls().cast(pl.Float64).to_numpy()
-        if v.size == 0:
-            return "-"
-        if v.min() == v.max():
-            return fmt.format(v[0])
-        return f"{fmt.format(np.median(v))} [{fmt.format(v.min())}, {fmt.format(v.max())}]"
+COLUMNS = (
+    ("env steps to solve", "solved_at", "{:,.0f}"),
+    ("success (last tenth)", "success", "{:.2f}"),
+    ("episode length", "length", "{:.1f}"),
+    ("extinct at env step", "extinct_at", "{:,.0f}"),
+    ("alive at end", "alive", "{:.0f}"),
+    ("useless alive", "useless_alive", "{:.0f}"),
+    ("R's share of the living", "r_share", "{:.2f}"),
+    ("births", "births", "{:.0f}"),
+    ("deaths", "deaths", "{:.0f}"),
+    ("useless deaths", "useless_deaths", "{:.0f}"),
+    ("largest lineage", "lineage", "{:.2f}"),
+    ("Gini (living)", "gini", "{:.2f}"),
+    ("richest's share", "top1", "{:.2f}"),
+    ("seconds per run", "seconds", "{:,.0f}"),
+)
+"""The table's spread columns: heading, runs.parquet column, format."""
 
-    columns = [
-        ("env steps to solve", "solved_at", "{:,.0f}"),
-        ("success (last tenth)", "success", "{:.2f}"),
-        ("episode length", "length", "{:.1f}"),
-        ("extinct at env step", "extinct_at", "{:,.0f}"),
-        ("alive at end", "alive", "{:.0f}"),
-        ("useless alive", "useless_alive", "{:.0f}"),
-        ("R's share of the living", "r_share", "{:.2f}"),
-        ("births", "births", "{:.0f}"),
-        ("deaths", "deaths", "{:.0f}"),
-        ("useless deaths", "useless_deaths", "{:.0f}"),
-        ("largest lineage", "lineage", "{:.2f}"),
-        ("Gini (living)", "gini", "{:.2f}"),
-        ("richest's share", "top1", "{:.2f}"),
-    ]
-    head = "| arm | seeds | solved | extinct | " + " | ".join(c[0] for c in columns) + " | clean |"
-    lines = [head, "|---" * (len(columns) + 5) + "|"]
-    for arm in runs["arm"].unique(maintain_order=True):
+
+def tables(data: Path) -> list[Table]:
+    """Per arm, over seeds: how many solved and died out, then COLUMNS as median [min, max]
+    (one value where every seed agrees; `-` where none has one) and whether every ledger
+    audited clean."""
+    runs = read(data, "runs")
+    rows = []
+    for (arm,), part in runs.group_by("arm", maintain_order=True):
+        row = {"arm": str(arm), "seeds": str(part.height)}
+        row["solved"] = str(part["solved_at"].drop_nulls().len())
+        row["extinct"] = str(part["extinct_at"].drop_nulls().len())
+        row |= {heading: spread(part[col], fmt) for heading, col, fmt in COLUMNS}
+        row["clean"] = str(bool(part["audit_clean"].all()))
+        rows.append(row)
+    found = [Table(data.name, frame(rows))]
+    ladder = endowment_ladder(runs)
+    return [*found, Table(f"{data.name}-endowments", ladder)] if ladder.height else found
+
+
+ENDOWMENTS = ("poor", "lean", "endowed", "rich")
+"""The arms that differ only in their endowment: the ladder from extinction to runaway."""
+
+
+def endowment_ladder(runs: pl.DataFrame) -> pl.DataFrame:
+    """Per arm of ENDOWMENTS that ran: its endowment, the seeds that solved and that died out,
+    and the median env steps to solve."""
+    rows = []
+    for arm in ENDOWMENTS:
         part = runs.filter(pl.col("arm") == arm)
-        extinct = part["extinct_at"].drop_nulls().len()
-        solved = part["solved_at"].drop_nulls().len()
-        cells = " | ".join(cell(part[col], fmt) for _, col, fmt in columns)
-        clean = bool(part["audit_clean"].all())
-        lines.append(f"| {arm} | {part.height} | {solved} | {extinct} | {cells} | {clean} |")
-    return "\n".join(lines)
+        if part.height:
+            rows.append({
+                "endowment": f"{ARMS[arm]['endowment']:.0f} (`{arm}`)",
+                "solved": f"{part['solved_at'].drop_nulls().len()}/{part.height}",
+                "extinct": f"{part['extinct_at'].drop_nulls().len()}/{part.height}",
+                "env steps to solve (median)": median(part["solved_at"]),
+            })  # fmt: skip
+    return frame(rows)
 
 
-def _plot(curves: pl.DataFrame, path: Path, primitives: int) -> None:
+def plots(data: Path, img: Path) -> None:
+    """Three panels against env steps, a line per arm and seed: the share of successes,
+    the members alive and the Gini of the living members' wealth."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves, runs = read(data, "curves"), read(data, "runs")
+    primitives = int(runs["primitives"][0])
+    img.mkdir(parents=True, exist_ok=True)
     panels = (
         ("success", f"share of the last {WINDOW} episodes reaching the goal"),
         ("alive", "members alive"),
@@ -257,9 +284,10 @@ def _plot(curves: pl.DataFrame, path: Path, primitives: int) -> None:
         ax.set_xlabel("env steps")
         ax.set_ylabel(label)
         ax.set_title(f"chain, {primitives} primitives: {curve}")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # the fixed society has no population curves
+            ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(img / f"{data.name}.png", dpi=120)
     plt.close(fig)
 
 
@@ -278,32 +306,26 @@ def main() -> None:
         help="the presets' PPO settings, or methods.md's (PPOConfig's defaults)",
     )
     parser.add_argument(
-        "--replot", action="store_true", help="table and plot from --out's saved runs, no runs"
+        "--results", type=Path, default=RESULTS, help="saved data, tables and plots go here"
     )
+    parser.add_argument("--name", default="economy", help="the saved data's directory name")
     args = parser.parse_args()
     arms = args.arms.split(",")
     if unknown := [a for a in arms if a not in ARMS]:
         parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"p{args.primitives}"
-    if args.replot:
-        runs = pl.read_parquet(args.out / f"runs-{name}.parquet")
-        curves = pl.read_parquet(args.out / f"curves-{name}.parquet")
-    else:
-        ppo = PPOConfig().model_dump(exclude={"gamma"}) if args.ppo == "methods" else {}
-        jobs = [
-            (a, s, args.primitives, args.steps, args.out, ppo)
-            for a in arms
-            for s in range(args.seeds)
-        ]
-        rows, curve_rows = run_all(run_one, jobs, args.workers)
-        order = pl.col("arm").replace_strict(list(ARMS), list(range(len(ARMS))))
-        runs = pl.DataFrame(rows).sort(order, "seed")
-        curves = pl.DataFrame(curve_rows)
-        runs.write_parquet(args.out / f"runs-{name}.parquet")
-        curves.write_parquet(args.out / f"curves-{name}.parquet")
-    _plot(curves, args.out / f"economy-{name}.png", args.primitives)
-    print(_table(runs))
+    ppo = PPOConfig().model_dump(exclude={"gamma"}) if args.ppo == "methods" else {}
+    jobs = [
+        (a, s, args.primitives, args.steps, args.out, ppo) for a in arms for s in range(args.seeds)
+    ]
+    rows, curve_rows = run_all(run_one, jobs, args.workers)
+    order = pl.col("arm").replace_strict(list(ARMS), list(range(len(ARMS))))
+    runs = pl.DataFrame(rows).sort(order, "seed")
+    frames = {
+        "runs": runs.with_columns(pl.lit(args.primitives, pl.Int64).alias("primitives")),
+        "curves": pl.DataFrame(curve_rows),
+    }
+    publish(save_data(args.results, args.name, "economy", frames), args.results)
 
 
 if __name__ == "__main__":

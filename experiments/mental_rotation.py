@@ -3,8 +3,9 @@ functions learns to undo a digit's turn and shift, and is scored on held-out dig
 
 Per seed: train the `mental-rotation` preset (its ledger on disk, audited), then evaluate the
 final snapshot with frozen learners (bids sampled, no updates) on `mental-rotation-test`.
-Prints markdown tables (median and range over seeds; the functions chosen per input kind)
-and writes runs.parquet, choices.parquet, curves.parquet and mental-rotation.png to --out.
+Saves runs.parquet, choices.parquet and curves.parquet under <results>/data/<name>/, then
+writes the tables they make (median and range over seeds; the functions chosen per input
+kind) and the plot under <results>/ (experiments/regenerate.py remakes them).
 
     python experiments/mental_rotation.py --seeds 5 [--workers 2] [--steps 60000]
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from generated import RESULTS, Table, frame, median, publish, read, save_data, spread
 from pool import Row, run_all
 
 from agents.runner import prepare
@@ -28,6 +30,8 @@ from market.mental_rotation import KINDS, PRIMITIVES, input_kind, solution
 
 WINDOW = 500
 """Recent training episodes the curve averages."""
+PAPER = 0.93
+"""The paper's test reward, on MNIST (a reference line, not a like-for-like figure)."""
 
 
 def run_one(seed: int, steps: int, episodes: int, out: Path) -> tuple[Row, list[Row]]:
@@ -97,35 +101,49 @@ def _choices(events: pl.LazyFrame) -> list[Row]:
     return rows
 
 
-def _tables(runs: pl.DataFrame, choices: pl.DataFrame) -> str:
-    def cell(col: str) -> str:
-        c = runs[col].cast(pl.Float64).to_numpy()
-        return f"{np.median(c):.3f} [{c.min():.3f}, {c.max():.3f}]"
-
-    cols = ["test_reward", "final_train_reward", "train_steps", "train_seconds", "steps_per_s"]
-    lines = ["| seeds | " + " | ".join(cols) + " | solved kinds | audits clean |", "|---" * 8 + "|"]
-    solved = ", ".join(str(v) for v in runs["solved_kinds"].to_list())
-    clean = bool(runs["audit_clean"].all())
-    lines.append(
-        f"| {runs.height} | " + " | ".join(cell(c) for c in cols) + f" | {solved} | {clean} |"
-    )
-    agg = choices.group_by("input_kind", maintain_order=True).agg(
-        pl.col("reward").median().round(3).alias("test reward (median)"),
-        pl.col("chosen").mode().first().alias("chosen (most seeds)"),
-        pl.col("correct").sum().alias("seeds correct"),
-        pl.col("share").median().round(2).alias("share of episodes"),
-    )
-    lines += ["", "| " + " | ".join(agg.columns) + " |", "|---" * len(agg.columns) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in agg.iter_rows()]
-    return "\n".join(lines)
+COLUMNS = (
+    ("test reward", "test_reward", "{:.3f}"),
+    ("final train reward (last 500)", "final_train_reward", "{:.3f}"),
+    ("train env steps", "train_steps", "{:,.0f}"),
+    ("wall s (train)", "train_seconds", "{:,.0f}"),
+    ("env steps/s", "steps_per_s", "{:,.0f}"),
+)
+"""The summary's spread columns: heading, runs.parquet column, format."""
 
 
-def _plot(curves: pl.DataFrame, runs: pl.DataFrame, out: Path) -> None:
+def tables(data: Path) -> list[Table]:
+    """The summary over seeds (COLUMNS as median [min, max], the kinds each seed solved,
+    whether every audit was clean), then per input kind: the median test reward, the pair
+    most seeds chose, how many seeds chose the right pair and the median share of episodes
+    that pair won."""
+    runs, choices = read(data, "runs").sort("seed"), read(data, "choices").sort("seed")
+    summary = {"seeds": str(runs.height)}
+    summary |= {heading: spread(runs[col], fmt) for heading, col, fmt in COLUMNS}
+    summary["kinds solved (per seed)"] = ", ".join(str(v) for v in runs["solved_kinds"])
+    summary["audits clean"] = str(bool(runs["audit_clean"].all()))
+    kinds = [
+        {
+            "input kind": str(kind),
+            "test reward (median)": median(part["reward"], "{:.3f}"),
+            "chosen (most seeds)": str(part["chosen"].mode().sort().first()),
+            "seeds correct": str(part["correct"].sum()),
+            "share of episodes (median)": median(part["share"], "{:.2f}"),
+        }
+        for (kind,), part in choices.group_by("input_kind", maintain_order=True)
+    ]
+    return [Table(data.name, frame([summary])), Table(f"{data.name}-choices", frame(kinds))]
+
+
+def plots(data: Path, img: Path) -> None:
+    """The training reward against env steps, a line per seed, with the test reward's median
+    and the paper's MNIST figure as reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves, runs = read(data, "curves"), read(data, "runs")
+    img.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, seed in enumerate(curves["seed"].unique().sort()):
         r = curves.filter(pl.col("seed") == seed)
@@ -133,14 +151,14 @@ def _plot(curves: pl.DataFrame, runs: pl.DataFrame, out: Path) -> None:
                 label="train reward, one line per seed" if i == 0 else None)  # fmt: skip
     test = float(runs["test_reward"].median())  # type: ignore[arg-type]
     ax.axhline(test, color="C1", linestyle="--", label=f"test reward, median ({test:.3f})")
-    ax.axhline(0.93, color="grey", linestyle=":", label="the paper (MNIST), 0.93")
+    ax.axhline(PAPER, color="grey", linestyle=":", label=f"the paper (MNIST), {PAPER}")
     ax.set_title("Mental Rotation: cloned CCV society of six affine functions")
     ax.set_xlabel("env steps (auctions; 2 per episode)")
     ax.set_ylabel(f"reward per episode (mean of last {WINDOW})")
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "mental-rotation.png", dpi=120)
+    fig.savefig(img / f"{data.name}.png", dpi=120)
     plt.close(fig)
 
 
@@ -151,6 +169,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60_000, help="training env steps per seed")
     parser.add_argument("--episodes", type=int, default=2000, help="test episodes per seed")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/mental-rotation"))
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="saved data, tables and plots go here"
+    )
+    parser.add_argument("--name", default="mental-rotation", help="the saved data's directory")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(seed, args.steps, args.episodes, args.out) for seed in range(args.seeds)]
@@ -158,13 +180,12 @@ def main() -> None:
     choices = pl.DataFrame(
         [{"seed": r["seed"], **c} for r in rows for c in r.pop("choices")]  # type: ignore[attr-defined]
     )
-    runs = pl.DataFrame(rows).sort("seed")
-    curves = pl.DataFrame(curve_rows)
-    runs.write_parquet(args.out / "runs.parquet")
-    choices.write_parquet(args.out / "choices.parquet")
-    curves.write_parquet(args.out / "curves.parquet")
-    _plot(curves, runs, args.out)
-    print(_tables(runs, choices.sort("seed")))
+    frames = {
+        "runs": pl.DataFrame(rows).sort("seed"),
+        "choices": choices.sort("seed"),
+        "curves": pl.DataFrame(curve_rows),
+    }
+    publish(save_data(args.results, args.name, "mental-rotation", frames), args.results)
 
 
 if __name__ == "__main__":

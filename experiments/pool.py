@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.progress import Progress
 
 Row = dict[str, object]
+R = TypeVar("R")
+
+
+def run_each(run_one: Callable[..., R], jobs: Sequence[tuple[Any, ...]], workers: int) -> list[R]:
+    """`run_one(*job)` for every job on `workers` processes: the results, in the order the
+    runs finish."""
+    results: list[R] = []
+    with ProcessPoolExecutor(workers) as pool, Progress() as progress:
+        bar = progress.add_task("runs", total=len(jobs))
+        futures = [pool.submit(run_one, *job) for job in jobs]
+        for future in as_completed(futures):
+            results.append(future.result())
+            progress.advance(bar)
+    return results
 
 
 def run_all(
@@ -16,14 +30,5 @@ def run_all(
 ) -> tuple[list[Row], list[Row]]:
     """`run_one(*job)` for every job on `workers` processes: all summary rows and all curve
     points, in the order the runs finish."""
-    rows: list[Row] = []
-    curves: list[Row] = []
-    with ProcessPoolExecutor(workers) as pool, Progress() as progress:
-        bar = progress.add_task("runs", total=len(jobs))
-        futures = [pool.submit(run_one, *job) for job in jobs]
-        for future in as_completed(futures):
-            row, curve = future.result()
-            rows.append(row)
-            curves.extend(curve)
-            progress.advance(bar)
-    return rows, curves
+    results = run_each(run_one, jobs, workers)
+    return [row for row, _ in results], [point for _, curve in results for point in curve]

@@ -5,8 +5,9 @@ Per method and seed: pretrain on `tworooms` (reach green), then transfer to `two
 from the method's own final snapshot (`--init`). The society is a cloned CCV society of CNN
 bidders (preset `tworooms`); the baseline a categorical PPO choosing options (preset
 `tworooms-monolithic`). Env steps are MiniGrid steps: the sum of the options' durations.
-A phase is solved when CRITERION of the last WINDOW episodes reach the goal. Prints markdown
-tables and writes runs.parquet, curves.parquet and two-rooms.png to --out.
+A phase is solved when CRITERION of the last WINDOW episodes reach the goal. Saves
+runs.parquet and curves.parquet under <results>/data/<name>/, then writes the table and plot
+they make under <results>/ (experiments/regenerate.py remakes them).
 
     python experiments/two_rooms.py --seeds 5 [--workers 2] [--steps 60000]
 """
@@ -17,8 +18,8 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
+from generated import RESULTS, Table, frame, median, publish, read, save_data, spread
 from pool import Row, run_all
 
 from agents.runner import prepare
@@ -85,35 +86,37 @@ def steps_to_solve(progress: pl.DataFrame) -> int | None:
     return int(solved["env_steps"][0]) if solved.height else None
 
 
-def _tables(runs: pl.DataFrame) -> str:
-    def cell(values: pl.Series) -> str:
-        v = values.drop_nulls().cast(pl.Float64).to_numpy()
-        if v.size == 0:
-            return "none"
-        return f"{np.median(v):,.0f} [{v.min():,.0f}, {v.max():,.0f}] ({v.size} solved)"
-
-    head = "| method | seeds | phase | env steps to solve | final success | env steps/s | clean |"
-    lines = [head, "|---" * 7 + "|"]
-    for method in runs["method"].unique(maintain_order=True):
-        part = runs.filter(pl.col("method") == method)
+def tables(data: Path) -> list[Table]:
+    """Per method and phase, over seeds: the env steps to solve (median [min, max] over the
+    seeds that solved), how many solved, the median final success and env steps per second,
+    and whether every ledger audited clean."""
+    runs = read(data, "runs")
+    rows = []
+    for (method,), part in runs.group_by("method", maintain_order=True):
         for phase in ("pretrain", "transfer"):
-            success = np.median(part[f"{phase}_final_success"].to_numpy())
-            speed = np.median(part[f"{phase}_env_steps_per_s"].to_numpy())
-            clean = bool(part[f"{phase}_audit_clean"].all())
-            lines.append(
-                f"| {method} | {part.height} | {phase} | "
-                f"{cell(part[f'{phase}_env_steps_to_solve'])} | {success:.2f} | {speed:,.0f} | "
-                f"{clean} |"
-            )
-    return "\n".join(lines)
+            solve = part[f"{phase}_env_steps_to_solve"]
+            rows.append({
+                "method": str(method),
+                "phase": phase,
+                "seeds": str(part.height),
+                "env steps to solve": spread(solve),
+                "seeds solved": f"{solve.is_not_null().sum()}/{part.height}",
+                "final success (median)": median(part[f"{phase}_final_success"], "{:.2f}"),
+                "env steps/s (median)": median(part[f"{phase}_env_steps_per_s"]),
+                "audit clean": str(bool(part[f"{phase}_audit_clean"].all())),
+            })  # fmt: skip
+    return [Table(data.name, frame(rows))]
 
 
-def _plot(curves: pl.DataFrame, out: Path) -> None:
+def plots(data: Path, img: Path) -> None:
+    """Each phase's share of successes against env steps, a line per method and seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves = read(data, "curves")
+    img.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, (phase, title) in zip(
         axes,
@@ -132,7 +135,7 @@ def _plot(curves: pl.DataFrame, out: Path) -> None:
         ax.set_ylabel(f"share of the last {WINDOW} episodes reaching the goal")
         ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "two-rooms.png", dpi=120)
+    fig.savefig(img / f"{data.name}.png", dpi=120)
     plt.close(fig)
 
 
@@ -143,6 +146,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60_000, help="auctions per phase")
     parser.add_argument("--methods", default="society,monolithic")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/two-rooms"))
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="saved data, tables and plots go here"
+    )
+    parser.add_argument("--name", default="two-rooms", help="the saved data's directory name")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     from agents.option_ppo import ensure_options, rich_progress
@@ -152,12 +159,9 @@ def main() -> None:
     methods = args.methods.split(",")
     jobs = [(m, seed, args.steps, args.out) for m in methods for seed in range(args.seeds)]
     rows, curve_rows = run_all(run_one, jobs, args.workers)
-    runs = pl.DataFrame(rows).sort("method", "seed")
-    curves = pl.DataFrame(curve_rows)
-    runs.write_parquet(args.out / "runs.parquet")
-    curves.write_parquet(args.out / "curves.parquet")
-    _plot(curves, args.out)
-    print(_tables(runs))
+    order = pl.col("method").replace_strict(methods, list(range(len(methods))))
+    frames = {"runs": pl.DataFrame(rows).sort(order, "seed"), "curves": pl.DataFrame(curve_rows)}
+    publish(save_data(args.results, args.name, "two-rooms", frames), args.results)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,15 @@ def credit(amount: float) -> int:
     return round(amount * UNIT)
 
 
+def saved(tmp_path: Path, name: str, **frames: pl.DataFrame) -> Path:
+    """A saved data directory `name` holding `frames` as Parquet, as a script saves them."""
+    data = tmp_path / name
+    data.mkdir()
+    for key, frame in frames.items():
+        frame.write_parquet(data / f"{key}.parquet")
+    return data
+
+
 def md_rows(table: str) -> list[list[str]]:
     """The body rows of the markdown tables in `table`, split into cells."""
     lines = [line for line in table.splitlines() if line.startswith("| ")]
@@ -143,8 +152,9 @@ def test_tabular_task_metrics_of_hand_made_bids() -> None:
 
 
 def test_tabular_tables_give_the_median_and_range_over_seeds_and_count_the_solved() -> None:
-    """A cell is median [min, max] over seeds; steps to the criterion over the seeds that
-    met it (`reached` counts them; none: None); greedy is seed 0's."""
+    """A cell is median [min, max] over seeds, or the value when all agree; steps to the
+    criterion over the seeds that met it (`reached` counts them; none: -); greedy is seed
+    0's."""
     runs = pl.DataFrame(
         {
             "task": ["chain"] * 5,
@@ -161,14 +171,42 @@ def test_tabular_tables_give_the_median_and_range_over_seeds_and_count_the_solve
         },
         schema_overrides={"steps_to_criterion": pl.Int64, "seconds_to_criterion": pl.Float64},
     )
-    rows = md_rows(tabular._tables(runs))
-    assert rows[0][:3] == ["label", "seeds", "reached"]
+    rows = md_rows(tabular.summary_table(runs).markdown())
+    assert rows[0][:4] == ["task", "setting", "seeds", "reached"]
     assert rows[1:] == [
-        ["CCV", "3", "2", "200.0 [100.0, 300.0]", "2.0 [1.0, 3.0]", "0.79 [0.2, 0.8]",
-         "0.2 [0.1, 0.3]", "20.0 [10.0, 30.0]", "0.8 [0.0, 0.8]", "RRRRRR", "True"],
-        ["Vickrey", "2", "0", "None", "None", "0.2 [0.1, 0.3]", "0.375 [0.25, 0.5]",
-         "6.0 [5.0, 7.0]", "0.0 [0.0, 0.0]", "LLLLLL", "False"],
+        ["chain", "CCV", "3", "2", "200 [100, 300]", "2.0 [1.0, 3.0]", "0.790 [0.200, 0.800]",
+         "0.200 [0.100, 0.300]", "20 [10, 30]", "0.80 [0.00, 0.80]", "RRRRRR", "-", "True"],
+        ["chain", "Vickrey", "2", "0", "-", "-", "0.200 [0.100, 0.300]",
+         "0.375 [0.250, 0.500]", "6 [5, 7]", "0.00", "LLLLLL", "-", "False"],
     ]  # fmt: skip
+
+
+def test_tabular_epochs_fold_the_ledger_into_epochs_of_4096_env_steps() -> None:
+    """An episode belongs to the epoch in which the finished episodes' env steps pass its
+    end; an incomplete last epoch is dropped. Episodes of 2048 and 2048 steps fill epoch 0,
+    one of 4095 and one of 1 fill epoch 1, and the last 100 steps are no epoch."""
+    lengths, returns = [2048, 2048, 4095, 1, 100], [0.8, 0.0, 0.8, 0.8, 0.8]
+    ledger = events([
+        {"kind": "episode_end", "episode": i, "steps": n, "episode_return": credit(r)}
+        for i, (n, r) in enumerate(zip(lengths, returns, strict=True))
+    ])  # fmt: skip
+    table = tabular.epoch_table(ledger, [1.5, 2.5, 9.9])
+    assert table.rows() == [(0, 2, 0.4, 0.5, 1.5), (1, 2, 0.8, 1.0, 2.5)]
+    assert table.columns == ["epoch", "episodes", "train_return", "share_08", "seconds"]
+
+
+def test_tabular_first_epochs_by_one_epoch_and_by_the_mean_of_five() -> None:
+    """The first epoch at or above the threshold, and the first whose mean with the four
+    before it is, as env steps at the epoch's end; null if none."""
+    returns = [0.1, 0.76, 0.8, 0.8, 0.8, 0.8]
+    seconds = [float(e) for e in range(6)]
+    epochs = pl.DataFrame({"task": "chain", "label": "CCV", "seed": 0, "epoch": range(6),
+                           "train_return": returns, "seconds": seconds})  # fmt: skip
+    hits = tabular.first_epochs(epochs, "train_return", 0.75)
+    assert hits.select("single_steps", "single_seconds", "moving_steps").row(0) == (
+        2 * 4096, 1.0, 6 * 4096,
+    )  # fmt: skip
+    assert tabular.first_epochs(epochs, "train_return", 0.9)["moving_steps"].to_list() == [None]
 
 
 # --- two_rooms.py: env steps to solve -------------------------------------------------------
@@ -198,7 +236,9 @@ def test_two_rooms_solves_when_90_of_the_last_100_episodes_reach_the_goal() -> N
     assert never["success"][-1] == 0.5 and two_rooms.steps_to_solve(never) is None
 
 
-def test_two_rooms_table_gives_the_median_and_range_over_the_seeds_that_solved() -> None:
+def test_two_rooms_table_gives_the_median_and_range_over_the_seeds_that_solved(
+    tmp_path: Path,
+) -> None:
     runs = pl.DataFrame(
         {
             "method": ["society"] * 3,
@@ -213,11 +253,11 @@ def test_two_rooms_table_gives_the_median_and_range_over_the_seeds_that_solved()
         },
         schema_overrides={"transfer_env_steps_to_solve": pl.Int64},
     )
-    assert md_rows(two_rooms._tables(runs))[1:] == [
-        ["society", "3", "pretrain", "51,500 [3,000, 100,000] (2 solved)", "0.50", "1,000",
-         "True"],
-        ["society", "3", "transfer", "none", "0.20", "20", "False"],
-    ]  # fmt: skip
+    (table,) = two_rooms.tables(saved(tmp_path, "two-rooms", runs=runs))
+    assert md_rows(table.markdown())[1:] == [
+        ["society", "pretrain", "3", "51,500 [3,000, 100,000]", "2/3", "0.50", "1,000", "True"],
+        ["society", "transfer", "3", "-", "0/3", "0.20", "20", "False"],
+    ]
 
 
 # --- mental_rotation.py: the functions chosen per input kind ------------------------------
@@ -250,7 +290,7 @@ def test_mental_rotation_choices_per_input_kind() -> None:
     ]  # fmt: skip
 
 
-def test_mental_rotation_tables_give_the_median_and_range_over_seeds() -> None:
+def test_mental_rotation_tables_give_the_median_and_range_over_seeds(tmp_path: Path) -> None:
     runs = pl.DataFrame(
         {
             "seed": [0, 1, 2],
@@ -273,11 +313,11 @@ def test_mental_rotation_tables_give_the_median_and_range_over_seeds() -> None:
             "correct": [True, False, True],
         }
     )
-    rows = md_rows(mental_rotation._tables(runs, choices))
-    assert rows[1] == ["3", "0.900 [0.800, 0.950]", "0.600 [0.500, 0.700]",
-                       "20.000 [10.000, 30.000]", "2.000 [1.000, 3.000]",
-                       "10.000 [10.000, 10.000]", "8, 7, 8", "True"]  # fmt: skip
-    assert rows[3] == ["rotate+60 left", "0.7", "right, rotate-60", "2", "0.8"]
+    data = saved(tmp_path, "mental-rotation", runs=runs, choices=choices)
+    summary, kinds = (md_rows(t.markdown()) for t in mental_rotation.tables(data))
+    assert summary[1] == ["3", "0.900 [0.800, 0.950]", "0.600 [0.500, 0.700]", "20 [10, 30]",
+                          "2 [1, 3]", "10", "8, 7, 8", "True"]  # fmt: skip
+    assert kinds[1] == ["rotate+60 left", "0.700", "right, rotate-60", "2", "0.80"]
 
 
 # --- control.py: held the band, returns per agent, psi --------------------------------------
@@ -374,7 +414,9 @@ def test_control_summary_takes_the_last_tenth_of_episodes() -> None:
     assert row["final_return_per_agent"] == -2.0 and row["steps_to_hold"] is None
 
 
-def test_control_tables_give_the_median_and_range_over_seeds_in_method_order() -> None:
+def test_control_tables_give_the_median_and_range_over_seeds_in_method_order(
+    tmp_path: Path,
+) -> None:
     runs = pl.DataFrame(
         {
             "agents": [2] * 4,
@@ -392,12 +434,16 @@ def test_control_tables_give_the_median_and_range_over_seeds_in_method_order() -
         },
         schema_overrides={"steps_to_hold": pl.Int64},
     )
-    rows = md_rows(control.tables(runs))
-    assert [r[0] for r in rows] == ["method", "independent", "full"]
-    assert rows[2] == ["full", "3", "-200.0 [-300.0, -100.0]", "0.5 [0.0, 1.0]",
-                       "-2.0 [-3.0, -1.0]", "0.0 [0.0, 0.0]", "1", "10.0 [5.0, 15.0]",
-                       "500.0 [500.0, 500.0]", "0.9 [0.8, 1.0]", "2.0 [1.0, 3.0]",
-                       "False"]  # fmt: skip
+    reference = pl.DataFrame({"agents": [2], "return_per_agent": [-265.4],
+                              "held_share": [1.0], "audit_clean": [True]})  # fmt: skip
+    data = saved(tmp_path, "control", runs=runs.with_columns(seed=pl.Series([0, 1, 2, 0])),
+                 reference=reference)  # fmt: skip
+    table, central = (md_rows(t.markdown()) for t in control.tables(data))
+    assert [r[1] for r in table] == ["method", "independent", "full"]
+    assert table[2] == ["2", "full", "3", "-2 [-3, -1]", "0.00", "-200 [-300, -100]",
+                        "0.50 [0.00, 1.00]", "0.90 [0.80, 1.00]", "500", "2 [1, 3]", "1",
+                        "False"]  # fmt: skip
+    assert central[1] == ["2", "-265", "1.00", "True"]
 
 
 # --- economy.py: solved, lineages, the table ------------------------------------------------
@@ -434,18 +480,21 @@ def test_economy_largest_lineage_is_the_share_of_the_living_from_one_founder() -
     assert economy._largest_lineage(lives, []) is None
 
 
-def test_economy_table_cells() -> None:
+def test_economy_table_cells(tmp_path: Path) -> None:
     """median [min, max] over the seeds with a value, the value alone when all agree, and
-    '-' when no seed has one."""
+    '-' when no seed has one; an endowment arm also makes a row of the endowment ladder."""
     columns = ["solved_at", "success", "length", "extinct_at", "alive", "useless_alive",
                "r_share", "births", "deaths", "useless_deaths", "lineage", "gini",
                "top1"]  # fmt: skip
     data: dict[str, list[Any]] = {"arm": ["endowed"] * 3, "audit_clean": [True] * 3}
+    data["seconds"] = [40.0, 50.0, 60.0]
     data |= {c: [1.0, 1.0, 1.0] for c in columns}
     data |= {"solved_at": [30_000, None, 10_000], "extinct_at": [None, None, None]}
     data["success"] = [1.0, 0.25, 0.5]
     runs = pl.DataFrame(data, schema_overrides={"solved_at": pl.Int64, "extinct_at": pl.Int64})
-    (row,) = md_rows(economy._table(runs))[1:]
+    table, ladder = economy.tables(saved(tmp_path, "economy", runs=runs))
+    assert md_rows(ladder.markdown())[1:] == [["50 (`endowed`)", "2/3", "0/3", "20,000"]]
+    (row,) = md_rows(table.markdown())[1:]
     assert row[:7] == ["endowed", "3", "2", "0", "20,000 [10,000, 30,000]", "0.50 [0.25, 1.00]",
                        "1.0"]  # fmt: skip
-    assert row[7] == "-" and row[-1] == "True"
+    assert row[7] == "-" and row[-2:] == ["50 [40, 60]", "True"]

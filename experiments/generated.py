@@ -1,0 +1,227 @@
+"""Saved run outputs and the tables generated from them (docs/results.md, its opening).
+
+An experiment script saves its small run tables (Parquet) and a `source.json` under
+`<results>/data/<name>/`. The experiment's `tables(data)` turns them into `Table`s, written
+as `<results>/<table>.md` and `.csv` and spliced into the page `<results>.md` between
+`<!-- results:<table> -->` and `<!-- /results:<table> -->`. `experiments/regenerate.py` and
+the scripts share this module, so a table is made by one function, whichever runs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+import numpy as np
+import polars as pl
+
+RESULTS = Path("docs/results")
+"""The committed results directory; its page is docs/results.md."""
+SOURCE = "source.json"
+"""Each saved data directory's record of the experiment and the command that made it."""
+EXPERIMENTS = {
+    "tabular": "tabular",
+    "control": "control",
+    "mental-rotation": "mental_rotation",
+    "two-rooms": "two_rooms",
+    "economy": "economy",
+}
+"""Experiment name (in source.json) -> the script's module in experiments/."""
+
+
+class ResultsError(Exception):
+    """Saved data or a results directory that cannot be read: a one-line message."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One generated table: its file stem and its cells, already formatted as text."""
+
+    name: str
+    frame: pl.DataFrame
+
+    def markdown(self) -> str:
+        """A GitHub markdown table of the cells."""
+        head = "| " + " | ".join(self.frame.columns) + " |"
+        rule = "|" + "---|" * self.frame.width
+        body = ["| " + " | ".join(_text(v) for v in row) + " |" for row in self.frame.iter_rows()]
+        return "\n".join([head, rule, *body]) + "\n"
+
+    def csv(self) -> str:
+        """The same cells as CSV."""
+        return self.frame.select(pl.all().cast(pl.String)).write_csv()
+
+
+class Experiment(Protocol):
+    """What regenerate.py needs of an experiment script's module."""
+
+    def tables(self, data: Path) -> list[Table]: ...
+
+    def plots(self, data: Path, img: Path) -> None: ...
+
+
+def _text(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def save_data(
+    results: Path, name: str, experiment: str, frames: Mapping[str, pl.DataFrame]
+) -> Path:
+    """Write `frames` as `<results>/data/<name>/<key>.parquet` with a source.json naming the
+    experiment and this process's command line; the directory."""
+    data = results / "data" / name
+    data.mkdir(parents=True, exist_ok=True)
+    for key, frame in frames.items():
+        frame.write_parquet(data / f"{key}.parquet", compression="zstd", compression_level=19)
+    script = Path(sys.argv[0]).name
+    command = shlex.join(["python", f"experiments/{script}", *sys.argv[1:]])
+    source = {"experiment": experiment, "command": command}
+    (data / SOURCE).write_text(json.dumps(source, indent=1) + "\n", encoding="utf-8")
+    return data
+
+
+def read(data: Path, key: str) -> pl.DataFrame:
+    """The saved table `<data>/<key>.parquet`."""
+    path = data / f"{key}.parquet"
+    if not path.is_file():
+        raise ResultsError(f"{path}: no such saved table")
+    return pl.read_parquet(path)
+
+
+def spread(values: pl.Series, fmt: str = "{:,.0f}") -> str:
+    """`median [min, max]` of the non-null values, one value if they are all equal, `-` if
+    there are none."""
+    v = values.drop_nulls().cast(pl.Float64).to_numpy()
+    if v.size == 0:
+        return "-"
+    if v.min() == v.max():
+        return fmt.format(v[0])
+    median = float(np.median(v))
+    return f"{fmt.format(median)} [{fmt.format(v.min())}, {fmt.format(v.max())}]"
+
+
+def frame(rows: list[dict[str, str]]) -> pl.DataFrame:
+    """Formatted rows as a frame of strings (no rows: no columns)."""
+    return pl.DataFrame(rows, schema=dict.fromkeys(rows[0], pl.String) if rows else None)
+
+
+def median(values: pl.Series, fmt: str = "{:,.0f}") -> str:
+    """The median of the non-null values, formatted; `-` if there are none."""
+    v = values.drop_nulls().cast(pl.Float64).to_numpy()
+    return fmt.format(float(np.median(v))) if v.size else "-"
+
+
+MARKER = re.compile(r"<!-- results:([\w.-]+) -->\n(.*?)<!-- /results:\1 -->", re.S)
+"""A spliced table in the results page: its name, then its text between the markers."""
+
+
+def sources(results: Path, names: list[str]) -> list[Path]:
+    """The saved data directories under `results`: all of them, or those named."""
+    root = results / "data"
+    if not root.is_dir():
+        raise ResultsError(f"{root}: no saved data directory")
+    found = sorted(p.parent for p in root.glob(f"*/{SOURCE}"))
+    if unknown := sorted(set(names) - {p.name for p in found}):
+        known = ", ".join(p.name for p in found) or "none"
+        raise ResultsError(f"no saved data for {', '.join(unknown)} in {root} (saved: {known})")
+    return [p for p in found if not names or p.name in names]
+
+
+def experiment(data: Path) -> Experiment:
+    """The module of the experiment that saved `data` (its source.json names it)."""
+    try:
+        name = json.loads((data / SOURCE).read_text(encoding="utf-8"))["experiment"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ResultsError(f"{data / SOURCE}: unreadable ({error})") from None
+    if name not in EXPERIMENTS:
+        raise ResultsError(f"{data / SOURCE}: unknown experiment {name!r}")
+    return cast(Experiment, importlib.import_module(EXPERIMENTS[name]))
+
+
+def derive(results: Path, names: list[str]) -> list[Table]:
+    """Every table the saved data of `names` (all if empty) derive, in directory order."""
+    made: list[Table] = []
+    for data in sources(results, names):
+        try:
+            made += experiment(data).tables(data)
+        except (pl.exceptions.PolarsError, OSError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ResultsError(f"{data}: cannot derive its tables ({first})") from None
+    return made
+
+
+def expected(results: Path, made: list[Table], complete: bool) -> dict[Path, str]:
+    """Each file's text as the tables make it: `<table>.md`, `<table>.csv` and the page with
+    the tables spliced in. `complete`: every table of the results is in `made`, so a marker
+    in the page that names none of them is an error."""
+    files: dict[Path, str] = {}
+    for table in made:
+        files[results / f"{table.name}.md"] = table.markdown()
+        files[results / f"{table.name}.csv"] = table.csv()
+    page = results.with_suffix(".md")
+    if page.is_file():
+        files[page] = splice(page.read_text(encoding="utf-8"), made, complete, page)
+    return files
+
+
+def splice(text: str, made: list[Table], complete: bool, page: Path) -> str:
+    """`text` with every marked block of a table in `made` replaced by that table."""
+    by_name = {table.name: table.markdown() for table in made}
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in by_name:
+            if complete:
+                raise ResultsError(f"{page}: marker results:{name} names no generated table")
+            return match.group(0)
+        return f"<!-- results:{name} -->\n{by_name[name]}<!-- /results:{name} -->"
+
+    return MARKER.sub(fill, text)
+
+
+def stale(results: Path, files: dict[Path, str]) -> list[Path]:
+    """Tables in `results` that no saved data derive."""
+    return [
+        p for p in sorted(results.glob("*.md")) + sorted(results.glob("*.csv")) if p not in files
+    ]
+
+
+def check(results: Path, names: list[str]) -> str | None:
+    """The first difference between the files on disk and what the saved data derive, as
+    one line; None if there is none."""
+    made = derive(results, names)
+    files = expected(results, made, complete=not names)
+    for path, text in files.items():
+        if not path.is_file():
+            return f"{path}: missing (the saved data derive it)"
+        if path.read_text(encoding="utf-8") != text:
+            return f"{path}: differs from what the saved data derive"
+    extra = stale(results, files) if not names else []
+    return f"{extra[0]}: no saved data derive it" if extra else None
+
+
+def write(results: Path, names: list[str], plots: bool = True) -> list[Path]:
+    """Write every table of `names` (all if empty), splice them into the page, redraw the
+    plots; the files written."""
+    made = derive(results, names)
+    files = expected(results, made, complete=not names)
+    for path, text in files.items():
+        path.write_text(text, encoding="utf-8")
+    if plots:
+        for data in sources(results, names):
+            experiment(data).plots(data, results / "img")
+    return list(files)
+
+
+def publish(data: Path, results: Path) -> None:
+    """Write the tables and plots made from the saved data in `data` under `results`, and
+    splice them into the results page (an experiment script, once it has saved `data`)."""
+    for path in write(results, [data.name]):
+        print(f"wrote {path}")
