@@ -248,7 +248,8 @@ def endowment_ladder(runs: pl.DataFrame) -> pl.DataFrame:
                 "extinct": f"{part['extinct_at'].drop_nulls().len()}/{part.height}",
                 "env steps to solve (median)": median(part["solved_at"]),
             })  # fmt: skip
-    return frame(rows)
+    made: pl.DataFrame = frame(rows)
+    return made
 
 
 def plots(data: Path, img: Path) -> None:

@@ -32,6 +32,7 @@ EXPERIMENTS = {
     "mental-rotation": "mental_rotation",
     "two-rooms": "two_rooms",
     "economy": "economy",
+    "gymnasium": "gym_envs",
 }
 """Experiment name (in source.json) -> the script's module in experiments/."""
 

@@ -149,7 +149,7 @@ def plots(data: Path, img: Path) -> None:
         r = curves.filter(pl.col("seed") == seed)
         ax.plot(r["steps"], r["train_reward"], color="C0", alpha=0.5,
                 label="train reward, one line per seed" if i == 0 else None)  # fmt: skip
-    test = float(runs["test_reward"].median())  # type: ignore[arg-type]
+    test = float(runs["test_reward"].median())
     ax.axhline(test, color="C1", linestyle="--", label=f"test reward, median ({test:.3f})")
     ax.axhline(PAPER, color="grey", linestyle=":", label=f"the paper (MNIST), {PAPER}")
     ax.set_title("Mental Rotation: cloned CCV society of six affine functions")
@@ -177,9 +177,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(seed, args.steps, args.episodes, args.out) for seed in range(args.seeds)]
     rows, curve_rows = run_all(run_one, jobs, args.workers)
-    choices = pl.DataFrame(
-        [{"seed": r["seed"], **c} for r in rows for c in r.pop("choices")]  # type: ignore[attr-defined]
-    )
+    choices = pl.DataFrame([{"seed": r["seed"], **c} for r in rows for c in r.pop("choices")])
     frames = {
         "runs": pl.DataFrame(rows).sort("seed"),
         "choices": choices.sort("seed"),

@@ -308,7 +308,8 @@ def epoch_criteria(epochs: pl.DataFrame) -> pl.DataFrame:
                 row[f"{heading}: env steps"] = spread(steps)
                 row[f"{heading}: seconds"] = spread(part[f"{name}_seconds"], "{:.1f}")
             rows.append(row)
-    return frame(rows)
+    made: pl.DataFrame = frame(rows)
+    return made
 
 
 def peer_table(epochs: pl.DataFrame, peers: pl.DataFrame) -> pl.DataFrame:
@@ -339,7 +340,8 @@ def peer_table(epochs: pl.DataFrame, peers: pl.DataFrame) -> pl.DataFrame:
                 if row[key].startswith("more than 0."):
                     row[key] = "- (the peer's run ended before our median)"
         rows.append(row)
-    return frame(rows)
+    made: pl.DataFrame = frame(rows)
+    return made
 
 
 def peer_end_table(epochs: pl.DataFrame, runs: pl.DataFrame, peers: pl.DataFrame) -> pl.DataFrame:
@@ -362,7 +364,8 @@ def peer_end_table(epochs: pl.DataFrame, runs: pl.DataFrame, peers: pl.DataFrame
         ratio = _ratio("", speed["steps_per_s"].median(), peer["steps_per_s"])
         row["env steps/s, our median / peer"] = ratio
         rows.append(row)
-    return frame(rows)
+    made: pl.DataFrame = frame(rows)
+    return made
 
 
 def _ours(epochs: pl.DataFrame, task: str) -> pl.DataFrame:

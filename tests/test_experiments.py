@@ -19,9 +19,10 @@ from market.mental_rotation import NODES
 from market.tasks import make_task
 
 # The scripts run from experiments/ and import each other as top-level modules.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))  # after Gymnasium
 import control
 import economy
+import gym_envs
 import mental_rotation
 import tabular
 import two_rooms
@@ -498,3 +499,25 @@ def test_economy_table_cells(tmp_path: Path) -> None:
     assert row[:7] == ["endowed", "3", "2", "0", "20,000 [10,000, 30,000]", "0.50 [0.25, 1.00]",
                        "1.0"]  # fmt: skip
     assert row[7] == "-" and row[-2:] == ["50 [40, 60]", "True"]
+
+
+def test_a_gymnasium_run_is_solved_when_its_last_100_episodes_average_the_threshold() -> None:
+    """Episodes of returns 10 then 500 (scale 0.01: credit 0.1 and 5), one env step per
+    transformation: the rolling mean of the last 100 first reaches 475 at the episode whose
+    window holds 95 of the 500s, and the env steps are the transformations before it."""
+    rows: list[dict[str, Any]] = []
+    seq = 0
+    for episode in range(200):
+        length = 10 if episode < 100 else 500
+        for _ in range(length):
+            rows.append({"seq": seq, "kind": "transform", "duration": 1.0, "episode_return": None})
+            seq += 1
+        rows.append({"seq": seq, "kind": "episode_end", "duration": None,
+                     "episode_return": length * UNIT // 100})  # fmt: skip
+        seq += 1
+    episodes = gym_envs.episode_table(pl.DataFrame(rows).lazy(), 0.01)
+    assert episodes["ret"].to_list()[:2] == [10.0, 10.0] and episodes["ret"][-1] == 500.0
+    # 5 tens and 95 five-hundreds: (50 + 47,500) / 100 = 475.5; 6 and 94 give 470.6
+    at = 100 * 10 + 95 * 500
+    assert gym_envs.solved_at(episodes, 475.0) == at
+    assert gym_envs.solved_at(episodes, 501.0) is None

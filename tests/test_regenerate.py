@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))  # after Gymnasium
 import regenerate
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "results"
@@ -27,7 +27,7 @@ def results(tmp_path: Path) -> Path:
 
 
 def check(results: Path) -> int:
-    return regenerate.main(["--check", "--results", str(results)])
+    return int(regenerate.main(["--check", "--results", str(results)]))
 
 
 def test_the_committed_fixture_passes_the_check() -> None:

@@ -1,0 +1,167 @@
+"""Societies on Gymnasium envs against the monolithic PPO (`experiments/gymnasium.py`).
+
+Per env, arm and seed, one learning run of `--steps` env steps through `market simulate`'s
+own path (`--task gym:ENV --learn`, GYM_PPO's settings), its ledger audited: the cloned
+society under CCV (`ccv`) or the bucket brigade (`bb`), or one PPO policy over the actions
+(`monolithic`). From the audited ledger, per finished episode in the order they end: the env
+steps taken by then (transformations before its EpisodeEnd) and its return in the env's
+units (credit / reward scale); the wall seconds by then are the run's clock at its end.
+"Solved" is the env's usual criterion: the mean return of the last `WINDOW` finished
+episodes first at or above its threshold (CartPole-v1 475, Acrobot-v1 -100), the one
+CleanRL's figures use (docs/results/data/cleanrl.csv). Saves runs.parquet (one row per run)
+and curves.parquet (that rolling mean at most `POINTS` times a run) under
+<results>/data/<name>/, then writes the table and plot they make under <results>/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from generated import ResultsError, Table, frame, read, spread
+from pool import Row
+
+from agents.runner import prepare
+from agents.simulation import Simulation
+from ledger.units import UNIT
+from market.rundir import ENV
+
+THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0}
+"""Each env's solved threshold on the mean return of the last WINDOW episodes."""
+WINDOW = 100
+POINTS = 200
+ARMS: dict[str, dict[str, Any]] = {
+    "ccv": {"learn": True, "mechanism": "ccv"},
+    "bb": {"learn": True, "mechanism": "bb"},
+    "monolithic": {"learn": True, "monolithic": True},
+}
+"""Each arm's `market simulate` settings."""
+LABELS = {"ccv": "society, CCV", "bb": "society, bucket brigade", "monolithic": "monolithic PPO"}
+
+
+def run_one(env: str, arm: str, seed: int, steps: int, out: Path) -> tuple[Row, list[Row]]:
+    """One run: its summary row and its curve (the rolling mean return against env steps)."""
+    sim = Simulation.model_validate({"task": f"gym:{env}", "steps": steps, "seed": seed,
+                                     **ARMS[arm]})  # fmt: skip
+    run_dir = out / f"{env}-{arm}-s{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own run of an earlier call
+    began = time.perf_counter()
+    prepared = prepare(sim, run_dir)
+    scale = float(json.loads((run_dir / ENV).read_text(encoding="utf-8"))["reward_scale"])
+    finished = prepared.execute()
+    seconds = time.perf_counter() - began
+    episodes = episode_table(finished.ledger.scan(), scale)
+    taken = finished.summary.steps
+    solved = solved_at(episodes, THRESHOLDS[env])
+    row: Row = {
+        "env": env, "arm": arm, "seed": seed, "steps": taken, "seconds": seconds,
+        "episodes": episodes.height,
+        "solved_at": solved,
+        "solved_seconds": None if solved is None else seconds * solved / max(taken, 1),
+        "final_return": float(episodes["ret"].tail(WINDOW).to_numpy().mean()),
+        "steps_per_s": taken / seconds,
+        "audit_clean": finished.report is not None and finished.report.ok,
+    }  # fmt: skip
+    every = max(1, episodes.height // POINTS)
+    curve = episodes.gather_every(every).select("env_steps", "rolling")
+    points = [{"env": env, "arm": arm, "seed": seed, **p} for p in curve.to_dicts()]
+    return row, points
+
+
+def episode_table(events: pl.LazyFrame, scale: float) -> pl.DataFrame:
+    """Per finished episode, in the order they end: the env steps taken by then, its return
+    in the env's units, and the mean return of the last WINDOW episodes."""
+    clock = (
+        events.filter(pl.col("kind") == "transform")
+        .select("seq", pl.col("duration").cum_sum().cast(pl.Int64).alias("env_steps"))
+        .collect()
+    )
+    ends = (
+        events.filter(pl.col("kind") == "episode_end")
+        .select("seq", (pl.col("episode_return").cast(pl.Float64) / UNIT / scale).alias("ret"))
+        .collect()
+    )
+    return (
+        ends.join_asof(clock, on="seq")
+        .with_columns(pl.col("ret").rolling_mean(WINDOW).alias("rolling"))
+        .select("env_steps", "ret", "rolling")
+    )
+
+
+def solved_at(episodes: pl.DataFrame, threshold: float) -> int | None:
+    """The env steps taken when the rolling mean return first reaches `threshold`."""
+    hit = episodes.filter(pl.col("rolling") >= threshold)
+    return int(hit["env_steps"][0]) if hit.height else None
+
+
+COLUMNS = (
+    ("env steps to solve", "solved_at", "{:,.0f}"),
+    ("wall s to solve", "solved_seconds", "{:,.0f}"),
+    ("final return (last 100)", "final_return", "{:,.1f}"),
+    ("env steps/s", "steps_per_s", "{:,.0f}"),
+)
+
+
+def tables(data: Path) -> list[Table]:
+    """Per env and arm, over seeds: how many solved, COLUMNS as median [min, max], and
+    whether every ledger audited clean; then CleanRL's PPO on the same criterion."""
+    runs = read(data, "runs")
+    rows = []
+    for (env, arm), part in runs.group_by("env", "arm", maintain_order=True):
+        row = {"env": str(env), "run": LABELS[str(arm)], "seeds": str(part.height),
+               "solved": f"{part['solved_at'].is_not_null().sum()} of {part.height}"}  # fmt: skip
+        row |= {head: spread(part[col], fmt) for head, col, fmt in COLUMNS}
+        row["audits"] = "clean" if part["audit_clean"].all() else "NOT CLEAN"
+        rows.append(row)
+    made = [Table("gymnasium", frame(rows))]
+    peers = data.parent / "cleanrl.csv"
+    if not peers.is_file():
+        raise ResultsError(f"{peers}: no CleanRL figures")
+    cleanrl = pl.read_csv(peers)
+    made.append(
+        Table(
+            "gymnasium-cleanrl",
+            frame(
+                [
+                    {
+                        "env": "CartPole-v1",
+                        "run": "CleanRL ppo.py (its defaults)",
+                        "seeds": str(cleanrl.height),
+                        "env steps to solve": spread(cleanrl["steps_to_solve"]),
+                        "env steps/s": spread(cleanrl["steps_per_s"]),
+                        "source": str(cleanrl["source"][0]),
+                    }
+                ]
+            ),
+        )
+    )
+    return made
+
+
+def plots(data: Path, img: Path) -> None:
+    """The rolling mean return against env steps, one line per run, per env."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = read(data, "curves")
+    img.mkdir(parents=True, exist_ok=True)
+    colours = {"ccv": "tab:blue", "bb": "tab:green", "monolithic": "tab:orange"}
+    for (env,), part in curves.group_by("env", maintain_order=True):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for (arm, seed), run in part.group_by("arm", "seed", maintain_order=True):
+            ax.plot(run["env_steps"], run["rolling"], color=colours[str(arm)], lw=1,
+                    label=LABELS[str(arm)] if seed == 0 else None)  # fmt: skip
+        ax.axhline(THRESHOLDS[str(env)], color="grey", ls="--", lw=1, label="solved")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(f"mean return of the last {WINDOW} episodes")
+        ax.set_title(f"gym:{env}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(img / f"gymnasium-{str(env).lower()}.png", dpi=110)
+        plt.close(fig)
