@@ -157,7 +157,10 @@ def plots(data: Path, img: Path) -> None:
         for (arm, seed), run in part.group_by("arm", "seed", maintain_order=True):
             ax.plot(run["env_steps"], run["rolling"], color=colours[str(arm)], lw=1,
                     label=LABELS[str(arm)] if seed == 0 else None)  # fmt: skip
-        ax.axhline(THRESHOLDS[str(env)], color="grey", ls="--", lw=1, label="solved")
+        threshold = THRESHOLDS[str(env)]
+        ax.axhline(threshold, color="grey", ls="--", lw=1, label="solved")
+        low, high = ax.get_ylim()
+        ax.set_ylim(min(low, threshold), max(high, threshold + 0.05 * abs(high - low)))
         ax.set_xlabel("env steps")
         ax.set_ylabel(f"mean return of the last {WINDOW} episodes")
         ax.set_title(f"gym:{env}")
