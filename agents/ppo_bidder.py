@@ -207,7 +207,7 @@ class PPOBidders:
         s = torch.as_tensor(states)
         b = torch.as_tensor(bids, dtype=torch.float32).clamp(1e-6, 1 - 1e-6)
         u = torch.as_tensor(utilities, dtype=torch.float32)
-        features = _beta_features(b)
+        features = beta_features(b)
         with torch.no_grad():
             old_logp = self._log_prob(s, features)
         n = s.shape[1]
@@ -227,8 +227,8 @@ class PPOBidders:
         }
 
     def _log_prob(self, s: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """log psi(b | s) of each primitive's own samples (P, m), b as `_beta_features(b)`."""
-        return _beta_log_prob(_beta_terms(*self.bank.policy_table())[0], s, features)
+        """log psi(b | s) of each primitive's own samples (P, m), b as `beta_features(b)`."""
+        return _beta_log_prob(beta_terms(*self.bank.policy_table())[0], s, features)
 
     def _step(
         self,
@@ -237,7 +237,7 @@ class PPOBidders:
         u: torch.Tensor,
         old_logp: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        """One gradient step of every primitive on a minibatch (bids as `_beta_features`).
+        """One gradient step of every primitive on a minibatch (bids as `beta_features`).
 
         Returns, for the update's statistics, the minibatch means of the clipped surrogate,
         of the squared error and of the entropy (P,), and the value net's squared L2 norm.
@@ -257,7 +257,7 @@ class PPOBidders:
             gain = adv > 0
             low = torch.where(gain, -math.inf, 1 - cfg.clip)
             high = torch.where(gain, 1 + cfg.clip, math.inf)
-        table, entropy_table = _beta_terms(*self.bank.policy_table())
+        table, entropy_table = beta_terms(*self.bank.policy_table())
         ratio = torch.exp(_beta_log_prob(table, s, features) - old_logp)
         surrogate = adv * torch.clamp(ratio, low, high)  # = min(ratio adv, clip(ratio) adv)
         entropy = entropy_table.gather(1, s).mean(dim=1)
@@ -273,7 +273,7 @@ class PPOBidders:
             stats = (surrogate.mean(1), squared_error.mean(1), entropy.detach(), flat @ flat)
         grads = [p.grad for p in value_params if p.grad is not None]
         torch._foreach_add_(grads, value_params, alpha=2 * cfg.value_l2)
-        _clip_per_primitive([self.bank.policy_params(), value_params], cfg.max_grad_norm)
+        clip_per_primitive([self.bank.policy_params(), value_params], cfg.max_grad_norm)
         self.policy_opt.step()
         self.value_opt.step()
         return stats
@@ -285,11 +285,12 @@ _SHIFT = torch.tensor([1.0, 1.0, 2.0])
 """Entropy of Beta(alpha, beta) = log B(alpha, beta) - _SIGN . ((c - _SHIFT) digamma(c))."""
 
 
-def _beta_terms(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The log-density table (P, S, 6) and the entropy (P, S) of Beta(alpha, beta).
+def beta_terms(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-density table (..., 6) and the entropy (...) of Beta(alpha, beta) of shape (...):
+    per state (P, S) here, per sample (P, m) in `ppo_vision_bidder.py`.
 
     With c = (alpha, beta, alpha + beta), a table row is (c - 1, lgamma(c)): its dot product
-    with `_beta_features(b)` is (alpha - 1) log b + (beta - 1) log(1 - b) - log B(alpha, beta),
+    with `beta_features(b)` is (alpha - 1) log b + (beta - 1) log(1 - b) - log B(alpha, beta),
     the log-density, and the entropy is log B - (alpha - 1) digamma(alpha) - (beta - 1)
     digamma(beta) + (alpha + beta - 2) digamma(alpha + beta).
     Speed: written out instead of torch.distributions, one lgamma and one digamma call.
@@ -300,20 +301,20 @@ def _beta_terms(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.cat([c - 1, lgamma], dim=-1), entropy
 
 
-def _beta_features(b: torch.Tensor) -> torch.Tensor:
+def beta_features(b: torch.Tensor) -> torch.Tensor:
     """(log b, log(1 - b), 0, -1, -1, 1) for bids b (P, m): shape (P, m, 6)."""
     constant = torch.tensor([0.0, -1.0, -1.0, 1.0]).expand(*b.shape, 4)
     return torch.cat([torch.stack([torch.log(b), torch.log(1 - b)], dim=-1), constant], dim=-1)
 
 
 def _beta_log_prob(table: torch.Tensor, s: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """log Beta(b | s) from `_beta_terms`' table, states (P, m) and `_beta_features(b)`."""
+    """log Beta(b | s) from `beta_terms`' table, states (P, m) and `beta_features(b)`."""
     rows = table.gather(1, s.unsqueeze(-1).expand(-1, -1, table.shape[-1]))
     return (rows * features).sum(dim=-1)
 
 
-def _clip_per_primitive(groups: Sequence[Sequence[torch.Tensor]], max_norm: float) -> None:
-    """Clip each primitive's slice of each group's stacked (P, ., .) gradients to `max_norm`.
+def clip_per_primitive(groups: Sequence[Sequence[torch.Tensor]], max_norm: float) -> None:
+    """Clip each primitive's slice of each group's stacked (P, ...) gradients to `max_norm`.
 
     Speed: one norm per group over its concatenated gradients, one fused in-place scaling.
     """
@@ -321,6 +322,10 @@ def _clip_per_primitive(groups: Sequence[Sequence[torch.Tensor]], max_norm: floa
     norms = torch.stack(
         [torch.linalg.vector_norm(torch.cat([g.flatten(1) for g in gs], 1), dim=1) for gs in grads]
     )
-    scales = torch.clamp(max_norm / (norms + 1e-6), max=1.0)[..., None, None]
-    pairs = [(g, scale) for gs, scale in zip(grads, scales, strict=True) for g in gs]
+    scales = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
+    pairs = [
+        (g, scale.view(-1, *[1] * (g.dim() - 1)))
+        for gs, scale in zip(grads, scales, strict=True)
+        for g in gs
+    ]
     torch._foreach_mul_([g for g, _ in pairs], [scale for _, scale in pairs])
