@@ -36,6 +36,28 @@ def returns(events: pl.LazyFrame) -> pl.DataFrame:
     )
 
 
+def env_steps_clock(events: pl.LazyFrame) -> pl.DataFrame:
+    """One row per transformation: its seq and the env steps the run had taken with it (every
+    transformation's duration so far: an option's counts its env steps)."""
+    return (
+        events.filter(pl.col("kind") == "transform")
+        .select("seq", pl.col("duration").cum_sum().cast(pl.Int64).alias("env_steps"))
+        .collect()
+    )
+
+
+def finished_episodes(events: pl.LazyFrame) -> pl.DataFrame:
+    """One row per finished episode, in the order they end: its EpisodeEnd's seq, steps and
+    return (units), and the env steps the run had taken by then (`env_steps_clock`)."""
+    clock = env_steps_clock(events)
+    ends = (
+        events.filter(pl.col("kind") == "episode_end")
+        .select("seq", "steps", pl.col("episode_return").alias("units"))
+        .collect()
+    )
+    return ends.join_asof(clock, on="seq").with_columns(pl.col("env_steps").fill_null(0))
+
+
 def wealth_over_time(events: pl.LazyFrame, points: int = 100) -> pl.DataFrame:
     """Every account's balance at `points` checkpoints spread evenly over the ledger.
 

@@ -29,13 +29,24 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from generated import RESULTS, Table, frame, median, publish, read, save_data, spread
+from generated import (
+    RESULTS,
+    Table,
+    first_reached,
+    frame,
+    median,
+    publish,
+    read,
+    save_data,
+    spread,
+)
 from pool import Row, run_all
 
 from agents.runner import prepare
 from agents.settings import PPOConfig
 from agents.simulation import resolve
 from analyses.population import lifecycle, living_inequality, population
+from analyses.wealth import env_steps_clock, finished_episodes
 
 ARMS: dict[str, dict[str, Any]] = {
     "fixed": {},
@@ -79,8 +90,8 @@ def run_one(
     finished = prepare(resolve(preset, flags=flags), run_dir).execute()
     seconds = time.perf_counter() - began
     events = finished.ledger.scan()
-    clock = _env_steps(events)
-    success = _success(events, clock)
+    clock = env_steps_clock(events)
+    success = _success(events)
     lives = lifecycle(events)
     deaths = lives.filter(pl.col("event") == "died")
     alive = lives.group_by("account").agg(pl.col("change").sum()).filter(pl.col("change") > 0)
@@ -161,37 +172,23 @@ def _largest_lineage(lives: pl.DataFrame, living: list[str]) -> float | None:
     return max(roots.count(r) for r in set(roots)) / len(roots) if roots else None
 
 
-def _env_steps(events: pl.LazyFrame) -> pl.DataFrame:
-    """seq -> env steps taken up to it (Chain's moves each take one step)."""
-    return (
-        events.filter(pl.col("kind") == "transform")
-        .select("seq", pl.col("duration").cum_sum().cast(pl.Int64).alias("env_steps"))
-        .collect()
-    )
-
-
-def _success(events: pl.LazyFrame, clock: pl.DataFrame) -> pl.DataFrame:
+def _success(events: pl.LazyFrame) -> pl.DataFrame:
     """Per finished episode: env steps so far, whether it reached the goal, and the rolling
     share of the last WINDOW episodes that did."""
-    ends = (
-        events.filter(pl.col("kind") == "episode_end")
-        .select(
-            "seq",
-            (pl.col("episode_return") > 0).cast(pl.Float64).alias("reached"),
-            pl.col("steps").alias("length"),
-        )
-        .collect()
-    )
-    return ends.join_asof(clock, on="seq").with_columns(
-        pl.col("reached").rolling_mean(WINDOW).alias("rolling")
+    return finished_episodes(events).select(
+        "seq",
+        "env_steps",
+        (pl.col("units") > 0).cast(pl.Float64).alias("reached"),
+        pl.col("steps").alias("length"),
+        (pl.col("units") > 0).cast(pl.Float64).rolling_mean(WINDOW).alias("rolling"),
     )
 
 
 def solved_at(success: pl.DataFrame) -> int | None:
     """The env steps taken when a `_success` table's rolling share first reaches CRITERION;
     None if it never does."""
-    solved = success.filter(pl.col("rolling") >= CRITERION)
-    return int(solved["env_steps"][0]) if solved.height else None
+    solved: int | None = first_reached(success, "rolling", CRITERION)
+    return solved
 
 
 COLUMNS = (

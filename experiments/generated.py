@@ -119,6 +119,13 @@ def median(values: pl.Series, fmt: str = "{:,.0f}") -> str:
     return fmt.format(float(np.median(v))) if v.size else "-"
 
 
+def first_reached(table: pl.DataFrame, column: str, level: float) -> int | None:
+    """The env steps of `table`'s first row whose `column` is at or above `level` (a run's
+    episodes in the order they end: when it met a criterion); None if none is."""
+    hit = table.filter(pl.col(column) >= level)
+    return int(hit["env_steps"][0]) if hit.height else None
+
+
 MARKER = re.compile(r"<!-- results:([\w.-]+) -->\n(.*?)<!-- /results:\1 -->", re.S)
 """A spliced table in the results page: its name, then its text between the markers."""
 

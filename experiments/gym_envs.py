@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from generated import ResultsError, Table, frame, read, spread
+from generated import ResultsError, Table, first_reached, frame, read, spread
 from pool import Row
 
 from agents.runner import prepare
 from agents.simulation import Simulation
+from analyses.wealth import finished_episodes
 from ledger.units import UNIT
 from market.rundir import ENV
 
@@ -75,18 +76,9 @@ def run_one(env: str, arm: str, seed: int, steps: int, out: Path) -> tuple[Row, 
 def episode_table(events: pl.LazyFrame, scale: float) -> pl.DataFrame:
     """Per finished episode, in the order they end: the env steps taken by then, its return
     in the env's units, and the mean return of the last WINDOW episodes."""
-    clock = (
-        events.filter(pl.col("kind") == "transform")
-        .select("seq", pl.col("duration").cum_sum().cast(pl.Int64).alias("env_steps"))
-        .collect()
-    )
-    ends = (
-        events.filter(pl.col("kind") == "episode_end")
-        .select("seq", (pl.col("episode_return").cast(pl.Float64) / UNIT / scale).alias("ret"))
-        .collect()
-    )
     return (
-        ends.join_asof(clock, on="seq")
+        finished_episodes(events)
+        .with_columns((pl.col("units").cast(pl.Float64) / UNIT / scale).alias("ret"))
         .with_columns(pl.col("ret").rolling_mean(WINDOW).alias("rolling"))
         .select("env_steps", "ret", "rolling")
     )
@@ -94,8 +86,8 @@ def episode_table(events: pl.LazyFrame, scale: float) -> pl.DataFrame:
 
 def solved_at(episodes: pl.DataFrame, threshold: float) -> int | None:
     """The env steps taken when the rolling mean return first reaches `threshold`."""
-    hit = episodes.filter(pl.col("rolling") >= threshold)
-    return int(hit["env_steps"][0]) if hit.height else None
+    solved: int | None = first_reached(episodes, "rolling", threshold)
+    return solved
 
 
 COLUMNS = (

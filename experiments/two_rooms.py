@@ -19,11 +19,22 @@ import time
 from pathlib import Path
 
 import polars as pl
-from generated import RESULTS, Table, frame, median, publish, read, save_data, spread
+from generated import (
+    RESULTS,
+    Table,
+    first_reached,
+    frame,
+    median,
+    publish,
+    read,
+    save_data,
+    spread,
+)
 from pool import Row, run_all
 
 from agents.runner import prepare
 from agents.simulation import resolve
+from analyses.wealth import finished_episodes
 
 PRESETS = {"society": "tworooms", "monolithic": "tworooms-monolithic"}
 WINDOW = 100
@@ -64,26 +75,20 @@ def run_one(method: str, seed: int, steps: int, out: Path) -> tuple[Row, list[Ro
 
 def _progress(events: pl.LazyFrame) -> pl.DataFrame:
     """Per finished episode: the env steps taken so far and the recent share of successes."""
-    moves = (
-        events.filter(pl.col("kind") == "transform")
-        .select("seq", pl.col("duration").cum_sum().cast(pl.Int64).alias("env_steps"))
-        .collect()
-    )
-    ends = (
-        events.filter(pl.col("kind") == "episode_end")
-        .select("seq", (pl.col("episode_return") > 0).cast(pl.Float64).alias("reached"))
-        .collect()
-    )
-    return ends.join_asof(moves, on="seq").with_columns(
-        pl.col("reached").rolling_mean(WINDOW).fill_null(0.0).alias("success")
+    reached = (pl.col("units") > 0).cast(pl.Float64)
+    return finished_episodes(events).select(
+        "seq",
+        "env_steps",
+        reached.alias("reached"),
+        reached.rolling_mean(WINDOW).fill_null(0.0).alias("success"),
     )
 
 
 def steps_to_solve(progress: pl.DataFrame) -> int | None:
     """The env steps taken when a `_progress` table first meets the criterion (CRITERION of
     the last WINDOW episodes reached the goal); None if it never does."""
-    solved = progress.filter(pl.col("success") >= CRITERION)
-    return int(solved["env_steps"][0]) if solved.height else None
+    solved: int | None = first_reached(progress, "success", CRITERION)
+    return solved
 
 
 def tables(data: Path) -> list[Table]:

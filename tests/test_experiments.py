@@ -461,7 +461,7 @@ def test_economy_solves_when_90_of_the_last_200_episodes_reach_the_goal() -> Non
             rows += [{"kind": "episode_end", "episode": i, "steps": 4,
                       "episode_return": credit(0.8 if hit else 0.0)}]  # fmt: skip
         frame = events(rows)
-        success = economy._success(frame, economy._env_steps(frame))
+        success = economy._success(frame)
         assert success["rolling"][:199].null_count() == 199
         assert success["env_steps"][episode] == 4 * (episode + 1)
         assert economy.solved_at(success) == 4 * (episode + 1)
@@ -510,9 +510,10 @@ def test_a_gymnasium_run_is_solved_when_its_last_100_episodes_average_the_thresh
     for episode in range(200):
         length = 10 if episode < 100 else 500
         for _ in range(length):
-            rows.append({"seq": seq, "kind": "transform", "duration": 1.0, "episode_return": None})
+            rows.append({"seq": seq, "kind": "transform", "duration": 1.0, "steps": None,
+                         "episode_return": None})  # fmt: skip
             seq += 1
-        rows.append({"seq": seq, "kind": "episode_end", "duration": None,
+        rows.append({"seq": seq, "kind": "episode_end", "duration": None, "steps": length,
                      "episode_return": length * UNIT // 100})  # fmt: skip
         seq += 1
     episodes = gym_envs.episode_table(pl.DataFrame(rows).lazy(), 0.01)
