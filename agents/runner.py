@@ -215,10 +215,8 @@ def checked_config(sim: Simulation) -> RunConfig:
         raise ValueError("--method is for --variant control")
     _kernel(sim)
     config = auction_config(sim)
-    if config.task not in TABULAR_TASKS or config.primitives is not None:
-        check_task(config.task, config.primitives)
-    if config.reward_scale is not None and not config.task.startswith("gym:"):
-        raise ValueError("--reward-scale is for Gymnasium tasks (--task gym:ID)")
+    if config.task not in TABULAR_TASKS or config.primitives is not None or config.reward_scale:
+        check_task(config.task, config.primitives, config.reward_scale)
     if config.learner is None:
         check_bidder(config.bidder)
     if sim.frozen and (sim.init is None or config.learner is None):

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agents.settings import GYM_PPO, ControlDQNConfig, PPOConfig
 from market.economy import EconomyConfig
 from market.rundir import SIMULATION
+from market.tasks import gym_id
 
 DERIVED = {
     "ppo.gamma": "set gamma (the run's discount) instead",
@@ -96,7 +97,7 @@ class Simulation(BaseModel):
     def _gym_defaults(cls, data: Any) -> Any:
         """A Gymnasium task's PPO settings start from `GYM_PPO` (each one the run does not
         set), resolved here so that simulation.toml records them."""
-        if not isinstance(data, dict) or not str(data.get("task") or "").startswith("gym:"):
+        if not isinstance(data, dict) or gym_id(str(data.get("task") or "")) is None:
             return data
         ppo = data.get("ppo") or {}
         if isinstance(ppo, PPOConfig):

@@ -47,6 +47,7 @@ from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
 from market.kernel import Budget, Core, EpisodeResult, Start
 from market.run import Engine, RunSummary, run_engine
+from market.tasks import gym_id
 
 METHODS = ("independent", "ter", "ier", "iql", "full")
 """The learning methods of the control variant (agents/dqn_control.py)."""
@@ -93,7 +94,7 @@ class ControlRunConfig(BaseModel):
     def _valid(self) -> ControlRunConfig:
         if self.episodes is None and self.steps is None:
             raise ValueError("give a number of episodes or of steps")
-        if self.task not in CONTROL_TASKS and not self.task.startswith("gym:"):
+        if self.task not in CONTROL_TASKS and gym_id(self.task) is None:
             choices = ", ".join(CONTROL_TASKS)
             raise ValueError(
                 f"unknown control task {self.task!r}; choose one of: {choices}, or gym:ID"

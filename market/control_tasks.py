@@ -51,6 +51,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from market.tasks import gym_id
+
 Array = NDArray[np.float64]
 
 MIN_AGENTS = 2
@@ -234,10 +236,10 @@ CONTROL_TASKS: dict[str, type[ControlTask]] = {
 def make_control_task(name: str, n_agents: int) -> ControlTask:
     """The control task called `name` for `n_agents` agents (2 to 16); a ValueError names the
     choices for an unknown name."""
-    if name.startswith("gym:"):
+    if (env := gym_id(name)) is not None:
         from market.gym_control import GymControl
 
-        return GymControl(name[len("gym:") :], n_agents)
+        return GymControl(env, n_agents)
     try:
         cls = CONTROL_TASKS[name]
     except KeyError:

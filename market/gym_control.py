@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from market.control_tasks import Array, ControlTask, _frozen
-from market.gym_tasks import GYM, GymTaskError, make_env, time_limit
+from market.gym_tasks import GymTaskError, make_env, time_limit
+from market.tasks import GYM
 
 N_CONTROLS = 5
 """Each agent's controls: evenly over its share of the action's range, 0 among them."""

@@ -34,10 +34,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from market.tasks import Outcome, Task, TaskTables
+from market.tasks import GYM, Outcome, Task, TaskTables
 
-GYM = "gym:"
-"""The prefix of a task named by its Gymnasium id (`gym:CartPole-v1`)."""
 OBSERVATIONS = 1 << 18
 """Observations held (the most recent states'): more than a learner's batch in flight."""
 DEFAULT_HORIZON = 1000
@@ -55,11 +53,6 @@ FrozenLake's and MiniGrid's rewards of at most 1 an episode)."""
 
 class GymTaskError(ValueError):
     """An env id that cannot be a society's task, said in one line with the fix."""
-
-
-def env_id(task: str) -> str | None:
-    """The Gymnasium id a task name gives (`gym:ID`), or None."""
-    return task[len(GYM) :] if task.startswith(GYM) else None
 
 
 def reward_scale_of(env: str) -> float:

@@ -62,11 +62,13 @@ from ledger import schema
 from ledger.events import CONTROL, ENVIRONMENT
 from ledger.units import UNIT
 from market.tasks import (
+    GYM,
     MENTAL_ROTATION,
     START_DRAWS,
     TABULAR_TASKS,
     TWO_ROOMS,
     Task,
+    gym_id,
     make_task,
     start_draws,
 )
@@ -378,7 +380,7 @@ class _Gym(AuctionWorld):
     def __init__(self, name: str, seed: int, reward_scale: float | None) -> None:
         from market.gym_tasks import GymTask
 
-        task = GymTask(name[len("gym:") :], seed, reward_scale)
+        task = GymTask(name[len(GYM) :], seed, reward_scale)
         self.name, self.horizon, self.primitives = name, task.horizon, task.primitive_names
         self.unchecked = {}
         self._task, self._span = task, task.span
@@ -472,7 +474,7 @@ def world_of(config: RunConfig | ControlRunConfig) -> tuple[World | None, str]:
             return _MentalRotation(name, config.seed), ""
         if name in TWO_ROOMS:
             return _TwoRooms(name, config.seed, config.gamma), ""
-        if name.startswith("gym:"):
+        if gym_id(name) is not None:
             return _Gym(name, config.seed, config.reward_scale), ""
     except (ValueError, ImportError, OSError) as e:
         return None, f"task {name!r} cannot be made ({e})"

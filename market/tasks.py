@@ -259,6 +259,15 @@ ABOUT: dict[str, str] = {
 """Each built-in task in a few words (`market tasks`)."""
 
 
+GYM = "gym:"
+"""The prefix of a task named by its Gymnasium id (`gym:CartPole-v1`)."""
+
+
+def gym_id(task: str) -> str | None:
+    """The Gymnasium id a task name gives (`gym:ID`), or None."""
+    return task[len(GYM) :] if task.startswith(GYM) else None
+
+
 ENTRY_POINTS = "market.tasks"
 """The entry point group through which another package offers tasks: an entry `mypkg` whose
 object is `make(name, seed, gamma) -> Task` makes `--task mypkg:NAME` (docs/gymnasium.md)."""
@@ -274,13 +283,12 @@ def make_task(
     """The task called `name` for a run of `seed` and discount `gamma` (Chain with
     `primitives` primitives, if given; a Gymnasium env's rewards times `reward_scale`, if
     given); a ValueError names the choices otherwise."""
-    if reward_scale is not None and not name.startswith("gym:"):
-        raise ValueError("--reward-scale is for Gymnasium tasks (--task gym:ID)")
-    if name.startswith("gym:"):
+    _scale_fits(name, reward_scale)
+    if (env := gym_id(name)) is not None:
         from market.gym_tasks import GymTask
 
         _no_primitives(name, primitives)
-        return GymTask(name[len("gym:") :], seed, reward_scale)
+        return GymTask(env, seed, reward_scale)
     if ":" in name:
         _no_primitives(name, primitives)
         return _offered(name, seed, gamma)
@@ -288,12 +296,13 @@ def make_task(
     return Chain(primitives) if primitives is not None else TASKS[name](seed, gamma)
 
 
-def check_task(name: str, primitives: int | None = None) -> None:
+def check_task(name: str, primitives: int | None = None, reward_scale: float | None = None) -> None:
     """A one-line ValueError unless `name` is a task (taking `primitives`, if given); loads
     nothing for the built-in tasks (a task over images reads its data only when made); a
     Gymnasium env or another package's task is made once to see that it fits."""
+    _scale_fits(name, reward_scale)
     if ":" in name:
-        make_task(name, primitives=primitives)
+        make_task(name, primitives=primitives, reward_scale=reward_scale)
         return
     if name not in TASKS:
         raise ValueError(
@@ -301,6 +310,11 @@ def check_task(name: str, primitives: int | None = None) -> None:
             "Gymnasium env (`market tasks`)"
         )
     _no_primitives(name, primitives)
+
+
+def _scale_fits(name: str, reward_scale: float | None) -> None:
+    if reward_scale is not None and gym_id(name) is None:
+        raise ValueError("--reward-scale is for Gymnasium tasks (--task gym:ID)")
 
 
 def _no_primitives(name: str, primitives: int | None) -> None:
