@@ -37,7 +37,7 @@ from pettingzoo import ParallelEnv
 from ledger.events import ENVIRONMENT, SYSTEM, EventBase, Reward, Transform, Transition
 from ledger.payoffs import PayoffTracker, Sample
 from ledger.store import Ledger, MemoryLedger
-from ledger.transaction import Transaction
+from ledger.transaction import OWN, Transaction
 from ledger.units import UNIT
 from market.bus import Bus
 from market.control import ControlRunConfig, simulate_control
@@ -339,9 +339,7 @@ class AuctionMarketEnv(_DrivenMarket):
         """Follow the state sold in each auction, and whether the task ended the episode."""
         for model, values in tx.body:
             if model is Transform:
-                move = dict(
-                    zip(("state", "next_state", "duration", "done"), values[2:], strict=True)
-                )
+                move = dict(zip(OWN[Transform], values, strict=True))
                 self._state = int(move["next_state"])
                 self._ended_by_task = bool(move["done"])
 

@@ -353,7 +353,8 @@ def _record_env(run: Path, task: Task) -> None:
         rundir.write_json(
             run / rundir.ENV,
             {"id": task.env_id, "gymnasium": gymnasium.__version__, "wrappers": task.wrappers,
-             "horizon": task.horizon, "reward_scale": task.reward_scale},
+             "horizon": task.horizon, "reward_scale": task.reward_scale,
+             "observation": task.observation_space},
         )  # fmt: skip
 
 

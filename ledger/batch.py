@@ -6,7 +6,8 @@ a kind does not have is ignored (stored as null). A field a kind may leave null 
 (a Bid's `cap`) is a `NULLABLE` column: a batch may omit it (all null), and holds -1 for null
 where it has it. A vector column (the control variant's states and joint controls) is a 2-D
 array, one row per event and one width per batch; it is absent when no event of the batch
-carries it. A batch is a run of whole transactions (each starts at a row whose `seq` equals
+carries it, and an `OPTIONAL_VECTORS` one (a task's observations) may be absent anyway (all
+null). A batch is a run of whole transactions (each starts at a row whose `seq` equals
 its `tx`); `check_batch` validates all of it with array operations, and a ledger takes the
 batch whole or rejects it whole.
 
@@ -46,6 +47,8 @@ STRING_COLUMNS = frozenset(
 )
 LIST_COLUMNS = frozenset(f.name for f in schema.SCHEMA if pa.types.is_list(f.type))
 """Vector columns (the control variant's states), held in `EventBatch.vectors`."""
+OPTIONAL_VECTORS = frozenset({"obs"})
+"""Vector columns a batch may omit (all null): only some tasks observe their states."""
 NULLABLE = frozenset({"cap"})
 """Columns a batch may omit (all null) and holds -1 for null in (their values are >= 0)."""
 COLUMNS = tuple(
@@ -61,7 +64,12 @@ _STATEMENT = np.array([m is Balance for m in MODELS], dtype=bool)
 _ADDRESS = ("account", "src", "dst")
 """The columns that name who an event is addressed to (`events.accounts_of`)."""
 _KIND_NAMES = pa.array([KIND[m] for m in MODELS], type=pa.string())
-_NUMPY_TYPE = {pa.int64(): np.int64, pa.float64(): np.float64, pa.bool_(): np.bool_}
+_NUMPY_TYPE = {
+    pa.int64(): np.int64,
+    pa.float64(): np.float64,
+    pa.float32(): np.float32,
+    pa.bool_(): np.bool_,
+}
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ class EventBatch:
     kind: NDArray[np.int8]
     columns: Mapping[str, NDArray[Any]]
     strings: tuple[str, ...]
-    vectors: Mapping[str, NDArray[np.float64]] = dataclass_field(default_factory=dict)
+    vectors: Mapping[str, NDArray[np.floating[Any]]] = dataclass_field(default_factory=dict)
     """Vector columns, (rows, width) each; rows of kinds without the field are ignored."""
 
     def __len__(self) -> int:
@@ -162,14 +170,15 @@ class EventBatch:
     def _list_array(self, name: str, type_: pa.DataType) -> pa.Array:
         """Vector column `name` as a list array (null where a kind has no such field)."""
         valid = _HAS[name][self.kind]
-        if not valid.any():
+        if not valid.any() or name not in self.vectors:
             return pa.nulls(len(self), type=type_)
         values = self.vectors[name][valid]
         width = values.shape[1]
         offsets = np.zeros(len(self) + 1, dtype=np.int32)
         offsets[1:] = np.cumsum(valid * width)
         mask = None if valid.all() else pa.array(~valid)
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.ravel()), mask=mask)
+        flat = pa.array(values.ravel(), type=type_.value_type)
+        return pa.ListArray.from_arrays(pa.array(offsets), flat, mask=mask)
 
     def _python_columns(self) -> dict[str, list[Any]]:
         """Every column as a Python list (strings decoded, vectors as lists, nulls None)."""
@@ -181,7 +190,8 @@ class EventBatch:
         for n in NULLABLE:
             held = self.columns.get(n)
             cols[n] = [None] * len(self) if held is None else [x if x >= 0 else None for x in held]
-        return cols | {n: v.tolist() for n, v in self.vectors.items()}
+        absent = {n: [None] * len(self) for n in OPTIONAL_VECTORS if n not in self.vectors}
+        return cols | absent | {n: v.tolist() for n, v in self.vectors.items()}
 
     def events(self) -> list[EventBase]:
         """Every row as its typed event, validated; for any rows (a view too), in order."""
@@ -270,7 +280,7 @@ class Grid:
         kinds: NDArray[np.int8],
         columns: Mapping[str, NDArray[Any]],
         strings: tuple[str, ...],
-        vectors: Mapping[str, NDArray[np.float64]] | None = None,
+        vectors: Mapping[str, NDArray[np.floating[Any]]] | None = None,
     ) -> EventBatch:
         """The batch of these events: `kinds` by place, `columns` per event (`seq` and `tx`
         are the grid's own; a column not given is zeros, stored as null)."""
@@ -302,7 +312,7 @@ def of_transactions(txs: Sequence[Transaction]) -> EventBatch:
         if table[name].null_count < table.num_rows:
             values = table[name].to_pylist()
             columns[name] = np.array([-1 if v is None else v for v in values], numpy_type(name))
-    vectors: dict[str, NDArray[np.float64]] = {}
+    vectors: dict[str, NDArray[np.floating[Any]]] = {}
     for name in sorted(LIST_COLUMNS):
         lists = table[name].to_pylist()
         widths = {len(v) for v in lists if v is not None}
@@ -310,8 +320,9 @@ def of_transactions(txs: Sequence[Transaction]) -> EventBatch:
             raise ValueError(f"a batch holds one width per vector column; {name} has {widths}")
         if widths:
             (width,) = widths
+            dtype = _NUMPY_TYPE[schema.SCHEMA.field(name).type.value_type]
             vectors[name] = np.array(
-                [[0.0] * width if v is None else v for v in lists], dtype=np.float64
+                [[0.0] * width if v is None else v for v in lists], dtype=dtype
             ).reshape(len(lists), width)
     kind = {k: CODE[m] for m, k in KIND.items()}
     kinds = np.array([kind[k] for k in table["kind"].to_pylist()], dtype=np.int8)
@@ -341,6 +352,10 @@ def concat(batches: Sequence[EventBatch]) -> EventBatch:
         widths = {b.vectors[name].shape[1] for b in batches if name in b.vectors}
         if len(widths) > 1:
             raise ValueError(f"a batch holds one width per vector column; {name} has {widths}")
+        if name in OPTIONAL_VECTORS and any(
+            name not in b.vectors and _HAS[name][b.kind].any() for b in batches
+        ):
+            raise ValueError(f"batches with and without their {name} vector cannot be one")
         (width,) = widths
         vectors[name] = np.concatenate(
             [b.vectors.get(name, np.zeros((len(b), width))) for b in batches]
@@ -413,6 +428,8 @@ def check_batch(
     for name in sorted(LIST_COLUMNS):
         carriers = np.flatnonzero(_HAS[name][batch.kind])
         held = batch.vectors.get(name)
+        if held is None and name in OPTIONAL_VECTORS:
+            continue
         if carriers.size and (held is None or held.ndim != 2 or len(held) != n):
             i = int(carriers[0])
             raise InvalidEvent(

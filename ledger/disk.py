@@ -5,9 +5,9 @@ Layout of a ledger directory:
   chain.jsonl            one line per committed batch: its segment, seq range, digest, link
 
 A segment stores the table in `schema.BASE_SCHEMA`, the layout of every ledger before economies,
-until the ledger first holds an economy event (a lifecycle kind or a capped bid); from that
-segment on it stores the whole `schema.SCHEMA`. A ledger without an economy is therefore
-stored byte for byte as before, and `scan` reads either layout (the missing columns null).
+plus each optional column group (`schema.OPTIONAL`: the economy's, the observations) from the
+first segment that uses it on. A ledger without an economy or observations is therefore
+stored byte for byte as before, and `scan` reads every layout (the missing columns null).
 
 A batch is committed when its manifest line is written, after its segment is in place
 (written to a temporary name, synced, renamed). A run killed at any moment therefore leaves
@@ -72,8 +72,9 @@ class DiskLedger(Ledger):
         self._staged: list[Transaction | EventBatch] = []
         self._staged_events = 0
         self._verified = not self.links
-        self._economy_from: int | None = None
-        """The index of the first link whose segment stores the whole `schema.SCHEMA`."""
+        self._group_from: dict[str, int] = {}
+        """Per optional column group stored, the index of the first link whose segment
+        stores it."""
         self._layout_read = not self.links
         if self.links:
             self.next_seq = self.links[-1].last_seq + 1
@@ -161,9 +162,10 @@ class DiskLedger(Ledger):
         if self.torn_tail:
             self._set_aside_torn()
         table = table_of(self._staged)
-        if self._economy_at() is None and schema.holds_economy(table):
-            self._economy_from = len(self.links)
-        data = _encode(table if self._economy_from is not None else schema.to_base(table))
+        groups = self._groups_from()
+        for group in schema.uses(table) - groups.keys():
+            groups[group] = len(self.links)
+        data = _encode(schema.stored(table, frozenset(groups)))
         first = self._staged[0].first_seq
         last = first + self._staged_events - 1
         name = f"seg-{first:012d}.arrow"
@@ -221,29 +223,31 @@ class DiskLedger(Ledger):
         for i in reversed(range(len(self.links))):
             yield self._scan(i, i + 1).select(columns).collect()
 
-    def _economy_at(self) -> int | None:
-        """The index of the first link whose segment stores the whole `schema.SCHEMA` (None
-        while every segment is in `BASE_SCHEMA`); read from the segments once, lazily (after
-        the audit has checked their hashes)."""
+    def _groups_from(self) -> dict[str, int]:
+        """Per optional column group stored, the index of the first link whose segment
+        stores it; read from the segments once, lazily (after the audit has checked their
+        hashes)."""
         if not self._layout_read:
             last = self.path / self.links[-1].segment
-            if _stores_economy(last):
-                self._economy_from = _first_economy(self.path, self.links)
+            for group in _groups_in(last):
+                self._group_from[group] = _first_storing(self.path, self.links, group)
             self._layout_read = True
-        return self._economy_from
+        return self._group_from
 
     def _scan(self, first: int, end: int | None = None) -> pl.LazyFrame:
-        """The segments of links `first`, `first + 1`, ... (up to `end`) in `schema.SCHEMA`."""
+        """The segments of links `first`, `first + 1`, ... (up to `end`) in `schema.SCHEMA`:
+        one scan per run of segments in one layout, the groups they leave out as nulls."""
         end = len(self.links) if end is None else end
-        economy = self._economy_at()
-        cut = end if economy is None else min(economy, end)
+        groups = self._groups_from()
+        cuts = sorted({first, end, *(i for i in groups.values() if first < i < end)})
         parts = []
-        base = [str(self.path / link.segment) for link in self.links[first:cut]]
-        if base:
-            parts.append(pl.scan_ipc(base, glob=False).with_columns(_ECONOMY_NULLS))
-        whole = [str(self.path / link.segment) for link in self.links[max(first, cut) : end]]
-        if whole:
-            parts.append(pl.scan_ipc(whole, glob=False))
+        for a, b in itertools.pairwise(cuts):
+            files = [str(self.path / link.segment) for link in self.links[a:b]]
+            nulls = [_NULLS[g] for g in schema.OPTIONAL if groups.get(g, end) > a]
+            frame = pl.scan_ipc(files, glob=False)
+            if nulls:
+                frame = frame.with_columns(*(c for n in nulls for c in n)).select(schema.COLUMNS)
+            parts.append(frame)
         if not parts:
             return pl.LazyFrame(pl.DataFrame(SCHEMA_EMPTY))
         return pl.concat(parts) if len(parts) > 1 else parts[0]
@@ -288,34 +292,34 @@ class DiskLedger(Ledger):
 
 
 SCHEMA_EMPTY = schema.SCHEMA.empty_table()
-_ECONOMY_NULLS = [
-    pl.lit(None, dtype=pl.DataFrame(SCHEMA_EMPTY).schema[n]).alias(n)
-    for n in schema.ECONOMY_COLUMNS
-]
-"""The economy columns a segment in `schema.BASE_SCHEMA` leaves out, as nulls."""
+_NULLS = {
+    group: [pl.lit(None, dtype=pl.DataFrame(SCHEMA_EMPTY).schema[n]).alias(n) for n in cols]
+    for group, cols in schema.OPTIONAL.items()
+}
+"""Per optional group, its columns as nulls (for a segment that leaves them out)."""
 
 
 def _rows(link: Link) -> int:
     return link.last_seq - link.first_seq + 1
 
 
-def _stores_economy(segment: Path) -> bool:
-    """Whether a segment stores the whole `schema.SCHEMA` (not only `BASE_SCHEMA`)."""
+def _groups_in(segment: Path) -> list[str]:
+    """The optional column groups a segment stores."""
     try:
         with pa.memory_map(str(segment)) as source:
-            names = ipc.open_file(source).schema.names
+            names = set(ipc.open_file(source).schema.names)
     except (OSError, pa.ArrowInvalid):
         raise CorruptLedger(f"{segment}: not a readable Arrow IPC segment") from None
-    return schema.ECONOMY_COLUMNS[0] in names
+    return [g for g, cols in schema.OPTIONAL.items() if cols[0] in names]
 
 
-def _first_economy(path: Path, links: list[Link]) -> int:
-    """The index of the first link whose segment stores the whole schema (the last does):
-    every later one does too, so a bisection reads a few footers only."""
+def _first_storing(path: Path, links: list[Link], group: str) -> int:
+    """The index of the first link whose segment stores `group` (the last does): every
+    later one does too, so a bisection reads a few footers only."""
     lo, hi = 0, len(links) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if _stores_economy(path / links[mid].segment):
+        if group in _groups_in(path / links[mid].segment):
             hi = mid
         else:
             lo = mid + 1

@@ -21,6 +21,9 @@ Units = Annotated[int, Field(strict=True, ge=0)]
 """A non-negative amount of money units: an int, never coerced from a float or a string."""
 SignedUnits = Annotated[int, Field(strict=True)]
 """A balance in units, which may be negative."""
+Observation = list[float]
+"""What a task observed of a state, flattened: a Gymnasium env's observation as it gave it
+(stored as float32, which holds every observation those envs make exactly)."""
 
 ENVIRONMENT = "environment"
 """The account that pays rewards and sells the first state of every episode."""
@@ -85,7 +88,8 @@ class Open(EventBase):
 
 
 class EpisodeStart(EventBase):
-    """Starts an episode of `task` settled by `mechanism` with discount `gamma`."""
+    """Starts an episode of `task` settled by `mechanism` with discount `gamma`, at `state`
+    (which the task observed as `obs`, if its states are not their own record)."""
 
     kind: Literal["episode_start"] = "episode_start"
     task: str
@@ -93,6 +97,7 @@ class EpisodeStart(EventBase):
     cloned: bool
     gamma: float
     state: int
+    obs: Observation | None = None
 
 
 class Bid(EventBase):
@@ -139,7 +144,8 @@ class Mint(Transfer):
 
 
 class Transform(EventBase):
-    """The winner's primitive transforms `state` into `next_state`, taking `duration` time."""
+    """The winner's primitive transforms `state` into `next_state`, taking `duration` time;
+    `obs` is what the task observed of `next_state`, if its states are not their own record."""
 
     kind: Literal["transform"] = "transform"
     account: str
@@ -148,6 +154,7 @@ class Transform(EventBase):
     next_state: int
     duration: float
     done: bool
+    obs: Observation | None = None
 
 
 class Reward(Transfer):

@@ -1,8 +1,11 @@
 """The one-row-per-event table layout shared by every backend and by Polars readers.
 
-The table is the union of every kind's fields; a field a kind does not have is null. The
-columns only an economy fills (a Bid's `cap`, a Close's `reason`) come last, so that the table
-without them is exactly the one every earlier ledger stores (`BASE_SCHEMA`).
+The table is the union of every kind's fields; a field a kind does not have is null. Columns
+that only some ledgers fill come last, in `OPTIONAL` groups: the economy's (a Bid's `cap`, a
+Close's `reason`) and the observations (a Gymnasium task's `obs`). A store leaves out the
+groups a ledger has not used, so that the table without them is exactly the one every earlier
+ledger stores (`BASE_SCHEMA`), and a ledger without observations is stored as before they
+existed.
 """
 
 from __future__ import annotations
@@ -55,28 +58,41 @@ SCHEMA = pa.schema(
         ("next_x", pa.list_(pa.float64())),
         ("cap", pa.int64()),
         ("reason", pa.string()),
+        ("obs", pa.list_(pa.float32())),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
-ECONOMY_COLUMNS: tuple[str, ...] = ("cap", "reason")
-"""The columns only an economy's events fill; the last ones of `SCHEMA`."""
-BASE_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in ECONOMY_COLUMNS])
-"""The table without the economy's columns: the layout of every ledger made before the
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "economy": ("cap", "reason"),
+    "observations": ("obs",),
+}
+"""Column groups a ledger stores only from its first segment that uses them (`uses`), in
+`SCHEMA`'s order: its last columns."""
+ECONOMY_COLUMNS: tuple[str, ...] = OPTIONAL["economy"]
+"""The columns only an economy's events fill."""
+BASE_SCHEMA = pa.schema([f for f in SCHEMA if not any(f.name in g for g in OPTIONAL.values())])
+"""The table without the optional groups: the layout of every ledger made before the
 economy existed, kept byte for byte so their chain heads still verify."""
-assert COLUMNS[-len(ECONOMY_COLUMNS) :] == ECONOMY_COLUMNS
+assert COLUMNS[len(BASE_SCHEMA) :] == tuple(c for g in OPTIONAL.values() for c in g)
 
 
-def holds_economy(table: pa.Table) -> bool:
-    """Whether `table` (in `SCHEMA`) has an event of a lifecycle kind or a value in an
-    economy column (a capped bid)."""
-    if any(table[name].null_count < table.num_rows for name in ECONOMY_COLUMNS):
-        return True
-    return bool(pc.any(pc.is_in(table["kind"], pa.array(sorted(LIFECYCLE_KINDS)))).as_py())
+def uses(table: pa.Table) -> frozenset[str]:
+    """The `OPTIONAL` groups `table` (in `SCHEMA`) uses: a value in one of their columns, or
+    for the economy, an event of a lifecycle kind."""
+    used = {g for g, cols in OPTIONAL.items() if any(_filled(table, c) for c in cols)}
+    if pc.any(pc.is_in(table["kind"], pa.array(sorted(LIFECYCLE_KINDS)))).as_py():
+        used.add("economy")
+    return frozenset(used)
 
 
-def to_base(table: pa.Table) -> pa.Table:
-    """`table` in `BASE_SCHEMA` (its economy columns, all null, dropped)."""
-    return table.drop_columns(list(ECONOMY_COLUMNS))
+def _filled(table: pa.Table, column: str) -> bool:
+    return bool(table[column].null_count < table.num_rows)
+
+
+def stored(table: pa.Table, groups: frozenset[str]) -> pa.Table:
+    """`table` as a store keeps it: without the columns of the optional groups not in
+    `groups` (all null)."""
+    return table.drop_columns([c for g, cols in OPTIONAL.items() if g not in groups for c in cols])
 
 
 def to_table(txs: Sequence[Transaction]) -> pa.Table:

@@ -23,6 +23,10 @@ the audit can check every transformation's ids and re-step the env (`market.rede
   (H, W, C) as (C, H, W); a `Discrete` observation one-hot; MiniGrid's dict through
   `ImgObsWrapper`. Every observation of the last `OBSERVATIONS` states is held (a ring):
   enough for a learner's batch, flat in the run's length.
+- **The ledger records what the env observed** (`recorded`): each `EpisodeStart` and
+  `Transform` carries the observation of its state as the env gave it, flattened to float32
+  (`obs`; its shape and dtype are in the run's env.json), so a run can be read, replayed or
+  learned from offline without the env, and the audit checks each one against its re-step.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from market.tasks import GYM, Outcome, Task, TaskTables
 
 OBSERVATIONS = 1 << 18
 """Observations held (the most recent states'): more than a learner's batch in flight."""
+RECORDED = 1 << 16
+"""Observations held for the ledger (the most recent states'): more than a round's starts
+and steps (the kernels read them in the round that makes them)."""
 DEFAULT_HORIZON = 1000
 """The horizon of an env registered without a time limit."""
 REWARD_SCALES: dict[str, float] = {
@@ -178,6 +185,16 @@ class GymTask(Task):
         self.stepper = Stepper(env, seed, self.horizon, int(actions.start), probe)
         self._held = np.full(OBSERVATIONS, -1, dtype=np.int64)
         self._obs = np.zeros((OBSERVATIONS, *self.observation_shape), dtype=np.float32)
+        self.record_width = flat_size(probe.observation_space)
+        space = probe.observation_space
+        self.observation_space = {
+            "space": str(space),
+            "shape": list(getattr(space, "shape", None) or ()),
+            "dtype": str(space.dtype),
+        }
+        """The env's observation space, which the ledger's `obs` flatten (for env.json)."""
+        self._recorded_at = np.full(RECORDED, -1, dtype=np.int64)
+        self._recorded = np.zeros((RECORDED, self.record_width), dtype=np.float32)
 
     @property
     def span(self) -> int:
@@ -191,7 +208,9 @@ class GymTask(Task):
     def starts(self, episodes: NDArray[np.int64]) -> NDArray[np.int64]:
         ids = np.asarray(episodes, dtype=np.int64) * self.span
         for episode, state in zip(episodes.tolist(), ids.tolist(), strict=True):
-            self._hold(state, self.stepper.begin(episode))
+            obs = self.stepper.begin(episode)
+            self._hold(state, obs)
+            self._record(state, obs)
         return ids
 
     def transition(self, states: NDArray[np.int64], primitives: NDArray[np.int64]) -> TaskTables:
@@ -210,7 +229,19 @@ class GymTask(Task):
         obs, reward, terminated, over = self.stepper.step(state // self.span, primitive)
         if not over:
             self._hold(state + 1, obs)
+        self._record(state + 1, obs)
         return self.credit(reward), terminated
+
+    def _record(self, state: int, obs: Any) -> None:
+        row = state % RECORDED
+        self._recorded_at[row] = state
+        self._recorded[row] = flat(obs)
+
+    def recorded(self, states: NDArray[np.int64]) -> NDArray[np.float32]:
+        rows = np.asarray(states, dtype=np.int64) % RECORDED
+        if not np.array_equal(self._recorded_at[rows], states):
+            raise RuntimeError(f"{self.name}: an observation to record is no longer held")
+        return self._recorded[rows]
 
     def _hold(self, state: int, obs: Any) -> None:
         row = state % OBSERVATIONS
@@ -225,6 +256,17 @@ class GymTask(Task):
                 f"{OBSERVATIONS} states' are)"
             )
         return self._obs[rows]
+
+
+def flat(obs: Any) -> NDArray[np.float32]:
+    """An observation as the ledger records it: flattened, as float32."""
+    return np.asarray(obs, dtype=np.float32).ravel()
+
+
+def flat_size(space: Any) -> int:
+    """The length of `flat` of an observation of `space` (a `Discrete` one is its value)."""
+    shape = getattr(space, "shape", None) or ()
+    return int(np.prod(shape)) if shape else 1
 
 
 def time_limit(env: Any) -> int:

@@ -265,6 +265,11 @@ class Kernel(Core):
         for (_, ready), row in zip(waiting, drawn.tolist(), strict=True):
             ready.succeed(quantise_bids(row))
 
+    def _recorded(self, state: int) -> list[float] | None:
+        """What the task observed of `state`, as a Transform or EpisodeStart records it."""
+        seen = self.task.recorded(np.array([state], dtype=np.int64))
+        return None if seen is None else seen[0].tolist()
+
     def _step_events(self, st: _Step, episode_return: int | None) -> Transaction:
         """The events of one auction step, numbered from the kernel's sequence counter.
 
@@ -276,12 +281,8 @@ class Kernel(Core):
         w, winner = s.winner, self._accounts[s.winner]
         own: list[Body] = []
         if st.t == 0:
-            own.append(
-                (
-                    EpisodeStart,
-                    (self.task.name, self.mechanism.value, self.society.cloned, self.gamma, state),
-                )
-            )
+            opened = (self.task.name, self.mechanism.value, self.society.cloned, self.gamma)
+            own.append((EpisodeStart, (*opened, state, self._recorded(state))))
         if st.members is None:
             bidders = zip(self._accounts, prims, bids, strict=True)
             own += [(Bid, (a, p, state, b, None)) for a, p, b in bidders]  # no cap: no budget
@@ -293,7 +294,8 @@ class Kernel(Core):
             own.append((Pay, (winner, st.seller, s.price)))
         if s.mint:
             own.append((Mint, (AUCTIONEER, st.seller, s.mint)))
-        own.append((Transform, (winner, prims[w], state, out.next_state, out.duration, out.done)))
+        moved = (state, out.next_state, out.duration, out.done, self._recorded(out.next_state))
+        own.append((Transform, (winner, prims[w], *moved)))
         paid_to = (ENVIRONMENT, winner) if st.reward >= 0 else (winner, ENVIRONMENT)
         own.append((Reward, (*paid_to, abs(st.reward))))
         if st.renters is not None and st.rent:

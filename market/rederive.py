@@ -81,7 +81,7 @@ if TYPE_CHECKING:
 _C = pl.col
 COLUMNS = [
     "primitive", "state", "next_state", "duration", "done", "task", "cloned", "gamma", "seed",
-    "config", "action", "control", "x", "controls", "next_x",
+    "config", "action", "control", "x", "controls", "next_x", "obs",
 ]  # fmt: skip
 """The columns the world rules read besides those of the audit's own rules."""
 READS = {
@@ -89,12 +89,13 @@ READS = {
     "run_end": ["seq", "kind", "episode", "episodes"],
     "episode_start": [
         "seq", "kind", "episode", "episodes", "state", "task", "mechanism", "cloned", "gamma",
+        "obs",
     ],
     "episode_end": ["seq", "kind", "tx", "episode", "episodes"],
     "allocate": ["seq", "tx", "account", "primitive", "state"],
     "transform": [
         "seq", "tx", "episode", "step", "account", "primitive", "state", "next_state",
-        "duration", "done",
+        "duration", "done", "obs",
     ],
     "reward": ["seq", "tx", "src", "dst", "amount"],
     "order": ["seq", "tx", "account", "primitive", "action", "control"],
@@ -190,6 +191,9 @@ class Expected(NamedTuple):
     """In units."""
     reward_any: NDArray[np.bool_] | None = None
     """Where set, the reward is not re-derived: 0 or 1 credit will do."""
+    obs: NDArray[np.float32] | None = None
+    """What the task observed of each next state, as the ledger records it (`Task.recorded`);
+    None for a task whose states are their own record."""
 
 
 class AuctionWorld:
@@ -222,6 +226,11 @@ class AuctionWorld:
     ) -> Expected:
         """What the task says of each (state, primitive) transformation (recorded `nxt`)."""
         raise NotImplementedError
+
+    def observed(self, episodes: NDArray[np.int64]) -> NDArray[np.float32] | None:
+        """What the task observed of each episode's start, as the ledger records it; None
+        for a task whose states are their own record."""
+        return None
 
 
 class _Tabular(AuctionWorld):
@@ -378,13 +387,23 @@ class _Gym(AuctionWorld):
     per episode in flight."""
 
     def __init__(self, name: str, seed: int, reward_scale: float | None) -> None:
-        from market.gym_tasks import GymTask
+        from market.gym_tasks import GymTask, make_env
 
         task = GymTask(name[len(GYM) :], seed, reward_scale)
         self.name, self.horizon, self.primitives = name, task.horizon, task.primitive_names
         self.unchecked = {}
         self._task, self._span = task, task.span
         self._stepper = task.stepper
+        self._env = make_env(name[len(GYM) :])
+        """Resets to each episode's start, to observe it (`observed`)."""
+
+    def observed(self, episodes: NDArray[np.int64]) -> NDArray[np.float32]:
+        from market.gym_tasks import episode_seed, flat
+
+        out = np.zeros((len(episodes), self._task.record_width), dtype=np.float32)
+        for i, episode in enumerate(episodes.tolist()):
+            out[i] = flat(self._env.reset(seed=episode_seed(self._task.seed, episode))[0])
+        return out
 
     def starts(self, episodes: NDArray[np.int64]) -> NDArray[np.int64]:
         return np.asarray(episodes, dtype=np.int64) * self._span
@@ -392,11 +411,12 @@ class _Gym(AuctionWorld):
     def expect(
         self, states: NDArray[np.int64], primitives: NDArray[np.int64], nxt: NDArray[np.int64]
     ) -> Expected:
-        from market.gym_tasks import GymTaskError
+        from market.gym_tasks import GymTaskError, flat
 
         n = len(states)
         valid, done = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         reward = np.zeros(n, dtype=np.int64)
+        obs = np.zeros((n, self._task.record_width), dtype=np.float32)
         stepper, actions = self._stepper, len(self.primitives)
         for i, (state, primitive) in enumerate(
             zip(states.tolist(), primitives.tolist(), strict=True)
@@ -407,12 +427,13 @@ class _Gym(AuctionWorld):
             if stepper.at(episode) != t or not 0 <= primitive < actions:
                 continue  # not where its episode stands: the transition rule says so
             try:
-                _, r, terminated, _ = stepper.step(episode, primitive)
+                seen, r, terminated, _ = stepper.step(episode, primitive)
             except GymTaskError:
                 continue
-            valid[i], done[i] = True, terminated
+            valid[i], done[i], obs[i] = True, terminated, flat(seen)
             reward[i] = np.rint(self._task.credit(r) * UNIT)
-        return Expected(valid, np.asarray(states, dtype=np.int64) + 1, done, np.ones(n), reward)
+        nxt = np.asarray(states, dtype=np.int64) + 1
+        return Expected(valid, nxt, done, np.ones(n), reward, obs=obs)
 
 
 class _Control:
@@ -650,7 +671,7 @@ def _piece(parts: Parts, carry: Carry) -> list[Finding]:
     """The checks of one run's rows of a chunk."""
     piece = _Kinds(parts)
     starts = piece.of("episode_start").select(
-        "seq", "episode", "state", "task", "mechanism", "cloned", "gamma"
+        "seq", "episode", "state", "task", "mechanism", "cloned", "gamma", "obs"
     )
     ends = piece.of("episode_end").select("seq", "tx", "episode")
     out = [_order(piece, carry)]
@@ -800,7 +821,42 @@ def _episode_starts(
                 ),
             )
         )
+        seen = world.observed(numbers[mine])
+        if seen is not None:
+            checks.append(_observations("episode-start", rows, mine, seen, "its start"))
     return _first(checks)
+
+
+def _observations(
+    rule: str, rows: pl.DataFrame, checked: NDArray[np.bool_], want: NDArray[np.float32],
+    what: str,
+) -> _Check:  # fmt: skip
+    """`rule` on the `obs` of `rows` where `checked`: each the task's (`want`, one row per
+    checked row), to the bit."""
+    found = _matrix(rows["obs"].filter(pl.Series(checked)), want.shape[1])
+    bad = np.zeros(rows.height, dtype=bool)
+    bad[checked] = ~(found == want).all(axis=1)
+    at = np.flatnonzero(checked)
+    shown = {i: j for j, i in enumerate(at.tolist())}
+
+    def said(i: int) -> tuple[str, str]:
+        j = shown[i]
+        return f"observation {want[j].tolist()} (what the task observed of {what})", (
+            f"observation {rows['obs'][i] if rows['obs'][i] is None else found[j].tolist()}"
+        )
+
+    return _Check(rule, bad, rows["seq"].to_numpy(), said)
+
+
+def _matrix(column: pl.Series, width: int) -> NDArray[np.float32]:
+    """A list column as rows of `width` values (NaN rows where one is null or of another
+    length, so that they equal nothing)."""
+    good = (column.list.len() == width).fill_null(False).to_numpy()
+    out = np.full((len(column), width), np.nan, dtype=np.float32)
+    if good.any():
+        values = column.filter(pl.Series(good)).explode().to_numpy()
+        out[good] = values.astype(np.float32).reshape(-1, width)
+    return out
 
 
 class _Rows(NamedTuple):
@@ -1025,6 +1081,8 @@ def _auctions(
             lambda i: (reward_said(i), f"{reward[i]} units"),
         ),
     ]
+    if want.obs is not None:
+        checks.append(_observations("transition", steps, ok, want.obs[ok], "its next state"))
     return [_first(checks)]
 
 

@@ -148,6 +148,22 @@ class RoundKernel(Core):
         self._t[go], self._state[go], self._total[go] = 0, self.task.starts(self._ep[go]), 0
         self._seller[go] = _ENV
 
+    def _observed(
+        self, g: Grid, states: NDArray[np.int64], nxt: NDArray[np.int64], new: NDArray[np.bool_]
+    ) -> dict[str, NDArray[np.float32]]:
+        """The `obs` vector of a round's events, if the task records what it observed: an
+        EpisodeStart's is its start state's, a Transform's its next state's."""
+        reached = self.task.recorded(nxt)
+        if reached is None:
+            return {}
+        rows = reached[g.row]
+        if new.any():
+            started = np.zeros_like(reached)
+            started[new] = self.task.recorded(states[new])
+            at_start = g.place == 0
+            rows[at_start] = started[g.row[at_start]]
+        return {"obs": rows}
+
     def _round(self, idx: NDArray[np.int64], now: float) -> None:
         """One auction in each slot of `idx`, all settled and published together."""
         k, pos = len(idx), self._pos
@@ -214,6 +230,7 @@ class RoundKernel(Core):
                 "episode_return": g.of_rows(total),
             },
             self._strings,
+            self._observed(g, states, nxt, t == 0),
         )
         n = g.events
         self.seq += n

@@ -94,6 +94,12 @@ class Task:
         """What a learner sees of each state: shape (len(states), *observation_shape)."""
         raise NotImplementedError(f"task {self.name!r} is tabular: learners see the state id")
 
+    def recorded(self, states: NDArray[np.int64]) -> NDArray[np.float32] | None:
+        """What the task observed of each of `states` (just started or just reached), one
+        flattened row each, as the ledger records it (`obs`); None for a task whose state
+        ids are their own record (every task but a Gymnasium env's)."""
+        return None
+
     def q_star(self, gamma: float, sweeps: int = 10_000) -> NDArray[np.float64]:
         """Q*(s, a) of the stationary discounted MDP (the time-out is not part of the state)."""
         if not self.tabular:

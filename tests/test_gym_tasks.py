@@ -91,6 +91,25 @@ def test_the_audit_re_steps_the_env(cartpole: pl.DataFrame) -> None:
     assert rule_broken(falsify(cartpole, end, done=False)) == ("transition", end)
 
 
+def test_the_ledger_records_what_the_env_observed(cartpole: pl.DataFrame) -> None:
+    """Each EpisodeStart and Transform carries the env's observation of its state, as the
+    env gave it (float32): one episode replayed on a fresh env gives the same, and an
+    observation other than the env's breaks its rule at that event."""
+    start = cartpole.filter((pl.col("kind") == "episode_start") & (pl.col("episode") == 7))
+    steps = cartpole.filter((pl.col("kind") == "transform") & (pl.col("episode") == 7))
+    env = gymnasium.make("CartPole-v1")
+    obs, _ = env.reset(seed=episode_seed(5, 7))
+    assert start["obs"].to_list() == [obs.tolist()]
+    for primitive, recorded in steps.sort("step").select("primitive", "obs").iter_rows():
+        obs = env.step(primitive)[0]
+        assert recorded == obs.tolist()
+    moved = first_seq(cartpole, "transform", pl.col("step") == 2)
+    shifted = [v + 0.25 for v in cartpole.filter(pl.col("seq") == moved)["obs"][0]]
+    assert rule_broken(falsify(cartpole, moved, obs=pl.Series([shifted]))) == ("transition", moved)
+    began = first_seq(cartpole, "episode_start", pl.col("episode") == 3)
+    assert rule_broken(falsify(cartpole, began, obs=None)) == ("episode-start", began)
+
+
 def test_a_time_out_is_not_a_termination() -> None:
     """At the time limit the episode ends without `done` (MiniGrid's own max_steps: 250)."""
     task = GymTask("MiniGrid-DoorKey-5x5-v0", seed=0)

@@ -154,12 +154,13 @@ def test_transactions_never_split_across_segments(tmp_path: Path) -> None:
 
 def test_polars_reads_the_directory_directly(tmp_path: Path) -> None:
     """`pl.scan_ipc` over the segments gives one row per event, in seq order (without the
-    economy's columns, which a ledger without an economy does not store)."""
+    optional groups' columns, which a ledger without an economy or observations does not
+    store)."""
     path = _filled(tmp_path)
     frame = pl.scan_ipc(path / "seg-*.arrow").collect()
     assert frame.columns == schema.BASE_SCHEMA.names
     assert frame["seq"].to_list() == list(range(EVENTS))
-    assert frame.equals(DiskLedger(path).scan().drop(schema.ECONOMY_COLUMNS).collect())
+    assert frame.equals(DiskLedger(path).scan().select(schema.BASE_SCHEMA.names).collect())
 
 
 def test_clean_ledger_passes_chain_and_audit(tmp_path: Path) -> None:
