@@ -100,7 +100,8 @@ COLUMNS = (
 
 def tables(data: Path) -> list[Table]:
     """Per env and arm, over seeds: how many solved, COLUMNS as median [min, max], and
-    whether every ledger audited clean; then CleanRL's PPO on the same criterion."""
+    whether every ledger audited clean; then, where the data hold CartPole, CleanRL's PPO on
+    the same criterion. Tables are named after the data's directory (`--name`)."""
     runs = read(data, "runs")
     rows = []
     for (env, arm), part in runs.group_by("env", "arm", maintain_order=True):
@@ -109,28 +110,22 @@ def tables(data: Path) -> list[Table]:
         row |= {head: spread(part[col], fmt) for head, col, fmt in COLUMNS}
         row["audits"] = "clean" if part["audit_clean"].all() else "NOT CLEAN"
         rows.append(row)
-    made = [Table("gymnasium", frame(rows))]
+    made = [Table(data.name, frame(rows))]
+    if "CartPole-v1" not in runs["env"].to_list():
+        return made
     peers = data.parent / "cleanrl.csv"
     if not peers.is_file():
         raise ResultsError(f"{peers}: no CleanRL figures")
     cleanrl = pl.read_csv(peers)
-    made.append(
-        Table(
-            "gymnasium-cleanrl",
-            frame(
-                [
-                    {
-                        "env": "CartPole-v1",
-                        "run": "CleanRL ppo.py (its defaults)",
-                        "seeds": str(cleanrl.height),
-                        "env steps to solve": spread(cleanrl["steps_to_solve"]),
-                        "env steps/s": spread(cleanrl["steps_per_s"]),
-                        "source": str(cleanrl["source"][0]),
-                    }
-                ]
-            ),
-        )
-    )
+    peer = {
+        "env": "CartPole-v1",
+        "run": "CleanRL ppo.py (its defaults)",
+        "seeds": str(cleanrl.height),
+        "env steps to solve": spread(cleanrl["steps_to_solve"]),
+        "env steps/s": spread(cleanrl["steps_per_s"]),
+        "source": str(cleanrl["source"][0]),
+    }
+    made.append(Table(f"{data.name}-cleanrl", frame([peer])))
     return made
 
 
