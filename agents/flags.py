@@ -148,6 +148,9 @@ FLAGS: dict[str, Flag] = {
         ECONOMY, "The most members alive at once.", "2 x founders", _A, economy=True
     ),
     "agents": Flag(CONTROL, "How many agents drive the system.", variant=_C),
+    "controls": Flag(
+        CONTROL, "Each agent's controls over its share of a gym: plant's action (odd).", "5", _C
+    ),
     "method": Flag(CONTROL, "independent, ter, ier, iql or full.", "full", _C),
 }
 """Every setting `market simulate` takes as a flag, in the order --help lists them."""

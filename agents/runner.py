@@ -461,6 +461,7 @@ def control_config(sim: Simulation) -> ControlRunConfig:
         gamma=sim.gamma,
         concurrency=LEARNING_CONCURRENCY if learn and sim.concurrency is None else concurrency,
         learner=sim.dqn_settings(method).model_dump() if learn and method is not None else None,
+        controls=sim.controls,
     )
 
 
@@ -488,9 +489,9 @@ def _prepare_control(sim: Simulation, out: Path | None) -> Prepared:
 def _control_policy(config: Any) -> tuple[Any, Any]:
     """The control run's policy (and its learner when it learns)."""
     from agents.fixed_control import RandomPolicy, ZeroPolicy
-    from market.control_tasks import make_control_task
+    from market.control import control_task_of
 
-    task = make_control_task(config.task, config.agents)
+    task = control_task_of(config)
     if config.policy == "zero":
         return ZeroPolicy(task.controls, task.n_agents), None
     if config.policy == "random":

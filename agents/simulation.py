@@ -82,6 +82,9 @@ class Simulation(BaseModel):
         False, description="the learners bid but never update (evaluate an --init snapshot)"
     )
     agents: int = 2
+    controls: int | None = Field(
+        None, description="each agent's controls over its share of a Gymnasium plant's action"
+    )
     method: str | None = None
     ppo: PPOConfig = PPOConfig()
     dqn: ControlDQNConfig = ControlDQNConfig()

@@ -16,6 +16,9 @@ stored ledger, not from the learners:
   its own audited ledger: its return per agent and the share of episodes it holds.
 Training episodes explore (epsilon-greedy), and the pendulum's start anywhere, so the greedy
 figures are the ones that say what was learned.
+On a Gymnasium plant (`--task gym:Pendulum-v1`) the reference is learned, not designed:
+`--methods ...,joint` adds one DQN agent choosing the N agents' joint action (every sum of
+their controls is one of its controls), its returns divided by N.
 Saves runs.parquet, curves.parquet and reference.parquet (the central controller) under
 <results>/data/<name>/, then writes the tables (median [min, max] over seeds) and PNG
 learning curves they make under <results>/ (experiments/regenerate.py remakes them).
@@ -24,6 +27,10 @@ learning curves they make under <results>/ (experiments/regenerate.py remakes th
 """
 
 from __future__ import annotations
+
+import sys
+
+sys.path.append(sys.path.pop(0))  # this folder after the packages: `gymnasium` is Gymnasium
 
 import argparse
 import tempfile
@@ -47,8 +54,14 @@ from ledger.store import MemoryLedger
 from ledger.units import UNIT
 from market.audit import audit
 from market.bus import Bus
-from market.control import LEARNING_CONCURRENCY, ControlRunConfig, simulate_control
+from market.control import (
+    LEARNING_CONCURRENCY,
+    ControlRunConfig,
+    control_task_of,
+    simulate_control,
+)
 from market.control_tasks import ControlTask, Pendulum, make_control_task, wrap
+from market.gym_control import N_CONTROLS
 
 FINAL_SHARE = 0.1
 """The share of a run's last episodes that the final figures average."""
@@ -63,23 +76,27 @@ def run_one(
     concurrency: int,
     learner: dict[str, float] | None = None,
 ) -> tuple[dict[str, object], list[dict[str, object]]]:
-    """One learning run: its summary row and its learning curve."""
+    """One learning run: its summary row and its learning curve. Method `joint` is the
+    reference for a Gymnasium plant: one DQN agent choosing the N agents' joint action
+    (`joint_controls`), its returns divided by N (the share each of N agents earns)."""
     torch.set_num_threads(1)
     overrides = dict(learner or {})
     gamma = float(overrides.pop("gamma", ControlRunConfig.model_fields["gamma"].default))
+    joint = method == JOINT
     config = ControlRunConfig(
         task=task_name,
-        agents=agents,
+        agents=1 if joint else agents,
         policy="dqn",
-        method=method,
+        method="independent" if joint else method,
         episodes=None,
         steps=steps,
         seed=seed,
         concurrency=concurrency,
         gamma=gamma,
+        controls=joint_controls(agents) if joint else None,
     )
-    task = make_control_task(task_name, agents)
-    dqn = ControlDQNConfig.for_method(method, gamma=gamma, **overrides)
+    task = control_task_of(config)
+    dqn = ControlDQNConfig.for_method(str(config.method), gamma=gamma, **overrides)
     society = ControlSociety(task, config.accounts, dqn, learner_seed(seed), steps)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,6 +109,11 @@ def run_one(
         episodes = episode_table(ledger.scan(), task)
     row, curve = summarise(episodes, task)
     row |= evaluate(society, config)
+    if joint:
+        share = 1 / agents
+        for key in ("final_return_per_agent", "greedy_return_per_agent"):
+            row[key] = float(row[key]) * share  # type: ignore[arg-type]
+        curve = [p | {"return_per_agent": float(p["return_per_agent"]) * share} for p in curve]  # type: ignore[arg-type]
     row |= {
         "task": task_name,
         "agents": agents,
@@ -104,6 +126,16 @@ def run_one(
         "audit_clean": clean,
     }
     return row, [{**p, "agents": agents, "method": method, "seed": seed} for p in curve]
+
+
+JOINT = "joint"
+"""The reference arm on a Gymnasium plant: one DQN over the N agents' joint action."""
+
+
+def joint_controls(agents: int) -> int:
+    """The controls of one agent that can push as N agents together can: every sum of N
+    agents' controls (each N_CONTROLS, evenly spread) is one of them."""
+    return (N_CONTROLS - 1) * agents + 1
 
 
 EVALUATION_EPISODES = 32
@@ -126,7 +158,7 @@ def evaluate(society: ControlSociety, trained: ControlRunConfig) -> dict[str, ob
     )
     ledger = MemoryLedger()
     simulate_control(config, ledger, society.greedy())
-    episodes = episode_table(ledger.scan(), make_control_task(task_name, trained.agents))
+    episodes = episode_table(ledger.scan(), control_task_of(config))
     return {
         "greedy_return_per_agent": float(episodes["return_per_agent"].mean()),  # type: ignore[arg-type]
         "greedy_held_share": float(episodes["held"].mean()),  # type: ignore[arg-type]
@@ -263,7 +295,7 @@ def tables(data: Path) -> list[Table]:
     whose training ever held the band, and whether every ledger audited clean; then the
     central controller's greedy figures (saved as reference.parquet) for scale."""
     runs = read(data, "runs")
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate((*METHODS, JOINT))}
     rows = []
     for (n, method), part in runs.sort(
         "agents", pl.col("method").replace_strict(order, return_dtype=pl.Int64), "seed"
@@ -295,11 +327,13 @@ def plots(data: Path, img: Path) -> None:
     import matplotlib.pyplot as plt
 
     curves = read(data, "curves")
+    task = str(read(data, "runs")["task"][0])
     img.mkdir(parents=True, exist_ok=True)
     for n in curves["agents"].unique().sort():
         part = curves.filter(pl.col("agents") == n)
         fig, ax = plt.subplots(figsize=(7, 4))
-        for k, method in enumerate(m for m in METHODS if m in part["method"].to_list()):
+        arms = (*METHODS, JOINT)
+        for k, method in enumerate(m for m in arms if m in part["method"].to_list()):
             runs = part.filter(pl.col("method") == method)
             per_seed = [
                 runs.filter(pl.col("seed") == seed).sort("env_steps")
@@ -311,7 +345,7 @@ def plots(data: Path, img: Path) -> None:
             ax.plot(steps, np.median(values, axis=0), color=f"C{k}", label=method)
             ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=f"C{k}",
                             alpha=0.12)  # fmt: skip
-        ax.set_title(f"pendulum, N = {n}: training return per agent (median over seeds)")
+        ax.set_title(f"{task}, N = {n}: training return per agent (median over seeds)")
         ax.set_xlabel("env steps")
         ax.set_ylabel("episode return per agent (credit)")
         ax.legend()
@@ -342,10 +376,13 @@ def main() -> None:
     learner = {k: float(v) for k, v in (kv.split("=") for kv in args.learner.split(",") if kv)}
     learner = {k: int(v) if v.is_integer() and k != "gamma" else v for k, v in learner.items()}
     agents = sorted({int(n) for n in args.agents.split(",")})
+    if JOINT in args.methods.split(",") and not args.task.startswith("gym:"):
+        parser.error(f"--methods {JOINT} is the reference on a Gymnasium plant (--task gym:ID)")
     jobs = [
         (args.task, n, method, seed, args.steps, args.concurrency, learner)
         for n in agents
         for method in args.methods.split(",")
+        if not (method == JOINT and n == 1)  # one agent's joint action is its own
         for seed in range(args.seeds)
     ]
     rows, curves = run_all(run_one, jobs, args.workers)

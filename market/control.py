@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import simpy
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ledger.batch import CODE, EventBatch, Grid
 from ledger.events import (
@@ -46,7 +46,7 @@ from ledger.units import UNIT
 from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
 from market.kernel import Budget, Core, EpisodeResult, Start
-from market.run import Engine, RunSummary, run_engine
+from market.run import Engine, Recorded, RunSummary, run_engine
 from market.tasks import gym_id
 
 METHODS = ("independent", "ter", "ier", "iql", "full")
@@ -69,14 +69,14 @@ class ControlPolicy(Protocol):
         ...
 
 
-class ControlRunConfig(BaseModel):
+class ControlRunConfig(Recorded):
     """Everything that determines a control run's ledger."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    added = ("controls",)
 
     variant: Literal["control"] = "control"
     task: str = "pendulum"
-    agents: int = Field(default=2, ge=2, le=16)
+    agents: int = Field(default=2, ge=1, le=16)
     policy: str = "zero"
     method: str | None = None
     """The learning method when `policy` is dqn (one of METHODS)."""
@@ -89,6 +89,9 @@ class ControlRunConfig(BaseModel):
     gamma: float = Field(default=0.99, gt=0.0, lt=1.0)
     """Every agent's discount (methods.md's gamma_i, one value for all)."""
     concurrency: int = Field(default=1, ge=1)
+    controls: int | None = Field(default=None, ge=3, le=65)
+    """Each agent's number of controls over its share of a Gymnasium plant's action (odd, so
+    0 is among them); None: `market.gym_control.N_CONTROLS`."""
 
     @model_validator(mode="after")
     def _valid(self) -> ControlRunConfig:
@@ -107,6 +110,12 @@ class ControlRunConfig(BaseModel):
             raise ValueError("a learning run (policy dqn) names a method, a fixed one does not")
         if self.method is not None and self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.controls is not None and gym_id(self.task) is None:
+            raise ValueError(
+                f"--controls is for Gymnasium plants (gym:ID); {self.task} has its own"
+            )
+        if self.controls is not None and self.controls % 2 == 0:
+            raise ValueError(f"--controls must be odd, so that 0 is a control; got {self.controls}")
         return self
 
     @property
@@ -119,6 +128,11 @@ class ControlRunConfig(BaseModel):
     def accounts(self) -> tuple[str, ...]:
         """Every agent's account, in agent order."""
         return tuple(f"agent{i}" for i in range(self.agents))
+
+
+def control_task_of(config: ControlRunConfig) -> ControlTask:
+    """The control task `config` names, for its agents and controls."""
+    return make_control_task(config.task, config.agents, config.controls)
 
 
 def reset_rng(seed: int) -> np.random.Generator:
@@ -269,7 +283,7 @@ def simulate_control(
 ) -> RunSummary:
     """Run a control `config` with `policy` into `ledger` (opened, run, closed, flushed);
     `gate`, if given, must also allow every new episode."""
-    task = make_control_task(config.task, config.agents)
+    task = control_task_of(config)
     bus_ = bus if bus is not None else Bus(ledger)
 
     def build(start: Start) -> Engine:

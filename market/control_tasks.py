@@ -55,7 +55,7 @@ from market.tasks import gym_id
 
 Array = NDArray[np.float64]
 
-MIN_AGENTS = 2
+MIN_AGENTS = 1
 MAX_AGENTS = 16
 
 
@@ -233,13 +233,14 @@ CONTROL_TASKS: dict[str, type[ControlTask]] = {
 }
 
 
-def make_control_task(name: str, n_agents: int) -> ControlTask:
-    """The control task called `name` for `n_agents` agents (2 to 16); a ValueError names the
-    choices for an unknown name."""
+def make_control_task(name: str, n_agents: int, controls: int | None = None) -> ControlTask:
+    """The control task called `name` for `n_agents` agents (1 to 16), a Gymnasium plant's
+    with `controls` controls per agent if given; a ValueError names the choices for an
+    unknown name."""
     if (env := gym_id(name)) is not None:
-        from market.gym_control import GymControl
+        from market.gym_control import N_CONTROLS, GymControl
 
-        return GymControl(env, n_agents)
+        return GymControl(env, n_agents, controls or N_CONTROLS)
     try:
         cls = CONTROL_TASKS[name]
     except KeyError:

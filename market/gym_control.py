@@ -31,13 +31,14 @@ from market.gym_tasks import GymTaskError, make_env, time_limit
 from market.tasks import GYM
 
 N_CONTROLS = 5
-"""Each agent's controls: evenly over its share of the action's range, 0 among them."""
+"""Each agent's controls by default (`--controls`): evenly over its share of the action's
+range, 0 among them."""
 
 
 class GymControl(ControlTask):
     """A Gymnasium env with a Box action space, driven jointly by N agents."""
 
-    def __init__(self, env: str, n_agents: int = 2) -> None:
+    def __init__(self, env: str, n_agents: int = 2, n_controls: int = N_CONTROLS) -> None:
         from gymnasium import spaces
 
         super().__init__(n_agents)
@@ -60,7 +61,7 @@ class GymControl(ControlTask):
         self.shared = dims == 1
         """Whether every agent drives a share of one dimension (else one dimension each)."""
         share = n_agents if self.shared else 1
-        self.controls = _frozen(np.linspace(low[0] / share, high[0] / share, N_CONTROLS))
+        self.controls = _frozen(np.linspace(low[0] / share, high[0] / share, n_controls))
         self.horizon = time_limit(made)
         made.reset(seed=0)
         self._plant = made.unwrapped

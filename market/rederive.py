@@ -440,10 +440,9 @@ class _Control:
     """A control task: f and g, the control set, and the run's generator of starts."""
 
     def __init__(self, config: ControlRunConfig) -> None:
-        from market.control import reset_rng
-        from market.control_tasks import make_control_task
+        from market.control import control_task_of, reset_rng
 
-        self.task: ControlTask = make_control_task(config.task, config.agents)
+        self.task: ControlTask = control_task_of(config)
         self.name, self.horizon = config.task, self.task.horizon
         self.unchecked: dict[str, str] = {}
         self.accounts = config.accounts

@@ -11,7 +11,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import (
@@ -46,10 +46,27 @@ from market.society import Policy, Society
 from market.tasks import Task, make_task
 
 
-class RunConfig(BaseModel):
-    """Everything that determines a run's ledger."""
+class Recorded(BaseModel):
+    """A run's configuration as its RunStart records it (and its run id hashes). Settings
+    added since ledgers were first written (`added`) are left out while unset, so a
+    configuration that does not use them dumps (and hashes) as it always did."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    added: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        for name in self.added:
+            if isinstance(data, dict) and data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+class RunConfig(Recorded):
+    """Everything that determines a run's ledger."""
+
+    added = ("reward_scale",)
 
     task: str = "chain"
     mechanism: Mechanism = Mechanism.CCV
@@ -82,16 +99,6 @@ class RunConfig(BaseModel):
             raise ValueError("give a number of episodes or of steps")
         return self
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        """Settings added since ledgers were first written are left out while unset, so a
-        configuration that does not use them dumps (and hashes) as it always did."""
-        data = handler(self)
-        for name in _ADDED:
-            if isinstance(data, dict) and data.get(name) is None:
-                data.pop(name, None)
-        return data
-
     @property
     def run_id(self) -> str:
         """A readable id that is a function of the configuration alone."""
@@ -102,10 +109,6 @@ class RunConfig(BaseModel):
 def file_name(task: str) -> str:
     """A task's name as part of a file name (`gym:ALE/Pong-v5` -> `gym-ALE-Pong-v5`)."""
     return task.replace(":", "-").replace("/", "-")
-
-
-_ADDED = ("reward_scale",)
-"""`RunConfig` fields dumped only when set (`RunConfig._dump`)."""
 
 
 def task_of(config: RunConfig) -> Task:

@@ -120,7 +120,8 @@ def test_zero_controls_apply_no_torque() -> None:
         ("task", "nope", "unknown control task"),
         ("policy", "nope", "unknown control policy"),
         ("method", "nope", "names a method"),
-        ("agents", 1, "greater than or equal to 2"),
+        ("agents", 0, "greater than or equal to 1"),
+        ("controls", 9, "for Gymnasium plants"),
     ],
 )
 def test_bad_control_configs_are_refused(field: str, value: object, needle: str) -> None:

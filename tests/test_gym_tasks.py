@@ -26,7 +26,7 @@ from agents.simulation import Simulation
 from ledger.store import MemoryLedger
 from ledger.units import UNIT
 from market.audit import audit_frame
-from market.control import ControlRunConfig, simulate_control
+from market.control import ControlRunConfig, control_task_of, simulate_control
 from market.control_tasks import make_control_task
 from market.gym_control import N_CONTROLS, GymControl
 from market.gym_tasks import GymTask, GymTaskError, episode_seed, reward_scale_of
@@ -280,6 +280,19 @@ def test_two_agents_share_one_torque_and_its_reward() -> None:
     assert plant.g(x, u).tolist() == [[reward / 2, reward / 2]]
     env.state = x[0].copy()
     assert np.array_equal(plant.features(x)[0], env._get_obs())
+
+
+def test_one_agent_with_the_joint_controls_of_n_drives_the_whole_range() -> None:
+    """The single-DQN reference: one agent with `--controls 4N+1` has every sum of N agents'
+    controls as one of its own, and an even count (no 0 among them) is refused."""
+    two = make_control_task("gym:Pendulum-v1", 2)
+    sums = {round(a + b, 9) for a in two.controls for b in two.controls}
+    joint = ControlRunConfig(task="gym:Pendulum-v1", agents=1, controls=9, policy="zero")
+    one = control_task_of(joint)
+    assert {round(c, 9) for c in one.controls} == sums
+    assert "controls" not in ControlRunConfig(task="gym:Pendulum-v1").model_dump()
+    with pytest.raises(ValueError, match="must be odd"):
+        ControlRunConfig(task="gym:Pendulum-v1", agents=1, controls=8)
 
 
 def test_the_audit_re_derives_every_plant_step_to_the_bit(pendulum: pl.DataFrame) -> None:
