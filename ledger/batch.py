@@ -47,9 +47,16 @@ STRING_COLUMNS = frozenset(
 )
 LIST_COLUMNS = frozenset(f.name for f in schema.SCHEMA if pa.types.is_list(f.type))
 """Vector columns (the control variant's states), held in `EventBatch.vectors`."""
-OPTIONAL_VECTORS = frozenset({"obs"})
+_OPTIONAL = frozenset(
+    name
+    for m in FIELDS
+    for name, f in m.model_fields.items()
+    if name != "kind" and not f.is_required()
+)
+"""The fields an event may leave null (a Bid's `cap`, a task's observation)."""
+OPTIONAL_VECTORS = _OPTIONAL & LIST_COLUMNS
 """Vector columns a batch may omit (all null): only some tasks observe their states."""
-NULLABLE = frozenset({"cap"})
+NULLABLE = _OPTIONAL - LIST_COLUMNS
 """Columns a batch may omit (all null) and holds -1 for null in (their values are >= 0)."""
 COLUMNS = tuple(
     n for n in schema.COLUMNS if n != "kind" and n not in LIST_COLUMNS and n not in NULLABLE

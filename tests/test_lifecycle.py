@@ -224,7 +224,8 @@ def test_bid_over_its_cap_is_an_invalid_event(opened: Ledger) -> None:
 
 
 def test_ledger_without_economy_stores_the_base_schema(tmp_path: Path) -> None:
-    """A ledger without an economy stores every segment in the pre-issue-8 BASE_SCHEMA."""
+    """A ledger without an economy stores every segment in BASE_SCHEMA, the layout of every
+    ledger made before economies existed."""
     path = tmp_path / "ledger"
     with DiskLedger(path, batch_events=SMALL_BATCH) as ledger:
         append_all(ledger, history())
