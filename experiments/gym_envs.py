@@ -7,10 +7,11 @@ society under CCV (`ccv`) or the bucket brigade (`bb`), or one PPO policy over t
 steps taken by then (transformations before its EpisodeEnd) and its return in the env's
 units (credit / reward scale); the wall seconds by then are the run's clock at its end.
 "Solved" is the env's usual criterion: the mean return of the last `WINDOW` finished
-episodes first at or above its threshold (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3 200: it needs the box2d extra), the one
-CleanRL's figures use (docs/results/data/cleanrl.csv). Saves runs.parquet (one row per run)
-and curves.parquet (that rolling mean at most `POINTS` times a run) under
-<results>/data/<name>/, then writes the table and plot they make under <results>/.
+episodes first at or above its threshold (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3
+200, which needs the box2d extra), the one CleanRL's figures use
+(docs/results/data/cleanrl.csv). Saves runs.parquet (one row per run) and curves.parquet
+(that rolling mean at most `POINTS` times a run) under <results>/data/<name>/, then writes
+the table and plot they make under <results>/.
 """
 
 from __future__ import annotations
