@@ -62,6 +62,7 @@ from market.control import (
 )
 from market.control_tasks import ControlTask, Pendulum, make_control_task, wrap
 from market.gym_control import N_CONTROLS
+from market.tasks import gym_id
 
 FINAL_SHARE = 0.1
 """The share of a run's last episodes that the final figures average."""
@@ -292,17 +293,22 @@ COLUMNS = (
 
 def tables(data: Path) -> list[Table]:
     """Per number of agents and method, over seeds: COLUMNS as median [min, max], the seeds
-    whose training ever held the band, and whether every ledger audited clean; then the
-    central controller's greedy figures (saved as reference.parquet) for scale."""
+    whose training ever held the band (none of the band's columns on a Gymnasium plant, which
+    has no band), and whether every ledger audited clean; then the
+    central controller's greedy figures (saved as reference.parquet) for scale, where there
+    is one (the pendulum's)."""
     runs = read(data, "runs")
+    banded = gym_id(str(runs["task"][0])) is None  # a Gymnasium plant has no goal band
+    columns = [c for c in COLUMNS if banded or ("hold" not in c[0] and "held" not in c[0])]
     order = {m: i for i, m in enumerate((*METHODS, JOINT))}
     rows = []
     for (n, method), part in runs.sort(
         "agents", pl.col("method").replace_strict(order, return_dtype=pl.Int64), "seed"
     ).group_by("agents", "method", maintain_order=True):
         row = {"N": str(n), "method": str(method), "seeds": str(part.height)}
-        row |= {heading: spread(part[col], fmt) for heading, col, fmt in COLUMNS}
-        row["seeds that ever held"] = str(part["steps_to_hold"].is_not_null().sum())
+        row |= {heading: spread(part[col], fmt) for heading, col, fmt in columns}
+        if banded:
+            row["seeds that ever held"] = str(part["steps_to_hold"].is_not_null().sum())
         clean = part["audit_clean"] & part["greedy_audit_clean"]
         row["audit clean"] = str(bool(clean.all()))
         rows.append(row)
@@ -315,7 +321,10 @@ def tables(data: Path) -> list[Table]:
         }
         for r in read(data, "reference").sort("agents").iter_rows(named=True)
     ]
-    return [Table(data.name, frame(rows)), Table(f"{data.name}-reference", frame(reference_rows))]
+    made = [Table(data.name, frame(rows))]
+    if reference_rows:  # the designed controller is the pendulum's; a Gymnasium plant has none
+        made.append(Table(f"{data.name}-reference", frame(reference_rows)))
+    return made
 
 
 def plots(data: Path, img: Path) -> None:
