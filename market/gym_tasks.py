@@ -43,8 +43,8 @@ from market.tasks import GYM, Outcome, Task, TaskTables
 OBSERVATIONS = 1 << 18
 """Observations held (the most recent states'): more than a learner's batch in flight."""
 RECORDED = 1 << 16
-"""Observations held for the ledger (the most recent states'): more than a round's starts
-and steps (the kernels read them in the round that makes them)."""
+"""Observations held for the ledger at most: each until a kernel records it (in the round
+that makes it), so far more than a round's starts and steps; the oldest go first beyond."""
 DEFAULT_HORIZON = 1000
 """The horizon of an env registered without a time limit."""
 REWARD_SCALES: dict[str, float] = {
@@ -193,8 +193,10 @@ class GymTask(Task):
             "dtype": str(space.dtype),
         }
         """The env's observation space, which the ledger's `obs` flatten (for env.json)."""
-        self._recorded_at = np.full(RECORDED, -1, dtype=np.int64)
-        self._recorded = np.zeros((RECORDED, self.record_width), dtype=np.float32)
+        self._unrecorded: dict[int, NDArray[np.float32]] = {}
+        """Per state reached or started and not yet recorded, what the env observed of it
+        (keyed by state, not by a ring's row: episodes far apart in number are in flight at
+        once, and their states would share rows)."""
 
     @property
     def span(self) -> int:
@@ -233,15 +235,23 @@ class GymTask(Task):
         return self.credit(reward), terminated
 
     def _record(self, state: int, obs: Any) -> None:
-        row = state % RECORDED
-        self._recorded_at[row] = state
-        self._recorded[row] = flat(obs)
+        held = self._unrecorded
+        held[state] = flat(obs)
+        if len(held) > RECORDED:  # a caller that never records (a script stepping the task)
+            del held[next(iter(held))]
 
     def recorded(self, states: NDArray[np.int64]) -> NDArray[np.float32]:
-        rows = np.asarray(states, dtype=np.int64) % RECORDED
-        if not np.array_equal(self._recorded_at[rows], states):
-            raise RuntimeError(f"{self.name}: an observation to record is no longer held")
-        return self._recorded[rows]
+        """What the env observed of `states`, each handed over once (the kernels record each
+        state in the round that reaches or starts it)."""
+        out = np.empty((len(states), self.record_width), dtype=np.float32)
+        for i, state in enumerate(np.asarray(states).tolist()):
+            try:
+                out[i] = self._unrecorded.pop(state)
+            except KeyError:
+                raise RuntimeError(
+                    f"{self.name}: no observation of state {state} to record"
+                ) from None
+        return out
 
     def _hold(self, state: int, obs: Any) -> None:
         row = state % OBSERVATIONS

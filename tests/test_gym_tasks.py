@@ -110,6 +110,18 @@ def test_the_ledger_records_what_the_env_observed(cartpole: pl.DataFrame) -> Non
     assert rule_broken(falsify(cartpole, began, obs=None)) == ("episode-start", began)
 
 
+def test_episodes_far_apart_in_flight_record_their_own_observations() -> None:
+    """Episodes 0 and 65,536 in flight at once (a long episode beside many short ones):
+    their start ids are a multiple of 65,536 apart, and each start's observation is still
+    its own, as the ledger records it."""
+    task = GymTask("CartPole-v1", seed=0)
+    starts = task.starts(np.array([0, 1 << 16]))
+    assert (starts[1] - starts[0]) % (1 << 16) == 0
+    env = gymnasium.make("CartPole-v1")
+    firsts = [env.reset(seed=episode_seed(0, e))[0].tolist() for e in (0, 1 << 16)]
+    assert task.recorded(starts).tolist() == firsts
+
+
 def test_a_time_out_is_not_a_termination() -> None:
     """At the time limit the episode ends without `done` (MiniGrid's own max_steps: 250)."""
     task = GymTask("MiniGrid-DoorKey-5x5-v0", seed=0)
