@@ -184,7 +184,13 @@ class GymTask(Task):
         """The wrappers the env is read through, outermost first."""
         self.stepper = Stepper(env, seed, self.horizon, int(actions.start), probe)
         self._held = np.full(OBSERVATIONS, -1, dtype=np.int64)
+        """Per row of `_obs`, the state it holds (-1: none)."""
         self._obs = np.zeros((OBSERVATIONS, *self.observation_shape), dtype=np.float32)
+        self._row_of: dict[int, int] = {}
+        """Per state held, its row: rows go round in the order states are reached, so the
+        last OBSERVATIONS states are held whatever their ids (episodes far apart in number
+        are in flight at once)."""
+        self._next_row = 0
         self.record_width = flat_size(probe.observation_space)
         space = probe.observation_space
         self.observation_space = {
@@ -254,17 +260,21 @@ class GymTask(Task):
         return out
 
     def _hold(self, state: int, obs: Any) -> None:
-        row = state % OBSERVATIONS
-        self._held[row] = state
+        row = self._next_row
+        self._next_row = (row + 1) % OBSERVATIONS
+        self._row_of.pop(int(self._held[row]), None)
+        self._held[row], self._row_of[state] = state, row
         self._obs[row] = self._convert(obs)
 
     def observe(self, states: NDArray[np.int64]) -> NDArray[np.float32]:
-        rows = np.asarray(states, dtype=np.int64) % OBSERVATIONS
-        if not np.array_equal(self._held[rows], states):
+        row_of = self._row_of
+        try:
+            rows = np.fromiter((row_of[s] for s in np.asarray(states).tolist()), np.int64)
+        except KeyError:
             raise RuntimeError(
                 f"{self.name}: an observation asked for is no longer held (the last "
                 f"{OBSERVATIONS} states' are)"
-            )
+            ) from None
         return self._obs[rows]
 
 

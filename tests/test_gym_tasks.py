@@ -111,15 +111,17 @@ def test_the_ledger_records_what_the_env_observed(cartpole: pl.DataFrame) -> Non
 
 
 def test_episodes_far_apart_in_flight_record_their_own_observations() -> None:
-    """Episodes 0 and 65,536 in flight at once (a long episode beside many short ones):
-    their start ids are a multiple of 65,536 apart, and each start's observation is still
-    its own, as the ledger records it."""
+    """Episodes 0, 2**16 and 2**18 in flight at once (a long episode beside many short
+    ones): their start ids are multiples of 2**16 apart, and each start's observation is
+    still its own, as the learners read it and the ledger records it."""
     task = GymTask("CartPole-v1", seed=0)
-    starts = task.starts(np.array([0, 1 << 16]))
-    assert (starts[1] - starts[0]) % (1 << 16) == 0
+    episodes = [0, 1 << 16, 1 << 18]
+    starts = task.starts(np.array(episodes))
+    assert ((starts - starts[0]) % (1 << 16) == 0).all()
     env = gymnasium.make("CartPole-v1")
-    firsts = [env.reset(seed=episode_seed(0, e))[0].tolist() for e in (0, 1 << 16)]
-    assert task.recorded(starts).tolist() == firsts
+    firsts = [env.reset(seed=episode_seed(0, e))[0].tolist() for e in episodes]
+    assert task.observe(starts).tolist() == firsts  # what the learners read
+    assert task.recorded(starts).tolist() == firsts  # what the ledger records
 
 
 def test_a_time_out_is_not_a_termination() -> None:
