@@ -420,6 +420,7 @@ def test_control_tables_give_the_median_and_range_over_seeds_in_method_order(
 ) -> None:
     runs = pl.DataFrame(
         {
+            "task": ["pendulum"] * 4,
             "agents": [2] * 4,
             "method": ["full", "full", "full", "independent"],
             "final_return_per_agent": [-100.0, -300.0, -200.0, -50.0],
@@ -445,6 +446,10 @@ def test_control_tables_give_the_median_and_range_over_seeds_in_method_order(
                         "0.50 [0.00, 1.00]", "0.90 [0.80, 1.00]", "500", "2 [1, 3]", "1",
                         "False"]  # fmt: skip
     assert central[1] == ["2", "-265", "1.00", "True"]
+    plant = runs.with_columns(seed=pl.Series([0, 1, 2, 0]), task=pl.lit("gym:Pendulum-v1"))
+    on_gym = saved(tmp_path, "control-gym", runs=plant, reference=reference.clear())
+    (gym,) = (md_rows(t.markdown()) for t in control.tables(on_gym))  # no designed controller
+    assert not any("held" in h or "hold" in h for h in gym[0])  # a Gymnasium plant has no band
 
 
 # --- economy.py: solved, lineages, the table ------------------------------------------------
