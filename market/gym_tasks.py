@@ -164,6 +164,7 @@ class GymTask(Task):
     the learners (`observe`)."""
 
     tabular = False
+    records = True
 
     def __init__(self, env: str, seed: int = 0, reward_scale: float | None = None) -> None:
         from gymnasium import spaces

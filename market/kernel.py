@@ -267,8 +267,10 @@ class Kernel(Core):
 
     def _recorded(self, state: int) -> list[float] | None:
         """What the task observed of `state`, as a Transform or EpisodeStart records it."""
-        seen = self.task.recorded(np.array([state], dtype=np.int64))
-        return None if seen is None else seen[0].tolist()
+        if not self.task.records:
+            return None
+        seen: list[float] = self.task.recorded(np.array([state], dtype=np.int64))[0].tolist()
+        return seen
 
     def _step_events(self, st: _Step, episode_return: int | None) -> Transaction:
         """The events of one auction step, numbered from the kernel's sequence counter.

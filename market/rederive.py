@@ -840,8 +840,9 @@ def _observations(
 
     def said(i: int) -> tuple[str, str]:
         j = shown[i]
+        recorded = None if rows["obs"][i] is None else found[j].tolist()
         return f"observation {want[j].tolist()} (what the task observed of {what})", (
-            f"observation {rows['obs'][i] if rows['obs'][i] is None else found[j].tolist()}"
+            f"observation {recorded}"
         )
 
     return _Check(rule, bad, rows["seq"].to_numpy(), said)

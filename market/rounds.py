@@ -153,9 +153,9 @@ class RoundKernel(Core):
     ) -> dict[str, NDArray[np.float32]]:
         """The `obs` vector of a round's events, if the task records what it observed: an
         EpisodeStart's is its start state's, a Transform's its next state's."""
-        reached = self.task.recorded(nxt)
-        if reached is None:
+        if not self.task.records:
             return {}
+        reached = self.task.recorded(nxt)
         rows = reached[g.row]
         if new.any():
             started = np.zeros_like(reached)

@@ -52,6 +52,9 @@ class Task:
     the state id)."""
     tabular: bool = True
     """Whether tables over every state (`tables`, `q_star`) are practical."""
+    records: bool = False
+    """Whether the ledger records what the task observed of its states (`recorded`): a
+    Gymnasium env's observations; other tasks' state ids are their own record."""
     _tables: TaskTables | None = None
 
     @property
@@ -94,11 +97,10 @@ class Task:
         """What a learner sees of each state: shape (len(states), *observation_shape)."""
         raise NotImplementedError(f"task {self.name!r} is tabular: learners see the state id")
 
-    def recorded(self, states: NDArray[np.int64]) -> NDArray[np.float32] | None:
+    def recorded(self, states: NDArray[np.int64]) -> NDArray[np.float32]:
         """What the task observed of each of `states` (just started or just reached), one
-        flattened row each, as the ledger records it (`obs`); None for a task whose state
-        ids are their own record (every task but a Gymnasium env's)."""
-        return None
+        flattened row each, as the ledger records it (`obs`), where the task `records`."""
+        raise NotImplementedError(f"task {self.name!r} records no observations")
 
     def q_star(self, gamma: float, sweeps: int = 10_000) -> NDArray[np.float64]:
         """Q*(s, a) of the stationary discounted MDP (the time-out is not part of the state)."""
