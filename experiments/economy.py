@@ -22,6 +22,10 @@ The runs' ledgers stay in --out.
 
 from __future__ import annotations
 
+import sys
+
+sys.path.append(sys.path.pop(0))  # this folder after the packages: `gymnasium` is Gymnasium
+
 import argparse
 import shutil
 import time

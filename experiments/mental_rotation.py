@@ -12,6 +12,10 @@ kind) and the plot under <results>/ (experiments/regenerate.py remakes them).
 
 from __future__ import annotations
 
+import sys
+
+sys.path.append(sys.path.pop(0))  # this folder after the packages: `gymnasium` is Gymnasium
+
 import argparse
 import time
 from collections import deque

@@ -12,8 +12,11 @@ memory and exits 1 naming the first file that differs (plots are not checked).
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+sys.path.append(sys.path.pop(0))  # this folder after the packages: `gymnasium` is Gymnasium
+
+import argparse
 from pathlib import Path
 
 from generated import RESULTS, ResultsError, check, write

@@ -14,6 +14,10 @@ subset (--tasks, --labels) replaces the saved data with its own runs.
 
 from __future__ import annotations
 
+import sys
+
+sys.path.append(sys.path.pop(0))  # this folder after the packages: `gymnasium` is Gymnasium
+
 import argparse
 import tempfile
 import time

@@ -14,6 +14,10 @@ they make under <results>/ (experiments/regenerate.py remakes them).
 
 from __future__ import annotations
 
+import sys
+
+sys.path.append(sys.path.pop(0))  # this folder after the packages: `gymnasium` is Gymnasium
+
 import argparse
 import time
 from pathlib import Path
