@@ -11,24 +11,29 @@ rows/s or more, and memory well under three times the ledger's size on disk.
 
     python benchmarks/analyses_speed.py [--events 10000000] [--ledger benchmarks/out/ledger-10m]
                                         [--repeat 3]
+
+Saves the measurements under docs/results/data/analyses-speed/ and writes the tables from
+them (docs/results.md).
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))  # after Gymnasium
 
 import argparse
 import multiprocessing
 import os
 import resource
-import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+import polars as pl
+from generated import RESULTS, Table, frame, publish, read, save_data, show
 
 EVENTS_PER_AUCTION = 7
 
@@ -63,23 +68,19 @@ def measure(path: str, name: str) -> tuple[float, float, float]:
     return seconds, cpu_seconds, (peak - before) / 1024
 
 
-def medians(path: str, repeat: int) -> dict[str, tuple[float, float, float]]:
-    """Per analysis, the medians of `measure` over `repeat` runs, each in a fresh spawned
-    process; every analysis runs once per round, so a busy spell slows them alike."""
+def runs(path: str, repeat: int) -> list[dict[str, Any]]:
+    """Each analysis measured `repeat` times (`measure`), each in a fresh spawned process;
+    every analysis runs once per round, so a busy spell slows them alike."""
     spawn = multiprocessing.get_context("spawn")
-    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in analyses()}
-    for _ in range(repeat):
-        for name, found in runs.items():
+    found = []
+    for k in range(repeat):
+        for name in analyses():
             with spawn.Pool(1) as pool:
-                found.append(pool.apply(measure, (path, name)))
-    return {
-        name: (
-            statistics.median(r[0] for r in found),
-            statistics.median(r[1] for r in found),
-            statistics.median(r[2] for r in found),
-        )
-        for name, found in runs.items()
-    }
+                seconds, cpu, mib = pool.apply(measure, (path, name))
+            found.append(
+                {"analysis": name, "repeat": k, "seconds": seconds, "cpu": cpu, "mib": mib}
+            )
+    return found
 
 
 def make_ledger(path: Path, events: int) -> None:
@@ -92,11 +93,57 @@ def make_ledger(path: Path, events: int) -> None:
     )  # fmt: skip
 
 
+ROWS_PER_S = 20e6
+"""The target: rows/s of every analysis."""
+
+
+def tables(data: Path) -> list[Table]:
+    """Per analysis, the medians over the fresh processes, against the targets; from the
+    saved measurements."""
+    ledger = read(data, "ledger").row(0, named=True)
+    medians = (
+        read(data, "runs")
+        .group_by("analysis", maintain_order=True)
+        .agg(pl.col("seconds", "cpu", "mib").median())
+    )
+    rows = [
+        {
+            "analysis": name,
+            "seconds": f"{seconds:.2f}",
+            "CPU seconds": f"{cpu:.2f}",
+            "rows/s": f"{ledger['events'] / seconds / 1e6:.1f}M",
+            "peak memory added (MiB)": f"{mib:,.0f}",
+            "x size on disk": f"{mib / ledger['on_disk_mib']:.2f}",
+            f"target {ROWS_PER_S / 1e6:.0f}M rows/s": "met"
+            if ledger["events"] / seconds >= ROWS_PER_S
+            else "not met",
+        }
+        for name, seconds, cpu, mib in medians.iter_rows()
+    ]
+    setting = {
+        "events": f"{ledger['events']:,}",
+        "on disk (MiB)": f"{ledger['on_disk_mib']:,.0f}",
+        "fresh processes per analysis (median of)": str(ledger["repeat"]),
+        "cores": str(ledger["cores"]),
+        "load average before": f"{ledger['load_before']:.1f}",
+        "load average after": f"{ledger['load_after']:.1f}",
+    }
+    return [Table("analyses-speed", frame(rows)), Table("analyses-speed-ledger", frame([setting]))]
+
+
+def plots(data: Path, img: Path) -> None:
+    """None: the table says it."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--ledger", type=Path, default=Path("benchmarks/out/ledger-10m"))
     parser.add_argument("--repeat", type=int, default=3, help="fresh runs per analysis")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="saved measurements and tables go here"
+    )
+    parser.add_argument("--name", default="analyses-speed", help="the saved data's directory")
     args = parser.parse_args()
     if not (args.ledger / "ledger").is_dir():
         args.ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -104,30 +151,20 @@ def main() -> None:
     from ledger.disk import DiskLedger
 
     ledger_dir = args.ledger / "ledger"
-    rows = DiskLedger.open_existing(ledger_dir).next_seq
-    on_disk = sum(p.stat().st_size for p in ledger_dir.iterdir()) / 2**20
     load = os.getloadavg()[0]
-    results = medians(str(ledger_dir), args.repeat)
-    table = Table(
-        title=f"analyses over {rows:,} events ({on_disk:,.0f} MiB on disk), medians of "
-        f"{args.repeat} fresh processes each; load average {load:.1f} before, "
-        f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores "
-        "(targets: 20M rows/s, memory well under 3x the size on disk)"
-    )
-    columns = ("analysis", "seconds", "CPU seconds", "rows/s", "peak memory added (MiB)")
-    table.add_column(columns[0], no_wrap=True)
-    for col in (*columns[1:], "x size on disk"):
-        table.add_column(col, justify="right")
-    for name, (seconds, cpu, mib) in results.items():
-        table.add_row(
-            name,
-            f"{seconds:.2f}",
-            f"{cpu:.2f}",
-            f"{rows / seconds / 1e6:.1f}M",
-            f"{mib:,.0f}",
-            f"{mib / on_disk:.2f}",
-        )
-    Console().print(table)
+    found = runs(str(ledger_dir), args.repeat)
+    ledger = {
+        "events": DiskLedger.open_existing(ledger_dir).next_seq,
+        "on_disk_mib": sum(p.stat().st_size for p in ledger_dir.iterdir()) / 2**20,
+        "repeat": args.repeat,
+        "cores": os.cpu_count(),
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+    }
+    frames = {"runs": pl.DataFrame(found), "ledger": pl.DataFrame([ledger])}
+    data = save_data(args.results, args.name, "analyses-speed", frames)
+    show(tables(data))
+    publish(data, args.results)
 
 
 if __name__ == "__main__":

@@ -9,25 +9,27 @@ warms torch up first.
 
     python benchmarks/control_throughput.py [--steps 100000] [--agents 2,4,8]
         [--methods independent,full] [--concurrency 32] [--steps-per-update 8]
+        [--name control-throughput]
 
-Measured with `--steps 50000 --agents 4 --methods full,independent`, back to back three
-times on a shared 2-core machine (docs/control.md, "Speed"): before the hand-written
-gradient and the per-instant preparation, full 1,635 / 2,353 / 1,519 env steps/s; after,
-2,897 / 3,692 / 2,245. The update alone: 3.5-3.7 ms of CPU per gradient step before, 1.4-1.8
-after. Collection alone runs at 11,000-23,000, so the target (10,000) is not reached.
+Saves the measurements under docs/results/data/<name>/ and writes the table <name> from
+them (docs/results.md).
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))  # after Gymnasium
+
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
-from rich.console import Console
-from rich.table import Table
+from generated import RESULTS, Table, frame, publish, read, save_data, show
 
 from agents.control_learning import ControlSociety
 from agents.dqn_control import ControlDQN
@@ -98,6 +100,35 @@ def warm_up() -> None:
     agent.update(3)
 
 
+def tables(data: Path) -> list[Table]:
+    """Per N and method: env steps/s of the run, of collection, and the update's cost; from
+    the saved measurements. The table is named after the data's directory."""
+    rows = [
+        {
+            "agents": str(m["agents"]),
+            "method": m["method"],
+            "env steps per gradient step": str(m["steps_per_update"]),
+            "env steps/s": f"{m['steps'] / m['total']:,.0f}",
+            "collection steps/s": f"{m['steps'] / m['collect']:,.0f}",
+            "ms per gradient step": f"{1e3 * m['update'] / max(m['updates'], 1):.2f}",
+            "updates": f"{m['updates']:,.0f}",
+            "share in updates": f"{m['update'] / m['total']:.0%}",
+            "ledger events/s": f"{m['events'] / m['total']:,.0f}",
+            f"target (N = 4, full: {TARGET:,} env steps/s)": (
+                ("met" if m["steps"] / m["total"] >= TARGET else "not met")
+                if (m["agents"], m["method"]) == (4, "full")
+                else ""
+            ),
+        }
+        for m in read(data, "runs").iter_rows(named=True)
+    ]
+    return [Table(data.name, frame(rows))]
+
+
+def plots(data: Path, img: Path) -> None:
+    """None: the table says it."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
@@ -110,40 +141,29 @@ def main() -> None:
         default=ControlDQNConfig.model_fields["steps_per_update"].default,
         help="env steps per gradient step",
     )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="saved measurements and tables go here"
+    )
+    parser.add_argument(
+        "--name", default="control-throughput", help="the saved data's directory (and table)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warm_up()
-    table = Table(
-        title=f"control learning throughput, pendulum, {args.steps:,} env steps, "
-        f"{args.concurrency} episodes at once, a gradient step per {args.steps_per_update} "
-        f"env steps, one core (target at N = 4: "
-        f"{TARGET:,} env steps/s)"
-    )
-    for col in (
-        "agents",
-        "method",
-        "env steps/s",
-        "collection steps/s",
-        "ms per gradient step",
-        "updates",
-        "share in updates",
-        "ledger events/s",
-    ):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for agents in (int(n) for n in args.agents.split(",")):
-        for method in args.methods.split(","):
-            m = measure(agents, method, args.steps, args.concurrency, args.steps_per_update)
-            table.add_row(
-                str(agents),
-                method,
-                f"{m['steps'] / m['total']:,.0f}",
-                f"{m['steps'] / m['collect']:,.0f}",
-                f"{1e3 * m['update'] / max(m['updates'], 1):.2f}",
-                f"{m['updates']:,.0f}",
-                f"{m['update'] / m['total']:.0%}",
-                f"{m['events'] / m['total']:,.0f}",
-            )
-    Console().print(table)
+    rows = [
+        {
+            "agents": agents,
+            "method": method,
+            "steps_per_update": args.steps_per_update,
+            "concurrency": args.concurrency,
+            **measure(agents, method, args.steps, args.concurrency, args.steps_per_update),
+        }
+        for agents in (int(n) for n in args.agents.split(","))
+        for method in args.methods.split(",")
+    ]
+    data = save_data(args.results, args.name, "control-throughput", {"runs": pl.DataFrame(rows)})
+    show(tables(data))
+    publish(data, args.results)
 
 
 if __name__ == "__main__":

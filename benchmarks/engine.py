@@ -11,19 +11,22 @@ cloned CCV Chain run with truthful bidders and the on-disk ledger, one episode a
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))  # after Gymnasium
+
 import argparse
 import cProfile
 import pstats
-import statistics
 import tempfile
 import time
 from collections.abc import Generator
-from pathlib import Path
 
 import numpy as np
+import polars as pl
 import simpy
-from rich.console import Console
-from rich.table import Table
+from generated import RESULTS, Table, frame, publish, read, save_data, show
 
 from agents.fixed import make_bidder
 from ledger.disk import DiskLedger
@@ -99,6 +102,66 @@ def profile_shares(path: Path, episodes: int) -> list[tuple[str, float]]:
     return sorted(((k, v / total) for k, v in shares.items()), key=lambda kv: -kv[1])
 
 
+TARGETS = {"e2e": 0.25, "audit": 3.0, "replay": 3.0}
+"""Each measure's target, as a multiple of the raw SimPy rate."""
+
+
+def measure_name(key: str) -> str:
+    """'e2e-32' -> 'end to end (ledger events), 32 at once (rounds)'."""
+    kind, _, width = key.partition("-")
+    label = {
+        "raw": "raw SimPy (env.timeout loop)",
+        "e2e": "end to end (ledger events)",
+        "auctions": "auctions",
+        "audit": "audit (events)",
+        "replay": "replay (events)",
+    }[kind]
+    if not width:
+        return label
+    return f"{label}, {width} at once ({'rounds' if int(width) > 1 else 'episodes'})"
+
+
+def tables(data: Path) -> list[Table]:
+    """The rates' medians against the raw SimPy rate, the ledger measured, and (if
+    profiled) where the time goes; from the saved measurements."""
+    rates = read(data, "rates").group_by("measure", maintain_order=True).agg(pl.col("per_s"))
+    med = {m: float(np.median(v)) for m, v in rates.iter_rows()}
+    run = read(data, "run").row(0, named=True)
+    rows = [
+        {
+            "measure": measure_name(m),
+            "rate /s": f"{med[m]:,.0f}",
+            "x raw SimPy": f"{med[m] / med['raw']:.2f}",
+            "target": f">= {TARGETS[m.partition('-')[0]]:g}"
+            if m.partition("-")[0] in TARGETS
+            else "",
+        }
+        for m in med
+    ]
+    ledger = {
+        "episodes": f"{run['episodes']:,}",
+        "runs per measure (median of)": str(run["repeats"]),
+        "events": f"{run['events']:,}",
+        "auctions": f"{run['auctions']:,}",
+        "events per auction": f"{run['events'] / run['auctions']:.1f}",
+        "bytes per event on disk": f"{run['bytes'] / run['events']:.1f}",
+    }
+    made = [Table("engine", frame(rows)), Table("engine-ledger", frame([ledger]))]
+    if (data / "profile.parquet").is_file():
+        shares = read(data, "profile").sort("share", descending=True)
+        made.append(
+            Table(
+                "engine-profile",
+                frame([{"component": c, "share": f"{v:.0%}"} for c, v in shares.iter_rows()]),
+            )
+        )
+    return made
+
+
+def plots(data: Path, img: Path) -> None:
+    """None: the table says it."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--episodes", type=int, default=20_000)
@@ -107,63 +170,47 @@ def main() -> None:
         "--concurrency", default="1,32,256", help="episodes at once, comma-separated"
     )
     parser.add_argument("--profile", action="store_true", help="also profile the run")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="saved measurements and tables go here"
+    )
+    parser.add_argument("--name", default="engine", help="the saved data's directory name")
     args = parser.parse_args()
-    console = Console()
     widths = [int(c) for c in args.concurrency.split(",")]
-    rates: dict[str, list[float]] = {k: [] for k in ("raw", "audit", "replay")}
-    rates |= {f"{kind}-{c}": [] for c in widths for kind in ("e2e", "auctions")}
+    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.repeats):  # interleaved, so machine noise hits every figure alike
-            rates["raw"].append(raw_simpy_rate())
+            rows.append({"measure": "raw", "repeat": k, "per_s": raw_simpy_rate()})
             for c in widths:
                 path = Path(tmp) / f"ledger-{k}-{c}"
                 seconds, events, auctions = run_chain(path, args.episodes, c)
-                rates[f"e2e-{c}"].append(events / seconds)
-                rates[f"auctions-{c}"].append(auctions / seconds)
+                rows.append({"measure": f"e2e-{c}", "repeat": k, "per_s": events / seconds})
+                rows.append({"measure": f"auctions-{c}", "repeat": k, "per_s": auctions / seconds})
             ledger = DiskLedger.open_existing(path)
             start = time.perf_counter()
             report = audit(ledger)
-            rates["audit"].append(events / (time.perf_counter() - start))
+            rows.append(
+                {"measure": "audit", "repeat": k, "per_s": events / (time.perf_counter() - start)}
+            )
             start = time.perf_counter()
             balances = replay(ledger)
-            rates["replay"].append(events / (time.perf_counter() - start))
+            rows.append(
+                {"measure": "replay", "repeat": k, "per_s": events / (time.perf_counter() - start)}
+            )
             assert report.ok and sum(balances.values()) == 0
         size = sum(p.stat().st_size for p in path.iterdir())
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        table = Table(
-            title=f"engine: cloned CCV Chain, truthful, {args.episodes:,} episodes, "
-            f"median of {args.repeats}"
-        )
-        for col in ("measure", "rate", "x raw SimPy", "target"):
-            table.add_column(col, justify="left" if col == "measure" else "right")
-        table.add_row("raw SimPy (env.timeout loop)", f"{med['raw']:,.0f} events/s", "1.00", "")
-        rows = [
-            (f"{kind}-{c}", f"{label}, {c} at once ({'rounds' if c > 1 else 'episodes'})", target)
-            for c in widths
-            for kind, label, target in (
-                ("e2e", "end to end (ledger events)", ">= 0.25"),
-                ("auctions", "auctions", ""),
-            )
-        ]
-        for key, name, target in (
-            *rows,
-            ("audit", "audit (events)", ">= 3"),
-            ("replay", "replay (events)", ">= 3"),
-        ):
-            table.add_row(name, f"{med[key]:,.0f} /s", f"{med[key] / med['raw']:.2f}", target)
-        console.print(table)
-        console.print(
-            f"{events:,} events, {auctions:,} auctions, {events / auctions:.1f} events per "
-            f"auction, {size / events:.1f} bytes per event on disk"
-        )
+        frames = {
+            "rates": pl.DataFrame(rows),
+            "run": pl.DataFrame(
+                [{"episodes": args.episodes, "repeats": args.repeats, "events": events,
+                  "auctions": auctions, "bytes": size}]
+            ),
+        }  # fmt: skip
         if args.profile:
             shares = profile_shares(Path(tmp) / "profiled", max(args.episodes // 4, 1))
-            prof = Table(title="where an event's cost goes (share of profiled own time)")
-            prof.add_column("component")
-            prof.add_column("share", justify="right")
-            for name, share in shares:
-                prof.add_row(name, f"{share:.0%}")
-            console.print(prof)
+            frames["profile"] = pl.DataFrame(shares, schema=["component", "share"], orient="row")
+    data = save_data(args.results, args.name, "engine", frames)
+    show(tables(data))
+    publish(data, args.results)
 
 
 if __name__ == "__main__":

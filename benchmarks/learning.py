@@ -7,19 +7,26 @@ spent inside PPO updates. Torch's one-time warm-up (about 0.7 s of lazy imports 
 optimiser step) is paid before the clock starts, by a throwaway learner.
 
     python benchmarks/learning.py [--steps 200000] [--concurrency 128]
+
+Saves the measurements under docs/results/data/learning-throughput/ and writes the table
+from them (docs/results.md).
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))  # after Gymnasium
+
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
-from rich.console import Console
-from rich.table import Table
+from generated import RESULTS, Table, frame, publish, read, save_data, show
 
 from agents.learning import LearningSociety
 from agents.ppo_bidder import PPOBidders
@@ -83,38 +90,57 @@ def warm_up(task: Task, primitive_of: list[int]) -> None:
     agent.update(np.zeros(shape, dtype=np.int64), np.full(shape, 0.5), np.zeros(shape))
 
 
+TARGET = 25_000
+"""Env steps/s on one core with the ledger on disk."""
+
+
+def tables(data: Path) -> list[Table]:
+    """Per task: env steps/s of the run, of collection and of the updates; from the saved
+    measurements."""
+    rows = [
+        {
+            "task": m["task"],
+            "env steps/s": f"{m['steps'] / m['total']:,.0f}",
+            "collection steps/s": f"{m['steps'] / m['collect']:,.0f}",
+            "update samples/s": f"{m['samples'] / max(m['update'], 1e-9):,.0f}",
+            "updates": f"{m['updates']:.0f}",
+            "share in updates": f"{m['update'] / m['total']:.0%}",
+            "ledger events/s": f"{m['events'] / m['total']:,.0f}",
+            f"target {TARGET:,} env steps/s": "met" if m["steps"] / m["total"] >= TARGET
+            else "not met",
+        }
+        for m in read(data, "runs").iter_rows(named=True)
+    ]  # fmt: skip
+    return [Table("learning-throughput", frame(rows))]
+
+
+def plots(data: Path, img: Path) -> None:
+    """None: the table says it."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="saved measurements and tables go here"
+    )
+    parser.add_argument(
+        "--name", default="learning-throughput", help="the saved data's directory name"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    table = Table(
-        title=f"learning throughput, cloned CCV, {args.steps:,} env steps, "
-        f"{args.concurrency} episodes at once, one core (target: 25,000 env steps/s)"
-    )
-    for col in (
-        "task",
-        "env steps/s",
-        "collection steps/s",
-        "update samples/s",
-        "updates",
-        "share in updates",
-        "ledger events/s",
-    ):
-        table.add_column(col, justify="left" if col == "task" else "right")
-    for task in ("bandit", "chain", "duality"):
-        m = measure(task, args.steps, args.concurrency)
-        table.add_row(
-            task,
-            f"{m['steps'] / m['total']:,.0f}",
-            f"{m['steps'] / m['collect']:,.0f}",
-            f"{m['samples'] / max(m['update'], 1e-9):,.0f}",
-            f"{m['updates']:.0f}",
-            f"{m['update'] / m['total']:.0%}",
-            f"{m['events'] / m['total']:,.0f}",
-        )
-    Console().print(table)
+    rows = [
+        {
+            "task": task,
+            "concurrency": args.concurrency,
+            **measure(task, args.steps, args.concurrency),
+        }
+        for task in ("bandit", "chain", "duality")
+    ]
+    data = save_data(args.results, args.name, "learning-throughput", {"runs": pl.DataFrame(rows)})
+    show(tables(data))
+    publish(data, args.results)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ and peak resident memory (the process's maximum RSS, from wait4) are recorded:
 This machine's bare SimPy event rate (a single-process `env.timeout` loop) is measured in
 the same run; targets: peak memory under 1.5 GiB and flat in the ledger's length,
 time linear; audit events/s at least 3x the SimPy rate, simulate's at least 1.45x.
-Measurements are saved to --root/scale.json (a size already measured is kept unless
---again); the table, docs/results.md's section "The ledger at scale" and docs/img/scale.png
-are written from that file.
+Measurements are saved to docs/results/data/scale/sizes.parquet, one row per size (a size
+already measured is kept unless --again); the tables `scale` and `scale-targets` and the plot
+docs/results/img/scale.png are written from that file (docs/results.md).
 
     python benchmarks/scale.py [--sizes 1M,10M,100M,1B] [--root benchmarks/out/scale]
-                               [--again] [--write-docs]
+                               [--again]
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from rich.console import Console
-from rich.table import Table
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))  # after Gymnasium
+from generated import RESULTS, Table, frame, publish, read, save_data, show
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_PER_EPISODE = 134
@@ -45,7 +48,6 @@ EVENTS_PER_EPISODE = 134
 in 50,000 episodes)."""
 STEPS = ("simulate", "audit", "replay", "report", "resume")
 MEMORY_TARGET_GIB = 1.5
-BEGIN, END = "<!-- scale: begin (benchmarks/scale.py) -->", "<!-- scale: end -->"
 REPLAY = (
     "import sys; from ledger.disk import DiskLedger; from ledger.replay import replay; "
     "print(len(replay(DiskLedger.open_existing(sys.argv[1]))))"
@@ -121,140 +123,108 @@ def raw_simpy_rate() -> float:
     return float(max(rate() for _ in range(3)))
 
 
-def table(results: dict[str, Any]) -> Table:
-    bare = results["simpy_events_per_s"]
-    out = Table(
-        title=f"the ledger at scale ({results['machine']}); bare SimPy {bare / 1e6:.2f}M "
-        f"events/s; targets: peak < {MEMORY_TARGET_GIB} GiB and flat, audit >= 3x SimPy, "
-        "simulate >= 1.45x"
-    )
-    out.add_column("events", justify="right")
+def row_of(found: dict[str, Any]) -> dict[str, Any]:
+    """A size's measurements as one flat row of the saved table (`sizes.parquet`)."""
+    row = {k: found.get(k) for k in SCALARS}
     for step in STEPS:
-        out.add_column(f"{step} s", justify="right")
-        out.add_column(f"{step} MiB", justify="right")
-    out.add_column("audit / SimPy", justify="right")
-    out.add_column("simulate / SimPy", justify="right")
-    for row in rows(results):
-        cells = [f"{row['events']:,}"]
+        seconds, mib = found.get(step) or (None, None)
+        row[f"{step}_s"], row[f"{step}_mib"] = seconds, mib
+    return row
+
+
+SCALARS = {
+    "size": pl.Int64, "episodes": pl.Int64, "events": pl.Int64, "on_disk_mib": pl.Float64,
+    "simpy_events_per_s": pl.Float64, "simulate_events_per_s": pl.Float64, "machine": pl.String,
+}  # fmt: skip
+SCHEMA = SCALARS | {f"{step}_{unit}": pl.Float64 for step in STEPS for unit in ("s", "mib")}
+"""The saved table's columns: one row per size."""
+
+
+def tables(data: Path) -> list[Table]:
+    """The measurements per size, and what they say against the targets; from the saved
+    table."""
+    sizes = read(data, "sizes").sort("size")
+    rows = []
+    for r in sizes.iter_rows(named=True):
+        row = {"events": f"{r['events']:,}", "on disk (MiB)": f"{r['on_disk_mib']:,.0f}"}
         for step in STEPS:
-            seconds, mib = row.get(step) or (None, None)
-            cells += [
-                "" if seconds is None else f"{seconds:,.1f}",
-                "" if mib is None else f"{mib:,.0f}",
-            ]
-        cells += ratios(row, bare)
-        out.add_row(*cells)
-    return out
+            seconds, mib = r[f"{step}_s"], r[f"{step}_mib"]
+            row[f"{step} s / peak MiB"] = (
+                "not measured" if seconds is None else f"{seconds:,.1f} / {mib:,.0f}"
+            )
+        bare = r["simpy_events_per_s"]
+        row["bare SimPy events/s"] = f"{bare / 1e6:.2f}M"
+        row["audit / SimPy"] = f"{r['events'] / r['audit_s'] / bare:.2f}x"
+        simulate = r["simulate_events_per_s"]
+        row["simulate / SimPy"] = "-" if simulate is None else f"{simulate / bare:.2f}x"
+        rows.append(row)
+    return [Table("scale", frame(rows)), Table("scale-targets", frame(verdicts(sizes)))]
 
 
-def ratios(row: dict[str, Any], bare: float) -> list[str]:
-    """Audit's and simulate's events/s as multiples of the bare SimPy rate (measured in the
-    same invocation as the row, when it was saved with it)."""
-    bare = row.get("simpy_events_per_s", bare)
-    simulate = row.get("simulate_events_per_s")
-    return [
-        f"{row['events'] / row['audit'][0] / bare:.2f}x",
-        "" if simulate is None else f"{simulate / bare:.2f}x",
-    ]
-
-
-def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return sorted(results["sizes"].values(), key=lambda r: r["size"])
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """docs/results.md's section, every figure from the saved measurements."""
-    bare = results["simpy_events_per_s"]
-    lines = [
-        BEGIN,
-        "",
-        "## The ledger at scale",
-        "",
-        f"`python benchmarks/scale.py --sizes {','.join(label(r['size']) for r in rows(results))}"
-        " --write-docs`, on "
-        f"{results['machine']}; each command in a fresh process, as typed (the module "
-        "docstring lists them); peak = the process's maximum resident memory. The ratios "
-        "divide by the bare SimPy rate measured in the same invocation as the row ("
-        + ", ".join(
-            f"{label(r['size'])}: {r.get('simpy_events_per_s', bare) / 1e6:.2f}M"
-            for r in rows(results)
-        )
-        + " events/s; it varies with the machine's load from run to run). Simulate's ratio "
-        "is its run loop's rate (summary.json), without the closing audit.",
-        "",
-        "| events | on disk (MiB) | "
-        + " | ".join(f"{s} s / peak MiB" for s in STEPS)
-        + " | audit / SimPy | simulate / SimPy |",
-        "|---|---|" + "---|" * len(STEPS) + "---|---|",
-    ]
-    for row in rows(results):
-        cells = [f"{row['events']:,}", f"{row['on_disk_mib']:,.0f}"]
-        for step in STEPS:
-            seconds, mib = row.get(step) or (None, None)
-            cells.append("not measured" if seconds is None else f"{seconds:,.1f} / {mib:,.0f}")
-        cells += ratios(row, bare)
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *findings(results), ""]
-    lines += [
-        "![peak memory against events](img/scale.png)",
-        "",
-        END,
-    ]
-    return "\n".join(lines)
-
-
-def findings(results: dict[str, Any]) -> list[str]:
-    """What the table says against the issue's targets, computed from it."""
-    data, bare = rows(results), results["simpy_events_per_s"]
+def verdicts(sizes: pl.DataFrame) -> list[dict[str, str]]:
+    """Each target, what the sizes measured, and whether it is met."""
     target = MEMORY_TARGET_GIB * 1024
-    peak = max(r[s][1] for r in data for s in STEPS if r.get(s))
-    out = [
-        f"- **Memory:** the largest peak of any command at any size is {peak:,.0f} MiB "
-        f"({'under' if peak < target else 'over'} the {target:,.0f} MiB target). Per "
-        "command, smallest and largest peak over the sizes (a flat line is the target):"
-    ]
-    for step in STEPS:
-        peaks = [r[step][1] for r in data if r.get(step)]
-        if peaks:
-            out.append(f"  {step} {min(peaks):,.0f}-{max(peaks):,.0f} MiB;")
-    out[-1] = out[-1].rstrip(";") + "."
-    out.append("- **Time per event** (microseconds; the same figure at every size is linear time):")
-    for step in ("audit", "replay", "report"):
-        per = [f"{r[step][0] / r['events'] * 1e6:.2f}" for r in data if r.get(step)]
-        out.append(f"  {step} {', '.join(per)};")
-    out[-1] = out[-1].rstrip(";") + " (by size, smallest first)."
-    audit = [r["events"] / r["audit"][0] / r.get("simpy_events_per_s", bare) for r in data]
-    sims = [
-        r["simulate_events_per_s"] / r.get("simpy_events_per_s", bare)
-        for r in data
-        if r.get("simulate_events_per_s")
-    ]
-    out.append(
-        f"- **Audit throughput:** {min(audit):.2f}x to {max(audit):.2f}x the bare SimPy rate "
-        f"(target 3x: {'met' if min(audit) >= 3 else 'not met'}). **Simulate** (the run "
-        f"loop, from summary.json): {min(sims):.2f}x to {max(sims):.2f}x (target 1.45x: "
-        f"{'met' if min(sims) >= 1.45 else 'not met'})."
+    peaks: list[float] = (
+        sizes.select(pl.max_horizontal(f"{s}_mib" for s in STEPS)).to_series().to_list()
     )
+    audit: list[float] = (
+        sizes["events"] / sizes["audit_s"] / sizes["simpy_events_per_s"]
+    ).to_list()
+    simulate: list[float] = (
+        (sizes["simulate_events_per_s"] / sizes["simpy_events_per_s"]).drop_nulls().to_list()
+    )
+    out = [
+        {
+            "measure": "peak memory of any command (MiB)",
+            "measured, by size": ", ".join(f"{v:,.0f}" for v in peaks),
+            "target": f"under {target:,.0f}, flat",
+            "met": "yes" if max(peaks) < target else "no",
+        },
+        {
+            "measure": "audit events/s, x the bare SimPy rate",
+            "measured, by size": ", ".join(f"{v:.2f}" for v in audit),
+            "target": "at least 3 at every size",
+            "met": "yes" if min(audit) >= 3 else "no",
+        },
+        {
+            "measure": "simulate's run loop events/s (summary.json), x the bare SimPy rate",
+            "measured, by size": ", ".join(f"{v:.2f}" for v in simulate),
+            "target": "at least 1.45 at every size",
+            "met": "yes" if simulate and min(simulate) >= 1.45 else "no",
+        },
+    ]
+    for step in ("audit", "replay", "report"):
+        per = (sizes[f"{step}_s"] / sizes["events"] * 1e6).drop_nulls()
+        out.append(
+            {
+                "measure": f"{step}: microseconds per event",
+                "measured, by size": ", ".join(f"{v:.2f}" for v in per),
+                "target": "the same at every size (linear time)",
+                "met": "-",
+            }
+        )
     return out
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
+def plots(data: Path, img: Path) -> None:
+    """Peak memory and wall seconds against events, log-log (`<img>/scale.png`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sizes = read(data, "sizes").sort("size")
     fig, (mem, sec) = plt.subplots(1, 2, figsize=(11, 4))
-    data = rows(results)
-    events = [r["events"] for r in data]
+    events = sizes["events"].to_list()
     for step in STEPS:
-        have = [(r["events"], r[step]) for r in data if r.get(step)]
-        mem.plot([e for e, _ in have], [v[1] for _, v in have], marker="o", label=step)
-        sec.plot([e for e, _ in have], [v[0] for _, v in have], marker="o", label=step)
+        have = sizes.filter(pl.col(f"{step}_s").is_not_null())
+        mem.plot(have["events"], have[f"{step}_mib"], marker="o", label=step)
+        sec.plot(have["events"], have[f"{step}_s"], marker="o", label=step)
     mem.axhline(MEMORY_TARGET_GIB * 1024, color="red", linestyle="--", label="1.5 GiB target")
     mem.set(xscale="log", yscale="log", xlabel="events in the ledger", ylabel="peak RSS (MiB)",
             title="peak memory: flat in the ledger's length")  # fmt: skip
-    sec.plot(events, [e / results["simpy_events_per_s"] for e in events], "k:",
+    bare = sizes["simpy_events_per_s"].to_list()
+    sec.plot(events, [e / b for e, b in zip(events, bare, strict=True)], "k:",
              label="bare SimPy, same events")  # fmt: skip
     sec.set(xscale="log", yscale="log", xlabel="events in the ledger", ylabel="wall seconds",
             title="time: linear in the ledger's length")  # fmt: skip
@@ -262,20 +232,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-
-
-def write_docs(results: dict[str, Any]) -> None:
-    doc = ROOT / "docs" / "results.md"
-    text = doc.read_text(encoding="utf-8")
-    section = markdown(results)
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text, encoding="utf-8")
-    plot(results, ROOT / "docs" / "img" / "scale.png")
+    img.mkdir(parents=True, exist_ok=True)
+    fig.savefig(img / f"{data.name}.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -283,32 +242,33 @@ def main() -> None:
     parser.add_argument("--sizes", default="1M,10M,100M,1B")
     parser.add_argument("--root", type=Path, default=ROOT / "benchmarks" / "out" / "scale")
     parser.add_argument("--again", action="store_true", help="re-measure sizes already saved")
-    parser.add_argument("--write-docs", action="store_true", help="update docs/results.md")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="saved measurements and tables go here"
+    )
+    parser.add_argument("--name", default="scale", help="the saved data's directory")
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     args.root.mkdir(parents=True, exist_ok=True)
-    saved = args.root / "scale.json"
-    results: dict[str, Any] = (
-        json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {"sizes": {}}
-    )
-    results["simpy_events_per_s"] = raw_simpy_rate()
-    results["machine"] = f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
+    saved = args.results / "data" / args.name / "sizes.parquet"
+    kept = pl.read_parquet(saved) if saved.is_file() else pl.DataFrame(schema=SCHEMA)
+    bare = raw_simpy_rate()
+    machine = f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
     console = Console()
     for size in sizes:
-        key = label(size)
-        if key in results["sizes"] and not args.again:
+        before = kept.filter(pl.col("size") == size)
+        if before.height and not args.again:
             continue
-        console.print(f"measuring {key} events ...")
-        found = measure(size, args.root) | {"simpy_events_per_s": results["simpy_events_per_s"]}
-        for kept in ("simulate", "simulate_events_per_s"):  # a reused ledger keeps its run's
-            if kept not in found and key in results["sizes"]:
-                found[kept] = results["sizes"][key].get(kept)
-        results["sizes"][key] = found
-        saved.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    console.print(table(results))
-    if args.write_docs:
-        write_docs(results)
-        console.print("docs/results.md and docs/img/scale.png written")
+        console.print(f"measuring {label(size)} events ...")
+        found = measure(size, args.root) | {"simpy_events_per_s": bare, "machine": machine}
+        for step in ("simulate", "simulate_events_per_s"):  # a reused ledger keeps its run's
+            if step not in found and before.height:
+                old = before.row(0, named=True)
+                found[step] = old[step] if step in old else (old[f"{step}_s"], old[f"{step}_mib"])
+        row = pl.DataFrame([row_of(found)], schema=SCHEMA)
+        kept = pl.concat([kept.filter(pl.col("size") != size), row]).sort("size")
+    data = save_data(args.results, args.name, "scale", {"sizes": kept})
+    show(tables(data))
+    publish(data, args.results)
 
 
 if __name__ == "__main__":

@@ -21,20 +21,30 @@ from typing import Protocol, cast
 
 import numpy as np
 import polars as pl
+from rich.console import Console
+from rich.table import Table as RichTable
 
 RESULTS = Path("docs/results")
 """The committed results directory; its page is docs/results.md."""
 SOURCE = "source.json"
 """Each saved data directory's record of the experiment and the command that made it."""
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository."""
 EXPERIMENTS = {
-    "tabular": "tabular",
-    "control": "control",
-    "mental-rotation": "mental_rotation",
-    "two-rooms": "two_rooms",
-    "economy": "economy",
-    "gymnasium": "gym_envs",
+    "tabular": "experiments/tabular",
+    "control": "experiments/control",
+    "mental-rotation": "experiments/mental_rotation",
+    "two-rooms": "experiments/two_rooms",
+    "economy": "experiments/economy",
+    "gymnasium": "experiments/gym_envs",
+    "engine": "benchmarks/engine",
+    "learning-throughput": "benchmarks/learning",
+    "control-throughput": "benchmarks/control_throughput",
+    "analyses-speed": "benchmarks/analyses_speed",
+    "scale": "benchmarks/scale",
 }
-"""Experiment name (in source.json) -> the script's module in experiments/."""
+"""Experiment or benchmark name (in source.json) -> its script's module, as folder/module
+under the repository."""
 
 
 class ResultsError(Exception):
@@ -68,6 +78,18 @@ class Experiment(Protocol):
     def plots(self, data: Path, img: Path) -> None: ...
 
 
+def show(made: list[Table]) -> None:
+    """Print the tables on the terminal (Rich), as they are written."""
+    console = Console()
+    for table in made:
+        out = RichTable(title=table.name)
+        for i, column in enumerate(table.frame.columns):
+            out.add_column(column, justify="left" if i == 0 else "right")
+        for row in table.frame.iter_rows():
+            out.add_row(*(_text(v) for v in row))
+        console.print(out)
+
+
 def _text(value: object) -> str:
     return "-" if value is None else str(value)
 
@@ -81,8 +103,8 @@ def save_data(
     data.mkdir(parents=True, exist_ok=True)
     for key, frame in frames.items():
         frame.write_parquet(data / f"{key}.parquet", compression="zstd", compression_level=19)
-    script = Path(sys.argv[0]).name
-    command = shlex.join(["python", f"experiments/{script}", *sys.argv[1:]])
+    script = Path(sys.argv[0]).resolve()
+    command = shlex.join(["python", f"{script.parent.name}/{script.name}", *sys.argv[1:]])
     source = {"experiment": experiment, "command": command}
     (data / SOURCE).write_text(json.dumps(source, indent=1) + "\n", encoding="utf-8")
     return data
@@ -150,7 +172,10 @@ def experiment(data: Path) -> Experiment:
         raise ResultsError(f"{data / SOURCE}: unreadable ({error})") from None
     if name not in EXPERIMENTS:
         raise ResultsError(f"{data / SOURCE}: unknown experiment {name!r}")
-    return cast(Experiment, importlib.import_module(EXPERIMENTS[name]))
+    folder, module = EXPERIMENTS[name].split("/")
+    if str(ROOT / folder) not in sys.path:
+        sys.path.append(str(ROOT / folder))  # after the packages: `gymnasium` is Gymnasium
+    return cast(Experiment, importlib.import_module(module))
 
 
 def derive(results: Path, names: list[str]) -> list[Table]:
