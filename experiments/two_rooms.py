@@ -22,6 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from generated import (
     RESULTS,
@@ -114,7 +115,49 @@ def tables(data: Path) -> list[Table]:
                 "env steps/s (median)": median(part[f"{phase}_env_steps_per_s"]),
                 "audit clean": str(bool(part[f"{phase}_audit_clean"].all())),
             })  # fmt: skip
-    return [Table(data.name, frame(rows))]
+    return [Table(data.name, frame(rows)), Table(f"{data.name}-transfer", transfer(runs))]
+
+
+def transfer(runs: pl.DataFrame) -> pl.DataFrame:
+    """What pretraining did to each method (transfer against pretrain env steps to solve,
+    medians), and the methods' transfer against each other; from the runs that solved."""
+    solved = {
+        (method, phase): runs.filter(pl.col("method") == method)[
+            f"{phase}_env_steps_to_solve"
+        ].drop_nulls()
+        for method in runs["method"].unique(maintain_order=True)
+        for phase in ("pretrain", "transfer")
+    }
+    rows = [
+        {
+            "measure": f"{method}: env steps to solve, transfer / pretrain (medians)",
+            "value": ratio(solved[method, "transfer"], solved[method, "pretrain"]),
+        }
+        for method in runs["method"].unique(maintain_order=True)
+    ]
+    if {("society", "transfer"), ("monolithic", "transfer")} <= solved.keys():
+        society, monolithic = solved["society", "transfer"], solved["monolithic", "transfer"]
+        rows += [
+            {
+                "measure": "transfer env steps to solve, monolithic / society (medians)",
+                "value": ratio(monolithic, society),
+            },
+            {
+                "measure": "every society seed transfers in fewer env steps than every "
+                "monolithic seed",
+                "value": "-" if society.is_empty() or monolithic.is_empty()
+                else ("yes" if society.max() < monolithic.min() else "no"),  # type: ignore[operator]
+            },
+        ]  # fmt: skip
+    made: pl.DataFrame = frame(rows)
+    return made
+
+
+def ratio(top: pl.Series, bottom: pl.Series) -> str:
+    """The ratio of the medians, as `1.23x`; `-` if either is empty."""
+    if top.is_empty() or bottom.is_empty():
+        return "-"
+    return f"{float(np.median(top.to_numpy())) / float(np.median(bottom.to_numpy())):.2f}x"
 
 
 def plots(data: Path, img: Path) -> None:

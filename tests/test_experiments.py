@@ -254,10 +254,32 @@ def test_two_rooms_table_gives_the_median_and_range_over_the_seeds_that_solved(
         },
         schema_overrides={"transfer_env_steps_to_solve": pl.Int64},
     )
-    (table,) = two_rooms.tables(saved(tmp_path, "two-rooms", runs=runs))
+    table, transfer = two_rooms.tables(saved(tmp_path, "two-rooms", runs=runs))
     assert md_rows(table.markdown())[1:] == [
         ["society", "pretrain", "3", "51,500 [3,000, 100,000]", "2/3", "0.50", "1,000", "True"],
         ["society", "transfer", "3", "-", "0/3", "0.20", "20", "False"],
+    ]
+    assert md_rows(transfer.markdown())[1:] == [
+        ["society: env steps to solve, transfer / pretrain (medians)", "-"]
+    ]
+
+
+def test_two_rooms_transfer_compares_medians_over_the_seeds_that_solved(tmp_path: Path) -> None:
+    """Society: pretrain 100k and 200k (median 150k), transfer 30k and 60k (45k): 0.30x.
+    Monolithic: pretrain 100k, transfer 90k and an unsolved seed: 0.90x; 90k / 45k = 2.00x,
+    and the slowest society seed (60k) beats the fastest monolithic one (90k)."""
+    runs = pl.DataFrame(
+        {
+            "method": ["society", "society", "monolithic", "monolithic"],
+            "pretrain_env_steps_to_solve": [100_000, 200_000, 100_000, None],
+            "transfer_env_steps_to_solve": [30_000, 60_000, 90_000, None],
+        }
+    )
+    assert two_rooms.transfer(runs).rows() == [
+        ("society: env steps to solve, transfer / pretrain (medians)", "0.30x"),
+        ("monolithic: env steps to solve, transfer / pretrain (medians)", "0.90x"),
+        ("transfer env steps to solve, monolithic / society (medians)", "2.00x"),
+        ("every society seed transfers in fewer env steps than every monolithic seed", "yes"),
     ]
 
 
