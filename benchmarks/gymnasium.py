@@ -10,32 +10,32 @@ Four rows, each for `--steps` env steps on one core (`torch.set_num_threads(1)`)
 Runs go through `market simulate`'s own path (`agents.runner.prepare`/`execute`), the
 closing audit off (it is `market audit`'s benchmark, benchmarks/scale.py).
 
-    python benchmarks/gymnasium.py [--steps 100000] [--concurrency 128]
+    python benchmarks/gymnasium.py [--steps 100000] [--concurrency 128] [--repeats 3]
 
-Measured 2026-12-04, `--steps 30000`, on 2 cores shared with other work (AMD EPYC; a run
-varies by up to 40% with the machine's load), medians of 3 to 6 runs at low load: raw vector env
-125,000 env steps/s, society with random bidders 41,000, society learning 8,200 (4,300
-before its primitives' nets were stacked), monolithic PPO 18,000. Learning, 70% of the time
-is the PPO update: per 1,024 samples of each of the 2 primitives, 16 minibatch steps of
-about 2 ms (backward pass 40%, forward pass and losses 37%, Adam and the clip 20%).
+The rows are interleaved `--repeats` times and given as medians (a run varies with the
+machine's load). Saves the measurements under docs/results/data/gymnasium-throughput/ and
+writes the table from them (docs/results.md). When learning, most of the time is the PPO
+update (docs/gymnasium.md).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-sys.path.append(sys.path.pop(0))  # this folder after the packages: `gymnasium` is Gymnasium
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.append(sys.path.pop(0))  # this folder after the packages: `gymnasium` is Gymnasium
+sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import argparse
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
-from rich.console import Console
-from rich.table import Table
+from generated import RESULTS, Table, frame, publish, read, save_data, show
 
 from agents.runner import prepare
 from agents.simulation import Simulation
@@ -72,25 +72,65 @@ def run(steps: int, concurrency: int, **settings: Any) -> float:
     return finished.summary.steps / seconds
 
 
+RUNS = {
+    "raw": "raw vector env, random actions",
+    "random": "society, random bidders",
+    "learning": "society, learning (PPO primitives)",
+    "monolithic": "monolithic PPO",
+}
+TARGET = 20_000
+"""Env steps/s of the learning society on one core."""
+
+
+def tables(data: Path) -> list[Table]:
+    """Each run's median env steps/s, against the raw vector env's and the target; from the
+    saved measurements."""
+    med = read(data, "rates").group_by("run", maintain_order=True).agg(pl.col("per_s").median())
+    rate = dict(med.iter_rows())
+    rows = [
+        {
+            "run": RUNS[run],
+            "env steps/s": f"{per_s:,.0f}",
+            "of the raw rate": f"{per_s / rate['raw']:.2f}",
+            f"target ({TARGET:,} env steps/s)": (
+                ("met" if per_s >= TARGET else "not met") if run == "learning" else ""
+            ),
+        }
+        for run, per_s in rate.items()
+    ]
+    return [Table(data.name, frame(rows))]
+
+
+def plots(data: Path, img: Path) -> None:
+    """None: the table says it."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="saved measurements and tables go here"
+    )
+    parser.add_argument("--name", default="gymnasium-throughput", help="the saved data's directory")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [
-        ("raw vector env, random actions", raw(args.steps, args.concurrency)),
-        ("society, random bidders", run(args.steps, args.concurrency, bidder="random")),
-        ("society, learning (PPO primitives)", run(args.steps, args.concurrency, learn=True)),
-        ("monolithic PPO", run(args.steps, args.concurrency, learn=True, monolithic=True)),
-    ]
-    table = Table(title=f"{ENV}: env steps/s, {args.steps:,} steps, {args.concurrency} at once")
-    table.add_column("run")
-    table.add_column("env steps/s", justify="right")
-    table.add_column("of the raw rate", justify="right")
-    for name, rate in rows:
-        table.add_row(name, f"{rate:,.0f}", f"{rate / rows[0][1]:.2f}")
-    Console().print(table)
+    settings: dict[str, dict[str, Any]] = {
+        "random": {"bidder": "random"},
+        "learning": {"learn": True},
+        "monolithic": {"learn": True, "monolithic": True},
+    }
+    rows = []
+    for k in range(args.repeats):  # interleaved, so machine noise hits every run alike
+        rows.append({"run": "raw", "repeat": k, "per_s": raw(args.steps, args.concurrency)})
+        for run_name, given in settings.items():
+            rows.append(
+                {"run": run_name, "repeat": k, "per_s": run(args.steps, args.concurrency, **given)}
+            )
+    data = save_data(args.results, args.name, "gymnasium-throughput", {"rates": pl.DataFrame(rows)})
+    show(tables(data))
+    publish(data, args.results)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ the scripts share this module, so a table is made by one function, whichever run
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 import shlex
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol, cast
 
 import numpy as np
@@ -42,6 +44,7 @@ EXPERIMENTS = {
     "control-throughput": "benchmarks/control_throughput",
     "analyses-speed": "benchmarks/analyses_speed",
     "scale": "benchmarks/scale",
+    "gymnasium-throughput": "benchmarks/gymnasium",
 }
 """Experiment or benchmark name (in source.json) -> its script's module, as folder/module
 under the repository."""
@@ -172,10 +175,24 @@ def experiment(data: Path) -> Experiment:
         raise ResultsError(f"{data / SOURCE}: unreadable ({error})") from None
     if name not in EXPERIMENTS:
         raise ResultsError(f"{data / SOURCE}: unknown experiment {name!r}")
-    folder, module = EXPERIMENTS[name].split("/")
+    return cast(Experiment, _script(EXPERIMENTS[name]))
+
+
+def _script(script: str) -> ModuleType:
+    """The module of `folder/module`, loaded from its file under a name of its own
+    (`benchmarks/gymnasium.py` is not Gymnasium); its folder is importable after the packages,
+    for the modules it imports beside it."""
+    folder, module = script.split("/")
     if str(ROOT / folder) not in sys.path:
-        sys.path.append(str(ROOT / folder))  # after the packages: `gymnasium` is Gymnasium
-    return cast(Experiment, importlib.import_module(module))
+        sys.path.append(str(ROOT / folder))
+    key = f"results_{folder}_{module}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / folder / f"{module}.py")
+        assert spec is not None and spec.loader is not None
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[key] = loaded
+        spec.loader.exec_module(loaded)
+    return sys.modules[key]
 
 
 def derive(results: Path, names: list[str]) -> list[Table]:
