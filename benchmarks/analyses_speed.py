@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import polars as pl
-from generated import RESULTS, Table, frame, publish, read, save_data, show
+from generated import RESULTS, Table, frame, publish, read, save_data
 
 EVENTS_PER_AUCTION = 7
 
@@ -131,10 +131,6 @@ def tables(data: Path) -> list[Table]:
     return [Table("analyses-speed", frame(rows)), Table("analyses-speed-ledger", frame([setting]))]
 
 
-def plots(data: Path, img: Path) -> None:
-    """None: the table says it."""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
@@ -163,7 +159,6 @@ def main() -> None:
     }
     frames = {"runs": pl.DataFrame(found), "ledger": pl.DataFrame([ledger])}
     data = save_data(args.results, args.name, "analyses-speed", frames)
-    show(tables(data))
     publish(data, args.results)
 
 

@@ -29,7 +29,7 @@ import time
 import numpy as np
 import polars as pl
 import torch
-from generated import RESULTS, Table, frame, publish, read, save_data, show
+from generated import RESULTS, Table, frame, publish, read, save_data
 
 from agents.control_learning import ControlSociety
 from agents.dqn_control import ControlDQN
@@ -125,10 +125,6 @@ def tables(data: Path) -> list[Table]:
     return [Table(data.name, frame(rows))]
 
 
-def plots(data: Path, img: Path) -> None:
-    """None: the table says it."""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
@@ -162,7 +158,6 @@ def main() -> None:
         for method in args.methods.split(",")
     ]
     data = save_data(args.results, args.name, "control-throughput", {"runs": pl.DataFrame(rows)})
-    show(tables(data))
     publish(data, args.results)
 
 

@@ -26,7 +26,7 @@ from collections.abc import Generator
 import numpy as np
 import polars as pl
 import simpy
-from generated import RESULTS, Table, frame, publish, read, save_data, show
+from generated import RESULTS, Table, frame, publish, read, save_data
 
 from agents.fixed import make_bidder
 from ledger.disk import DiskLedger
@@ -158,10 +158,6 @@ def tables(data: Path) -> list[Table]:
     return made
 
 
-def plots(data: Path, img: Path) -> None:
-    """None: the table says it."""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--episodes", type=int, default=20_000)
@@ -209,7 +205,6 @@ def main() -> None:
             shares = profile_shares(Path(tmp) / "profiled", max(args.episodes // 4, 1))
             frames["profile"] = pl.DataFrame(shares, schema=["component", "share"], orient="row")
     data = save_data(args.results, args.name, "engine", frames)
-    show(tables(data))
     publish(data, args.results)
 
 

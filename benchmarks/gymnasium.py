@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from generated import RESULTS, Table, frame, publish, read, save_data, show
+from generated import RESULTS, Table, frame, publish, read, save_data
 
 from agents.runner import prepare
 from agents.simulation import Simulation
@@ -101,10 +101,6 @@ def tables(data: Path) -> list[Table]:
     return [Table(data.name, frame(rows))]
 
 
-def plots(data: Path, img: Path) -> None:
-    """None: the table says it."""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
@@ -129,7 +125,6 @@ def main() -> None:
                 {"run": run_name, "repeat": k, "per_s": run(args.steps, args.concurrency, **given)}
             )
     data = save_data(args.results, args.name, "gymnasium-throughput", {"rates": pl.DataFrame(rows)})
-    show(tables(data))
     publish(data, args.results)
 
 

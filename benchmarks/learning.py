@@ -26,7 +26,7 @@ import time
 import numpy as np
 import polars as pl
 import torch
-from generated import RESULTS, Table, frame, publish, read, save_data, show
+from generated import RESULTS, Table, frame, publish, read, save_data
 
 from agents.learning import LearningSociety
 from agents.ppo_bidder import PPOBidders
@@ -114,10 +114,6 @@ def tables(data: Path) -> list[Table]:
     return [Table("learning-throughput", frame(rows))]
 
 
-def plots(data: Path, img: Path) -> None:
-    """None: the table says it."""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--steps", type=int, default=200_000)
@@ -139,7 +135,6 @@ def main() -> None:
         for task in ("bandit", "chain", "duality")
     ]
     data = save_data(args.results, args.name, "learning-throughput", {"runs": pl.DataFrame(rows)})
-    show(tables(data))
     publish(data, args.results)
 
 

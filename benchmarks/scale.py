@@ -40,7 +40,7 @@ import polars as pl
 from rich.console import Console
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "experiments"))  # after Gymnasium
-from generated import RESULTS, Table, frame, publish, read, save_data, show
+from generated import RESULTS, Table, frame, publish, read, save_data
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS_PER_EPISODE = 134
@@ -267,7 +267,6 @@ def main() -> None:
         row = pl.DataFrame([row_of(found)], schema=SCHEMA)
         kept = pl.concat([kept.filter(pl.col("size") != size), row]).sort("size")
     data = save_data(args.results, args.name, "scale", {"sizes": kept})
-    show(tables(data))
     publish(data, args.results)
 
 

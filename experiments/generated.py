@@ -78,7 +78,10 @@ class Experiment(Protocol):
 
     def tables(self, data: Path) -> list[Table]: ...
 
-    def plots(self, data: Path, img: Path) -> None: ...
+
+PLOTS = "plots"
+"""The optional function of a script's module that draws its figures, `plots(data, img)`
+(a benchmark whose table says it all has none)."""
 
 
 def show(made: list[Table]) -> None:
@@ -257,21 +260,27 @@ def check(results: Path, names: list[str]) -> str | None:
     return f"{extra[0]}: no saved data derive it" if extra else None
 
 
-def write(results: Path, names: list[str], plots: bool = True) -> list[Path]:
-    """Write every table of `names` (all if empty), splice them into the page, redraw the
-    plots; the files written."""
-    made = derive(results, names)
+def write(
+    results: Path, names: list[str], plots: bool = True, made: list[Table] | None = None
+) -> list[Path]:
+    """Write every table of `names` (all if empty; `made` if derived already), splice them
+    into the page, redraw the plots; the files written."""
+    made = derive(results, names) if made is None else made
     files = expected(results, made, complete=not names)
     for path, text in files.items():
         path.write_text(text, encoding="utf-8")
     if plots:
         for data in sources(results, names):
-            experiment(data).plots(data, results / "img")
+            draw = getattr(experiment(data), PLOTS, None)
+            if draw is not None:
+                draw(data, results / "img")
     return list(files)
 
 
 def publish(data: Path, results: Path) -> None:
-    """Write the tables and plots made from the saved data in `data` under `results`, and
-    splice them into the results page (an experiment script, once it has saved `data`)."""
-    for path in write(results, [data.name]):
+    """Show the tables made from the saved data in `data`, write them and the plots under
+    `results`, and splice them into the results page (a script, once it has saved `data`)."""
+    made = derive(results, [data.name])
+    show(made)
+    for path in write(results, [data.name], made=made):
         print(f"wrote {path}")
