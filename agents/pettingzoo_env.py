@@ -8,9 +8,10 @@
   index of its control; its observation is the state, then the others' previous controls
   (docs/control.md); its reward is its own `Reward` event, in credit.
 
-Every step is written to the env's ledger, as in any run: the env runs the market's own
-`simulate` in a worker thread and hands control back and forth with it, so exactly one side
-runs at a time and the same seed and actions give the same ledger.
+Every step is written to the env's ledger, as in any run: the env opens a run of the
+market's own kernel with the `DRIVEN` policy and steps it (`Core.advance` runs the kernel
+until it needs the agents' actions, `Core.submit` hands them over), one episode at a time, in
+one thread; the same seed and actions give the same ledger.
 
 Episodes and runs:
 - `reset(seed=s)` starts a new run (a new ledger from `ledger_factory`) seeded with s; the
@@ -24,8 +25,6 @@ Episodes and runs:
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -40,28 +39,24 @@ from ledger.store import Ledger, MemoryLedger
 from ledger.transaction import OWN, Transaction
 from ledger.units import UNIT
 from market.bus import Bus
-from market.control import ControlRunConfig, simulate_control
+from market.control import ControlRunConfig, open_control
 from market.control_tasks import make_control_task
-from market.run import RunConfig, simulate
+from market.kernel import DRIVEN
+from market.run import OpenRun, RunConfig, open_auction
 from market.society import Society
 from market.tasks import make_task
 
-_STOP = "stop"
-_GO = "go"
 Step = tuple[
     dict[str, Any], dict[str, float], dict[str, bool], dict[str, bool], dict[str, dict[str, Any]]
 ]
 
 
-class _Stopped(Exception):
-    """Raised in the run's thread when the env is closed in the middle of a decision."""
-
-
 class _DrivenMarket(ParallelEnv):  # type: ignore[misc]
-    """The handshake between PettingZoo's calls and a market run in a worker thread.
+    """PettingZoo's calls over a driven market run: each `step` submits the agents'
+    decision and advances the kernel to the next one, or to the episode's end.
 
-    Subclasses name the agents, their spaces and observations, start the run (`_simulate`),
-    and turn a step's actions into what the kernel asked for.
+    Subclasses name the agents, their spaces and observations, open the run (`_open`), and
+    turn a step's actions into the decision the kernel asked for.
     """
 
     possible_agents: list[str]
@@ -71,34 +66,30 @@ class _DrivenMarket(ParallelEnv):  # type: ignore[misc]
         self.ledger_factory = ledger_factory
         self.ledger: Ledger | None = None
         self.seed = 0
-        self._thread: threading.Thread | None = None
-        self._to_run: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._from_run: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._run: OpenRun | None = None
         self._rewards: dict[str, float] = {}
-        self._at_boundary = False
-        self._started = False
         self._ended_by_task = False
         self._taken = 0
         """Steps taken in the current episode."""
-        self._error: BaseException | None = None
 
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """A new episode: of a new run if `seed` is given (or no run is open), else of the
         current run."""
-        if seed is not None or self._thread is None:
+        if seed is not None or self._run is None:
             self.close()
             self._start(seed if seed is not None else 0)
-        elif self._at_boundary:
-            self._to_run.put(_GO)
-        elif self._taken == 0:  # an episode starts with its first step: this one has not
-            self.agents = list(self.possible_agents)
-            return self._observations(), {a: {} for a in self.agents}
-        else:  # mid-episode: the run is cut off there, and a new one starts on its seed
-            self.close()
+        elif self._run.engine.question is not None:
+            if self._taken == 0:  # an episode starts with its first step: this one has not
+                self.agents = list(self.possible_agents)
+                return self._observations(), {a: {} for a in self.agents}
+            self.close()  # mid-episode: the run is cut off there, a new one starts on its seed
             self._start(self.seed)
-        self._await()
+        assert self._run is not None
+        self._run.begin(1)
+        self._ended_by_task = False
+        self._advance()
         self._taken = 0
         self.agents = list(self.possible_agents)
         return self._observations(), {a: {} for a in self.agents}
@@ -106,15 +97,15 @@ class _DrivenMarket(ParallelEnv):  # type: ignore[misc]
     def step(self, actions: dict[str, Any]) -> Step:
         """Every agent's action for this step; its observation, own reward, and whether the
         episode ended (terminated: the task is done; truncated: its horizon)."""
-        if not self.agents:
+        if not self.agents or self._run is None:
             raise RuntimeError("the episode is over: call reset()")
         missing = set(self.agents) - set(actions)
         if missing:
             raise ValueError(f"no action for {', '.join(sorted(missing))}")
         self._rewards = dict.fromkeys(self.possible_agents, 0.0)
         self._taken += 1
-        self._to_run.put(self._decision(actions))
-        ended = self._await()
+        self._run.engine.submit(self._decision(actions)[None, :])
+        ended = not self._advance()
         rewards = dict(self._rewards)
         observations = self._observations()
         terminated = dict.fromkeys(self.agents, ended and self._ended_by_task)
@@ -125,23 +116,41 @@ class _DrivenMarket(ParallelEnv):  # type: ignore[misc]
         return observations, rewards, terminated, truncated, infos
 
     def close(self) -> None:
-        """Close the current run (RunEnd and balances in its ledger), if one is open."""
-        if self._thread is None:
-            return
-        self._to_run.put(_STOP)
-        self._thread.join()
-        self._thread = None
-        self.agents = []
-        while not self._from_run.empty():  # the run's last word, already acted on
-            self._from_run.get_nowait()
-        self._raise_error()
+        """Close the current run (RunEnd and balances in its ledger), if one is open. A run
+        closed in the middle of an episode is cut off there: the step not taken is not
+        written, and neither is a RunEnd, which would have to end the open episode."""
+        run, self._run, self.agents = self._run, None, []
+        if run is not None and run.engine.question is None:
+            run.close()
+
+    def _start(self, seed: int) -> None:
+        self.seed = seed
+        self.ledger = self.ledger_factory()
+        bus = Bus(self.ledger)
+        self._subscribe(bus)
+        self._run = self._open(self.ledger, bus)
+
+    def _advance(self) -> bool:
+        """Run the kernel to its next question (True; heard as the observations) or to the
+        end of the episode begun (False)."""
+        assert self._run is not None
+        engine = self._run.engine
+        if not engine.advance():
+            return False
+        assert engine.question is not None
+        self._heard(*engine.question)
+        return True
 
     # --- what a market says ------------------------------------------------------------------
 
-    def _simulate(self, ledger: Ledger, bus: Bus, gate: Callable[[], bool]) -> None:
+    def _open(self, ledger: Ledger, bus: Bus) -> OpenRun:
         raise NotImplementedError
 
     def _subscribe(self, bus: Bus) -> None:
+        raise NotImplementedError
+
+    def _heard(self, *question: NDArray[Any]) -> None:
+        """What the kernel asks about (its policy's arguments, one row): the observations."""
         raise NotImplementedError
 
     def _decision(self, actions: dict[str, Any]) -> NDArray[Any]:
@@ -149,62 +158,6 @@ class _DrivenMarket(ParallelEnv):  # type: ignore[misc]
 
     def _observations(self) -> dict[str, Any]:
         raise NotImplementedError
-
-    # --- the run's side of the handshake -----------------------------------------------------
-
-    def _start(self, seed: int) -> None:
-        self.seed = seed
-        self.ledger = self.ledger_factory()
-        bus = Bus(self.ledger)
-        self._subscribe(bus)
-        self._at_boundary, self._started = False, False
-        self._thread = threading.Thread(target=self._run, args=(bus,), daemon=True)
-        self._thread.start()
-
-    def _run(self, bus: Bus) -> None:
-        assert self.ledger is not None
-        try:
-            self._simulate(self.ledger, bus, self._gate)
-        except _Stopped:
-            pass
-        except BaseException as e:  # handed to the env's side, raised there
-            self._error = e
-        finally:
-            self._from_run.put(None)
-
-    def _gate(self) -> bool:
-        """A new episode may start once the env's side says so (a reset)."""
-        if self._started:  # not the run's first episode: wait at the boundary
-            self._at_boundary = True
-            self._from_run.put("boundary")
-            if self._to_run.get() == _STOP:
-                return False
-            self._at_boundary = False
-        self._started, self._ended_by_task = True, False
-        return True
-
-    def _ask(self) -> NDArray[Any]:
-        """In the run's thread: tell the env a decision is due, and wait for it."""
-        self._from_run.put("decide")
-        got = self._to_run.get()
-        if isinstance(got, str):
-            raise _Stopped
-        out: NDArray[Any] = got
-        return out
-
-    def _await(self) -> bool:
-        """Wait until the run asks for the next decision (False) or ends an episode (True)."""
-        what = self._from_run.get()
-        if what is None:
-            self._thread = None
-            self._raise_error()
-            raise RuntimeError("the run ended")
-        return bool(what == "boundary")
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 class ControlMarketEnv(_DrivenMarket):
@@ -241,14 +194,14 @@ class ControlMarketEnv(_DrivenMarket):
         """The index of the agent's control in the task's control set."""
         return self._action_spaces[agent]
 
-    def act(self, x: NDArray[np.float64], previous: NDArray[np.float64]) -> NDArray[np.int64]:
-        """The kernel asks for the controls: hand its state over and wait for the actions."""
+    def _heard(self, *question: NDArray[Any]) -> None:
+        """The kernel asks for the controls at state x after the previous controls."""
+        x, previous = question
         self._state = (x[0].copy(), previous[0].copy())
-        return self._ask()[None, :]
 
-    def _simulate(self, ledger: Ledger, bus: Bus, gate: Callable[[], bool]) -> None:
+    def _open(self, ledger: Ledger, bus: Bus) -> OpenRun:
         config = self.config.model_copy(update={"seed": self.seed})
-        simulate_control(config, ledger, self, bus=bus, gate=gate)
+        return open_control(config, ledger, DRIVEN, bus=bus)
 
     def _subscribe(self, bus: Bus) -> None:
         for account in self.possible_agents:
@@ -313,14 +266,14 @@ class AuctionMarketEnv(_DrivenMarket):
         """The bid, in credit, in [0, 1]."""
         return self._action_spaces[agent]
 
-    def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
-        """The kernel asks for the bids for `states` (one episode: one state)."""
+    def _heard(self, *question: NDArray[Any]) -> None:
+        """The kernel asks for the bids for a state."""
+        (states,) = question
         self._state = int(states[0])
-        return self._ask()[None, :]
 
-    def _simulate(self, ledger: Ledger, bus: Bus, gate: Callable[[], bool]) -> None:
+    def _open(self, ledger: Ledger, bus: Bus) -> OpenRun:
         config = self.config.model_copy(update={"seed": self.seed})
-        simulate(config, ledger, self, bus=bus, kernel="episodes", gate=gate)
+        return open_auction(config, ledger, DRIVEN, bus=bus, kernel="episodes")
 
     def _subscribe(self, bus: Bus) -> None:
         tracker = PayoffTracker(self.config.gamma, self._on_samples)

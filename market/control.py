@@ -46,7 +46,7 @@ from ledger.units import UNIT
 from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
 from market.kernel import Budget, Core, EpisodeResult, Start
-from market.run import Engine, Recorded, RunSummary, run_engine
+from market.run import Engine, OpenRun, Recorded, RunSummary
 from market.tasks import gym_id
 
 METHODS = ("independent", "ter", "ier", "iql", "full")
@@ -154,7 +154,7 @@ class ControlKernel(Core):
         rng: np.random.Generator,
         gamma: float,
     ) -> None:
-        super().__init__(start)
+        super().__init__(start, policy)
         self.task, self.accounts = task, accounts
         self.policy, self.rng, self.gamma = policy, rng, gamma
         n = len(accounts)
@@ -167,15 +167,11 @@ class ControlKernel(Core):
 
     def _schedule(self, slots: int) -> None:
         """One SimPy process stepping every running slot at each instant, in lockstep."""
-        self.env.process(self._loop(slots, self._budget, self._on_episode, self.gate))
+        self.env.process(self._loop(slots, self._budget, self._on_episode))
 
     def _loop(
-        self,
-        slots: int,
-        budget: Budget,
-        on_episode: Callable[[EpisodeResult], None] | None,
-        gate: Callable[[], bool] | None = None,
-    ) -> Generator[simpy.Event, None, None]:
+        self, slots: int, budget: Budget, on_episode: Callable[[EpisodeResult], None] | None
+    ) -> Generator[simpy.Event, Any, None]:
         task, n = self.task, self.task.n_agents
         x = np.zeros((slots, task.state_dim))
         previous = np.zeros((slots, n))
@@ -186,7 +182,7 @@ class ControlKernel(Core):
         starting = np.ones(slots, dtype=bool)
         while True:
             for i in np.flatnonzero(starting).tolist():
-                more = budget.allows(self.next_episode, self.steps) and (gate is None or gate())
+                more = budget.allows(self.next_episode, self.steps)
                 starting[i], active[i] = False, more
                 if more:
                     episode[i], self.next_episode = self.next_episode, self.next_episode + 1
@@ -195,7 +191,11 @@ class ControlKernel(Core):
             idx = np.flatnonzero(active)
             if idx.size == 0:
                 return
-            actions = np.asarray(self.policy.act(x[idx], previous[idx]), dtype=np.int64)
+            if self.driven:
+                chosen = yield from self._asked(x[idx], previous[idx])
+            else:
+                chosen = self.policy.act(x[idx], previous[idx])
+            actions = np.asarray(chosen, dtype=np.int64)
             u = task.controls[actions]
             nxt, rewards = task.f(x[idx], u), task.g(x[idx], u)
             units = np.rint(rewards * UNIT).astype(np.int64)
@@ -279,12 +279,23 @@ def simulate_control(
     policy: ControlPolicy,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     bus: Bus | None = None,
-    gate: Callable[[], bool] | None = None,
 ) -> RunSummary:
-    """Run a control `config` with `policy` into `ledger` (opened, run, closed, flushed);
-    `gate`, if given, must also allow every new episode."""
+    """Run a control `config` with `policy` into `ledger`: opened (`open_control`), its budget
+    run, closed and flushed."""
+    run = open_control(config, ledger, policy, on_episode, bus)
+    return run.run(config.episodes, config.concurrency, config.steps)
+
+
+def open_control(
+    config: ControlRunConfig,
+    ledger: Ledger,
+    policy: ControlPolicy,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+    bus: Bus | None = None,
+) -> OpenRun:
+    """Open a control run of `config` with `policy` (or `DRIVEN`: its driver submits the
+    controls) in `ledger`, its kernel ready to run episodes."""
     task = control_task_of(config)
-    bus_ = bus if bus is not None else Bus(ledger)
 
     def build(start: Start) -> Engine:
         return ControlKernel(
@@ -296,17 +307,13 @@ def simulate_control(
             gamma=config.gamma,
         )
 
-    return run_engine(
+    return OpenRun(
         ledger,
-        bus_,
+        bus if bus is not None else Bus(ledger),
         run_id=config.run_id,
         seed=config.seed,
         config_json=config.model_dump_json(),
         accounts=(ENVIRONMENT, SYSTEM, *config.accounts),
         build=build,
-        episodes=config.episodes,
-        concurrency=config.concurrency,
-        steps=config.steps,
         on_episode=on_episode,
-        gate=gate,
     )

@@ -13,10 +13,11 @@ import gc
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import simpy
+from numpy.typing import NDArray
 
 from ledger.events import (
     AUCTIONEER,
@@ -81,25 +82,49 @@ class Budget:
 @dataclass(frozen=True)
 class Start:
     """Where a kernel starts writing: the bus and run, the first sequence number and episode
-    number, SimPy's start time (a continued ledger's, or 0), and the outside driver's `gate`
-    (it must also allow every new episode, as in the PettingZoo interface; it may wait)."""
+    number, and SimPy's start time (a continued ledger's, or 0)."""
 
     bus: Bus
     run: str
     first_seq: int
     first_episode: int = 0
     start_time: float = 0.0
-    gate: Callable[[], bool] | None = None
+
+
+class Driven:
+    """The policy of a run stepped from outside (the PettingZoo envs): every decision the
+    kernel needs (the bidders' bids for a batch of states, the agents' controls) waits in
+    SimPy until the driver submits it (`Core.advance`, `Core.question`, `Core.submit`), so
+    driver and kernel take turns in one thread. Asked directly, it refuses."""
+
+    def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Never called: a driven run's bids come from `Core.submit`."""
+        raise RuntimeError("a driven run's decisions come from Core.submit")
+
+    def act(self, x: NDArray[np.float64], previous: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Never called: a driven run's controls come from `Core.submit`."""
+        raise RuntimeError("a driven run's decisions come from Core.submit")
+
+
+DRIVEN = Driven()
+"""The policy that makes a run driven from outside."""
 
 
 class Core:
     """What every kernel holds and does alike: where it starts (`Start`), a SimPy
     environment, the sequence and episode counters, the env steps taken, why the run stopped
-    before its budget, and the run itself: a budget of episodes or steps, `concurrency`
-    slots, then SimPy runs to the end."""
+    before its budget, and the run itself: a budget of episodes or steps in `concurrency`
+    slots (`begin`), then SimPy runs until a driven run's next decision or the end
+    (`advance`). `run_episodes` is both, for a policy that answers by itself."""
 
-    def __init__(self, start: Start) -> None:
-        self.bus, self.run, self.gate = start.bus, start.run, start.gate
+    def __init__(self, start: Start, policy: object) -> None:
+        self.bus, self.run = start.bus, start.run
+        self.driven = policy is DRIVEN
+        """Whether decisions come from the driver (`submit`) rather than the policy."""
+        self.question: tuple[Any, ...] | None = None
+        """What a driven run asks its driver to decide now (the kernel's policy arguments),
+        or None."""
+        self._answer: simpy.Event | None = None
         self.env = simpy.Environment(initial_time=start.start_time)
         self.seq = start.first_seq
         self.next_episode = start.first_episode
@@ -120,11 +145,42 @@ class Core:
     ) -> None:
         """Run `episodes` episodes, `concurrency` at a time; with `max_steps`, start no new
         episode once that many steps have been taken (those under way finish)."""
+        self.begin(episodes, concurrency, on_episode, max_steps)
+        if self.advance():
+            raise RuntimeError("a driven run is stepped by its driver: advance and submit")
+
+    def begin(
+        self,
+        episodes: int | None,
+        concurrency: int = 1,
+        on_episode: Callable[[EpisodeResult], None] | None = None,
+        max_steps: int | None = None,
+    ) -> None:
+        """Schedule `episodes` more episodes (`run_episodes`); `advance` runs them."""
         self._budget = Budget.of(episodes, max_steps, self.next_episode, self.steps)
         self._concurrency, self._on_episode = concurrency, on_episode
         self._schedule(concurrency if episodes is None else min(concurrency, episodes))
+
+    def advance(self) -> bool:
+        """Run until a decision is due from the driver (True: `question` holds it, `submit`
+        answers it) or every scheduled episode is over (False)."""
         with fewer_collections():
             self.env.run()
+        return self._answer is not None
+
+    def submit(self, answer: Any) -> None:
+        """The driver's answer to `question`, in the policy's form (bids, or control
+        indices, one row per episode asked about); `advance` then goes on from it."""
+        if self._answer is None:
+            raise RuntimeError("no decision is due: advance the run first")
+        waiting, self._answer, self.question = self._answer, None, None
+        waiting.succeed(answer)
+
+    def _asked(self, *question: Any) -> Generator[simpy.Event, Any, Any]:
+        """Wait in SimPy for the driver's answer to `question` (a driven run)."""
+        self.question, self._answer = question, self.env.event()
+        answer = yield self._answer
+        return answer
 
     def _schedule(self, slots: int) -> None:
         """Start the SimPy processes that run `slots` episodes at a time within the budget."""
@@ -148,7 +204,7 @@ class Kernel(Core):
         """With an `economy`, the bidders are its slots: only living members bid, each up
         to its balance, and pay rent each auction; between episodes the economy settles
         (bankruptcies, dividends, births)."""
-        super().__init__(start)
+        super().__init__(start, policy)
         self.economy = economy
         self._owners: dict[int, str] = {}
         """Each running episode's current seller: a member that must not close yet."""
@@ -162,15 +218,15 @@ class Kernel(Core):
 
     def _schedule(self, slots: int) -> None:
         """A SimPy process per slot, each running one episode after another."""
+        if self.driven and slots > 1:
+            raise ValueError("a driven run on the episode kernel runs one episode at a time")
         for _ in range(slots):
             self.env.process(self._worker(self._on_episode))
 
     def _worker(
         self, on_episode: Callable[[EpisodeResult], None] | None
     ) -> Generator[simpy.Event, list[int], None]:
-        while self._budget.allows(self.next_episode, self.steps) and (
-            self.gate is None or self.gate()
-        ):
+        while self._budget.allows(self.next_episode, self.steps):
             if self.economy is not None and not self.economy.solvent(self.economy.members()):
                 self.stopped = EXTINCT
                 return  # nobody is left who can bid, or ever will
@@ -229,7 +285,11 @@ class Kernel(Core):
         a zero delay, which SimPy runs after every episode already due at that time.
         """
         if self._concurrency == 1:
-            drawn = self.policy.bids(np.array([state], dtype=np.int64))[0]
+            states = np.array([state], dtype=np.int64)
+            if self.driven:
+                drawn = (yield from self._asked(states))[0]
+            else:
+                drawn = self.policy.bids(states)[0]
             return quantise_bids(drawn.tolist())
         if not self._waiting:
             self.env.timeout(0).callbacks.append(self._draw_round)

@@ -18,7 +18,7 @@ per auction falls as the number of concurrent episodes grows (benchmarks/engine.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import simpy
@@ -75,7 +75,7 @@ class RoundKernel(Core):
         policy: Policy,
         gamma: float,
     ) -> None:
-        super().__init__(start)
+        super().__init__(start, policy)
         self.task, self.mechanism, self.policy = task, mechanism, policy
         self._prims = np.asarray(society.primitive_of, dtype=np.int64)
         n = len(self._prims)
@@ -107,7 +107,7 @@ class RoundKernel(Core):
 
     def _loop(
         self, budget: Budget, on_episode: Callable[[EpisodeResult], None] | None
-    ) -> Generator[simpy.Event, None, None]:
+    ) -> Generator[simpy.Event, Any, None]:
         while True:
             live = self._status != _IDLE
             if not live.any():
@@ -121,7 +121,12 @@ class RoundKernel(Core):
                 self._start(starting, budget, on_episode)
             running = np.flatnonzero(due & (self._status == _RUNNING))
             if running.size:
-                self._round(running, now)
+                states = self._state[running]
+                if self.driven:
+                    drawn = yield from self._asked(states)
+                else:
+                    drawn = self.policy.bids(states)
+                self._round(running, now, np.asarray(drawn, dtype=np.float64))
 
     def _start(
         self,
@@ -136,8 +141,7 @@ class RoundKernel(Core):
                 result = self._results[i]
                 if result is not None:
                     on_episode(result)
-        allowed = budget.allows(self.next_episode, self.steps)
-        may = len(idx) if allowed and (self.gate is None or self.gate()) else 0
+        may = len(idx) if budget.allows(self.next_episode, self.steps) else 0
         if budget.last is not None:
             may = min(may, max(budget.last - self.next_episode, 0))
         self._status[idx[may:]] = _IDLE
@@ -164,11 +168,11 @@ class RoundKernel(Core):
             rows[at_start] = started[g.row[at_start]]
         return {"obs": rows}
 
-    def _round(self, idx: NDArray[np.int64], now: float) -> None:
-        """One auction in each slot of `idx`, all settled and published together."""
+    def _round(self, idx: NDArray[np.int64], now: float, drawn: NDArray[np.float64]) -> None:
+        """One auction in each slot of `idx`, all settled and published together, on the
+        bids `drawn` for their states."""
         k, pos = len(idx), self._pos
         states, t = self._state[idx], self._t[idx]
-        drawn = np.asarray(self.policy.bids(states), dtype=np.float64)
         bids = np.clip(np.rint(drawn * UNIT), 0, UNIT).astype(np.int64)
         w = bids.argmax(axis=1)  # the first maximum: the lowest id wins ties
         rows = np.arange(k)

@@ -143,20 +143,35 @@ def simulate(
     on_episode: Callable[[EpisodeResult], None] | None = None,
     bus: Bus | None = None,
     kernel: KernelChoice = "auto",
-    gate: Callable[[], bool] | None = None,
     task: Task | None = None,
     economy: Economy | None = None,
 ) -> RunSummary:
-    """Run `config` with `policy` into `ledger` (opened, run, closed and flushed).
+    """Run `config` with `policy` into `ledger`: opened (`open_auction`, which says what each
+    argument does), its budget run, closed and flushed."""
+    run = open_auction(config, ledger, policy, on_episode, bus, kernel, task, economy)
+    return run.run(config.episodes, config.concurrency, config.steps)
+
+
+def open_auction(
+    config: RunConfig,
+    ledger: Ledger,
+    policy: Policy,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+    bus: Bus | None = None,
+    kernel: KernelChoice = "auto",
+    task: Task | None = None,
+    economy: Economy | None = None,
+) -> OpenRun:
+    """Open a run of `config` with `policy` in `ledger`, its kernel ready to run episodes.
 
     Pass a `bus` over the same ledger to have subscribers (learners, monitors) see every
     committed transaction. `kernel` picks the episode kernel (one SimPy process per
     episode) or the round kernel (all concurrent episodes as arrays); both write the same
     ledger, so it is not part of the configuration. `auto` takes rounds when several
-    episodes run at once. `gate`, if given, must also allow every new episode. `task`, if
-    given, is the run's task already made (`make_task(config.task, seed, gamma)`), so a task
-    with a classifier or options to load is made once. A run with `config.economy` runs on
-    the episode kernel and needs its `economy` (`Economy(config.economy, society)`), made
+    episodes run at once. `policy` may be `DRIVEN`: the run's driver submits the bids. `task`,
+    if given, is the run's task already made (`make_task(config.task, seed, gamma)`), so a
+    task with a classifier or options to load is made once. A run with `config.economy` runs
+    on the episode kernel and needs its `economy` (`Economy(config.economy, society)`), made
     before the policy, which bids for the economy's slots.
     """
     if task is None:
@@ -178,7 +193,7 @@ def simulate(
         return RoundKernel(start, task=task, society=society, mechanism=config.mechanism,
                            policy=policy, gamma=config.gamma)  # fmt: skip
 
-    return run_engine(
+    return OpenRun(
         ledger,
         bus_,
         run_id=config.run_id,
@@ -188,11 +203,7 @@ def simulate(
         endowments=economy.endowments() if economy is not None and not ledger.next_seq else (),
         live=economy.live if economy is not None else None,
         build=build,
-        episodes=config.episodes,
-        concurrency=config.concurrency,
-        steps=config.steps,
         on_episode=on_episode,
-        gate=gate,
     )
 
 
@@ -200,77 +211,93 @@ Engine = Core
 """A kernel that runs episodes into a bus: the auction kernels, the control kernel."""
 
 
-def run_engine(
-    ledger: Ledger,
-    bus: Bus,
-    *,
-    run_id: str,
-    seed: int,
-    config_json: str,
-    accounts: tuple[str, ...],
-    build: Callable[[Start], Engine],
-    episodes: int | None,
-    concurrency: int,
-    steps: int | None,
-    on_episode: Callable[[EpisodeResult], None] | None = None,
-    endowments: Sequence[tuple[str, int]] = (),
-    live: LiveBalances | None = None,
-    gate: Callable[[], bool] | None = None,
-) -> RunSummary:
-    """Open a run (RunStart, one Open per new account, an Endow from the environment per
-    `endowments`), run the engine `build` makes from its `Start` (the first free sequence
-    number, the ledger's continuation point and the `gate`), then close the run (RunEnd, a
-    Balance per account from the live balances) and flush."""
-    if bus.ledger is not ledger:
-        raise ValueError("the bus must publish into the run's ledger")
-    live = live if live is not None else LiveBalances()  # an economy reads the same fold
-    resume = Continuation.of(ledger)
-    live.balances.update(resume.balances)
-    bus.subscribe_all(live.apply, live.apply_batch)
-    ended = {"episodes": 0, "return": 0}  # running totals: nothing grows with the run
+class OpenRun:
+    """A run opened in a ledger. Opening writes RunStart, one Open per new account and an
+    Endow from the environment per `endowments`, then builds the engine (`build`) at the
+    ledger's continuation point. `run` plays a budget of episodes and closes; a driver
+    steps the run instead (`begin`, then the engine's `advance` and `submit`). `close`
+    writes RunEnd and a Balance per account from the live balances, and flushes."""
 
-    def record(result: EpisodeResult) -> None:
-        ended["episodes"] += 1
-        ended["return"] += result.episode_return
-        if on_episode is not None:
-            on_episode(result)
+    def __init__(
+        self,
+        ledger: Ledger,
+        bus: Bus,
+        *,
+        run_id: str,
+        seed: int,
+        config_json: str,
+        accounts: tuple[str, ...],
+        build: Callable[[Start], Engine],
+        endowments: Sequence[tuple[str, int]] = (),
+        live: LiveBalances | None = None,
+        on_episode: Callable[[EpisodeResult], None] | None = None,
+    ) -> None:
+        if bus.ledger is not ledger:
+            raise ValueError("the bus must publish into the run's ledger")
+        self.ledger, self.bus, self.run_id, self.accounts = ledger, bus, run_id, accounts
+        self.live = live if live is not None else LiveBalances()  # an economy reads the fold
+        self._on_episode = on_episode
+        self._ended = 0
+        self._return = 0  # running totals: nothing grows with the run
+        resume = Continuation.of(ledger)
+        self.live.balances.update(resume.balances)
+        bus.subscribe_all(self.live.apply, self.live.apply_batch)
+        self._start, self._first_seq = time.perf_counter(), ledger.next_seq
+        new = [a for a in accounts if a not in ledger.accounts]
+        head = Header(tx=self._first_seq, run=run_id, episode=-1, step=-1, time=resume.time)
+        first = self._first_seq
+        bus.publish(
+            [
+                RunStart(seq=first, **head, seed=seed, config=config_json),
+                *(Open(seq=first + 1 + i, **head, account=a) for i, a in enumerate(new)),
+                *(
+                    Endow(seq=first + 1 + len(new) + i, **head, src=ENVIRONMENT, dst=a, amount=n)
+                    for i, (a, n) in enumerate(endowments)
+                ),
+            ]
+        )
+        self.engine = build(Start(bus, run_id, ledger.next_seq, resume.next_episode, resume.time))
 
-    start, first_seq = time.perf_counter(), ledger.next_seq
-    new = [a for a in accounts if a not in ledger.accounts]
-    head = Header(tx=first_seq, run=run_id, episode=-1, step=-1, time=resume.time)
-    bus.publish(
-        [
-            RunStart(seq=first_seq, **head, seed=seed, config=config_json),
-            *(Open(seq=first_seq + 1 + i, **head, account=a) for i, a in enumerate(new)),
-            *(
-                Endow(seq=first_seq + 1 + len(new) + i, **head, src=ENVIRONMENT, dst=a, amount=n)
-                for i, (a, n) in enumerate(endowments)
-            ),
-        ]
-    )
-    engine = build(Start(bus, run_id, ledger.next_seq, resume.next_episode, resume.time, gate))
-    engine.run_episodes(episodes, concurrency, record, steps)
-    seq = engine.seq
-    head = Header(tx=seq, run=run_id, episode=-1, step=-1, time=engine.env.now)
-    bus.publish(
-        [
-            RunEnd(seq=seq, **head, episodes=ended["episodes"]),
-            *(
-                Balance(seq=seq + 1 + i, **head, account=a, amount=live.balances.get(a, 0))
-                for i, a in enumerate(sorted(ledger.accounts))
-            ),
-        ]
-    )
-    ledger.flush()
-    return RunSummary(
-        events=ledger.next_seq - first_seq,
-        seconds=time.perf_counter() - start,
-        episodes=ended["episodes"],
-        mean_return=ended["return"] // max(ended["episodes"], 1),
-        balances={a: live.balances.get(a, 0) for a in accounts},
-        steps=engine.steps,
-        stopped=engine.stopped,
-    )
+    def _record(self, result: EpisodeResult) -> None:
+        self._ended += 1
+        self._return += result.episode_return
+        if self._on_episode is not None:
+            self._on_episode(result)
+
+    def begin(self, episodes: int | None, concurrency: int = 1, steps: int | None = None) -> None:
+        """Schedule `episodes` more episodes (or `steps` more env steps), for the driver to
+        step through with the engine's `advance` and `submit`."""
+        self.engine.begin(episodes, concurrency, self._record, steps)
+
+    def run(self, episodes: int | None, concurrency: int, steps: int | None) -> RunSummary:
+        """Run `episodes` episodes (or `steps` env steps), `concurrency` at a time, then close."""
+        self.engine.run_episodes(episodes, concurrency, self._record, steps)
+        return self.close()
+
+    def close(self) -> RunSummary:
+        """Write the run's closing (RunEnd, the balances) and flush the ledger."""
+        engine, ledger, live = self.engine, self.ledger, self.live
+        seq = engine.seq
+        head = Header(tx=seq, run=self.run_id, episode=-1, step=-1, time=engine.env.now)
+        self.bus.publish(
+            [
+                RunEnd(seq=seq, **head, episodes=self._ended),
+                *(
+                    Balance(seq=seq + 1 + i, **head, account=a, amount=live.balances.get(a, 0))
+                    for i, a in enumerate(sorted(ledger.accounts))
+                ),
+            ]
+        )
+        ledger.flush()
+        return RunSummary(
+            events=ledger.next_seq - self._first_seq,
+            seconds=time.perf_counter() - self._start,
+            episodes=self._ended,
+            mean_return=self._return // max(self._ended, 1),
+            balances={a: live.balances.get(a, 0) for a in self.accounts},
+            steps=engine.steps,
+            stopped=engine.stopped,
+        )
 
 
 @dataclass(frozen=True)

@@ -122,3 +122,23 @@ def test_an_outside_q_learner_improves_through_the_env() -> None:
     returns, env = train(150, seed=0)
     assert np.mean(returns[-15:]) > np.mean(returns[:15]) + 300, (returns[:15], returns[-15:])
     assert env.ledger is not None and audit(env.ledger).ok
+
+
+def test_a_run_cut_mid_episode_writes_no_run_end_and_the_next_starts_afresh() -> None:
+    """A reset in the middle of an episode leaves that run's ledger without a RunEnd (it
+    would have to end the open episode); the new run starts on the same seed, with the
+    same first observations, and closes properly."""
+    env = ControlMarketEnv("integrator", 2)
+    first, _ = env.reset(seed=4)
+    env.step(dict.fromkeys(env.agents, 0))
+    cut = env.ledger
+    again, _ = env.reset()
+    assert cut is not None and env.ledger is not cut
+    kinds = cut.scan().collect()["kind"].to_list()
+    assert "order" in kinds and "run_end" not in kinds
+    assert all(np.array_equal(first[a], again[a]) for a in first)
+    while env.agents:
+        env.step(dict.fromkeys(env.agents, 0))
+    env.close()
+    assert env.ledger is not None and audit(env.ledger).ok
+    assert env.ledger.scan().collect()["kind"].to_list().count("run_end") == 1

@@ -132,9 +132,11 @@ def test_auto_takes_rounds_for_concurrent_episodes(monkeypatch: pytest.MonkeyPat
     rounds: list[int] = []
     original = market.rounds.RoundKernel._round
 
-    def counted(self: market.rounds.RoundKernel, idx: np.ndarray, now: float) -> None:
+    def counted(
+        self: market.rounds.RoundKernel, idx: np.ndarray, now: float, drawn: np.ndarray
+    ) -> None:
         rounds.append(len(idx))
-        original(self, idx, now)
+        original(self, idx, now, drawn)
 
     monkeypatch.setattr(market.rounds.RoundKernel, "_round", counted)
     run(RunConfig(bidder="random", episodes=4, concurrency=1), "auto")
