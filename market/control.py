@@ -21,11 +21,10 @@ from one batched call.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import numpy as np
-import simpy
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
@@ -45,8 +44,9 @@ from ledger.store import Ledger
 from ledger.units import UNIT
 from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
-from market.kernel import Budget, Core, EpisodeResult, Start
+from market.kernel import EpisodeResult, Start
 from market.run import Engine, OpenRun, Recorded, RunSummary
+from market.slots import SlotKernel, Stepped
 from market.tasks import gym_id
 
 METHODS = ("independent", "ter", "ier", "iql", "full")
@@ -141,7 +141,7 @@ def reset_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
 
 
-class ControlKernel(Core):
+class ControlKernel(SlotKernel):
     """Runs control episodes, `concurrency` at a time in lockstep, into a bus."""
 
     def __init__(
@@ -166,50 +166,39 @@ class ControlKernel(Core):
         self._kinds = np.array([CODE[m] for m in kinds], dtype=np.int8)
 
     def _schedule(self, slots: int) -> None:
-        """One SimPy process stepping every running slot at each instant, in lockstep."""
-        self.env.process(self._loop(slots, self._budget, self._on_episode))
+        """Each slot's plant state and previous joint controls, then the scheduler's own."""
+        self._x = np.zeros((slots, self.task.state_dim))
+        self._previous = np.zeros((slots, self.task.n_agents))
+        super()._schedule(slots)
 
-    def _loop(
-        self, slots: int, budget: Budget, on_episode: Callable[[EpisodeResult], None] | None
-    ) -> Generator[simpy.Event, Any, None]:
-        task, n = self.task, self.task.n_agents
-        x = np.zeros((slots, task.state_dim))
-        previous = np.zeros((slots, n))
-        episode = np.full(slots, -1, dtype=np.int64)
-        t = np.zeros(slots, dtype=np.int64)
-        total = np.zeros(slots, dtype=np.int64)
-        active = np.zeros(slots, dtype=bool)
-        starting = np.ones(slots, dtype=bool)
-        while True:
-            for i in np.flatnonzero(starting).tolist():
-                more = budget.allows(self.next_episode, self.steps)
-                starting[i], active[i] = False, more
-                if more:
-                    episode[i], self.next_episode = self.next_episode, self.next_episode + 1
-                    x[i] = task.reset(self.rng, 1)[0]
-                    previous[i], t[i], total[i] = 0.0, 0, 0
-            idx = np.flatnonzero(active)
-            if idx.size == 0:
-                return
-            if self.driven:
-                chosen = yield from self._asked(x[idx], previous[idx])
-            else:
-                chosen = self.policy.act(x[idx], previous[idx])
-            actions = np.asarray(chosen, dtype=np.int64)
-            u = task.controls[actions]
-            nxt, rewards = task.f(x[idx], u), task.g(x[idx], u)
-            units = np.rint(rewards * UNIT).astype(np.int64)
-            ends = t[idx] == task.horizon - 1
-            total[idx] += units.sum(axis=1)
-            instant = (episode[idx], t[idx], x[idx], actions, u, nxt, units, total[idx], ends)
-            self.bus.publish_batch(self._instant(*instant))
-            self.steps += idx.size
-            x[idx], previous[idx], t[idx] = nxt, u, t[idx] + 1
-            for i in idx[ends].tolist():
-                if on_episode is not None:
-                    on_episode(EpisodeResult(int(episode[i]), int(t[i]), int(total[i])))
-                active[i], starting[i] = False, True
-            yield self.env.timeout(1)
+    def _begin(self, slots: NDArray[np.int64]) -> None:
+        """Each starting slot's plant is reset (one draw per slot, in slot order), with no
+        previous controls."""
+        for i in slots.tolist():
+            self._x[i] = self.task.reset(self.rng, 1)[0]
+        self._previous[slots] = 0.0
+
+    def _question(self, slots: NDArray[np.int64]) -> tuple[NDArray[np.float64], ...]:
+        """The plant states and the previous joint controls."""
+        return self._x[slots], self._previous[slots]
+
+    def _decide(self, *question: Any) -> NDArray[np.int64]:
+        """Every agent's control index for each plant state."""
+        return np.asarray(self.policy.act(*question), dtype=np.int64)
+
+    def _step(self, idx: NDArray[np.int64], now: float, answer: Any) -> Stepped:
+        """One step of every due plant on the controls `answer`, one unit of time long."""
+        task, x, t = self.task, self._x[idx], self._t[idx]
+        actions = np.asarray(answer, dtype=np.int64)
+        u = task.controls[actions]
+        nxt, rewards = task.f(x, u), task.g(x, u)
+        units = np.rint(rewards * UNIT).astype(np.int64)
+        reward = units.sum(axis=1)
+        ends = t == task.horizon - 1
+        total = self._total[idx] + reward
+        batch = self._instant(self._ep[idx], t, x, actions, u, nxt, units, total, ends)
+        self._x[idx], self._previous[idx] = nxt, u
+        return Stepped(batch, reward, np.ones(len(idx)), ends)
 
     def _instant(
         self,
@@ -242,7 +231,6 @@ class ControlKernel(Core):
         src[:, rewards] = np.where(gives, _ENVIRONMENT_CODE, self._agents)
         dst[:, rewards] = np.where(gives, self._agents, _ENVIRONMENT_CODE)
         amount[:, rewards] = np.abs(units)
-        self.seq += g.events
         return g.batch(
             self._kinds,
             {

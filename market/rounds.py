@@ -17,11 +17,9 @@ per auction falls as the number of concurrent episodes grows (benchmarks/engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
 import numpy as np
-import simpy
 from numpy.typing import NDArray
 
 from ledger.batch import CODE, Grid
@@ -39,13 +37,13 @@ from ledger.events import (
     Transform,
 )
 from ledger.units import UNIT
-from market.kernel import Budget, Core, EpisodeResult, Start
+from market.kernel import Start
 from market.mechanisms import RULES, Mechanism
+from market.slots import SlotKernel, Stepped
 from market.society import Policy, Society
 from market.tasks import Task
 
 _ENV, _AUCTIONEER = 0, 1
-_IDLE, _RUNNING, _STARTING = 0, 1, 2
 
 
 class _Positions(NamedTuple):
@@ -62,7 +60,7 @@ class _Positions(NamedTuple):
     end: int
 
 
-class RoundKernel(Core):
+class RoundKernel(SlotKernel):
     """Runs auction episodes of one task as rounds of array operations."""
 
     def __init__(
@@ -92,65 +90,22 @@ class RoundKernel(Core):
         self._width = n + 7
 
     def _schedule(self, slots: int) -> None:
-        """One SimPy process that settles every slot due at each instant as one round."""
-        k = slots
-        self._status = np.full(k, _STARTING, dtype=np.int8)
-        self._due = np.full(k, self.env.now, dtype=np.float64)
-        self._ep = np.zeros(k, dtype=np.int64)
-        self._t = np.zeros(k, dtype=np.int64)
-        self._state = np.zeros(k, dtype=np.int64)
-        self._seller = np.zeros(k, dtype=np.int64)
-        self._total = np.zeros(k, dtype=np.int64)
-        self._results: list[EpisodeResult | None] = [None] * k
-        """Each slot's finished episode, reported when its last transformation is over."""
-        self.env.process(self._loop(self._budget, self._on_episode))
+        """Each slot's state up for auction and its seller, then the scheduler's own."""
+        self._state = np.zeros(slots, dtype=np.int64)
+        self._seller = np.zeros(slots, dtype=np.int64)
+        super()._schedule(slots)
 
-    def _loop(
-        self, budget: Budget, on_episode: Callable[[EpisodeResult], None] | None
-    ) -> Generator[simpy.Event, Any, None]:
-        while True:
-            live = self._status != _IDLE
-            if not live.any():
-                return
-            now = float(self._due[live].min())
-            if now > self.env.now:
-                yield self.env.timeout(now - self.env.now)
-            due = self._due == now
-            starting = np.flatnonzero(due & (self._status == _STARTING))
-            if starting.size:
-                self._start(starting, budget, on_episode)
-            running = np.flatnonzero(due & (self._status == _RUNNING))
-            if running.size:
-                states = self._state[running]
-                if self.driven:
-                    drawn = yield from self._asked(states)
-                else:
-                    drawn = self.policy.bids(states)
-                self._round(running, now, np.asarray(drawn, dtype=np.float64))
+    def _begin(self, slots: NDArray[np.int64]) -> None:
+        """Each starting slot's episode begins at its start state, the environment selling."""
+        self._state[slots], self._seller[slots] = self.task.starts(self._ep[slots]), _ENV
 
-    def _start(
-        self,
-        idx: NDArray[np.int64],
-        budget: Budget,
-        on_episode: Callable[[EpisodeResult], None] | None,
-    ) -> None:
-        """Slots `idx`, in order, report their finished episode and start the next ones, as
-        long as more may start (the rest retire)."""
-        if on_episode is not None:
-            for i in idx.tolist():
-                result = self._results[i]
-                if result is not None:
-                    on_episode(result)
-        may = len(idx) if budget.allows(self.next_episode, self.steps) else 0
-        if budget.last is not None:
-            may = min(may, max(budget.last - self.next_episode, 0))
-        self._status[idx[may:]] = _IDLE
-        go = idx[:may]
-        self._status[go] = _RUNNING
-        self._ep[go] = self.next_episode + np.arange(may)
-        self.next_episode += may
-        self._t[go], self._state[go], self._total[go] = 0, self.task.starts(self._ep[go]), 0
-        self._seller[go] = _ENV
+    def _question(self, slots: NDArray[np.int64]) -> tuple[NDArray[np.int64]]:
+        """The states up for auction."""
+        return (self._state[slots],)
+
+    def _decide(self, *question: Any) -> NDArray[np.float64]:
+        """Every bidder's bid for each state."""
+        return np.asarray(self.policy.bids(*question), dtype=np.float64)
 
     def _observed(
         self, g: Grid, states: NDArray[np.int64], nxt: NDArray[np.int64], new: NDArray[np.bool_]
@@ -168,11 +123,12 @@ class RoundKernel(Core):
             rows[at_start] = started[g.row[at_start]]
         return {"obs": rows}
 
-    def _round(self, idx: NDArray[np.int64], now: float, drawn: NDArray[np.float64]) -> None:
-        """One auction in each slot of `idx`, all settled and published together, on the
-        bids `drawn` for their states."""
+    def _step(self, idx: NDArray[np.int64], now: float, answer: Any) -> Stepped:
+        """One auction in each slot of `idx`, all settled together, on the bids `answer`
+        for their states."""
         k, pos = len(idx), self._pos
         states, t = self._state[idx], self._t[idx]
+        drawn = np.asarray(answer, dtype=np.float64)
         bids = np.clip(np.rint(drawn * UNIT), 0, UNIT).astype(np.int64)
         w = bids.argmax(axis=1)  # the first maximum: the lowest id wins ties
         rows = np.arange(k)
@@ -236,13 +192,5 @@ class RoundKernel(Core):
             self._strings,
             self._observed(g, states, nxt, t == 0),
         )
-        n = g.events
-        self.seq += n
-        self.steps += k
-        self.bus.publish_batch(batch)
-
-        self._state[idx], self._seller[idx], self._t[idx] = nxt, winner, t + 1
-        self._total[idx], self._due[idx] = total, now + duration
-        for i in idx[last].tolist():
-            self._status[i] = _STARTING
-            self._results[i] = EpisodeResult(int(self._ep[i]), int(self._t[i]), int(self._total[i]))
+        self._state[idx], self._seller[idx] = nxt, winner
+        return Stepped(batch, reward, duration, last)

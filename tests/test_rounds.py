@@ -18,6 +18,7 @@ from ledger.store import Ledger, MemoryLedger
 from market.audit import audit
 from market.kernel import EpisodeResult
 from market.run import KernelChoice, RunConfig, simulate
+from market.slots import Stepped
 from market.society import Society
 from market.tasks import make_task
 
@@ -130,15 +131,15 @@ def test_auto_takes_rounds_for_concurrent_episodes(monkeypatch: pytest.MonkeyPat
     import market.rounds
 
     rounds: list[int] = []
-    original = market.rounds.RoundKernel._round
+    original = market.rounds.RoundKernel._step
 
     def counted(
         self: market.rounds.RoundKernel, idx: np.ndarray, now: float, drawn: np.ndarray
-    ) -> None:
+    ) -> Stepped:
         rounds.append(len(idx))
-        original(self, idx, now, drawn)
+        return original(self, idx, now, drawn)
 
-    monkeypatch.setattr(market.rounds.RoundKernel, "_round", counted)
+    monkeypatch.setattr(market.rounds.RoundKernel, "_step", counted)
     run(RunConfig(bidder="random", episodes=4, concurrency=1), "auto")
     assert rounds == []
     run(RunConfig(bidder="random", episodes=4, concurrency=4), "auto")
