@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
-from ledger.batch import CODE, EventBatch, Grid
+from ledger.batch import CODE, EventBatch
 from ledger.events import (
     CONTROL,
     ENVIRONMENT,
@@ -156,7 +156,8 @@ class ControlKernel(SlotKernel):
     ) -> None:
         super().__init__(start, policy)
         self.task, self.accounts = task, accounts
-        self.policy, self.rng, self.gamma = policy, rng, gamma
+        self.policy, self.rng, self._gamma = policy, rng, gamma
+        self._codes = (_RUN_CODE, _TASK_CODE, _MECHANISM_CODE)
         n = len(accounts)
         self._strings = (self.run, task.name, CONTROL, ENVIRONMENT, SYSTEM, *accounts)
         self._agents = np.arange(5, 5 + n, dtype=np.int64)
@@ -196,14 +197,14 @@ class ControlKernel(SlotKernel):
         reward = units.sum(axis=1)
         ends = t == task.horizon - 1
         total = self._total[idx] + reward
-        batch = self._instant(self._ep[idx], t, x, actions, u, nxt, units, total, ends)
+        batch = self._instant(idx, now, x, actions, u, nxt, units, total, ends)
         self._x[idx], self._previous[idx] = nxt, u
         return Stepped(batch, reward, np.ones(len(idx)), ends)
 
     def _instant(
         self,
-        episode: NDArray[np.int64],
-        t: NDArray[np.int64],
+        idx: NDArray[np.int64],
+        now: float,
         x: NDArray[np.float64],
         actions: NDArray[np.int64],
         u: NDArray[np.float64],
@@ -212,15 +213,12 @@ class ControlKernel(SlotKernel):
         total: NDArray[np.int64],
         ends: NDArray[np.bool_],
     ) -> EventBatch:
-        """One transaction per episode (rows of the arrays, in order) as one batch: its
-        `EpisodeStart` at t = 0, N orders, the transition, N rewards, its `EpisodeEnd` at the
-        last step; numbered from the kernel's counter."""
-        k, n = len(episode), len(self.accounts)
-        width = 2 * n + 3
+        """One transaction per due slot `idx` (rows of the arrays, in order) as one batch:
+        its `EpisodeStart` at t = 0, N orders, the transition, N rewards, its `EpisodeEnd` at
+        the last step; numbered from the kernel's counter."""
+        k, n = len(idx), len(self.accounts)
         orders, move, rewards = slice(1, n + 1), n + 1, slice(n + 2, 2 * n + 2)
-        present = np.ones((k, width), dtype=bool)
-        present[:, 0], present[:, -1] = t == 0, ends
-        g = Grid(present, self.seq)
+        g = self._grid(np.ones((k, 2 * n + 3), dtype=bool), self._t[idx], ends)
         agent = np.arange(n)
         account, src, dst, primitive, action, amount = (g.cells() for _ in range(6))
         control = g.cells(np.float64)
@@ -234,10 +232,7 @@ class ControlKernel(SlotKernel):
         return g.batch(
             self._kinds,
             {
-                "run": g.constant(_RUN_CODE, np.int64),
-                "episode": g.of_rows(episode),
-                "step": g.of_rows(t),
-                "time": g.constant(float(self.env.now), np.float64),
+                **self._header(g, idx, now, total),
                 "account": g.of_cells(account),
                 "src": g.of_cells(src),
                 "dst": g.of_cells(dst),
@@ -246,11 +241,6 @@ class ControlKernel(SlotKernel):
                 "action": g.of_cells(action),
                 "control": g.of_cells(control),
                 "done": g.of_rows(ends),
-                "task": g.constant(_TASK_CODE, np.int64),
-                "mechanism": g.constant(_MECHANISM_CODE, np.int64),
-                "gamma": g.constant(self.gamma),
-                "steps": g.of_rows(t + 1),
-                "episode_return": g.of_rows(total),
             },
             self._strings,
             {"x": g.of_rows(x), "controls": g.of_rows(u), "next_x": g.of_rows(nxt)},

@@ -81,7 +81,7 @@ class RoundKernel(SlotKernel):
         self._strings = tuple(dict.fromkeys(names))
         code = self._strings.index
         self._bidders = np.array([code(a) for a in society.accounts], dtype=np.int64)
-        self._run, self._task, self._mech = code(self.run), code(task.name), code(mechanism.value)
+        self._codes = (code(self.run), code(task.name), code(mechanism.value))
         self._cloned, self._gamma = society.cloned, gamma
         self._pos = _Positions(slice(1, n + 1), *range(n + 1, n + 7))
         models: list[type[EventBase]] = [EpisodeStart, *[Bid] * n, Allocate, Pay, Mint]
@@ -147,11 +147,9 @@ class RoundKernel(SlotKernel):
         total = self._total[idx] + reward
 
         present = np.ones((k, self._width), dtype=bool)
-        present[:, 0] = t == 0
         present[:, pos.pay] = has_price
         present[:, pos.mint] = mint > 0
-        present[:, pos.end] = last
-        g = Grid(present, self.seq)
+        g = self._grid(present, t, last)
         gives = reward >= 0
         account, src, dst, amount, primitive = (g.cells() for _ in range(5))
         account[:, pos.bids] = self._bidders
@@ -169,10 +167,7 @@ class RoundKernel(SlotKernel):
         batch = g.batch(
             self._kind_at,
             {
-                "run": g.constant(self._run, np.int64),
-                "episode": g.of_rows(self._ep[idx]),
-                "step": g.of_rows(t),
-                "time": g.constant(now, np.float64),
+                **self._header(g, idx, now, total),
                 "account": g.of_cells(account),
                 "src": g.of_cells(src),
                 "dst": g.of_cells(dst),
@@ -182,12 +177,7 @@ class RoundKernel(SlotKernel):
                 "next_state": g.of_rows(nxt),
                 "duration": g.of_rows(duration),
                 "done": g.of_rows(done),
-                "task": g.constant(self._task, np.int64),
-                "mechanism": g.constant(self._mech, np.int64),
                 "cloned": g.constant(self._cloned),
-                "gamma": g.constant(self._gamma),
-                "steps": g.of_rows(t + 1),
-                "episode_return": g.of_rows(total),
             },
             self._strings,
             self._observed(g, states, nxt, t == 0),

@@ -27,7 +27,7 @@ import numpy as np
 import simpy
 from numpy.typing import NDArray
 
-from ledger.batch import EventBatch
+from ledger.batch import EventBatch, Grid
 from market.kernel import Budget, Core, EpisodeResult
 
 _IDLE, _RUNNING, _STARTING = 0, 1, 2
@@ -122,7 +122,41 @@ class SlotKernel(Core):
         self._status[ended] = _STARTING
         self._ended[ended] = True
 
+    def _grid(
+        self, present: NDArray[np.bool_], t: NDArray[np.int64], last: NDArray[np.bool_]
+    ) -> Grid:
+        """The due slots' transactions laid out on `present` (a row per slot, a column per
+        place), opened by an EpisodeStart (the first place) at an episode's first step and
+        closed by an EpisodeEnd (the last place) at its last."""
+        present[:, 0], present[:, -1] = t == 0, last
+        return Grid(present, self.seq)
+
+    def _header(
+        self, g: Grid, idx: NDArray[np.int64], now: float, total: NDArray[np.int64]
+    ) -> dict[str, NDArray[Any]]:
+        """The columns every variant's events fill alike: the transaction's header (run,
+        episode, step, time), the episode's opening (task, mechanism, discount: the codes of
+        `_codes`, `_gamma`) and its closing (steps, and the return `total` with this step's)."""
+        run, task, mechanism = self._codes
+        t = self._t[idx]
+        return {
+            "run": g.constant(run, np.int64),
+            "episode": g.of_rows(self._ep[idx]),
+            "step": g.of_rows(t),
+            "time": g.constant(now, np.float64),
+            "task": g.constant(task, np.int64),
+            "mechanism": g.constant(mechanism, np.int64),
+            "gamma": g.constant(self._gamma),
+            "steps": g.of_rows(t + 1),
+            "episode_return": g.of_rows(total),
+        }
+
     # --- what a variant supplies ---------------------------------------------------------
+
+    _codes: tuple[int, int, int]
+    """The string codes of the run, the task and the mechanism in the variant's batches."""
+    _gamma: float
+    """The discount its episodes open with."""
 
     def _begin(self, slots: NDArray[np.int64]) -> None:
         """Set up the variant's state of `slots`, which start an episode now (`_ep` holds
