@@ -20,8 +20,9 @@ On a Gymnasium plant (`--task gym:Pendulum-v1`) the reference is learned, not de
 `--methods ...,joint` adds one DQN agent choosing the N agents' joint action (every sum of
 their controls is one of its controls), its returns divided by N.
 Saves runs.parquet, curves.parquet and reference.parquet (the central controller) under
-<results>/data/<name>/, then writes the tables (median [min, max] over seeds) and PNG
-learning curves they make under <results>/ (experiments/regenerate.py remakes them).
+<results>/data/<name>/, then writes the tables and PNG
+learning curves they make under <results>/ (experiments/regenerate.py remakes them). Each
+figure is the mean over seeds with its 95% confidence interval, bootstrapped over seeds.
 
     python experiments/control.py --seeds 5 [--agents 2,4] [--steps 200000] [--workers 2]
 """
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from generated import RESULTS, Table, frame, publish, read, save_data, spread
+from generated import RESULTS, Table, frame, interval, publish, read, save_data
 from numpy.typing import NDArray
 from pool import run_all
 
@@ -292,7 +293,8 @@ COLUMNS = (
 
 
 def tables(data: Path) -> list[Table]:
-    """Per number of agents and method, over seeds: COLUMNS as median [min, max], the seeds
+    """Per number of agents and method, over seeds: COLUMNS as mean [95% bootstrap confidence
+    interval] (`generated.interval`), the seeds
     whose training ever held the band (none of the band's columns on a Gymnasium plant, which
     has no band), and whether every ledger audited clean; then the
     central controller's greedy figures (saved as reference.parquet) for scale, where there
@@ -306,7 +308,7 @@ def tables(data: Path) -> list[Table]:
         "agents", pl.col("method").replace_strict(order, return_dtype=pl.Int64), "seed"
     ).group_by("agents", "method", maintain_order=True):
         row = {"N": str(n), "method": str(method), "seeds": str(part.height)}
-        row |= {heading: spread(part[col], fmt) for heading, col, fmt in columns}
+        row |= {heading: interval(part[col], fmt) for heading, col, fmt in columns}
         if banded:
             row["seeds that ever held"] = str(part["steps_to_hold"].is_not_null().sum())
         clean = part["audit_clean"] & part["greedy_audit_clean"]

@@ -136,6 +136,26 @@ def spread(values: pl.Series, fmt: str = "{:,.0f}") -> str:
     return f"{fmt.format(median)} [{fmt.format(v.min())}, {fmt.format(v.max())}]"
 
 
+BOOTSTRAP_SEED = 0
+"""The resampling seed of `interval`, fixed so that a table regenerates exactly."""
+
+
+def interval(values: pl.Series, fmt: str = "{:,.0f}") -> str:
+    """`mean [low, high]`: the mean of the non-null values and its 95% confidence interval,
+    bootstrapped over them (SciPy's percentile bootstrap, 9,999 resamples, `BOOTSTRAP_SEED`);
+    one value if they are all equal, `-` if there are none."""
+    from scipy.stats import bootstrap
+
+    v = values.drop_nulls().cast(pl.Float64).to_numpy()
+    if v.size == 0:
+        return "-"
+    if v.min() == v.max():
+        return fmt.format(v[0])
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    ci = bootstrap((v,), np.mean, method="percentile", rng=rng).confidence_interval
+    return f"{fmt.format(v.mean())} [{fmt.format(ci.low)}, {fmt.format(ci.high)}]"
+
+
 def frame(rows: list[dict[str, str]]) -> pl.DataFrame:
     """Formatted rows as a frame of strings (no rows: no columns)."""
     return pl.DataFrame(rows, schema=dict.fromkeys(rows[0], pl.String) if rows else None)

@@ -136,3 +136,25 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     assert regenerate.main([*mode, *spoil(results, how)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_interval_is_the_mean_and_a_bootstrap_interval_around_it() -> None:
+    """`interval` gives the mean and a 95% bootstrap interval that holds it, the same on
+    every call (a fixed resampling seed), narrower when more seeds agree; one value when
+    all agree, `-` for none."""
+    from generated import interval
+
+    def parts(text: str) -> tuple[float, float, float]:
+        mean, rest = text.split(" [")
+        low, high = rest.rstrip("]").split(", ")
+        return float(mean), float(low), float(high)
+
+    few = pl.Series([0.0, 1.0] * 3)
+    many = pl.Series([0.0, 1.0] * 30)
+    mean, low, high = parts(interval(few, "{:.3f}"))
+    assert mean == 0.5 and 0.0 <= low < 0.5 < high <= 1.0
+    assert interval(few, "{:.3f}") == interval(few, "{:.3f}")
+    _, low_many, high_many = parts(interval(many, "{:.3f}"))
+    assert high_many - low_many < (high - low) / 2
+    assert interval(pl.Series([3.0, 3.0])) == "3"
+    assert interval(pl.Series([None], dtype=pl.Float64)) == "-"
