@@ -1,9 +1,12 @@
-"""Fixed control policies for the control variant: every control 0, or uniformly random."""
+"""Fixed control policies for the control variant: every control 0, uniformly random, and a
+designed central controller of the stiction cart."""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+
+from market.control_tasks import Stiction
 
 
 class ZeroPolicy:
@@ -25,3 +28,27 @@ class RandomPolicy:
 
     def act(self, x: NDArray[np.float64], previous: NDArray[np.float64]) -> NDArray[np.int64]:
         return self.rng.integers(0, self.n_controls, size=(len(x), self.n_agents))
+
+
+class PushAndCoast:
+    """A central controller of the cart held by static friction (`Stiction`): all agents
+    push at full force toward p* while the cart, pushed this step and then left to friction,
+    would stop short of p* + `margin`; then all idle. It reads the state only."""
+
+    def __init__(self, task: Stiction, margin: float = 0.02) -> None:
+        self.task, self.margin = task, margin
+        self.full = int(np.argmax(task.controls))
+        self.zero = int(np.flatnonzero(task.controls == 0.0)[0])
+
+    def stops_at(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Where the cart at each state of x (B, 2) comes to rest with every control 0."""
+        idle = np.zeros((len(x), self.task.n_agents))
+        for _ in range(self.task.horizon):
+            x = self.task.f(x, idle)
+        return x[:, 0]
+
+    def act(self, x: NDArray[np.float64], previous: NDArray[np.float64]) -> NDArray[np.int64]:
+        pushed = self.task.f(x, np.full((len(x), self.task.n_agents), self.task.controls[-1]))
+        push = self.stops_at(pushed) <= self.task.target + self.margin
+        chosen = np.where(push, self.full, self.zero)
+        return np.repeat(chosen[:, None], self.task.n_agents, axis=1)

@@ -36,7 +36,9 @@ sys.path.append(sys.path.pop(0))  # this folder after the packages: `gymnasium` 
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -47,6 +49,7 @@ from pool import run_all
 
 from agents.control_learning import ControlSociety
 from agents.dqn_control import coordination
+from agents.fixed_control import PushAndCoast
 from agents.learning import learner_seed
 from agents.settings import METHODS, ControlDQNConfig
 from ledger.disk import DiskLedger
@@ -57,11 +60,12 @@ from market.audit import audit
 from market.bus import Bus
 from market.control import (
     LEARNING_CONCURRENCY,
+    ControlPolicy,
     ControlRunConfig,
     control_task_of,
     simulate_control,
 )
-from market.control_tasks import ControlTask, Pendulum, make_control_task, wrap
+from market.control_tasks import ControlTask, Pendulum, Stiction, make_control_task, wrap
 from market.gym_control import N_CONTROLS
 from market.tasks import gym_id
 
@@ -193,15 +197,23 @@ class Reference:
         return out
 
 
-def reference(agents: int) -> dict[str, object]:
-    """The reference controller's greedy figures on pendulum-hanging (as `evaluate`)."""
-    task = make_control_task("pendulum-hanging", agents)
-    assert isinstance(task, Pendulum)
-    config = ControlRunConfig(task="pendulum-hanging", agents=agents, policy="zero",
+CENTRAL: dict[str, Callable[[ControlTask], ControlPolicy]] = {
+    "pendulum": lambda task: Reference(cast(Pendulum, task)),
+    "stiction": lambda task: PushAndCoast(cast(Stiction, task)),
+}
+"""The designed central controller of each task that has one, for scale."""
+
+
+def reference(task_name: str, agents: int) -> dict[str, object]:
+    """The task's central controller's greedy figures on the task its learners are evaluated
+    on (as `evaluate`)."""
+    evaluated = EVALUATED_ON.get(task_name, task_name)
+    task = make_control_task(evaluated, agents)
+    config = ControlRunConfig(task=evaluated, agents=agents, policy="zero",
                               episodes=EVALUATION_EPISODES, concurrency=EVALUATION_EPISODES,
                               seed=1_000_000)  # fmt: skip
     ledger = MemoryLedger()
-    simulate_control(config, ledger, Reference(task))
+    simulate_control(config, ledger, CENTRAL[task_name](task))
     episodes = episode_table(ledger.scan(), task)
     return {
         "agents": agents,
@@ -298,7 +310,7 @@ def tables(data: Path) -> list[Table]:
     whose training ever held the band (none of the band's columns on a Gymnasium plant, which
     has no band), and whether every ledger audited clean; then the
     central controller's greedy figures (saved as reference.parquet) for scale, where there
-    is one (the pendulum's)."""
+    is one (`CENTRAL`)."""
     runs = read(data, "runs")
     banded = gym_id(str(runs["task"][0])) is None  # a Gymnasium plant has no goal band
     columns = [c for c in COLUMNS if banded or ("hold" not in c[0] and "held" not in c[0])]
@@ -324,7 +336,7 @@ def tables(data: Path) -> list[Table]:
         for r in read(data, "reference").sort("agents").iter_rows(named=True)
     ]
     made = [Table(data.name, frame(rows))]
-    if reference_rows:  # the designed controller is the pendulum's; a Gymnasium plant has none
+    if reference_rows:  # a designed controller (CENTRAL); a Gymnasium plant has none
         made.append(Table(f"{data.name}-reference", frame(reference_rows)))
     return made
 
@@ -401,7 +413,7 @@ def main() -> None:
         "runs": pl.DataFrame(rows).sort("agents", "method", "seed"),
         "curves": pl.DataFrame(curves),
         "reference": pl.DataFrame(
-            [reference(n) for n in agents] if args.task == "pendulum" else [],
+            [reference(args.task, n) for n in agents] if args.task in CENTRAL else [],
             schema={
                 "agents": pl.Int64,
                 "return_per_agent": pl.Float64,

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from agents.fixed_control import PushAndCoast
 from market.control_tasks import (
     CONTROL_TASKS,
     ControlTask,
     HangingPendulum,
     Integrator,
     Pendulum,
+    Stiction,
     make_control_task,
     wrap,
 )
@@ -342,3 +344,65 @@ def test_integrator_one_agent_alone_reaches_the_goal() -> None:
         u[:, 0] = task.controls[np.abs(task.controls[None, :] - wanted[:, None]).argmin(axis=1)]
         x = task.f(x, u)
     assert np.all(task.in_goal(x))
+
+
+# --- the cart held by static friction -------------------------------------------------------
+
+
+def test_stiction_step_by_hand() -> None:
+    """N = 2, friction 1.5 (static and kinetic), dt = 0.1: at rest a force of 1.5 does not
+    move the cart and 2 does (v = 0.1 (2 - 1.5)); moving at 0.3 with no force it slows by
+    0.15; at 0.1 friction stops it rather than pushing it back."""
+    task = Stiction(2)
+    assert task.friction == 1.5
+    x = np.array([[0.2, 0.0], [0.2, 0.0], [0.2, 0.0], [0.5, 0.3], [0.5, 0.1], [0.5, -0.3]])
+    u = np.array([[1.0, 0.5], [1.0, 1.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    expected = [
+        [0.2, 0.0],
+        [0.2 + 0.1 * 0.05, 0.05],
+        [0.2 - 0.1 * 0.05, -0.05],
+        [0.5 + 0.1 * 0.15, 0.15],
+        [0.5, 0.0],
+        [0.5 - 0.1 * 0.05, -0.05],
+    ]
+    np.testing.assert_allclose(task.f(x, u), expected)
+
+
+def test_stiction_reward_and_goal_band_by_hand() -> None:
+    """g_i = -(p - p*_i)^2 - 0.01 u_i^2 with targets 1 +- 0.02; the band is |p - 1| < 0.05
+    and |v| < 0.05."""
+    task = Stiction(2)
+    np.testing.assert_allclose(task.targets, [0.98, 1.02])
+    x, u = np.array([[0.5, 0.0]]), np.array([[1.0, -0.5]])
+    np.testing.assert_allclose(task.g(x, u), [[-(0.48**2) - 0.01, -(0.52**2) - 0.0025]])
+    x = np.array([[1.0, 0.0], [1.049, -0.049], [1.051, 0.0], [1.0, 0.06], [0.0, 0.0]])
+    np.testing.assert_array_equal(task.in_goal(x), [True, True, False, False, False])
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16])
+def test_stiction_cannot_be_moved_by_n_minus_one_agents(n: int) -> None:
+    """From rest, N - 1 agents at full force in either direction never move the cart."""
+    task = Stiction(n)
+    x = task.reset(np.random.default_rng(0), 8)
+    for sign in (1.0, -1.0):
+        u = np.full((8, n), sign)
+        u[:, 0] = 0.0
+        y = x
+        for _ in range(task.horizon):
+            y = task.f(y, u)
+        np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16])
+def test_stiction_all_n_agents_reach_and_hold_the_goal(n: int) -> None:
+    """All N agents pushing at full force until the cart would coast to a stop at p*, then
+    idle (`PushAndCoast`), reach the goal band within 30 steps and hold it to the end, from
+    every start."""
+    task = Stiction(n)
+    central = PushAndCoast(task)
+    x = task.reset(np.random.default_rng(5), 32)
+    first = np.full(len(x), -1)
+    for k in range(task.horizon):
+        x = task.f(x, task.controls[central.act(x, np.zeros((len(x), n)))])
+        first = np.where((first < 0) & task.in_goal(x), k + 1, first)
+    assert np.all((first > 0) & (first <= 30)) and np.all(task.in_goal(x))
