@@ -2,7 +2,7 @@
 
 Köpf et al. (2019) drive one nonlinear system x_{k+1} = f(x_k, u_{1,k}, ..., u_{N,k}) with N
 agents, each choosing a scalar control from one shared discrete set U and earning its own
-reward g_i(x_k, u_k). The paper's own task could not be read, so both tasks here are our
+reward g_i(x_k, u_k). The paper's own task could not be read, so the tasks here are our
 choice (methods.md, "[ours]"). Everything is batched: a state batch is (B, state_dim), a
 control batch (B, N); all arithmetic is float64 NumPy with no loop over the batch.
 
@@ -39,6 +39,17 @@ arcsin(N u_max / m g l) cannot be held at all from N = 7 on (0.537 rad at N = 8)
 theta* widens both margins but removes the swing: theta* = 1.2 keeps N - 1 agents out of the
 band up to N = 11, but then up to 7 agents can lift the pendulum straight up. No theta* keeps
 both for every N up to 16 with a 0.1 band.
+
+`Stiction` ("stiction"): a cart (p, v), mass 1, dt = 0.1, held by friction F = N - 1/2, both
+static and kinetic, with controls linspace(-1, 1, 5) per agent and the force their sum. At
+rest it stays unless |sum_i u_i| > F: all N agents pushing at full force break it loose,
+N - 1 never do. Moving, v' = v + dt (sum_i u_i - F sgn v), and where friction would reverse
+it, it stops (v' = 0). p' = p + dt v'. It starts at rest at p = 0 (+- 0.02 uniform noise);
+targets spread over p* = 1 +- 0.02; g_i = -(p - p*_i)^2 - 0.01 u_i^2; goal band
+|p - 1| < 0.05 and |v| < 0.05 (at rest, friction holds it); horizon 100. Doing nothing earns
+-100 per agent; all N pushing until the cart would coast to rest at p*, then idling, earns
+about -11 (agents/fixed_control.py, `PushAndCoast`). Coordination is needed: an agent that
+pushes alone pays for it and gains nothing.
 
 `Integrator` ("integrator"): a sanity task, the linear double integrator (p, v) with
 x' = (p + dt v, v + dt sum_i u_i), dt = 0.1, controls linspace(-1, 1, 5), starting at
