@@ -45,6 +45,7 @@ EXPERIMENTS = {
     "analyses-speed": "benchmarks/analyses_speed",
     "scale": "benchmarks/scale",
     "gymnasium-throughput": "benchmarks/gymnasium",
+    "twins": "benchmarks/twins",
 }
 """Experiment or benchmark name (in source.json) -> its script's module, as folder/module
 under the repository."""

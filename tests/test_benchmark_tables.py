@@ -16,6 +16,7 @@ import control_throughput
 import engine
 import learning
 import scale
+import twins
 from generated import Table, experiment, save_data
 
 
@@ -171,4 +172,31 @@ def test_gymnasium_throughput_is_judged_on_the_learning_society(tmp_path: Path) 
          "of the raw rate": "1.00", "target (20,000 env steps/s)": ""},
         {"run": "society, learning (PPO primitives)", "env steps/s": "20,000",
          "of the raw rate": "0.17", "target (20,000 env steps/s)": "met"},
+    ]  # fmt: skip
+
+
+def test_twins_table_is_the_kernel_with_the_batch_form_in_place_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """Medians over three repeats: checks 2 us own, 60 as a batch; payoffs 4 and 110; making
+    the batch 1,500; the kernel 25 per auction. With the batch form only the kernel's step
+    would cost (25 - 2 + 60) / 25 = 3.32 times as much for the checks, (25 - 4 + 110) / 25 =
+    5.24 for the payoffs."""
+    times = pl.DataFrame(
+        {
+            "repeat": [k for k in range(3) for _ in range(6)],
+            "rule": ["check", "check", "payoffs", "payoffs", "making", "kernel"] * 3,
+            "form": ["own", "batch", "own", "batch", "batch", "own"] * 3,
+            "us": [1.0, 50, 4, 100, 1500, 20, 2, 60, 4, 120, 1500, 30, 3, 70, 4, 110, 1500, 25],
+        }
+    )
+    (table,) = twins.tables(saved(tmp_path, "twins", {"times": times}))
+    common = {"making the batch (us)": "1,500", "episode kernel (us per auction)": "25.0"}
+    assert rows(table) == [
+        {"rule": "the ledger's checks", "own form (us per auction)": "2.0",
+         "batch form (us per auction)": "60.0", **common,
+         "batch form only: the kernel's cost x": "3.3"},
+        {"rule": "the payoff fold", "own form (us per auction)": "4.0",
+         "batch form (us per auction)": "110.0", **common,
+         "batch form only: the kernel's cost x": "5.2"},
     ]  # fmt: skip
