@@ -11,7 +11,8 @@ of a Chain run (cloned CCV society, random bidders, one episode at a time):
   making          making that batch (`of_transactions`)
 beside the episode kernel's whole cost per auction (`simulate` on a memory ledger, no
 subscribers), so the table shows what one copy would do to every step, even were the batch
-made for free.
+made for free. A second table puts the episode kernel beside the round kernel run with one
+slot: the cost of making the episode kernel the array path's one-slot case.
 
     python benchmarks/twins.py [--episodes 500] [--repeats 3]
 
@@ -44,7 +45,7 @@ from ledger.payoffs import PayoffTracker
 from ledger.store import MemoryLedger
 from ledger.transaction import Transaction, check
 from market.bus import Bus
-from market.run import RunConfig, simulate
+from market.run import KernelChoice, RunConfig, simulate
 from market.society import Society
 from market.tasks import make_task
 
@@ -52,20 +53,32 @@ RULES = {"check": "the ledger's checks", "payoffs": "the payoff fold"}
 T = TypeVar("T")
 
 
-def auctions(episodes: int) -> tuple[list[Transaction], frozenset[str], float]:
-    """A run's auction transactions, its accounts, and the run's seconds per auction."""
+def auctions(episodes: int) -> tuple[list[Transaction], frozenset[str]]:
+    """A run's auction transactions and its accounts."""
     seen: list[Transaction] = []
     ledger = MemoryLedger()
     bus = Bus(ledger)
     bus.subscribe_all(seen.append)
-    n = len(Society.of(make_task("chain")).accounts)
-    config = RunConfig(task="chain", bidder="random", episodes=episodes)
-    simulate(config, ledger, RandomBidder(n, np.random.default_rng(0)), bus=bus, kernel="episodes")
+    simulate(run_config(episodes), ledger, bidders(), bus=bus, kernel="episodes")
     found = [tx for tx in seen if any(m is Bid for m, _ in tx.body)]
-    bare = MemoryLedger()
+    return found, frozenset(ledger.accounts)
+
+
+def run_config(episodes: int) -> RunConfig:
+    """The measured run: Chain, cloned CCV, random bidders, one episode at a time."""
+    return RunConfig(task="chain", bidder="random", episodes=episodes)
+
+
+def bidders() -> RandomBidder:
+    """The run's random bidders, from a fixed seed."""
+    return RandomBidder(len(Society.of(make_task("chain")).accounts), np.random.default_rng(0))
+
+
+def kernel_step(episodes: int, kernel: KernelChoice) -> float:
+    """Seconds per auction of the run on `kernel` (a memory ledger, no subscribers)."""
     start = time.perf_counter()
-    simulate(config, bare, RandomBidder(n, np.random.default_rng(0)), kernel="episodes")
-    return found, frozenset(ledger.accounts), (time.perf_counter() - start) / len(found)
+    summary = simulate(run_config(episodes), MemoryLedger(), bidders(), kernel=kernel)
+    return (time.perf_counter() - start) / summary.steps
 
 
 def per_item(items: list[T], apply: Callable[[T], object]) -> float:
@@ -79,7 +92,7 @@ def per_item(items: list[T], apply: Callable[[T], object]) -> float:
 def measure(episodes: int) -> list[dict[str, object]]:
     """Microseconds per auction transaction: each rule in its own form and in the batch form
     (on batches made beforehand), making the batches, and the kernel's whole step."""
-    txs, accounts, kernel = auctions(episodes)
+    txs, accounts = auctions(episodes)
     batches = [of_transactions([tx]) for tx in txs]
     payoffs = PayoffTracker(0.99, lambda samples: None)
     batch_payoffs = BatchPayoffTracker(0.99, lambda samples: None)
@@ -89,7 +102,8 @@ def measure(episodes: int) -> list[dict[str, object]]:
         ("payoffs", "own"): per_item(txs, payoffs.apply),
         ("payoffs", "batch"): per_item(batches, batch_payoffs.apply_batch),
         ("making", "batch"): per_item(txs, lambda tx: of_transactions([tx])),
-        ("kernel", "own"): kernel,
+        ("kernel", "own"): kernel_step(episodes, "episodes"),
+        ("kernel", "batch"): kernel_step(episodes, "rounds"),
     }
     return [{"rule": rule, "form": form, "us": 1e6 * s} for (rule, form), s in timed.items()]
 
@@ -97,7 +111,7 @@ def measure(episodes: int) -> list[dict[str, object]]:
 def tables(data: Path) -> list[Table]:
     """Per rule, the medians over repeats of its microseconds per auction in each form, and
     the episode kernel's cost per auction were the batch form the only one (even with the
-    batch made for free)."""
+    batch made for free); then both kernels' cost per auction one episode at a time."""
     med = (
         read(data, "times").group_by("rule", "form", maintain_order=True).agg(pl.col("us").median())
     )
@@ -116,7 +130,15 @@ def tables(data: Path) -> list[Table]:
                 "batch form only: the kernel's cost x": f"{(kernel - own + batch) / kernel:,.1f}",
             }
         )
-    return [Table(data.name, frame(rows))]
+    steps = [
+        {
+            "kernel, one episode at a time": words,
+            "us per auction": f"{us[('kernel', form)]:,.1f}",
+            "x the episode kernel": f"{us[('kernel', form)] / kernel:,.1f}",
+        }
+        for form, words in (("own", "the episode kernel"), ("batch", "the round kernel, one slot"))
+    ]
+    return [Table(data.name, frame(rows)), Table(f"{data.name}-kernel", frame(steps))]
 
 
 def main() -> None:

@@ -179,24 +179,32 @@ def test_twins_table_is_the_kernel_with_the_batch_form_in_place_of_its_own(
     tmp_path: Path,
 ) -> None:
     """Medians over three repeats: checks 2 us own, 60 as a batch; payoffs 4 and 110; making
-    the batch 1,500; the kernel 25 per auction. With the batch form only the kernel's step
-    would cost (25 - 2 + 60) / 25 = 3.32 times as much for the checks, (25 - 4 + 110) / 25 =
-    5.24 for the payoffs."""
+    the batch 1,500; the episode kernel 25 per auction, the round kernel with one slot 100.
+    With the batch form only the kernel's step would cost (25 - 2 + 60) / 25 = 3.32 times as
+    much for the checks, (25 - 4 + 110) / 25 = 5.24 for the payoffs; the one-slot round
+    kernel costs 100 / 25 = 4 times the episode kernel."""
     times = pl.DataFrame(
         {
-            "repeat": [k for k in range(3) for _ in range(6)],
-            "rule": ["check", "check", "payoffs", "payoffs", "making", "kernel"] * 3,
-            "form": ["own", "batch", "own", "batch", "batch", "own"] * 3,
-            "us": [1.0, 50, 4, 100, 1500, 20, 2, 60, 4, 120, 1500, 30, 3, 70, 4, 110, 1500, 25],
+            "repeat": [k for k in range(3) for _ in range(7)],
+            "rule": ["check", "check", "payoffs", "payoffs", "making", "kernel", "kernel"] * 3,
+            "form": ["own", "batch", "own", "batch", "batch", "own", "batch"] * 3,
+            "us": [1.0, 50, 4, 100, 1500, 20, 90, 2, 60, 4, 120, 1500, 30, 110, 3, 70, 4, 110,
+                   1500, 25, 100],
         }
-    )
-    (table,) = twins.tables(saved(tmp_path, "twins", {"times": times}))
+    )  # fmt: skip
+    rules, kernels = twins.tables(saved(tmp_path, "twins", {"times": times}))
     common = {"making the batch (us)": "1,500", "episode kernel (us per auction)": "25.0"}
-    assert rows(table) == [
+    assert rows(rules) == [
         {"rule": "the ledger's checks", "own form (us per auction)": "2.0",
          "batch form (us per auction)": "60.0", **common,
          "batch form only: the kernel's cost x": "3.3"},
         {"rule": "the payoff fold", "own form (us per auction)": "4.0",
          "batch form (us per auction)": "110.0", **common,
          "batch form only: the kernel's cost x": "5.2"},
+    ]  # fmt: skip
+    assert rows(kernels) == [
+        {"kernel, one episode at a time": "the episode kernel", "us per auction": "25.0",
+         "x the episode kernel": "1.0"},
+        {"kernel, one episode at a time": "the round kernel, one slot",
+         "us per auction": "100.0", "x the episode kernel": "4.0"},
     ]  # fmt: skip
