@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from analyses.auctions import bids, bids_against, winners
-from analyses.control import agent_returns_curve
+from analyses.control import agent_returns_curve, band_and_coordination_curve
 from analyses.income import income
 from analyses.inequality import (
     ALL_OPENED,
@@ -33,7 +33,8 @@ from analyses.inequality import (
 from analyses.population import living_over_time, population
 from analyses.wealth import late_episode, returns_curve, steps_before, wealth, wealth_over_time
 from market import rundir
-from market.tasks import TABULAR_TASKS, Task, make_task
+from market.control_tasks import ControlTask, make_control_task
+from market.tasks import TABULAR_TASKS, Task, gym_id, make_task
 
 REPORT = "report"
 """The directory, inside a run directory, that a report is written to."""
@@ -83,7 +84,7 @@ def run_report(run: Path, points: int = 200) -> Report:
             living_figure(living, clock), out / "living.png", living
         )
     if config.get("variant") == "control":
-        _add_control(report, events, points, out)
+        _add_control(report, events, config, points, out)
     else:
         _add_auctions(report, events, config, points, out)
     return report
@@ -108,9 +109,13 @@ def _add_inequality(
     report.plots["Gini over time"] = _save(gini_figure(ginis, clock), out / "gini.png", ginis)
 
 
-def _add_control(report: Report, events: pl.LazyFrame, points: int, out: Path) -> None:
-    """The control variant's late return per agent and learning curves."""
-    late = agent_returns_curve(events, 1, since=late_episode(events, LATE_SHARE))
+def _add_control(
+    report: Report, events: pl.LazyFrame, config: dict[str, Any], points: int, out: Path
+) -> None:
+    """The control variant's late return per agent and learning curves; when the run's task
+    is known, time in its goal band and psi over training."""
+    since = late_episode(events, LATE_SHARE)
+    late = agent_returns_curve(events, 1, since=since)
     report.tables["return per agent (last 10% of episodes)"] = late.select(
         "agent", pl.col("credit").alias("mean_return"), "episodes"
     )
@@ -118,6 +123,33 @@ def _add_control(report: Report, events: pl.LazyFrame, points: int, out: Path) -
     report.plots["learning curves"] = _save(
         agent_returns_figure(curves), out / "returns.png", curves
     )
+    task = control_task_of(config)
+    if task is None:
+        return
+    banded = gym_id(task.name) is None  # a Gymnasium plant has no goal band
+    shown = ["in_band", "held", "psi"] if banded else ["psi"]
+    late_share = band_and_coordination_curve(events, task, 1, since=since)
+    report.tables["goal band and coordination (last 10% of episodes)"] = late_share.select(
+        "episodes", *shown
+    )
+    series = band_and_coordination_curve(events, task, points).select("episode", *shown)
+    report.plots["goal band and coordination"] = _save(
+        band_figure(series), out / "band.png", series
+    )
+
+
+def control_task_of(config: dict[str, Any]) -> ControlTask | None:
+    """The control task a run's configuration names, for its agents and controls; None if
+    it names none that can be made here."""
+    try:
+        controls = config.get("controls")
+        return make_control_task(
+            str(config["task"]),
+            int(config["agents"]),
+            controls if isinstance(controls, int) else None,
+        )
+    except (KeyError, TypeError, ValueError, ImportError):
+        return None
 
 
 def _add_auctions(
@@ -442,6 +474,27 @@ def agent_returns_figure(per_agent: pl.DataFrame) -> Any:
     ax.set_title("learning curves: each agent's mean return per episode (blocks of episodes)")
     ax.set_xlabel("episode")
     ax.set_ylabel("undiscounted return (credit)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+BAND_LABELS = {
+    "in_band": "steps in the goal band",
+    "held": "episodes holding the band through their last quarter",
+    "psi": "agents' steps with psi = +1 (pushing with the others)",
+}
+
+
+def band_figure(series: pl.DataFrame) -> Any:
+    """A `band_and_coordination_curve`: per block of episodes, the shares it holds."""
+    fig, ax = _figure()
+    for column, label in BAND_LABELS.items():
+        if column in series.columns:
+            ax.plot(series["episode"], series[column], label=label)
+    ax.set_ylim(0, 1)
+    ax.set_title("goal band and coordination over training (blocks of episodes)")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("share")
     ax.legend(fontsize="small")
     return fig
 

@@ -257,3 +257,45 @@ def test_an_auction_runs_wealth_is_plotted_against_its_auctions(tmp_path: Path) 
     for seq, steps in table.select("seq", "env_steps").unique().iter_rows():
         assert steps == (auctions <= seq).sum()
     assert table["env_steps"].max() == auctions.len()
+
+
+def banded_run() -> list[Tx]:
+    """Two 100-step episodes of alice and bob on the integrator (goal band |p| < 0.05,
+    |v| < 0.1; its last quarter is steps 75 to 99). Episode 0 ends each step in the band from
+    step 50 on, both agents pushing +1; episode 1 only at step 99, the agents pushing against
+    each other (+1, -1) for 50 steps, then (0, +1)."""
+    txs = [opening(0)]
+    for episode in range(2):
+        for step in range(100):
+            inside = step >= 50 if episode == 0 else step == 99
+            controls = [1.0, 1.0] if episode == 0 else ([1.0, -1.0] if step < 50 else [0.0, 1.0])
+            first = next_seq(txs)
+            h = iter({**head(first + i, first, step), "episode": episode} for i in range(5))
+            tx: Tx = []
+            if step == 0:
+                tx.append(EpisodeStart(**next(h), task="integrator", mechanism=CONTROL,
+                                       cloned=False, gamma=0.99, state=0))  # fmt: skip
+            pairs = enumerate(zip((ALICE, BOB), controls, strict=True))
+            tx += [Order(**next(h), account=a, primitive=i, action=1, control=c)
+                   for i, (a, c) in pairs]  # fmt: skip
+            tx.append(Transition(**next(h), account=SYSTEM, x=[0.0, 0.0], controls=controls,
+                                 next_x=[0.0 if inside else 1.0, 0.0], done=False))  # fmt: skip
+            txs.append(tx)
+        first = next_seq(txs)
+        end = {**head(first, first, 99), "episode": episode}
+        txs.append([EpisodeEnd(**end, steps=100, episode_return=0)])
+    return txs
+
+
+def test_a_control_runs_report_shows_time_in_the_band_and_psi(tmp_path: Path) -> None:
+    """Worked by hand from `banded_run`: episode 0 is in the band on 50 of its 100 steps and
+    holds it through its last quarter, psi = +1 on every step; episode 1 is in the band on 1
+    step, does not hold, and psi = +1 on half its steps (-1 while the agents push against
+    each other; +1 where one control is 0). The late table is episode 1's."""
+    config = {"variant": "control", "task": "integrator", "agents": 2, "policy": "random"}
+    run = hand_made_run(tmp_path, banded_run(), config)
+    report = run_report(run)
+    assert rows(run / "report" / "band.parquet") == [(0, 0.5, 1.0, 1.0), (1, 0.01, 0.0, 0.5)]
+    late = report.tables["goal band and coordination (last 10% of episodes)"]
+    assert late.rows() == [(1, 0.01, 0.0, 0.5)]
+    assert (run / "report" / "band.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
