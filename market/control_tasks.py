@@ -232,32 +232,22 @@ class Integrator(ControlTask):
         return near & (np.abs(x[:, 1]) < self.velocity_band)
 
 
-class Stiction(ControlTask):
-    """A cart held by static friction that only all N agents pushing together can break
-    loose: push it from p = 0 to p* = 1 and stop it there (see the module docstring)."""
+class Stiction(Integrator):
+    """The double integrator held by static friction that only all N agents pushing together
+    can break loose: push it from p = 0 to p* = 1 and stop it there (see the module
+    docstring)."""
 
     name = "stiction"
-    state_dim = 2
-    horizon = 100
-    dt = 0.1
     start = 0.0
     target = 1.0
     target_spread = 0.02
-    position_band = 0.05
     velocity_band = 0.05
-    effort_cost = 0.01
     start_noise = 0.02
 
     def __init__(self, n_agents: int = 2) -> None:
         super().__init__(n_agents)
-        self.controls = _frozen(np.linspace(-1.0, 1.0, 5))
-        self._targets = _frozen(_spread(self.target, self.target_spread, n_agents))
         self.friction = n_agents - 0.5
         """Static and kinetic: N agents at full force exceed it, N - 1 do not."""
-
-    def reset(self, rng: np.random.Generator, batch: int) -> Array:
-        p = self.start + rng.uniform(-self.start_noise, self.start_noise, size=batch)
-        return np.stack([p, np.zeros(batch)], axis=1)
 
     def f(self, x: Array, u: Array) -> Array:
         p, v = x[:, 0], x[:, 1]
@@ -268,14 +258,6 @@ class Stiction(ControlTask):
         v_next = np.where(loose, v + self.dt * (force - self.friction * direction), 0.0)
         v_next = np.where(moving & (v_next * v <= 0.0), 0.0, v_next)  # friction stops it
         return np.stack([p + self.dt * v_next, v_next], axis=1)
-
-    def g(self, x: Array, u: Array) -> Array:
-        error = x[:, :1] - self._targets[None, :]
-        return -(error**2) - self.effort_cost * u**2
-
-    def in_goal(self, x: Array) -> NDArray[np.bool_]:
-        near = np.abs(x[:, 0] - self.target) < self.position_band
-        return near & (np.abs(x[:, 1]) < self.velocity_band)
 
 
 class HangingPendulum(Pendulum):

@@ -115,7 +115,7 @@ class Core:
     environment, the sequence and episode counters, the env steps taken, why the run stopped
     before its budget, and the run itself: a budget of episodes or steps in `concurrency`
     slots (`begin`), then SimPy runs until a driven run's next decision or the end
-    (`advance`). `run_episodes` is both, for a policy that answers by itself."""
+    (`advance`)."""
 
     def __init__(self, start: Start, policy: object) -> None:
         self.bus, self.run = start.bus, start.run
@@ -136,19 +136,6 @@ class Core:
         self._concurrency = 1
         self._on_episode: Callable[[EpisodeResult], None] | None = None
 
-    def run_episodes(
-        self,
-        episodes: int | None,
-        concurrency: int = 1,
-        on_episode: Callable[[EpisodeResult], None] | None = None,
-        max_steps: int | None = None,
-    ) -> None:
-        """Run `episodes` episodes, `concurrency` at a time; with `max_steps`, start no new
-        episode once that many steps have been taken (those under way finish)."""
-        self.begin(episodes, concurrency, on_episode, max_steps)
-        if self.advance():
-            raise RuntimeError("a driven run is stepped by its driver: advance and submit")
-
     def begin(
         self,
         episodes: int | None,
@@ -156,7 +143,9 @@ class Core:
         on_episode: Callable[[EpisodeResult], None] | None = None,
         max_steps: int | None = None,
     ) -> None:
-        """Schedule `episodes` more episodes (`run_episodes`); `advance` runs them."""
+        """Schedule `episodes` more episodes, `concurrency` at a time; with `max_steps`, start
+        no new episode once that many more steps have been taken (those under way finish).
+        `advance` runs them."""
         self._budget = Budget.of(episodes, max_steps, self.next_episode, self.steps)
         self._concurrency, self._on_episode = concurrency, on_episode
         self._schedule(concurrency if episodes is None else min(concurrency, episodes))

@@ -271,7 +271,9 @@ class OpenRun:
 
     def run(self, episodes: int | None, concurrency: int, steps: int | None) -> RunSummary:
         """Run `episodes` episodes (or `steps` env steps), `concurrency` at a time, then close."""
-        self.engine.run_episodes(episodes, concurrency, self._record, steps)
+        self.begin(episodes, concurrency, steps)
+        if self.engine.advance():
+            raise RuntimeError("a driven run is stepped by its driver: advance and submit")
         return self.close()
 
     def close(self) -> RunSummary:

@@ -72,7 +72,8 @@ def test_a_rejected_transaction_reaches_no_subscriber() -> None:
         gamma=0.99,
     )
     with pytest.raises(UnknownAccount):  # no account was ever opened
-        kernel.run_episodes(1)
+        kernel.begin(1)
+        kernel.advance()
     assert seen == [] and ledger.next_seq == 0
 
 
