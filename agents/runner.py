@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agents.fixed import check_bidder, make_bidder
+from agents.learner import Learner
 from agents.simulation import Simulation
 from ledger.disk import DiskLedger
 from market import rundir
@@ -42,7 +43,11 @@ from market.society import Policy, Society
 from market.tasks import TABULAR_TASKS, Task, check_task
 
 if TYPE_CHECKING:
-    from market.control import ControlRunConfig
+    from agents.control_learning import ControlSociety
+    from agents.learning import LearningSociety
+    from agents.ppo_monolithic import MonolithicPPO
+    from agents.tensorboard import Scalars
+    from market.control import ControlPolicy, ControlRunConfig
 
 OnEpisode = Callable[[EpisodeResult], None]
 OPTION_TASKS = frozenset({"tworooms", "tworooms-blue"})
@@ -86,7 +91,7 @@ class Prepared:
     steps: int | None
     """The env-step budget, or None for an episode budget."""
     episodes: int | None
-    learner: Any
+    learner: Learner | None
     _go: Callable[[OnEpisode | None], RunSummary]
     _after: Callable[[], None]
     resumed_at: int | None = None
@@ -96,8 +101,8 @@ class Prepared:
     """prepared, running, auditing or finished: how far `execute` got."""
     resumable: bool = True
     """Whether `--resume` can continue this run once it has committed events."""
-    scalars: Any = None
-    """With `--tensorboard DIR`: the run's TensorBoard writer (`agents.tensorboard.Scalars`)."""
+    scalars: Scalars | None = None
+    """With `--tensorboard DIR`: the run's TensorBoard writer."""
 
     def execute(
         self,
@@ -263,6 +268,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
     if config.init is not None:
         from agents.training import start_from
 
+        assert learner is not None  # `check` refuses --init without learners
         start_from(learner, Path(config.init.split(" sha256=")[0]))
         learner.frozen = config.frozen
     if resume is None:
@@ -306,7 +312,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
     )
 
 
-def _scalars(sim: Simulation, run: Path, learner: Any) -> Any:
+def _scalars(sim: Simulation, run: Path, learner: Learner | None) -> Scalars | None:
     """With `--tensorboard DIR`, the run's TensorBoard writer, attached to its learner."""
     if sim.tensorboard is None:
         return None
@@ -415,7 +421,7 @@ def _policy(
     society: Society,
     economy: Economy | None = None,
     continue_at: int = 0,
-) -> tuple[Policy, Any]:
+) -> tuple[Policy, LearningSociety | MonolithicPPO | None]:
     """The run's bidders: fixed ones, a learning society, or the monolithic baseline; with
     an `economy`, they bid for its slots. Fixed bidders continuing a ledger at seq
     `continue_at` draw from the seed's stream keyed by that seq, not again from its start."""
@@ -486,7 +492,7 @@ def _prepare_control(sim: Simulation, out: Path | None) -> Prepared:
     )  # fmt: skip
 
 
-def _control_policy(config: Any) -> tuple[Any, Any]:
+def _control_policy(config: ControlRunConfig) -> tuple[ControlPolicy, ControlSociety | None]:
     """The control run's policy (and its learner when it learns)."""
     from agents.fixed_control import RandomPolicy, ZeroPolicy
     from market.control import control_task_of

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from agents.learner import Learner
 from ledger.units import to_credit
 from market.kernel import EpisodeResult
 
@@ -42,7 +42,7 @@ class Scalars:
         for name, value in metrics.items():
             self.writer.add_scalar(f"update/{name}", float(value), self.updates)
 
-    def attach(self, learner: Any) -> None:
+    def attach(self, learner: Learner) -> None:
         """Write every update of `learner` (its `on_update` hook), after any hook it had."""
         before: Callable[[dict[str, float]], None] | None = getattr(learner, "on_update", None)
 

@@ -60,9 +60,10 @@ def test_init_starts_the_learners_from_the_runs_latest_snapshot(cwd: Path) -> No
         prepare(sim, cwd / "x")  # Duality's 3 states: another shape of learner
     assert not (cwd / "x").exists()  # nothing written for a run that cannot start
     sim = resolve(flags={"task": "chain", "learn": True, "steps": 100, "init": "a", "seed": 5})
-    prepared = prepare(sim, cwd / "b")
+    learner = prepare(sim, cwd / "b").learner
+    assert isinstance(learner, LearningSociety)
     saved = torch.load(snapshot, weights_only=False)["bank"]
-    assert all(torch.equal(t, saved[k]) for k, t in _bank(prepared.learner).items())
+    assert all(torch.equal(t, saved[k]) for k, t in _bank(learner).items())
     recorded = json.loads((cwd / "b" / "config.json").read_text())["init"]
     path, digest = recorded.split(" sha256=")
     assert Path(path).resolve() == snapshot.resolve() and len(digest) == 64
@@ -76,11 +77,13 @@ def test_frozen_learners_bid_from_the_snapshot_and_never_update(cwd: Path) -> No
         assignments=["ppo.batch=256"],
     )
     prepared = prepare(sim, cwd / "ev")
-    before = _bank(prepared.learner)
+    learner = prepared.learner
+    assert isinstance(learner, LearningSociety)
+    before = _bank(learner)
     finished = prepared.execute()
     assert finished.audited.ok and finished.summary.episodes > 0
-    assert prepared.learner.updates == []
-    assert all(torch.equal(t, before[k]) for k, t in _bank(prepared.learner).items())
+    assert learner.updates == []
+    assert all(torch.equal(t, before[k]) for k, t in _bank(learner).items())
 
 
 @pytest.mark.parametrize(
