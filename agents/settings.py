@@ -108,10 +108,11 @@ class ControlDQNConfig(BaseModel):
 
     @classmethod
     def for_method(cls, name: str, **overrides: Any) -> ControlDQNConfig:
-        """The switches of method `name` (a key of METHODS), other fields from `overrides`."""
+        """The switches of method `name` (a key of METHODS), other fields from `overrides`,
+        which may also turn a switch off (an ablation: `full` without psi, say)."""
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
-        return cls(**dict.fromkeys(METHODS[name], True), **overrides)
+        return cls(**(dict.fromkeys(METHODS[name], True) | overrides))
 
     def schedule_steps(self, budget: int | None) -> int:
         """Env steps over which eps_k anneals: `epsilon_steps` if set, else `epsilon_fraction`

@@ -285,11 +285,14 @@ def test_coordination_experiences_only_where_psi_is_minus_one_in_full() -> None:
 
 
 def test_config_names_the_methods_and_rejects_inconsistent_settings() -> None:
-    """for_method sets each method's switches; bad rates, bands or psi alone are errors."""
+    """for_method sets each method's switches, which overrides may turn off; bad rates, bands
+    or psi alone are errors."""
     full = ControlDQNConfig.for_method("full")
     assert full.ter and full.ier and full.iql and full.psi
     assert not any(getattr(ControlDQNConfig.for_method("independent"), s) for s in METHODS["full"])
     assert ControlDQNConfig.for_method("ier").ier and not ControlDQNConfig.for_method("ier").iql
+    ablated = ControlDQNConfig.for_method("full", psi=False)  # an override turns a switch off
+    assert ablated.ter and ablated.ier and ablated.iql and not ablated.psi
     for bad in ({"psi": True}, {"beta": 1e-3}, {"lambda_high": 0.9}, {"imagined": 65}):
         with pytest.raises(ValueError):
             ControlDQNConfig(**bad)
