@@ -48,7 +48,8 @@ class PushAndCoast:
         return x[:, 0]
 
     def act(self, x: NDArray[np.float64], previous: NDArray[np.float64]) -> NDArray[np.int64]:
-        pushed = self.task.f(x, np.full((len(x), self.task.n_agents), self.task.controls[-1]))
+        full = np.full((len(x), self.task.n_agents), self.task.controls[self.full])
+        pushed = self.task.f(x, full)
         push = self.stops_at(pushed) <= self.task.target + self.margin
         chosen = np.where(push, self.full, self.zero)
         return np.repeat(chosen[:, None], self.task.n_agents, axis=1)

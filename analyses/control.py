@@ -90,12 +90,12 @@ def band_and_coordination_curve(
     events: pl.LazyFrame, task: ControlTask, points: int = 200, since: int = 0
 ) -> pl.DataFrame:
     """Per block of consecutive finished episodes (from episode `since` on, at most `points`
-    blocks), folded in the query so
-    that memory does not grow with the run: `in_band`, the share of steps ending in the
-    task's goal band (`ControlTask.in_goal`); `held`, the share of episodes in the band for
-    their whole last quarter (of the task's horizon; an episode that never reached it does
-    not hold); `psi`, the share of the agents' steps with psi = +1 (an agent's
-    control agreeing in sign with the sum of the others', `agents.dqn_control.coordination`).
+    blocks), folded in the query so that memory does not grow with the run:
+    - `in_band`: the share of steps ending in the task's goal band (`ControlTask.in_goal`);
+    - `held`: the share of episodes in the band for their whole last quarter (of the task's
+      horizon; an episode that never reached it does not hold);
+    - `psi`: the share of the agents' steps with psi = +1 (an agent's control agreeing in
+      sign with the sum of the others', `agents.dqn_control.coordination`).
     Columns: episode (the block's first), episodes, in_band, held, psi."""
     _, block = episode_blocks(events, points, since)
     if block is None:

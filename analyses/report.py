@@ -33,7 +33,8 @@ from analyses.inequality import (
 from analyses.population import living_over_time, population
 from analyses.wealth import late_episode, returns_curve, steps_before, wealth, wealth_over_time
 from market import rundir
-from market.control_tasks import ControlTask, make_control_task
+from market.control import ControlRunConfig, control_task_of
+from market.control_tasks import ControlTask
 from market.tasks import TABULAR_TASKS, Task, gym_id, make_task
 
 REPORT = "report"
@@ -123,7 +124,7 @@ def _add_control(
     report.plots["learning curves"] = _save(
         agent_returns_figure(curves), out / "returns.png", curves
     )
-    task = control_task_of(config)
+    task = _control_task(config)
     if task is None:
         return
     banded = gym_id(task.name) is None  # a Gymnasium plant has no goal band
@@ -138,17 +139,17 @@ def _add_control(
     )
 
 
-def control_task_of(config: dict[str, Any]) -> ControlTask | None:
-    """The control task a run's configuration names, for its agents and controls; None if
-    it names none that can be made here."""
+def _control_task(config: dict[str, Any]) -> ControlTask | None:
+    """The control task a run's recorded configuration names (`market.control.control_task_of`
+    of it); None if it is not a configuration, or names a task that cannot be made here."""
     try:
-        controls = config.get("controls")
-        return make_control_task(
-            str(config["task"]),
-            int(config["agents"]),
-            controls if isinstance(controls, int) else None,
-        )
-    except (KeyError, TypeError, ValueError, ImportError):
+        settings = {k: v for k, v in config.items() if k != "run_id"}  # derived, not a setting
+        recorded = ControlRunConfig.model_validate(settings)
+    except ValueError:
+        return None
+    try:
+        return control_task_of(recorded)
+    except (ValueError, ImportError):
         return None
 
 

@@ -185,7 +185,7 @@ class ControlKernel(SlotKernel):
 
     def _decide(self, *question: Any) -> NDArray[np.int64]:
         """Every agent's control index for each plant state."""
-        return np.asarray(self.policy.act(*question), dtype=np.int64)
+        return self.policy.act(*question)
 
     def _step(self, idx: NDArray[np.int64], now: float, answer: Any) -> Stepped:
         """One step of every due plant on the controls `answer`, one unit of time long."""

@@ -105,7 +105,7 @@ class RoundKernel(SlotKernel):
 
     def _decide(self, *question: Any) -> NDArray[np.float64]:
         """Every bidder's bid for each state."""
-        return np.asarray(self.policy.bids(*question), dtype=np.float64)
+        return self.policy.bids(*question)
 
     def _observed(
         self, g: Grid, states: NDArray[np.int64], nxt: NDArray[np.int64], new: NDArray[np.bool_]

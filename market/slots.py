@@ -168,7 +168,7 @@ class SlotKernel(Core):
         raise NotImplementedError
 
     def _decide(self, *question: Any) -> Any:
-        """The policy's answer to `question`."""
+        """The policy's answer to `question` (`_step` takes it, or the driver's, as given)."""
         raise NotImplementedError
 
     def _step(self, slots: NDArray[np.int64], now: float, answer: Any) -> Stepped:

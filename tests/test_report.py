@@ -112,29 +112,49 @@ def test_an_auction_runs_report_holds_its_tables_plots_and_series(tmp_path: Path
     assert "wealth (final)" in result.output and "bids against Q*" in result.output
 
 
+def control_step(
+    txs: list[Tx],
+    episode: int,
+    step: int,
+    controls: list[float],
+    next_x: list[float],
+    paid: tuple[int, ...] = (),
+    done: bool = False,
+) -> None:
+    """Append one step of alice and bob on the integrator: its EpisodeStart at step 0, their
+    orders at `controls`, the transition to `next_x` (`done` at an episode's last step), and
+    each agent's reward in `paid` (units; negative: a penalty paid to the environment)."""
+    first = next_seq(txs)
+    h = iter({**head(first + i, first, step), "episode": episode} for i in range(7))
+    tx: Tx = []
+    if step == 0:
+        tx.append(EpisodeStart(**next(h), task="integrator", mechanism=CONTROL, cloned=False,
+                               gamma=0.99, state=0))  # fmt: skip
+    pairs = enumerate(zip((ALICE, BOB), controls, strict=True))
+    tx += [Order(**next(h), account=a, primitive=i, action=1, control=c) for i, (a, c) in pairs]
+    tx.append(Transition(**next(h), account=SYSTEM, x=[0.0, 0.0], controls=controls,
+                         next_x=next_x, done=done))  # fmt: skip
+    for agent, r in zip((ALICE, BOB), paid, strict=False):
+        src, dst = (ENVIRONMENT, agent) if r > 0 else (agent, ENVIRONMENT)
+        tx.append(Reward(**next(h), src=src, dst=dst, amount=abs(r)))
+    txs.append(tx)
+
+
+def episode_end(txs: list[Tx], episode: int, steps: int, episode_return: int) -> None:
+    """Append the EpisodeEnd of `episode` after its `steps` steps."""
+    first = next_seq(txs)
+    end = {**head(first, first, steps - 1), "episode": episode}
+    txs.append([EpisodeEnd(**end, steps=steps, episode_return=episode_return)])
+
+
 def control_run() -> list[Tx]:
     """Two episodes of two steps of alice and bob. Episode 0: each step alice pays a penalty
     of 10 units and bob of 11; episode 1: the environment pays alice 5, bob pays 1."""
     txs = [opening(0)]
     for episode, paid in enumerate(((-10, -11), (5, -1))):
         for step in range(2):
-            first = next_seq(txs)
-            h = iter({**head(first + i, first, step), "episode": episode} for i in range(7))
-            tx: Tx = []
-            if step == 0:
-                tx.append(EpisodeStart(**next(h), task="integrator", mechanism=CONTROL,
-                                       cloned=False, gamma=0.99, state=0))  # fmt: skip
-            tx += [Order(**next(h), account=a, primitive=i, action=1, control=0.0)
-                   for i, a in enumerate((ALICE, BOB))]  # fmt: skip
-            tx.append(Transition(**next(h), account=SYSTEM, x=[0.0, 0.0], controls=[0.0, 0.0],
-                                 next_x=[0.0, 0.0], done=step == 1))  # fmt: skip
-            for agent, r in zip((ALICE, BOB), paid, strict=True):
-                src, dst = (ENVIRONMENT, agent) if r > 0 else (agent, ENVIRONMENT)
-                tx.append(Reward(**next(h), src=src, dst=dst, amount=abs(r)))
-            txs.append(tx)
-        first = next_seq(txs)
-        end = {**head(first, first, 1), "episode": episode}
-        txs.append([EpisodeEnd(**end, steps=2, episode_return=2 * sum(paid))])
+            control_step(txs, episode, step, [0.0, 0.0], [0.0, 0.0], paid, done=step == 1)
+        episode_end(txs, episode, 2, 2 * sum(paid))
     return txs
 
 
@@ -269,21 +289,9 @@ def banded_run() -> list[Tx]:
         for step in range(100):
             inside = step >= 50 if episode == 0 else step == 99
             controls = [1.0, 1.0] if episode == 0 else ([1.0, -1.0] if step < 50 else [0.0, 1.0])
-            first = next_seq(txs)
-            h = iter({**head(first + i, first, step), "episode": episode} for i in range(5))
-            tx: Tx = []
-            if step == 0:
-                tx.append(EpisodeStart(**next(h), task="integrator", mechanism=CONTROL,
-                                       cloned=False, gamma=0.99, state=0))  # fmt: skip
-            pairs = enumerate(zip((ALICE, BOB), controls, strict=True))
-            tx += [Order(**next(h), account=a, primitive=i, action=1, control=c)
-                   for i, (a, c) in pairs]  # fmt: skip
-            tx.append(Transition(**next(h), account=SYSTEM, x=[0.0, 0.0], controls=controls,
-                                 next_x=[0.0 if inside else 1.0, 0.0], done=False))  # fmt: skip
-            txs.append(tx)
-        first = next_seq(txs)
-        end = {**head(first, first, 99), "episode": episode}
-        txs.append([EpisodeEnd(**end, steps=100, episode_return=0)])
+            next_x = [0.0 if inside else 1.0, 0.0]
+            control_step(txs, episode, step, controls, next_x, done=step == 99)
+        episode_end(txs, episode, 100, 0)
     return txs
 
 
