@@ -212,11 +212,20 @@ def audit_chunks(
     may end anywhere.
     """
     stream = AuditStream(report)
-    for part in _ahead(map(_Part.of, _whole(chunks))):
-        stream.check(part)
-        if progress is not None:
-            progress(stream.report.events)
+    with _in_memory():
+        for part in _ahead(map(_Part.of, _whole(chunks))):
+            stream.check(part)
+            if progress is not None:
+                progress(stream.report.events)
     return stream.finish()
+
+
+def _in_memory() -> pl.Config:
+    """Polars' in-memory engine for the audit's queries: each reads one chunk already in
+    memory, where the streaming engine (Polars' default for a lazy query) only adds its
+    set-up to every one of some hundred queries a chunk. Measured on a 10M-event ledger:
+    2.2M events/s with the default, 2.9M in memory, and less peak memory (docs/engine.md)."""
+    return pl.Config(engine_affinity="in-memory")
 
 
 class AuditStream:
@@ -232,7 +241,8 @@ class AuditStream:
 
     def feed(self, frame: pl.DataFrame) -> Violation | None:
         """Check the frame's events, which follow those fed before; the first violation so far."""
-        self.check(_Part.of(_conformed(frame)))
+        with _in_memory():
+            self.check(_Part.of(_conformed(frame)))
         return self.violation
 
     def check(self, part: _Part) -> None:
