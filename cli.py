@@ -39,6 +39,7 @@ from ledger.errors import LedgerError
 from ledger.signing import Signer, Verifier, generate
 from ledger.units import to_credit
 from market import proofs, rundir
+from market.allocator import keep_freed_memory
 from market.anchors import Anchors, full_head
 from market.audit import AuditReport, audit
 from market.kernel import EpisodeResult
@@ -813,6 +814,7 @@ def _wealth_table(frame: pl.DataFrame) -> Table:
 
 def main() -> None:
     """The `market` console script: usage errors are one line too, not a panel."""
+    keep_freed_memory()
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
