@@ -145,8 +145,17 @@ class EventBatch:
         return int(later[0]) if later.size else len(self)
 
     def to_table(self) -> pa.Table:
-        """The rows as an Arrow table in `schema.SCHEMA` (nulls where a kind has no field)."""
+        """The rows as an Arrow table in `schema.SCHEMA` (nulls where a kind has no field).
+
+        Speed: which rows carry a field is looked up once per set of kinds that carry it
+        (`_carried`); a string column with one value is laid out directly, not taken from
+        the batch's strings row by row; a masked column's validity is packed by NumPy and
+        handed to Arrow with its values, not converted from a mask. 10.9 ms -> 6.2 ms per
+        65,536-event segment of a Chain run, the same bytes (docs/engine.md, "Writing a
+        segment").
+        """
         names = pa.array(self.strings, type=pa.string())
+        carried = _Carried(self.kind)
         arrays: list[pa.Array] = []
         for field in schema.SCHEMA:
             if field.name == "kind":
@@ -159,19 +168,19 @@ class EventBatch:
             if values is None:  # an omitted NULLABLE column
                 arrays.append(pa.nulls(len(self), type=field.type))
                 continue
-            valid = _HAS[field.name][self.kind]
+            valid = carried(field.name)
             if field.name in NULLABLE:
-                valid = valid & (values >= 0)
-            if field.name in STRING_COLUMNS:
-                codes = pa.array(values, mask=None if valid.all() else ~valid)
-                arrays.append(names.take(codes))
-            elif valid.all():
-                arrays.append(pa.array(values, type=field.type))
-            elif not valid.any():
+                valid = (values >= 0) if valid is None else valid & (values >= 0)
+                valid = None if valid.all() else valid if valid.any() else _NONE
+            if valid is _NONE:
                 arrays.append(pa.nulls(len(self), type=field.type))
+            elif field.name in STRING_COLUMNS:
+                arrays.append(_strings(names, values, valid))
+            elif valid is None:
+                arrays.append(pa.array(values, type=field.type))
             else:
                 zeroed = np.where(valid, values, np.zeros((), dtype=values.dtype))
-                arrays.append(pa.array(zeroed, type=field.type, mask=~valid))
+                arrays.append(_masked(zeroed, valid, field.type))
         return pa.table(arrays, schema=schema.SCHEMA)
 
     def _list_array(self, name: str, type_: pa.DataType) -> pa.Array:
@@ -507,6 +516,62 @@ def table_of(staged: Sequence[Transaction | EventBatch]) -> pa.Table:
     if not parts:
         return schema.SCHEMA.empty_table()
     return pa.concat_tables(parts).combine_chunks()
+
+
+_NONE = np.zeros(0, dtype=bool)
+"""A validity meaning no row carries the field."""
+
+
+class _Carried:
+    """Which rows of a batch carry each field: None for all, `_NONE` for none, else a mask,
+    computed once per set of kinds that carry a field."""
+
+    def __init__(self, kind: NDArray[np.int8]) -> None:
+        self._kind = kind
+        self._present = np.bincount(kind, minlength=len(MODELS)).astype(bool)
+        self._masks: dict[bytes, NDArray[np.bool_] | None] = {}
+
+    def __call__(self, name: str) -> NDArray[np.bool_] | None:
+        has = _HAS[name]
+        key = has.tobytes()
+        if key not in self._masks:
+            carriers = has[self._present]
+            self._masks[key] = (
+                None if carriers.all() else has[self._kind] if carriers.any() else _NONE
+            )
+        return self._masks[key]
+
+
+def _strings(
+    names: pa.Array, codes: NDArray[np.int64], valid: NDArray[np.bool_] | None
+) -> pa.Array:
+    """String column `codes` (into `names`), null where not `valid` (None: all valid)."""
+    carried = codes if valid is None else codes[valid]
+    if carried.size and (carried == carried[0]).all():  # one value: laid out directly
+        value = names[int(carried[0])].as_py().encode()
+        size = len(value) if valid is None else valid.astype(np.int32) * len(value)
+        offsets = np.zeros(len(codes) + 1, dtype=np.int32)
+        offsets[1:] = np.cumsum(np.broadcast_to(np.int32(size), len(codes)))
+        bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        data = pa.py_buffer(value * carried.size)
+        return pa.Array.from_buffers(
+            pa.string(), len(codes), [bitmap, pa.py_buffer(offsets), data],
+            null_count=len(codes) - carried.size,
+        )  # fmt: skip
+    return names.take(pa.array(codes, pa.int64(), mask=None if valid is None else ~valid))
+
+
+def _masked(values: NDArray[Any], valid: NDArray[np.bool_], type_: pa.DataType) -> pa.Array:
+    """`values` as an Arrow array of `type_`, null where not `valid`."""
+    if type_ == pa.bool_():  # (bits, not bytes: Arrow packs them itself)
+        return pa.array(values, type=type_, mask=~valid)
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(
+        type_,
+        len(values),
+        [bitmap, pa.py_buffer(np.ascontiguousarray(values))],
+        null_count=int(len(values) - np.count_nonzero(valid)),
+    )
 
 
 @functools.cache

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 from conftest import ACCOUNTS, RUN, history
 from hypothesis import given, settings
@@ -28,11 +29,12 @@ from ledger.batch import (
     MODELS,
     STRING_COLUMNS,
     EventBatch,
+    _strings,
     check_batch,
     concat,
     numpy_type,
 )
-from ledger.disk import MANIFEST, DiskLedger
+from ledger.disk import MANIFEST, DiskLedger, _encode
 from ledger.errors import (
     InvalidEvent,
     LedgerError,
@@ -242,6 +244,33 @@ def test_to_table_is_the_table_of_its_transactions() -> None:
     """A batch's Arrow table is the table its transactions make (nulls where a kind has none)."""
     txs = run_transactions()[1:]
     assert batch_of(txs).to_table().equals(schema.to_table(txs))
+
+
+def test_to_table_stores_the_bytes_of_its_transactions_table() -> None:
+    """Stored, a batch's table is byte for byte the one its transactions make: the values
+    under its nulls and its validity bitmaps too (a segment's hash reads them)."""
+    txs = run_transactions()[1:]
+    assert _encode(batch_of(txs).to_table()) == _encode(schema.to_table(txs))
+
+
+@pytest.mark.parametrize(
+    ("codes", "valid"),
+    [
+        ([2, 2, 2, 2], None),  # one value, every row: laid out directly
+        ([2, 0, 2, 1], [True, False, True, False]),  # one value where carried
+        ([0, 1, 2, 1], None),  # several values: taken
+        ([0, 1, 2, 1], [False, True, True, False]),
+        ([1, 1, 1, 1], [False, False, False, False]),
+    ],
+)
+def test_string_columns_are_their_codes_taken(codes: list[int], valid: list[bool] | None) -> None:
+    """A string column is its codes looked up in the strings, null where not carried."""
+    names = pa.array(["a", "bb", "ccc"])
+    mask = None if valid is None else np.array(valid)
+    got = _strings(names, np.array(codes, dtype=np.int64), mask)
+    expected = names.take(pa.array(codes, pa.int64(), mask=None if mask is None else ~mask))
+    assert got.equals(expected)
+    assert got.null_count == expected.null_count
 
 
 def test_boundary_after_is_the_first_transaction_end_reaching_count() -> None:
