@@ -169,7 +169,7 @@ class EventBatch:
                 arrays.append(pa.nulls(len(self), type=field.type))
                 continue
             valid = carried(field.name)
-            if field.name in NULLABLE:
+            if field.name in NULLABLE and valid is not _NONE:
                 valid = (values >= 0) if valid is None else valid & (values >= 0)
                 valid = None if valid.all() else valid if valid.any() else _NONE
             if valid is _NONE:

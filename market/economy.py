@@ -19,12 +19,16 @@ Members live in slots, a fixed number (`max_population`) of bidder columns: a fo
 its slot from the start, a child takes the lowest free one, and a dead member's slot is
 freed. Policies bid for every slot; only the living, solvent members bid in an auction.
 Balances are the run's own live fold over the bus, so the rules read the same books the
-ledger keeps.
+ledger keeps. Who sits where is a fold too (`Members`): `Economy.settle` is pure (it decides
+on a copy), and the economy learns of its births, closes and dividends only from the
+settlement's events as the bus delivers them (`Economy.apply`), as a resumed run
+(`Economy.restore`) and the learners do.
 docs/economy.md gives the defaults' reasons.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Literal, cast
 
@@ -33,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.events import ENVIRONMENT, TREASURY, Close, Dividend, Endow, Liquidate, Open
 from ledger.replay import LiveBalances, postings
-from ledger.transaction import Body
+from ledger.transaction import TRANSFER_TYPES, Body, Transaction
 from ledger.units import to_units
 from market.society import Society
 
@@ -89,47 +93,97 @@ class Seats:
         return slot
 
 
-class Economy:
-    """Who is alive in which slot, what each may bid, and who closes or is born."""
+class Members:
+    """Who is alive in which slot, whose child each is, and each child's high-water mark:
+    the economy's state, changed only by the events of its settlements (and the founders)."""
 
-    def __init__(self, config: EconomyConfig, society: Society) -> None:
-        self.config = config
+    def __init__(self, society: Society, capacity: int) -> None:
         founders = society.accounts
-        self.capacity = config.max_population or 2 * len(founders)
-        if self.capacity < len(founders):
-            raise ValueError(
-                f"max_population {self.capacity} is below the society's {len(founders)} founders"
-            )
-        vacant = self.capacity - len(founders)
+        vacant = capacity - len(founders)
         self.seats = Seats([*founders, *[None] * vacant])
-        self.accounts = self.seats.accounts
-        """Each slot's member (None: free). The kernel reads it live."""
         self.primitive: list[int] = [*society.primitive_of, *[0] * vacant]
-        """Each slot's primitive (a free slot's is meaningless)."""
-        self.names = society.primitive_names
+        """Each slot's primitive (a free slot's is meaningless); changed in place."""
         self.alive: dict[str, bool] = dict.fromkeys(founders, True)
         self.parent: dict[str, str] = {}
         """Each child's parent (the account that endowed it)."""
+        self.high: dict[str, int] = {}
+        """Each child's balance after its last dividend, or its endowment (its high-water
+        mark)."""
+        self.born = [society.copies] * len(society.primitive_names)
+        """The next account number of each primitive (founders hold 0 and, cloned, 1)."""
+
+    @property
+    def accounts(self) -> list[str | None]:
+        """Each slot's member (None: free)."""
+        return self.seats.accounts
+
+    def copy(self) -> Members:
+        """A copy to decide on: changing it leaves this one as it is."""
+        return copy.deepcopy(self)
+
+    def close(self, account: str) -> None:
+        """`account` closed: it is dead and its slot free."""
+        self.alive[account] = False
+        self.seats.free(account)
+
+    def birth(self, parent: str, child: str, endowment: int) -> None:
+        """`parent` endowed `child`: the child takes the lowest free slot, runs the parent's
+        primitive, and its high-water mark is its endowment."""
+        slot = self.seats.seat(child)
+        p = self.primitive[self.accounts.index(parent)]
+        self.primitive[slot] = p
+        self.alive[child], self.parent[child] = True, parent
+        self.high[child] = endowment
+        self.born[p] = max(self.born[p], int(child.rsplit(".", 1)[1]) + 1)
+
+
+class Economy:
+    """The economy's rules over its members (`Members`): what each may bid, and who closes
+    or is born at a settlement."""
+
+    def __init__(self, config: EconomyConfig, society: Society) -> None:
+        self.config = config
+        self.capacity = config.max_population or 2 * len(society.accounts)
+        if self.capacity < len(society.accounts):
+            raise ValueError(
+                f"max_population {self.capacity} is below the society's "
+                f"{len(society.accounts)} founders"
+            )
+        self.members = Members(society, self.capacity)
+        """The members as the settlements' events have left them."""
+        self.names = society.primitive_names
         self.live = LiveBalances()
-        """The run's live balances (`run_engine` keeps them up to date from the bus)."""
+        """The run's live balances (the run keeps them up to date from the bus)."""
         self.rent = to_units(config.rent)
         self.floor = to_units(config.bankrupt_below)
         self.endowment = to_units(config.endowment)
         self.birth_above = to_units(config.birth_threshold())
         self.share = round(config.dividend * _SHARE)
-        self._high: dict[str, int] = {}
-        """Each child's balance after its last dividend, or its endowment (its high-water
-        mark)."""
-        self._born = [society.copies] * len(self.names)
-        """The next account number of each primitive (founders hold 0 and, cloned, 1)."""
+
+    @property
+    def accounts(self) -> list[str | None]:
+        """Each slot's member (None: free)."""
+        return self.members.accounts
+
+    @property
+    def primitive(self) -> list[int]:
+        """Each slot's primitive (a free slot's is meaningless); a bidder may hold it, as
+        it is changed in place."""
+        return self.members.primitive
+
+    @property
+    def parent(self) -> dict[str, str]:
+        """Each child's parent."""
+        return self.members.parent
 
     @classmethod
     def restore(cls, config: EconomyConfig, society: Society, events: pl.LazyFrame) -> Economy:
         """The economy as a ledger's events left it (to resume a run): the founders, then
-        every birth into the lowest free slot and every close freeing one, in sequence
-        order, as the kernel made them; each child's high-water mark is its balance after
-        its last dividend, or its endowment. Balances are the run's to fill in."""
+        every birth and every close in sequence order, as `apply` folds them; each child's
+        high-water mark is its balance after its last dividend, or its endowment. Balances
+        are the run's to fill in."""
         economy = cls(config, society)
+        members = economy.members
         rows = (  # births and deaths only: one row per member, not per auction
             events.filter(pl.col("kind").is_in(["endow", "close"]))
             .select("seq", "kind", "account", "src", "dst", "amount")
@@ -138,10 +192,9 @@ class Economy:
         )
         for _, kind, account, src, dst, amount in rows.iter_rows():
             if kind == "endow" and src != ENVIRONMENT:
-                economy._place(economy.accounts.index(src), dst)
-                economy._high[dst] = amount
+                members.birth(src, dst, amount)
             elif kind == "close":
-                economy._free(account)
+                members.close(account)
         dividends = (
             events.filter(pl.col("kind") == "dividend")
             .group_by("src")
@@ -150,13 +203,36 @@ class Economy:
         )
         last_dividend: dict[str, int] = dict(dividends.iter_rows())
         if last_dividend:
-            marks = _balances_after(events, last_dividend)
-            economy._high.update(marks)
+            members.high.update(_balances_after(events, last_dividend))
         return economy
+
+    def apply(self, tx: Transaction) -> None:
+        """Fold a settlement's events into the members (a bus subscriber after the run's
+        live balances, which already hold the transaction): a close frees its slot, an
+        endowment from a member seats its child, a dividend marks its payer's balance just
+        after it."""
+        if tx.header[2] != -1:  # an episode's auction: no one is born or closes there
+            return
+        later: dict[str, int] = {}  # each account's change after the event at hand
+        marks: dict[str, int] = {}
+        for model, values in reversed(tx.body):
+            if model is Dividend and values[0] not in marks:
+                child = values[0]
+                marks[child] = self.live.balances.get(child, 0) - later.get(child, 0)
+            if model in TRANSFER_TYPES:
+                src, dst, amount = values[0], values[1], values[2]
+                later[src] = later.get(src, 0) - amount
+                later[dst] = later.get(dst, 0) + amount
+        for model, values in tx.body:
+            if model is Close:
+                self.members.close(values[0])
+            elif model is Endow and values[0] != ENVIRONMENT:
+                self.members.birth(values[0], values[1], values[2])
+        self.members.high.update(marks)
 
     def endowments(self) -> list[tuple[str, int]]:
         """Each founder's endowment from the environment, for the run's opening."""
-        return [(a, self.endowment) for a in self.alive]
+        return [(a, self.endowment) for a in self.members.alive]
 
     def cap(self, account: str) -> int:
         """What `account` may bid: its balance, never below 0."""
@@ -167,7 +243,7 @@ class Economy:
         """How many members are alive."""
         return len(self.accounts) - self.accounts.count(None)
 
-    def members(self) -> list[int]:
+    def living(self) -> list[int]:
         """The slots of the living members, in slot order."""
         return [i for i, a in enumerate(self.accounts) if a is not None]
 
@@ -179,16 +255,18 @@ class Economy:
 
     def settle(self, owners: set[str]) -> list[Body]:
         """The events of one settlement between episodes: the bankrupt among those owning
-        no running episode's state close, children pay dividends, the rich found children."""
+        no running episode's state close, children pay dividends, the rich found children.
+        Decided on a copy of the members: they change when the events are applied."""
+        members = self.members.copy()
         balance = dict(self.live.balances)
         own: list[Body] = []
         for account in self.bankrupt(owners):
-            own += self.close(account)
+            own += self._close(members, account)
             balance[account] = 0
         if self.share:
-            own += self._dividends(balance)
+            own += self._dividends(members, balance)
         if self.config.births:
-            own += self._births(balance)
+            own += self._births(members, balance)
         return own
 
     def bankrupt(self, owners: set[str]) -> list[str]:
@@ -200,58 +278,44 @@ class Economy:
             if a is not None and a not in owners and balances.get(a, 0) < self.floor
         ]
 
-    def close(self, account: str) -> list[Body]:
+    def _close(self, members: Members, account: str) -> list[Body]:
         """The events that liquidate and close `account`; its slot is freed."""
         balance = self.live.balances.get(account, 0)
         src, dst = (account, TREASURY) if balance >= 0 else (TREASURY, account)
-        self._free(account)
+        members.close(account)
         return [(Liquidate, (src, dst, abs(balance))), (Close, (account, "bankrupt"))]
 
-    def _free(self, account: str) -> None:
-        """`account` is dead: its slot is free."""
-        self.alive[account] = False
-        self.seats.free(account)
-
-    def _place(self, slot: int, child: str) -> None:
-        """Seat `child` of the member in `slot` (`Seats.seat`), running the parent's
-        primitive."""
-        child_slot = self.seats.seat(child)
-        p = self.primitive[slot]
-        self.primitive[child_slot] = p
-        self.alive[child], self.parent[child] = True, self.accounts[slot] or ""
-        self._born[p] = max(self._born[p], int(child.rsplit(".", 1)[1]) + 1)
-
-    def _dividends(self, balance: dict[str, int]) -> list[Body]:
+    def _dividends(self, members: Members, balance: dict[str, int]) -> list[Body]:
         """Each living child's share of its profit above its high-water mark, to its living
         parent; `balance` is updated. The mark is the child's balance after its last
         dividend (its endowment before any), so it is a fold over the ledger too."""
         own: list[Body] = []
-        for child in self.accounts:
-            parent = self.parent.get(child) if child is not None else None
-            if child is None or parent is None or not self.alive[parent]:
+        for child in members.accounts:
+            parent = members.parent.get(child) if child is not None else None
+            if child is None or parent is None or not members.alive[parent]:
                 continue
-            gain = balance.get(child, 0) - self._high[child]
+            gain = balance.get(child, 0) - members.high[child]
             paid = gain * self.share // _SHARE if gain > 0 else 0
             if paid:
                 own.append((Dividend, (child, parent, paid)))
-                balance[child] = self._high[child] = balance.get(child, 0) - paid
+                balance[child] = members.high[child] = balance.get(child, 0) - paid
                 balance[parent] = balance.get(parent, 0) + paid
         return own
 
-    def _births(self, balance: dict[str, int]) -> list[Body]:
+    def _births(self, members: Members, balance: dict[str, int]) -> list[Body]:
         """A child for each member richer than the threshold, while a slot is free (parents
         in slot order); `balance` is updated."""
         own: list[Body] = []
-        for slot, parent in enumerate(list(self.accounts)):
+        for slot, parent in enumerate(list(members.accounts)):
             if parent is None or balance.get(parent, 0) <= self.birth_above:
                 continue
-            if balance[parent] - self.endowment < self.floor or None not in self.accounts:
+            if balance[parent] - self.endowment < self.floor or None not in members.accounts:
                 continue
-            p = self.primitive[slot]
-            child = f"{self.names[p]}.{self._born[p]}"
-            self._place(slot, child)
+            p = members.primitive[slot]
+            child = f"{self.names[p]}.{members.born[p]}"
+            members.birth(parent, child, self.endowment)
             balance[parent] -= self.endowment
-            balance[child] = self._high[child] = self.endowment
+            balance[child] = self.endowment
             own += [(Open, (child,)), (Endow, (parent, child, self.endowment))]
         return own
 

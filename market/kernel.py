@@ -199,11 +199,22 @@ class Kernel(Core):
         """Each running episode's current seller: a member that must not close yet."""
         self.task, self.society = task, society
         self.mechanism, self.policy, self.gamma = mechanism, policy, gamma
-        self._accounts: Sequence[str] = society.accounts
-        self._prims: Sequence[int] = society.primitive_of
-        if economy is not None:  # bidders are the economy's slots; a free slot never bids
-            self._accounts, self._prims = cast(list[str], economy.accounts), economy.primitive
+        if economy is not None:  # it folds its settlements' events, after the live balances
+            self.bus.subscribe_all(economy.apply)
         self._waiting: list[tuple[int, simpy.Event]] = []
+
+    @property
+    def _accounts(self) -> Sequence[str]:
+        """Each bidder's account: the society's, or the economy's slots as its members are
+        now (a free slot never bids)."""
+        if self.economy is None:
+            return self.society.accounts
+        return cast(list[str], self.economy.accounts)
+
+    @property
+    def _prims(self) -> Sequence[int]:
+        """Each bidder's primitive."""
+        return self.society.primitive_of if self.economy is None else self.economy.primitive
 
     def _schedule(self, slots: int) -> None:
         """A SimPy process per slot, each running one episode after another."""
@@ -216,7 +227,7 @@ class Kernel(Core):
         self, on_episode: Callable[[EpisodeResult], None] | None
     ) -> Generator[simpy.Event, list[int], None]:
         while self._budget.allows(self.next_episode, self.steps):
-            if self.economy is not None and not self.economy.solvent(self.economy.members()):
+            if self.economy is not None and not self.economy.solvent(self.economy.living()):
                 self.stopped = EXTINCT
                 return  # nobody is left who can bid, or ever will
             ep = self.next_episode
@@ -302,7 +313,7 @@ class Kernel(Core):
         caps (their balances) and their capped bids."""
         assert self.economy is not None
         cap = self.economy.cap
-        living = self.economy.members()
+        living = self.economy.living()
         members = self.economy.solvent(living)
         caps = [cap(self._accounts[i]) for i in members]
         capped = [min(bids[i], c) for i, c in zip(members, caps, strict=True)]

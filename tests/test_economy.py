@@ -233,19 +233,43 @@ def test_a_child_pays_its_parent_a_share_of_its_profit_above_its_high_water_mark
     economy = Economy(settings, Society.of(task))
     live = economy.live.balances
     live.update({"L.0": 0, "L.1": 0, "R.0": 3 * UNIT, "R.1": 0})
-    economy.settle(set())  # R.0 founds R.2 with 1 credit
+    settled(economy)  # R.0 founds R.2 with 1 credit
     assert economy.parent == {"R.2": "R.0"}
     live.update({"R.0": 0, "R.2": 3 * UNIT})
     paid = []
     for balance in (3 * UNIT, 2 * UNIT, 3 * UNIT // 2, 12 * UNIT // 5):
         live["R.2"] = balance
-        own = economy.settle(set())
-        paid.append([(m.__name__, v) for m, v in own])
-        for _, (src, dst, amount) in [(m, v) for m, v in own if m.__name__ == "Dividend"]:
-            live[src] -= amount
-            live[dst] += amount
+        paid.append([(m.__name__, v) for m, v in settled(economy)])
     assert paid == [[("Dividend", ("R.2", "R.0", UNIT))], [], [], [
         ("Dividend", ("R.2", "R.0", UNIT // 5))]]  # fmt: skip
+
+
+def settled(economy: Economy) -> list[Body]:
+    """Settle `economy` between episodes and apply the settlement as a run's bus does: to
+    the live balances, then to the economy."""
+    own = economy.settle(set())
+    tx = Transaction((0, "run", -1, -1, 0.0), own)
+    economy.live.apply(tx)
+    economy.apply(tx)
+    return own
+
+
+def test_a_settlement_changes_nothing_until_its_events_are_applied() -> None:
+    """`settle` decides on a copy: the members change only when its events are applied,
+    so a settlement that is never committed leaves no child seated and no one closed."""
+    task = make_task("chain")
+    settings = EconomyConfig(rent=0.0, birth_above=1.0, bankrupt_below=0.5)
+    economy = Economy(settings, Society.of(task))
+    economy.live.balances.update({"L.0": 0, "L.1": UNIT, "R.0": 3 * UNIT // 2, "R.1": UNIT})
+    before = list(economy.accounts)
+    own = economy.settle(set())
+    assert {m.__name__ for m, _ in own} >= {"Close", "Open", "Endow"}
+    assert economy.accounts == before and economy.parent == {}
+    tx = Transaction((0, "run", -1, -1, 0.0), own)
+    economy.live.apply(tx)
+    economy.apply(tx)
+    assert "L.0" not in economy.accounts and economy.parent == {"R.2": "R.0"}
+    assert economy.settle(set()) == []  # L.0 closed once, R.0 no longer rich
 
 
 def test_children_pay_their_parents_only_in_an_audited_run() -> None:
@@ -259,10 +283,11 @@ def test_children_pay_their_parents_only_in_an_audited_run() -> None:
 
 
 def settle_heard(economy: Economy, learner: LearningSociety) -> None:
-    """Settle `economy` between episodes; `learner` hears the births and closes from the
-    ledger, as in a run."""
+    """Settle `economy` between episodes; it and `learner` hear the births and closes from
+    the ledger, as in a run."""
     bus = Bus(MemoryLedger())
     learner.attach(bus)
+    bus.subscribe_all(economy.apply)
     members = [a for a in economy.accounts if a is not None]
     opening: list[Body] = [(Open, (a,)) for a in (ENVIRONMENT, TREASURY, *members)]
     for account, held in economy.live.balances.items():  # the books the test made up
@@ -364,8 +389,9 @@ def test_the_ledger_alone_restores_the_economy() -> None:
     kinds = {e.kind for e in ledger.events()}
     assert {"close", "dividend"} <= kinds and economy.parent  # deaths, births and dividends
     restored = Economy.restore(settings, Society.of(task), ledger.scan())
-    for field in ("accounts", "primitive", "alive", "population", "parent", "_high", "_born"):
-        assert getattr(restored, field) == getattr(economy, field), field
+    assert restored.population == economy.population
+    for field in ("accounts", "primitive", "alive", "parent", "high", "born"):
+        assert getattr(restored.members, field) == getattr(economy.members, field), field
 
 
 def test_an_economy_run_resumes_where_its_ledger_stops(tmp_path: Path) -> None:
@@ -386,7 +412,7 @@ def test_an_economy_run_resumes_where_its_ledger_stops(tmp_path: Path) -> None:
     events = [e for e in DiskLedger(out / "ledger").events()]
     founders = [e for e in events if e.kind == "endow" and e.src == ENVIRONMENT]
     assert len(founders) == 4 and len([e for e in events if e.kind == "run_start"]) == 2
-    dead = {a for a, alive in before.alive.items() if not alive}
+    dead = {a for a, alive in before.members.alive.items() if not alive}
     assert dead and before.parent  # members died and were born before the resume
     resumed = events[[e.kind for e in events].index("run_start", 1) :]
     assert not [e for e in resumed if e.kind == "bid" and e.account in dead]
