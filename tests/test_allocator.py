@@ -1,5 +1,6 @@
 """The console script's allocator settings: applied where glibc is, harmless where not."""
 
+import ctypes.util
 import sys
 
 import pytest
@@ -13,5 +14,5 @@ def test_glibc_takes_every_setting() -> None:
 
 
 def test_no_c_library_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(allocator.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     assert not allocator.keep_freed_memory()
