@@ -23,7 +23,18 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from agents.flags import (
+from agents.budget import BUDGET_SCALE
+from analyses.wealth import wealth
+from ledger.errors import LedgerError
+from ledger.signing import Signer, Verifier, generate
+from ledger.units import to_credit
+from market.allocator import keep_freed_memory
+from market.anchors import Anchors, full_head
+from market.audit import AuditReport, audit
+from market.kernel import EpisodeResult
+from simulation import proofs, rundir
+from simulation.config import resolve
+from simulation.flags import (
     FLAGS,
     default_text,
     flag,
@@ -32,17 +43,7 @@ from agents.flags import (
     settings,
     value_type,
 )
-from agents.runner import OPTION_TASKS, STORAGE_FAILED, Finished, Prepared, prepare
-from agents.simulation import BUDGET_SCALE, resolve
-from analyses.wealth import wealth
-from ledger.errors import LedgerError
-from ledger.signing import Signer, Verifier, generate
-from ledger.units import to_credit
-from market import proofs, rundir
-from market.allocator import keep_freed_memory
-from market.anchors import Anchors, full_head
-from market.audit import AuditReport, audit
-from market.kernel import EpisodeResult
+from simulation.runner import OPTION_TASKS, STORAGE_FAILED, Finished, Prepared, prepare
 
 
 class _HelpWithoutValue:
@@ -159,7 +160,7 @@ def simulate_cmd(
 
 
 def _option(name: str) -> inspect.Parameter:
-    """`market simulate`'s option for setting `name` (`agents.flags.FLAGS`)."""
+    """`market simulate`'s option for setting `name` (`simulation.flags.FLAGS`)."""
     row, kind = FLAGS[name], value_type(name)
     decls = [f"{flag(name)}/--no-{flag(name)[2:]}" if row.negative else flag(name)]
     option = typer.Option(
@@ -483,7 +484,8 @@ def sweep_cmd(
 
     Every cell's settings are checked before anything runs. Ctrl-C stops the sweep; the same
     command continues it."""
-    from analyses.sweep import Sweep, compare, execute, parse_axis, parse_seeds, plan, unfinished
+    from analyses.runs import summarise_run
+    from simulation.sweep import Sweep, compare, execute, parse_axis, parse_seeds, plan, unfinished
 
     if backend not in ("local", "ray"):
         fail(f"unknown backend {backend!r}; choose one of: local, ray")
@@ -505,7 +507,11 @@ def sweep_cmd(
             def advance(_row: dict[str, Any]) -> None:
                 progress.advance(bar)
 
-            guarded(lambda: execute(sweep, out, todo, workers, backend, address, advance))
+            guarded(
+                lambda: execute(
+                    sweep, out, todo, workers, backend, address, advance, summarise=summarise_run
+                )
+            )
     except KeyboardInterrupt:
         finished = total - len(unfinished(sweep, out))
         err.print(
@@ -515,7 +521,7 @@ def sweep_cmd(
             soft_wrap=True,
         )  # fmt: skip
         raise typer.Exit(130) from None
-    from analyses.sweep import axes_of, results
+    from simulation.sweep import axes_of, results
 
     console.print(_frame_table("final return per cell", compare(results(out), axes_of(out))))
     console.print(Text.assemble("sweep written to ", (str(out), "bold")))
@@ -533,7 +539,7 @@ def _listing(title: str, *columns: str) -> Table:
 @app.command("presets", cls=Command)
 def presets_cmd() -> None:
     """List the named experiments `simulate --preset NAME` starts from."""
-    from agents.simulation import PRESETS
+    from simulation.config import PRESETS
 
     table = _listing(
         "presets (market simulate --preset NAME; --set to change a setting)",
@@ -589,7 +595,7 @@ def report_cmd(
 
     RUN may be a run directory or a sweep directory (`market sweep --out`)."""
     from analyses.report import REPORT, run_report, sweep_report, write_html
-    from analyses.sweep import SWEEP
+    from simulation.sweep import SWEEP
 
     if (run / SWEEP).is_file():
         report = guarded(lambda: sweep_report(run))

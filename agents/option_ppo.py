@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.distributions import Categorical
 
-from agents.simulation import budget_scale, scaled
+from agents.budget import budget_scale, scaled
 from market.two_rooms import (
     HEIGHT,
     OPTION_NAMES,

@@ -1,7 +1,7 @@
 """The learners' settings, as Pydantic models that import no torch.
 
 They are read by the learners (`ppo_bidder.py`, `dqn_control.py`) and by whatever builds a run
-from a config file, a preset or the command line (`agents/simulation.py`), which should not
+from a config file, a preset or the command line (`simulation/config.py`), which should not
 wait for torch to load.
 """
 

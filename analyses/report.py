@@ -31,16 +31,15 @@ from analyses.inequality import (
     lorenz_of,
 )
 from analyses.population import living_over_time, population
+from analyses.runs import LATE_SHARE
 from analyses.wealth import late_episode, returns_curve, steps_before, wealth, wealth_over_time
-from market import rundir
 from market.control import ControlRunConfig, control_task_of
 from market.control_tasks import ControlTask
 from market.tasks import TABULAR_TASKS, Task, gym_id, make_task
+from simulation import rundir
 
 REPORT = "report"
 """The directory, inside a run directory, that a report is written to."""
-LATE_SHARE = 0.1
-"""The share of a run's last episodes that 'final' figures (winners, bids) are taken over."""
 
 
 @dataclass
@@ -193,7 +192,7 @@ def population_series(
 
 def sweep_report(out: Path) -> Report:
     """The report of sweep directory `out`: each cell's final return over its seeds."""
-    from analyses.sweep import axes_of, compare, results
+    from simulation.sweep import axes_of, compare, results
 
     table = results(out)
     axes = axes_of(out)

@@ -7,7 +7,7 @@ Four rows, each for `--steps` env steps on one core (`torch.set_num_threads(1)`)
                      engine's own cost over the env's)
   society, learning  the same society of PPO primitives learning (`--learn`, GYM_PPO)
   monolithic PPO     one PPO policy over the two actions (`--learn --monolithic`)
-Runs go through `market simulate`'s own path (`agents.runner.prepare`/`execute`), the
+Runs go through `market simulate`'s own path (`simulation.runner.prepare`/`execute`), the
 closing audit off (it is `market audit`'s benchmark, benchmarks/scale.py).
 
     python benchmarks/gymnasium.py [--steps 100000] [--concurrency 128] [--repeats 3]
@@ -37,8 +37,8 @@ import polars as pl
 import torch
 from generated import RESULTS, Table, frame, publish, read, save_data
 
-from agents.runner import prepare
-from agents.simulation import Simulation
+from simulation.config import Simulation
+from simulation.runner import prepare
 
 ENV = "CartPole-v1"
 

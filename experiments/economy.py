@@ -46,11 +46,11 @@ from generated import (
 )
 from pool import Row, run_all
 
-from agents.runner import prepare
 from agents.settings import PPOConfig
-from agents.simulation import resolve
 from analyses.population import lifecycle, living_inequality, population
 from analyses.wealth import env_steps_clock, finished_episodes
+from simulation.config import resolve
+from simulation.runner import prepare
 
 ARMS: dict[str, dict[str, Any]] = {
     "fixed": {},

@@ -26,11 +26,11 @@ import polars as pl
 from generated import ResultsError, Table, first_reached, frame, read, spread
 from pool import Row
 
-from agents.runner import prepare
-from agents.simulation import Simulation
 from analyses.wealth import finished_episodes
 from ledger.units import UNIT
-from market.rundir import ENV
+from simulation.config import Simulation
+from simulation.rundir import ENV
+from simulation.runner import prepare
 
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0}
 """Each env's solved threshold on the mean return of the last WINDOW episodes."""

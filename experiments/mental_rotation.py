@@ -26,11 +26,11 @@ import polars as pl
 from generated import RESULTS, Table, frame, median, publish, read, save_data, spread
 from pool import Row, run_all
 
-from agents.runner import prepare
-from agents.simulation import resolve
 from ledger.units import UNIT
 from market.kernel import EpisodeResult
 from market.mental_rotation import KINDS, PRIMITIVES, input_kind, solution
+from simulation.config import resolve
+from simulation.runner import prepare
 
 WINDOW = 500
 """Recent training episodes the curve averages."""

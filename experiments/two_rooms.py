@@ -37,9 +37,9 @@ from generated import (
 )
 from pool import Row, run_all
 
-from agents.runner import prepare
-from agents.simulation import resolve
 from analyses.wealth import finished_episodes
+from simulation.config import resolve
+from simulation.runner import prepare
 
 PRESETS = {"society": "tworooms", "monolithic": "tworooms-monolithic"}
 WINDOW = 100

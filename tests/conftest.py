@@ -268,6 +268,6 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 def full_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test sees the budgets it asks for, whatever the shell exports
     (`MARKET_BUDGET_SCALE` is set by the tests that want it)."""
-    from agents.simulation import BUDGET_SCALE
+    from agents.budget import BUDGET_SCALE
 
     monkeypatch.delenv(BUDGET_SCALE, raising=False)

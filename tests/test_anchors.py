@@ -13,7 +13,7 @@ from test_consistent_rewrite import EPISODES, KEPT, drop_last_episodes
 
 from ledger.disk import DiskLedger
 from ledger.merkle import TreeHead, check_consistency
-from market.rundir import LEDGER, SUMMARY
+from simulation.rundir import LEDGER, SUMMARY
 
 DOCS = Path(__file__).parents[1] / "docs" / "ledger.md"
 RUN = ("simulate", "--task", "chain", "--mechanism", "v", "--bidder", "random", "--seed", "0")

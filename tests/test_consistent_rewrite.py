@@ -15,7 +15,7 @@ from ledger import chain
 from ledger.disk import MANIFEST, DiskLedger, Link
 from ledger.events import TRANSFER_KINDS
 from market.run import RunConfig
-from market.rundir import LEDGER, SUMMARY
+from simulation.rundir import LEDGER, SUMMARY
 
 EPISODES, KEPT = 30, 27
 """Episodes the run plays, and the first of them the rewrite keeps."""

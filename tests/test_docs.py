@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from agents.simulation import PRESETS
+from simulation.config import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -37,6 +37,6 @@ def test_every_doc_named_in_the_docs_exists() -> None:
 
 
 def test_configs_doc_names_every_preset() -> None:
-    """docs/configs.md lists every preset of agents.simulation.PRESETS."""
+    """docs/configs.md lists every preset of simulation.config.PRESETS."""
     text = (DOCS / "configs.md").read_text(encoding="utf-8")
     assert [name for name in PRESETS if f"`{name}`" not in text] == []

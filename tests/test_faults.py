@@ -23,14 +23,14 @@ import pytest
 from conftest import SMALL_BATCH, append_all, committed, history
 from typer.testing import CliRunner, Result
 
-from agents.runner import STORAGE_FAILED, prepare
-from agents.simulation import Simulation, resolve
 from cli import app
 from ledger.disk import MANIFEST, DiskLedger, Link
 from ledger.errors import CorruptLedger
 from ledger.storage import FAULTS, Crash, Fault, FaultyStorage, Op, installed
-from market import rundir
 from market.audit import audit
+from simulation import rundir
+from simulation.config import Simulation, resolve
+from simulation.runner import STORAGE_FAILED, prepare
 
 EPISODES = 40
 BATCH_EVENTS = 1024

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from agents.runner import INTERRUPTED
-from agents.simulation import resolve
 from cli import app
 from ledger.disk import MANIFEST, DiskLedger
 from market.kernel import EXTINCT
-from market.rundir import LEDGER, SUMMARY
+from simulation.config import resolve
+from simulation.rundir import LEDGER, SUMMARY
+from simulation.runner import INTERRUPTED
 
 MARKET = Path(sys.executable).with_name("market")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -143,7 +143,7 @@ def test_ctrl_c_says_what_was_kept_and_the_run_goes_on(tmp_path: Path) -> None:
 
 def test_an_interrupted_run_that_committed_nothing_is_removed(cwd: Path) -> None:
     """Nothing is left that is neither a run nor absent: `--out` works again at once."""
-    from agents.runner import prepare
+    from simulation.runner import prepare
 
     sim = resolve(None, None, {"episodes": 10}, None)
     prepared = prepare(sim, cwd / "early")
@@ -259,7 +259,7 @@ def test_ctrl_c_inside_a_commit_reports_what_is_on_disk(
 ) -> None:
     """A Ctrl-C that lands after a batch's manifest line is written but before the ledger in
     memory counts it: the line, summary.json and the audit all agree with the disk."""
-    from agents.runner import prepare
+    from simulation.runner import prepare
 
     prepared = prepare(resolve(None, None, {"episodes": 400}, None), cwd / "cut")
     prepared.ledger.batch_events = 500

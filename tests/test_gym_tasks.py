@@ -22,7 +22,6 @@ from test_rederive import run_into
 from agents.encoders import VectorFeatures, observation_features
 from agents.fixed_control import RandomPolicy
 from agents.settings import GYM_PPO, PPOConfig
-from agents.simulation import Simulation
 from ledger.store import MemoryLedger
 from ledger.units import UNIT
 from market.audit import audit_frame
@@ -32,6 +31,7 @@ from market.gym_control import N_CONTROLS, GymControl
 from market.gym_tasks import GymTask, GymTaskError, episode_seed, reward_scale_of
 from market.run import RunConfig
 from market.tasks import ENTRY_POINTS, Task, check_task, make_task
+from simulation.config import Simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKET = [sys.executable, "-c", "from cli import main; main()"]

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from agents.runner import OPTION_TASKS, prepare
-from agents.simulation import PRESETS, resolve
+from simulation.config import PRESETS, resolve
+from simulation.runner import OPTION_TASKS, prepare
 
 PINS = Path(__file__).with_name("data") / "heads.json"
 SMALL = ["steps=3000", "ppo.batch=256", "ppo.minibatch=64", "dqn.capacity=4096"]

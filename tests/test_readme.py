@@ -15,7 +15,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from agents.simulation import BUDGET_SCALE
+from agents.budget import BUDGET_SCALE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKET = Path(sys.executable).with_name("market")

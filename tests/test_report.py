@@ -26,7 +26,7 @@ from ledger.events import (
     Reward,
     Transition,
 )
-from market import rundir
+from simulation import rundir
 
 
 def simulate(tmp_path: Path, *args: str) -> Path:

@@ -18,17 +18,17 @@ from test_audit import falsify, first_seq
 from typer.testing import CliRunner
 
 from agents.fixed import make_bidder
-from agents.runner import NOT_AUDITED, PENDING
 from cli import app
 from ledger.disk import DiskLedger
 from ledger.replay import replay
 from ledger.store import Ledger, MemoryLedger
-from market import rundir
 from market.audit import AuditReport, audit, audit_frame
 from market.economy import Economy, EconomyConfig
 from market.run import Continuation, RunConfig, simulate
 from market.society import Society
 from market.tasks import make_task
+from simulation import rundir
+from simulation.runner import NOT_AUDITED, PENDING
 
 L = TypeVar("L", bound=Ledger)
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.simulation import BUDGET_SCALE, PRESETS, Simulation, parse_assignment, resolve
+from agents.budget import BUDGET_SCALE
 from cli import app
+from simulation.config import PRESETS, Simulation, parse_assignment, resolve
 
 
 def invoke(*args: str) -> tuple[int, str, str]:

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from analyses.sweep import parse_seeds, results
 from cli import app
+from simulation.sweep import parse_seeds, results
 
 BASE = ["--set", "task=chain", "--set", "bidder=random", "--set", "episodes=12"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from analyses.sweep import NO_CLUSTER, results
 from cli import app
+from simulation.sweep import NO_CLUSTER, results
 
 FIXED = ["--set", "task=chain", "--set", "bidder=random"]
 """Cheap cells: Chain with fixed random bidders (no learners)."""

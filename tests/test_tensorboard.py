@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from analyses.wealth import returns
 from cli import app
 from ledger.units import UNIT
-from market.rundir import open_run_ledger
+from simulation.rundir import open_run_ledger
 
 
 def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

@@ -15,9 +15,9 @@ from agents.ppo_bidder import PPOBidders
 from agents.settings import PPOConfig
 from agents.training import latest_snapshot, load_snapshot
 from cli import app
-from market.rundir import open_run_ledger
 from market.society import Society
 from market.tasks import make_task
+from simulation.rundir import open_run_ledger
 
 
 @pytest.fixture

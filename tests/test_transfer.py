@@ -14,9 +14,7 @@ from numpy.typing import NDArray
 from typer.testing import CliRunner
 
 from agents.learning import LearningSociety, learner_seed, one_thread
-from agents.runner import prepare
 from agents.settings import PPOConfig
-from agents.simulation import resolve
 from agents.training import latest_snapshot
 from cli import app
 from ledger.store import MemoryLedger
@@ -25,6 +23,8 @@ from market.bus import Bus
 from market.mental_rotation import KINDS, NODES, PRIMITIVES, MentalRotation, solution
 from market.run import RunConfig, simulate
 from market.society import Society
+from simulation.config import resolve
+from simulation.runner import prepare
 
 
 @pytest.fixture

@@ -23,13 +23,13 @@ from typer.testing import CliRunner
 
 from analyses.control import agent_returns
 from analyses.inequality import ALL_OPENED, inequality
-from analyses.sweep import RUNS, SWEEP
 from analyses.watch.follow import NotARun, RunFollower, SweepFollower, follower
 from analyses.watch.server import Watch
 from analyses.wealth import returns, wealth
 from cli import app
 from market.audit import audit
-from market.rundir import open_run_ledger
+from simulation.rundir import open_run_ledger
+from simulation.sweep import RUNS, SWEEP
 
 MARKET = [sys.executable, "-c", "from cli import main; main()"]
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,14 +36,14 @@ from analyses.flows import CLOSE, STEP_KINDS, flows, postings
 from analyses.inequality import ALL_OPENED, LIVING, NOT_AGENTS, gini, inequality_of, lorenz_of
 from analyses.population import lifecycle
 from analyses.report import primitive_names_of, q_star_of
-from analyses.sweep import RUNS, SWEEP
 from analyses.wealth import returns, wealth_over_time
 from ledger import chain, merkle
 from ledger.disk import SCHEMA_EMPTY, DiskLedger, Link, check_link
 from ledger.errors import CorruptLedger
 from ledger.units import UNIT
-from market import rundir
 from market.audit import AuditStream
+from simulation import rundir
+from simulation.sweep import RUNS, SWEEP
 
 POINTS = 400
 """The most points a series keeps; past it, every other old point is dropped."""

@@ -16,10 +16,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 
 from agents.fixed import BIDDERS
-from agents.simulation import Simulation
 from market.economy import EconomyConfig
 from market.mechanisms import RULES
 from market.tasks import TASKS
+from simulation.config import Simulation
 
 TASK, MECHANISM, LEARNING = "Task and budget", "Mechanism and bidders", "Learning"
 ECONOMY, CONTROL = "Economy (--economy hayek)", "Control variant"

@@ -15,7 +15,7 @@ from ledger.errors import CorruptLedger
 
 CONFIG = "config.json"
 SIMULATION = "simulation.toml"
-"""What was asked for (agents.simulation.Simulation): `--config` it to run it again."""
+"""What was asked for (simulation.config.Simulation): `--config` it to run it again."""
 SUMMARY = "summary.json"
 ENV = "env.json"
 """A Gymnasium task's env as the run made it: id, Gymnasium's version, wrappers, horizon and

@@ -12,7 +12,7 @@ import pyarrow.ipc as ipc
 
 from ledger.disk import DiskLedger
 from ledger.merkle import TreeHead, entry
-from market import rundir
+from simulation import rundir
 
 PROOF = "proof.json"
 """The proof's file in a proof directory (beside the segment that holds the event)."""

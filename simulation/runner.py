@@ -21,9 +21,7 @@ import numpy as np
 
 from agents.fixed import check_bidder, make_bidder
 from agents.learner import Learner
-from agents.simulation import Simulation
 from ledger.disk import DiskLedger
-from market import rundir
 from market.audit import AuditReport
 from market.audit import audit as audit_ledger
 from market.bus import Bus
@@ -41,6 +39,8 @@ from market.run import (
 )
 from market.society import Policy, Society
 from market.tasks import TABULAR_TASKS, Task, check_task
+from simulation import rundir
+from simulation.config import Simulation
 
 if TYPE_CHECKING:
     from agents.control_learning import ControlSociety

@@ -15,13 +15,12 @@ switches (`dqn.ter`, `dqn.ier`, `dqn.iql`, `dqn.psi`), which are not set directl
 multiplied by it (at least 1 each) and the factor is recorded as `budget_scale`, so a cut
 run's simulation.toml says so. It is how the README's commands are run as a test
 (tests/test_readme.py); the Two Rooms options a first run trains are cut by the same factor
-(`agents/option_ppo.py`). `budget_scale()` is the one place it is read.
+(`agents/option_ppo.py`). `agents.budget.budget_scale()` is the one place it is read.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,11 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agents.budget import BUDGET_SCALE, budget_scale, scaled
 from agents.settings import GYM_PPO, ControlDQNConfig, PPOConfig
 from market.economy import EconomyConfig
-from market.rundir import SIMULATION
 from market.tasks import gym_id
+from simulation.rundir import SIMULATION
 
 DERIVED = {
     "ppo.gamma": "set gamma (the run's discount) instead",
@@ -41,8 +41,6 @@ DERIVED = {
     **{f"dqn.{s}": "set method instead" for s in ("ter", "ier", "iql", "psi")},
 }
 """Settings that follow from others, with what to set instead."""
-BUDGET_SCALE = "MARKET_BUDGET_SCALE"
-"""The environment variable whose factor cuts every run's steps and episodes."""
 BUDGETS = ("steps", "episodes")
 
 
@@ -230,26 +228,6 @@ def resolve(
         _set(data, key, value)
     _cut(data, given if recorded_cut else set(BUDGETS))
     return validated(data)
-
-
-def budget_scale() -> float | None:
-    """The factor of `MARKET_BUDGET_SCALE`, or None when it is unset; a one-line error when
-    it is not a positive number."""
-    raw = os.environ.get(BUDGET_SCALE, "").strip()
-    if not raw:
-        return None
-    try:
-        scale = float(raw)
-    except ValueError:
-        scale = 0.0
-    if not 0 < scale < float("inf"):
-        raise ValueError(f"{BUDGET_SCALE}={raw!r}: expected a positive number such as 0.001")
-    return scale
-
-
-def scaled(budget: int, scale: float | None) -> int:
-    """`budget` cut by `scale` (at least 1), or as it is when there is no scale."""
-    return budget if scale is None else max(1, round(budget * scale))
 
 
 def _cut(data: dict[str, Any], keys: set[str]) -> None:

@@ -23,7 +23,6 @@ KeyboardInterrupt; the cells cut off are rerun next time.
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
 import shutil
 import signal
@@ -39,17 +38,12 @@ from typing import Any
 import polars as pl
 import tomli_w
 
-from agents.runner import check
-from agents.simulation import Simulation, parse_assignment, resolve
-from analyses.control import agent_returns
-from analyses.inequality import inequality
-from analyses.wealth import returns
-from market import rundir
+from simulation.config import Simulation, parse_assignment, resolve
+from simulation.runner import check
 
 SWEEP = "sweep.toml"
 RUNS = "runs"
 RESULTS = "results"
-LATE_SHARE = 0.1
 """The share of a run's last episodes its final return is averaged over."""
 LOCAL = ("local", "none")
 """The --address values that, like no --address, start Ray in this process for the sweep."""
@@ -165,12 +159,20 @@ def plan(sweep: Sweep, out: Path) -> list[Cell]:
     return unfinished(sweep, out)
 
 
-def run_cell(sim_toml: str, run_dir: str, labels: dict[str, Any]) -> dict[str, Any]:
+Summarise = Callable[[Path], dict[str, Any]]
+"""A finished run's result row, from its directory (`analyses.runs.summarise_run`, passed
+in by who runs the sweep: the analyses sit above this package). A module-level function,
+so a process pool or Ray ships it by name."""
+
+
+def run_cell(
+    sim_toml: str, run_dir: str, labels: dict[str, Any], summarise: Summarise
+) -> dict[str, Any]:
     """Run one cell (settings as TOML) into `run_dir` and return its result row.
 
     A module-level function of plain arguments, so a process pool or Ray can ship it.
     """
-    from agents.runner import prepare
+    from simulation.runner import prepare
 
     sim = Simulation.model_validate(tomllib.loads(sim_toml))
     path = Path(run_dir)
@@ -178,33 +180,7 @@ def run_cell(sim_toml: str, run_dir: str, labels: dict[str, Any]) -> dict[str, A
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     finished = prepare(sim, path).execute()
-    return labels | summarise_run(finished.run)
-
-
-def summarise_run(run: Path) -> dict[str, Any]:
-    """A finished run's result row, folded from its ledger and summary.json."""
-    summary = json.loads((run / rundir.SUMMARY).read_text(encoding="utf-8"))
-    events = rundir.open_run_ledger(run).scan()
-    config = json.loads((run / rundir.CONFIG).read_text(encoding="utf-8"))
-    row: dict[str, Any] = {
-        "events": summary["events"],
-        "seconds": summary["seconds"],
-        "episodes": summary["episodes"],
-        "audit_clean": summary["audit"] == "clean",
-        "run": str(run),
-    }
-    if config.get("variant") == "control":
-        per_agent = agent_returns(events)
-        late = per_agent.filter(pl.col("episode") >= _late(per_agent["episode"].unique().sort()))
-        row["final_return"] = float(late["credit"].mean() or 0.0)  # type: ignore[arg-type]
-        row["env_steps"] = int(per_agent.height // max(per_agent["agent"].n_unique(), 1))
-    else:
-        episodes = returns(events)
-        late = episodes.filter(pl.col("episode") >= _late(episodes["episode"]))
-        row["final_return"] = float(late["credit"].mean() or 0.0)  # type: ignore[arg-type]
-        row["env_steps"] = int(episodes["steps"].sum())
-        row["gini"] = float(inequality(events)["gini"][0])
-    return row
+    return labels | summarise(finished.run)
 
 
 def execute(
@@ -215,10 +191,12 @@ def execute(
     backend: str = "local",
     address: str | None = None,
     on_done: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    summarise: Summarise,
 ) -> list[dict[str, Any]]:
-    """Run `cells` (local process pool, or Ray tasks) and write each result part as it
-    arrives; `on_done` sees every row. On a Ctrl-C the cells still running are stopped and
-    KeyboardInterrupt is raised."""
+    """Run `cells` (local process pool, or Ray tasks) and write each result part, the row
+    `summarise` makes of its run, as it arrives; `on_done` sees every row. On a Ctrl-C the
+    cells still running are stopped and KeyboardInterrupt is raised."""
     jobs = [(sweep.simulation(c).to_toml(), str(c.path(out / RUNS)), _labels(c), c) for c in cells]
     rows: list[dict[str, Any]] = []
 
@@ -235,9 +213,9 @@ def execute(
             on_done(row)
 
     if backend == "ray":
-        _execute_ray(jobs, address, done)
+        _execute_ray(jobs, address, done, summarise)
     elif backend == "local":
-        _execute_local(jobs, workers, done)
+        _execute_local(jobs, workers, done, summarise)
     else:
         raise ValueError(f"unknown backend {backend!r}; choose one of: local, ray")
     return rows
@@ -274,7 +252,10 @@ def compare(table: pl.DataFrame, axes: list[str]) -> pl.DataFrame:
 
 
 def _execute_local(
-    jobs: list[Job], workers: int, done: Callable[[dict[str, Any], Cell], None]
+    jobs: list[Job],
+    workers: int,
+    done: Callable[[dict[str, Any], Cell], None],
+    summarise: Summarise,
 ) -> None:
     """The jobs on a pool of `workers` processes; on any exception (a Ctrl-C, say) the cells
     not started are cancelled and the running ones stopped at once.
@@ -287,7 +268,7 @@ def _execute_local(
     pool = ProcessPoolExecutor(max(workers, 1), mp_context=spawn)
     try:
         with _sigint_ignored():  # the submissions start the workers
-            futures = {pool.submit(run_cell, *job[:3]): job[3] for job in jobs}
+            futures = {pool.submit(run_cell, *job[:3], summarise): job[3] for job in jobs}
         for future in as_completed(futures):
             done(future.result(), futures[future])
     except BaseException:
@@ -322,7 +303,10 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 def _execute_ray(
-    jobs: list[Job], address: str | None, done: Callable[[dict[str, Any], Cell], None]
+    jobs: list[Job],
+    address: str | None,
+    done: Callable[[dict[str, Any], Cell], None],
+    summarise: Summarise,
 ) -> None:
     """The jobs as Ray tasks: on a Ray started in this process for the sweep (no address, or
     one of `LOCAL`), the running cluster (auto) or the cluster at `address`."""
@@ -333,7 +317,7 @@ def _execute_ray(
         _ray_init(address)
     try:
         remote = ray.remote(num_cpus=1)(run_cell)
-        pending = {remote.remote(*job[:3]): job[3] for job in jobs}
+        pending = {remote.remote(*job[:3], summarise): job[3] for job in jobs}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -366,12 +350,6 @@ def _result_path(out: Path, cell: Cell) -> Path:
 
 def _labels(cell: Cell) -> dict[str, Any]:
     return {**{k: _text(v) for k, v in cell.values}, "seed": cell.seed}
-
-
-def _late(episodes: pl.Series) -> int:
-    if episodes.len() == 0:
-        return 0
-    return int(episodes[int(episodes.len() * (1 - LATE_SHARE))])
 
 
 def _text(value: Any) -> str:
