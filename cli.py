@@ -653,6 +653,9 @@ def _frame_table(title: str, frame: pl.DataFrame, limit: int = 40) -> Table:
 
 PLAIN_EVERY = 5.0
 """Seconds between plain progress lines when stdout is not a terminal (a log file)."""
+SHOW_EVERY = 0.1
+"""Seconds between updates of the progress bar's figures (its redraw rate): per episode,
+the figures cost 4% of a random-bidder run's loop."""
 
 
 def _execute_with_progress(prepared: Prepared, audit: bool = True) -> Finished:
@@ -664,7 +667,7 @@ def _execute_with_progress(prepared: Prepared, audit: bool = True) -> Finished:
     done = {"steps": 0, "episodes": 0}
     recent: deque[int] = deque(maxlen=100)
     start = time.perf_counter()
-    said = {"at": start + 1.0 - PLAIN_EVERY}
+    said = {"at": start + 1.0 - PLAIN_EVERY, "shown": start}
     learner = prepared.learner
     with _progress() as progress:
         bar = progress.add_task("env steps" if by_steps else "episodes", total=total)
@@ -673,9 +676,10 @@ def _execute_with_progress(prepared: Prepared, audit: bool = True) -> Finished:
             done["steps"] += result.steps
             done["episodes"] += 1
             recent.append(result.episode_return)
-            if done["episodes"] % 20:
-                return
             now = time.perf_counter()
+            if now - said["shown"] < SHOW_EVERY:  # Speed: the bar redraws at 10 Hz anyway
+                return
+            said["shown"] = now
             rate = done["steps"] / max(now - start, 1e-9)
             text = f"{rate:,.0f} steps/s  return {to_credit(int(np.mean(recent))):.3f}"
             if learner is not None and hasattr(learner, "mean_bids"):
