@@ -25,6 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from agents.budget import BUDGET_SCALE
 from analyses.wealth import wealth
+from ledger.disk import DiskLedger
 from ledger.errors import LedgerError
 from ledger.signing import Signer, Verifier, generate
 from ledger.units import to_credit
@@ -337,14 +338,7 @@ def audit_cmd(
 ) -> None:
     """Check a run's ledger from its stored events alone; exit 0 only when it is clean."""
     ledger = guarded(lambda: rundir.open_run_ledger(run))
-    recorded = guarded(lambda: rundir.recorded_head(run))
-    if head is not None:
-        recorded = guarded(lambda: full_head(ledger, head))
-    anchors = Anchors(
-        head=recorded,
-        since=None if since is None else guarded(lambda: full_head(ledger, since, "--since")),
-        verifier=None if verify_key is None else guarded(lambda: Verifier(verify_key)),
-    )
+    anchors = _anchors(run, ledger, head, since, verify_key)
     with _progress() as progress:
         bar = progress.add_task("auditing (events)", total=ledger.next_seq)
 
@@ -368,7 +362,7 @@ def audit_cmd(
     if report.auctions:  # a control run holds no auctions
         console.print(_audit_table(report))
     console.print(_lifecycle_table(report))
-    if recorded is None and anchors.since is None:
+    if anchors.head is None and anchors.since is None:
         console.print(
             Text.assemble(
                 ("UNANCHORED", "bold yellow"),
@@ -380,6 +374,21 @@ def audit_cmd(
         )
         if not unanchored:
             raise typer.Exit(1)
+
+
+def _anchors(
+    run: Path, ledger: DiskLedger, head: str | None, since: str | None, verify_key: Path | None
+) -> Anchors:
+    """What vouches for the run's ledger: the head given (or the one summary.json recorded),
+    an earlier head it must extend, the key its heads are signed with."""
+    recorded = guarded(lambda: rundir.recorded_head(run))
+    if head is not None:
+        recorded = guarded(lambda: full_head(ledger, head))
+    return Anchors(
+        head=recorded,
+        since=None if since is None else guarded(lambda: full_head(ledger, since, "--since")),
+        verifier=None if verify_key is None else guarded(lambda: Verifier(verify_key)),
+    )
 
 
 @app.command("head", cls=Command)
