@@ -30,12 +30,21 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from ledger.events import ENVIRONMENT, TREASURY, Close, Dividend, Endow, Liquidate, Open
+from ledger.events import (
+    ENVIRONMENT,
+    TREASURY,
+    Close,
+    Dividend,
+    Endow,
+    EventBase,
+    Liquidate,
+    Open,
+)
 from ledger.replay import LiveBalances, postings
 from ledger.transaction import TRANSFER_TYPES, Body, Transaction
 from ledger.units import to_units
@@ -118,8 +127,21 @@ class Members:
         return self.seats.accounts
 
     def copy(self) -> Members:
-        """A copy to decide on: changing it leaves this one as it is."""
-        return copy.deepcopy(self)
+        """A copy to decide on: changing it leaves this one as it is (its containers are
+        copied; what they hold is immutable)."""
+        twin = copy.copy(self)
+        twin.seats = Seats(self.accounts)
+        twin.primitive, twin.born = list(self.primitive), list(self.born)
+        twin.alive, twin.parent, twin.high = dict(self.alive), dict(self.parent), dict(self.high)
+        return twin
+
+    def fold(self, model: type[EventBase], values: tuple[Any, ...]) -> None:
+        """One settlement event: a `Close` frees its account's slot, an `Endow` from a
+        member seats its child; other events change no member."""
+        if model is Close:
+            self.close(values[0])
+        elif model is Endow and values[0] != ENVIRONMENT:
+            self.birth(values[0], values[1], values[2])
 
     def close(self, account: str) -> None:
         """`account` closed: it is dead and its slot free."""
@@ -179,7 +201,7 @@ class Economy:
     @classmethod
     def restore(cls, config: EconomyConfig, society: Society, events: pl.LazyFrame) -> Economy:
         """The economy as a ledger's events left it (to resume a run): the founders, then
-        every birth and every close in sequence order, as `apply` folds them; each child's
+        every birth and every close in sequence order (`Members.fold`, as `apply`); each child's
         high-water mark is its balance after its last dividend, or its endowment. Balances
         are the run's to fill in."""
         economy = cls(config, society)
@@ -191,10 +213,10 @@ class Economy:
             .collect(engine="streaming")
         )
         for _, kind, account, src, dst, amount in rows.iter_rows():
-            if kind == "endow" and src != ENVIRONMENT:
-                members.birth(src, dst, amount)
-            elif kind == "close":
-                members.close(account)
+            if kind == "close":
+                members.fold(Close, (account,))
+            else:
+                members.fold(Endow, (src, dst, amount))
         dividends = (
             events.filter(pl.col("kind") == "dividend")
             .group_by("src")
@@ -224,10 +246,7 @@ class Economy:
                 later[src] = later.get(src, 0) - amount
                 later[dst] = later.get(dst, 0) + amount
         for model, values in tx.body:
-            if model is Close:
-                self.members.close(values[0])
-            elif model is Endow and values[0] != ENVIRONMENT:
-                self.members.birth(values[0], values[1], values[2])
+            self.members.fold(model, values)
         self.members.high.update(marks)
 
     def endowments(self) -> list[tuple[str, int]]:
