@@ -5,7 +5,8 @@ own path (`--task gym:ENV --learn`, GYM_PPO's settings), its ledger audited: the
 society under CCV (`ccv`) or the bucket brigade (`bb`), or one PPO policy over the actions
 (`monolithic`). From the audited ledger, per finished episode in the order they end: the env
 steps taken by then (transformations before its EpisodeEnd) and its return in the env's
-units (credit / reward scale); the wall seconds by then are the run's clock at its end.
+units (`market.gym_tasks.env_return`: the credit undone by the run's reward map); the wall
+seconds by then are the run's clock at its end.
 "Solved" is the env's usual criterion: the mean return of the last `WINDOW` finished
 episodes first at or above its threshold (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3
 200, which needs the box2d extra), the one CleanRL's figures use
@@ -28,6 +29,7 @@ from pool import Row
 
 from analyses.wealth import finished_episodes
 from ledger.units import UNIT
+from market.gym_tasks import env_return
 from simulation.config import Simulation
 from simulation.rundir import ENV
 from simulation.runner import prepare
@@ -45,18 +47,22 @@ ARMS: dict[str, dict[str, Any]] = {
 LABELS = {"ccv": "society, CCV", "bb": "society, bucket brigade", "monolithic": "monolithic PPO"}
 
 
-def run_one(env: str, arm: str, seed: int, steps: int, out: Path) -> tuple[Row, list[Row]]:
-    """One run: its summary row and its curve (the rolling mean return against env steps)."""
+def run_one(
+    env: str, arm: str, seed: int, steps: int, out: Path, settings: dict[str, Any] | None = None
+) -> tuple[Row, list[Row]]:
+    """One run (`settings` added to its arm's, a None ignored): its summary row and its curve
+    (the rolling mean return against env steps)."""
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
     sim = Simulation.model_validate({"task": f"gym:{env}", "steps": steps, "seed": seed,
-                                     **ARMS[arm]})  # fmt: skip
+                                     **ARMS[arm], **given})  # fmt: skip
     run_dir = out / f"{env}-{arm}-s{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)  # this script's own run of an earlier call
     began = time.perf_counter()
     prepared = prepare(sim, run_dir)
-    scale = float(json.loads((run_dir / ENV).read_text(encoding="utf-8"))["reward_scale"])
+    made = json.loads((run_dir / ENV).read_text(encoding="utf-8"))
     finished = prepared.execute()
     seconds = time.perf_counter() - began
-    episodes = episode_table(finished.ledger.scan(), scale)
+    episodes = episode_table(finished.ledger.scan(), made["reward_scale"], made["reward_offset"])
     taken = finished.summary.steps
     solved = solved_at(episodes, THRESHOLDS[env])
     row: Row = {
@@ -74,12 +80,14 @@ def run_one(env: str, arm: str, seed: int, steps: int, out: Path) -> tuple[Row, 
     return row, points
 
 
-def episode_table(events: pl.LazyFrame, scale: float) -> pl.DataFrame:
+def episode_table(events: pl.LazyFrame, scale: float, offset: float = 0.0) -> pl.DataFrame:
     """Per finished episode, in the order they end: the env steps taken by then, its return
-    in the env's units, and the mean return of the last WINDOW episodes."""
+    in the env's units (`env_return` of its credit under the run's reward map), and the mean
+    return of the last WINDOW episodes."""
+    credit = pl.col("units").cast(pl.Float64) / UNIT
     return (
         finished_episodes(events)
-        .with_columns((pl.col("units").cast(pl.Float64) / UNIT / scale).alias("ret"))
+        .with_columns(env_return(credit, pl.col("steps"), scale, offset).alias("ret"))
         .with_columns(pl.col("ret").rolling_mean(WINDOW).alias("rolling"))
         .select("env_steps", "ret", "rolling")
     )

@@ -3,6 +3,9 @@ and wall seconds to solve, final return, audits (experiments/gym_envs.py says ho
 
     python experiments/gymnasium.py --seeds 5 [--envs CartPole-v1,Acrobot-v1]
                                     [--arms ccv,bb,monolithic] [--steps 1000000] [--workers 2]
+                                    [--reward-scale X] [--reward-offset Y]
+The reward map (`--reward-scale`, `--reward-offset`: docs/gymnasium.md) is every run's; unset,
+each env's default.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("experiments/out/gymnasium"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--name", default="gymnasium", help="the saved data's directory name")
+    parser.add_argument("--reward-scale", type=float, help="every run's (default: the env's)")
+    parser.add_argument("--reward-offset", type=float, help="every run's (default: the env's)")
     args = parser.parse_args()
     envs, arms = args.envs.split(","), args.arms.split(",")
     if unknown := [e for e in envs if e not in THRESHOLDS]:
@@ -37,7 +42,9 @@ def main() -> None:
     if unknown := [a for a in arms if a not in ARMS]:
         parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(e, a, s, args.steps, args.out) for e in envs for a in arms for s in range(args.seeds)]
+    rewards = {"reward_scale": args.reward_scale, "reward_offset": args.reward_offset}
+    jobs = [(e, a, s, args.steps, args.out, rewards)
+            for e in envs for a in arms for s in range(args.seeds)]  # fmt: skip
     rows, points = run_all(run_one, jobs, args.workers)
     order = [pl.col("env"), pl.col("arm").replace_strict(list(ARMS), list(range(len(ARMS)))),
              pl.col("seed")]  # fmt: skip

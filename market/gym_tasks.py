@@ -62,9 +62,29 @@ class GymTaskError(ValueError):
     """An env id that cannot be a society's task, said in one line with the fix."""
 
 
+REWARD_OFFSETS: dict[str, float] = {}
+"""Reward added to every step's before scaling, by the env id's name (others: 0)."""
+
+
+def _family(env: str) -> str:
+    """An env id's name before its version (`ALE/Pong-v5` -> `Pong`)."""
+    return env.split("/")[-1].rsplit("-v", 1)[0]
+
+
 def reward_scale_of(env: str) -> float:
     """The default credit per unit of the env's reward (`REWARD_SCALES`)."""
-    return REWARD_SCALES.get(env.split("/")[-1].rsplit("-v", 1)[0], 1.0)
+    return REWARD_SCALES.get(_family(env), 1.0)
+
+
+def reward_offset_of(env: str) -> float:
+    """The default reward added to each of the env's steps (`REWARD_OFFSETS`)."""
+    return REWARD_OFFSETS.get(_family(env), 0.0)
+
+
+def env_return(credit: Any, steps: Any, scale: float, offset: float) -> Any:
+    """An episode's return in the env's units from its return in credit over `steps` steps:
+    `credit` undone (`GymTask.credit`). Numbers or Polars expressions alike."""
+    return credit / scale - offset * steps
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -166,7 +186,13 @@ class GymTask(Task):
     tabular = False
     records = True
 
-    def __init__(self, env: str, seed: int = 0, reward_scale: float | None = None) -> None:
+    def __init__(
+        self,
+        env: str,
+        seed: int = 0,
+        reward_scale: float | None = None,
+        reward_offset: float | None = None,
+    ) -> None:
         from gymnasium import spaces
 
         self.env_id, self.name, self.seed = env, GYM + env, seed
@@ -181,6 +207,7 @@ class GymTask(Task):
         self.observation_shape, self._convert = observer(probe.observation_space, env)
         self.horizon = time_limit(probe)
         self.reward_scale = reward_scale if reward_scale is not None else reward_scale_of(env)
+        self.reward_offset = reward_offset if reward_offset is not None else reward_offset_of(env)
         self.wrappers = _wrappers(probe)
         """The wrappers the env is read through, outermost first."""
         self.stepper = Stepper(env, seed, self.horizon, int(actions.start), probe)
@@ -211,8 +238,8 @@ class GymTask(Task):
         return self.horizon + 1
 
     def credit(self, reward: float) -> float:
-        """An env reward in credit."""
-        return reward * self.reward_scale
+        """An env reward in credit: offset, then scaled (`env_return` undoes it)."""
+        return (reward + self.reward_offset) * self.reward_scale
 
     def starts(self, episodes: NDArray[np.int64]) -> NDArray[np.int64]:
         ids = np.asarray(episodes, dtype=np.int64) * self.span

@@ -386,10 +386,12 @@ class _Gym(AuctionWorld):
     order; its reward, termination and next id must be the recorded ones. Memory: one env
     per episode in flight."""
 
-    def __init__(self, name: str, seed: int, reward_scale: float | None) -> None:
+    def __init__(
+        self, name: str, seed: int, reward_scale: float | None, reward_offset: float | None
+    ) -> None:
         from market.gym_tasks import GymTask, make_env
 
-        task = GymTask(name[len(GYM) :], seed, reward_scale)
+        task = GymTask(name[len(GYM) :], seed, reward_scale, reward_offset)
         self.name, self.horizon, self.primitives = name, task.horizon, task.primitive_names
         self.unchecked = {}
         self._task, self._span = task, task.span
@@ -495,7 +497,7 @@ def world_of(config: RunConfig | ControlRunConfig) -> tuple[World | None, str]:
         if name in TWO_ROOMS:
             return _TwoRooms(name, config.seed, config.gamma), ""
         if gym_id(name) is not None:
-            return _Gym(name, config.seed, config.reward_scale), ""
+            return _Gym(name, config.seed, config.reward_scale, config.reward_offset), ""
     except (ValueError, ImportError, OSError) as e:
         return None, f"task {name!r} cannot be made ({e})"
     return None, f"task {name!r} is not one the audit can make"

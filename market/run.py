@@ -66,7 +66,7 @@ class Recorded(BaseModel):
 class RunConfig(Recorded):
     """Everything that determines a run's ledger."""
 
-    added = ("reward_scale",)
+    added = ("reward_scale", "reward_offset")
 
     task: str = "chain"
     mechanism: Mechanism = Mechanism.CCV
@@ -92,6 +92,9 @@ class RunConfig(Recorded):
     reward_scale: float | None = Field(default=None, gt=0.0)
     """A Gymnasium task's credit per unit of its env's reward; None: the env's default
     (`market.gym_tasks.REWARD_SCALES`)."""
+    reward_offset: float | None = None
+    """Added to a Gymnasium task's every step's reward before scaling; None: the env's
+    default (`market.gym_tasks.REWARD_OFFSETS`)."""
 
     @model_validator(mode="after")
     def _bounded(self) -> RunConfig:
@@ -112,8 +115,9 @@ def file_name(task: str) -> str:
 
 
 def task_of(config: RunConfig) -> Task:
-    """The task `config` names, made for its seed, discount, primitives and reward scale."""
-    return make_task(config.task, config.seed, config.gamma, config.primitives, config.reward_scale)
+    """The task `config` names, made for its seed, discount, primitives and reward map."""
+    return make_task(config.task, config.seed, config.gamma, config.primitives,
+                     config.reward_scale, config.reward_offset)  # fmt: skip
 
 
 KernelChoice = Literal["auto", "episodes", "rounds"]

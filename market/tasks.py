@@ -287,16 +287,17 @@ def make_task(
     gamma: float = 0.99,
     primitives: int | None = None,
     reward_scale: float | None = None,
+    reward_offset: float | None = None,
 ) -> Task:
     """The task called `name` for a run of `seed` and discount `gamma` (Chain with
-    `primitives` primitives, if given; a Gymnasium env's rewards times `reward_scale`, if
-    given); a ValueError names the choices otherwise."""
-    _scale_fits(name, reward_scale)
+    `primitives` primitives, if given; a Gymnasium env's rewards plus `reward_offset` times
+    `reward_scale`, each if given); a ValueError names the choices otherwise."""
+    _rewards_fit(name, reward_scale, reward_offset)
     if (env := gym_id(name)) is not None:
         from market.gym_tasks import GymTask
 
         _no_primitives(name, primitives)
-        return GymTask(env, seed, reward_scale)
+        return GymTask(env, seed, reward_scale, reward_offset)
     if ":" in name:
         _no_primitives(name, primitives)
         return _offered(name, seed, gamma)
@@ -304,13 +305,19 @@ def make_task(
     return Chain(primitives) if primitives is not None else TASKS[name](seed, gamma)
 
 
-def check_task(name: str, primitives: int | None = None, reward_scale: float | None = None) -> None:
+def check_task(
+    name: str,
+    primitives: int | None = None,
+    reward_scale: float | None = None,
+    reward_offset: float | None = None,
+) -> None:
     """A one-line ValueError unless `name` is a task (taking `primitives`, if given); loads
     nothing for the built-in tasks (a task over images reads its data only when made); a
     Gymnasium env or another package's task is made once to see that it fits."""
-    _scale_fits(name, reward_scale)
+    _rewards_fit(name, reward_scale, reward_offset)
     if ":" in name:
-        make_task(name, primitives=primitives, reward_scale=reward_scale)
+        make_task(name, primitives=primitives, reward_scale=reward_scale,
+                  reward_offset=reward_offset)  # fmt: skip
         return
     if name not in TASKS:
         raise ValueError(
@@ -320,9 +327,10 @@ def check_task(name: str, primitives: int | None = None, reward_scale: float | N
     _no_primitives(name, primitives)
 
 
-def _scale_fits(name: str, reward_scale: float | None) -> None:
-    if reward_scale is not None and gym_id(name) is None:
-        raise ValueError("--reward-scale is for Gymnasium tasks (--task gym:ID)")
+def _rewards_fit(name: str, reward_scale: float | None, reward_offset: float | None) -> None:
+    for flag, value in (("--reward-scale", reward_scale), ("--reward-offset", reward_offset)):
+        if value is not None and gym_id(name) is None:
+            raise ValueError(f"{flag} is for Gymnasium tasks (--task gym:ID)")
 
 
 def _no_primitives(name: str, primitives: int | None) -> None:

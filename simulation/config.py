@@ -72,6 +72,9 @@ class Simulation(BaseModel):
     reward_scale: float | None = Field(
         None, gt=0, description="a Gymnasium task's credit per unit of its env's reward"
     )
+    reward_offset: float | None = Field(
+        None, description="added to a Gymnasium task's every step's reward before scaling"
+    )
     economy: Literal["hayek"] | None = Field(
         None, description="hayek: members endowed, bids capped by wealth, rent, bankruptcy"
     )

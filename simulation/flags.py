@@ -75,6 +75,12 @@ FLAGS: dict[str, Flag] = {
         "the env's: CartPole, Acrobot 0.01; others 1",
         _A,
     ),
+    "reward_offset": Flag(
+        TASK,
+        "Gymnasium tasks: added to every step's reward before scaling (docs/gymnasium.md).",
+        "the env's: 0",
+        _A,
+    ),
     "mechanism": Flag(
         MECHANISM,
         "; ".join(f"{key.value}: {rule.describe}" for key, rule in RULES.items()) + ".",

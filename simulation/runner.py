@@ -220,8 +220,9 @@ def checked_config(sim: Simulation) -> RunConfig:
         raise ValueError("--method is for --variant control")
     _kernel(sim)
     config = auction_config(sim)
-    if config.task not in TABULAR_TASKS or config.primitives is not None or config.reward_scale:
-        check_task(config.task, config.primitives, config.reward_scale)
+    rewards = (config.reward_scale, config.reward_offset)
+    if config.task not in TABULAR_TASKS or config.primitives is not None or any(rewards):
+        check_task(config.task, config.primitives, *rewards)
     if config.learner is None:
         check_bidder(config.bidder)
     if sim.frozen and (sim.init is None or config.learner is None):
@@ -346,6 +347,7 @@ def auction_config(sim: Simulation) -> RunConfig:
         primitives=sim.primitives,
         economy=sim.hayek if sim.economy == "hayek" else None,
         reward_scale=sim.reward_scale,
+        reward_offset=sim.reward_offset,
     )
 
 
@@ -360,6 +362,7 @@ def _record_env(run: Path, task: Task) -> None:
             run / rundir.ENV,
             {"id": task.env_id, "gymnasium": gymnasium.__version__, "wrappers": task.wrappers,
              "horizon": task.horizon, "reward_scale": task.reward_scale,
+             "reward_offset": task.reward_offset,
              "observation": task.observation_space},
         )  # fmt: skip
 

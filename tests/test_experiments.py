@@ -545,6 +545,8 @@ def test_a_gymnasium_run_is_solved_when_its_last_100_episodes_average_the_thresh
         seq += 1
     episodes = gym_envs.episode_table(pl.DataFrame(rows).lazy(), 0.01)
     assert episodes["ret"].to_list()[:2] == [10.0, 10.0] and episodes["ret"][-1] == 500.0
+    offset = gym_envs.episode_table(pl.DataFrame(rows).lazy(), 0.01, 1.0)  # a step's +1 undone
+    assert offset["ret"].to_list()[:2] == [0.0, 0.0] and offset["ret"][-1] == 0.0
     # 5 tens and 95 five-hundreds: (50 + 47,500) / 100 = 475.5; 6 and 94 give 470.6
     at = 100 * 10 + 95 * 500
     assert gym_envs.solved_at(episodes, 475.0) == at

@@ -28,7 +28,7 @@ from market.audit import audit_frame
 from market.control import ControlRunConfig, control_task_of, simulate_control
 from market.control_tasks import make_control_task
 from market.gym_control import N_CONTROLS, GymControl
-from market.gym_tasks import GymTask, GymTaskError, episode_seed, reward_scale_of
+from market.gym_tasks import GymTask, GymTaskError, env_return, episode_seed, reward_scale_of
 from market.run import RunConfig
 from market.tasks import ENTRY_POINTS, Task, check_task, make_task
 from simulation.config import Simulation
@@ -142,6 +142,31 @@ def test_rewards_in_credit_by_the_scale() -> None:
     assert task.step(int(state), 0).reward == 0.5
 
 
+def test_rewards_offset_before_the_scale_and_undone_in_the_envs_units() -> None:
+    """Acrobot's -1 a step at offset 1 is 0 credit, and its goal (0) 1 credit at scale 1."""
+    task = GymTask("Acrobot-v1", reward_scale=2.0, reward_offset=1.0)
+    (state,) = task.starts(np.array([0]))
+    assert task.step(int(state), 0).reward == 0.0
+    assert task.credit(0.0) == 2.0
+    assert env_return(task.credit(-1.0) * 3 + task.credit(0.0), 4, 2.0, 1.0) == -3.0
+    frame = pl.DataFrame({"credit": [3.0], "steps": [4]})
+    undone = frame.select(env_return(pl.col("credit"), pl.col("steps"), 2.0, 1.0))
+    assert undone.item() == -2.5
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+def test_the_audit_steps_the_env_under_the_runs_reward_map(offset: float) -> None:
+    """A run recorded with offset 1 audits clean only if its Rewards are offset: one stepped
+    without the offset breaks `reward-value` at its first step."""
+    stepped = GymTask("Acrobot-v1", 3, reward_scale=1.0, reward_offset=offset)
+    ledger = run_into(MemoryLedger(), stepped, task="gym:Acrobot-v1", episodes=2,
+                      concurrency=2, reward_scale=1.0, reward_offset=1.0)  # fmt: skip
+    report = audit_frame(ledger.scan().collect())
+    assert report.ok == (offset == 1.0)
+    if offset != 1.0:
+        assert report.violation is not None and report.violation.rule == "reward-value"
+
+
 def test_observations_as_the_learners_read_them() -> None:
     lake = GymTask("FrozenLake-v1")
     (state,) = lake.starts(np.array([0]))
@@ -183,6 +208,7 @@ def test_a_bad_task_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -
     for argv in (
         ["--task", "gym:Pendulum-v1"],
         ["--task", "chain", "--reward-scale", "0.1"],
+        ["--task", "bandit", "--reward-offset", "1"],
     ):
         done = subprocess.run(
             [*MARKET, "simulate", *argv, "--episodes", "2", "--out", str(tmp_path / "r")],
@@ -245,8 +271,8 @@ def test_another_package_offers_tasks_through_the_entry_point_group(plugin: Path
 
 def test_the_reward_scale_is_recorded_only_when_set() -> None:
     """Ledgers written before the setting existed keep their configuration's bytes."""
-    assert "reward_scale" not in RunConfig().model_dump_json()
-    scaled = RunConfig(task="gym:CartPole-v1", reward_scale=0.5)
+    assert "reward_" not in RunConfig().model_dump_json()
+    scaled = RunConfig(task="gym:CartPole-v1", reward_scale=0.5, reward_offset=-1.0)
     assert RunConfig.model_validate_json(scaled.model_dump_json()) == scaled
     assert scaled.run_id.startswith("gym-CartPole-v1-ccv-s0-")
 
