@@ -25,6 +25,9 @@ learning curves they make under <results>/ (experiments/regenerate.py remakes th
 figure is the mean over seeds with its 95% confidence interval, bootstrapped over seeds.
 
     python experiments/control.py --seeds 5 [--agents 2,4] [--steps 200000] [--workers 2]
+                                  [--keep DIR]
+`--keep DIR` keeps each finished run's figures in DIR, so a long study stopped part-way is
+finished by running the same command again (experiments/pool.py).
 """
 
 from __future__ import annotations
@@ -395,6 +398,9 @@ def main() -> None:
         "--results", type=Path, default=RESULTS, help="saved data, tables and plots go here"
     )
     parser.add_argument("--name", default="control", help="the saved data's directory name")
+    parser.add_argument(
+        "--keep", type=Path, help="keep each finished run here; run again to finish the rest"
+    )
     args = parser.parse_args()
     learner = {k: float(v) for k, v in (kv.split("=") for kv in args.learner.split(",") if kv)}
     learner = {k: int(v) if v.is_integer() and k != "gamma" else v for k, v in learner.items()}
@@ -408,7 +414,7 @@ def main() -> None:
         if not (method == JOINT and n == 1)  # one agent's joint action is its own
         for seed in range(args.seeds)
     ]
-    rows, curves = run_all(run_one, jobs, args.workers)
+    rows, curves = run_all(run_one, jobs, args.workers, args.keep)
     frames = {
         "runs": pl.DataFrame(rows).sort("agents", "method", "seed"),
         "curves": pl.DataFrame(curves),

@@ -3,7 +3,7 @@ and wall seconds to solve, final return, audits (experiments/gym_envs.py says ho
 
     python experiments/gymnasium.py --seeds 5 [--envs CartPole-v1,Acrobot-v1]
                                     [--arms ccv,bb,monolithic] [--steps 1000000] [--workers 2]
-                                    [--reward-scale X] [--reward-offset Y]
+                                    [--reward-scale X] [--reward-offset Y] [--keep DIR]
 The reward map (`--reward-scale`, `--reward-offset`: docs/gymnasium.md) is every run's; unset,
 each env's default.
 """
@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--name", default="gymnasium", help="the saved data's directory name")
     parser.add_argument("--reward-scale", type=float, help="every run's (default: the env's)")
     parser.add_argument("--reward-offset", type=float, help="every run's (default: the env's)")
+    parser.add_argument(
+        "--keep", type=Path, help="keep each finished run here; run again to finish the rest"
+    )
     args = parser.parse_args()
     envs, arms = args.envs.split(","), args.arms.split(",")
     if unknown := [e for e in envs if e not in THRESHOLDS]:
@@ -45,7 +48,7 @@ def main() -> None:
     rewards = {"reward_scale": args.reward_scale, "reward_offset": args.reward_offset}
     jobs = [(e, a, s, args.steps, args.out, rewards)
             for e in envs for a in arms for s in range(args.seeds)]  # fmt: skip
-    rows, points = run_all(run_one, jobs, args.workers)
+    rows, points = run_all(run_one, jobs, args.workers, args.keep)
     order = [pl.col("env"), pl.col("arm").replace_strict(list(ARMS), list(range(len(ARMS)))),
              pl.col("seed")]  # fmt: skip
     frames = {"runs": pl.DataFrame(rows).sort(order), "curves": pl.DataFrame(points)}

@@ -24,6 +24,7 @@ import control
 import economy
 import gym_envs
 import mental_rotation
+import pool
 import tabular
 import two_rooms
 
@@ -551,3 +552,22 @@ def test_a_gymnasium_run_is_solved_when_its_last_100_episodes_average_the_thresh
     at = 100 * 10 + 95 * 500
     assert gym_envs.solved_at(episodes, 475.0) == at
     assert gym_envs.solved_at(episodes, 501.0) is None
+
+
+def _logged_square(x: int, log: Path) -> int:
+    """x squared, each call logged (a run whose calls a test counts)."""
+    with log.open("a") as f:
+        f.write(f"{x}\n")
+    return x * x
+
+
+def test_a_kept_study_runs_only_the_jobs_not_yet_kept(tmp_path: Path) -> None:
+    log, keep = tmp_path / "calls", tmp_path / "keep"
+    first = pool.run_each(_logged_square, [(2, log), (3, log)], workers=1, keep=keep)
+    assert sorted(first) == [4, 9]
+    again = pool.run_each(_logged_square, [(2, log), (3, log), (4, log)], workers=1, keep=keep)
+    assert sorted(again) == [4, 9, 16]
+    assert sorted(log.read_text().split()) == ["2", "3", "4"]  # 2 and 3 were read, not run
+    assert len(list(keep.glob("*.pickle"))) == 3 and not list(keep.glob("*.partial"))
+    pool.run_each(_logged_square, [(2, log)], workers=1)  # without keep: always run
+    assert log.read_text().split().count("2") == 2
