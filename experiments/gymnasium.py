@@ -4,8 +4,10 @@ and wall seconds to solve, final return, audits (experiments/gym_envs.py says ho
     python experiments/gymnasium.py --seeds 5 [--envs CartPole-v1,Acrobot-v1]
                                     [--arms ccv,bb,monolithic] [--steps 1000000] [--workers 2]
                                     [--reward-scale X] [--reward-offset Y] [--keep DIR]
-The reward map (`--reward-scale`, `--reward-offset`: docs/gymnasium.md) is every run's; unset,
-each env's default.
+                                    [--ppo KEY=VALUE,...] [--first-seed 0]
+The reward map (`--reward-scale`, `--reward-offset`: docs/gymnasium.md) and the PPO settings
+(`--ppo`, over the env's GYM_PPO) are every run's; unset, the defaults. Seeds run from
+`--first-seed` (a study that chooses settings on seeds of its own).
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ import polars as pl
 from generated import RESULTS, publish, save_data
 from gym_envs import ARMS, THRESHOLDS, run_one
 from pool import run_all
+from pydantic import ValidationError
+
+from simulation.config import Simulation
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1_000_000, help="env steps per run")
     parser.add_argument("--envs", default="CartPole-v1", help="comma-separated Gymnasium ids")
@@ -38,6 +44,9 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="keep each finished run here; run again to finish the rest"
     )
+    parser.add_argument(
+        "--ppo", default="", help="PPO settings over the env's, e.g. policy_lr=0.001,epochs=8"
+    )
     args = parser.parse_args()
     envs, arms = args.envs.split(","), args.arms.split(",")
     if unknown := [e for e in envs if e not in THRESHOLDS]:
@@ -45,9 +54,23 @@ def main() -> None:
     if unknown := [a for a in arms if a not in ARMS]:
         parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    rewards = {"reward_scale": args.reward_scale, "reward_offset": args.reward_offset}
-    jobs = [(e, a, s, args.steps, args.out, rewards)
-            for e in envs for a in arms for s in range(args.seeds)]  # fmt: skip
+    settings: dict[str, object] = {"reward_scale": args.reward_scale,
+                                   "reward_offset": args.reward_offset}  # fmt: skip
+    if args.ppo:
+        try:
+            settings["ppo"] = {
+                k: float(v) for k, v in (kv.split("=") for kv in args.ppo.split(","))
+            }
+        except ValueError:
+            parser.error(f"--ppo {args.ppo!r}: expected KEY=NUMBER,..., e.g. policy_lr=0.001")
+    try:  # every run's settings, checked before any run starts
+        given = {k: v for k, v in settings.items() if v is not None}
+        Simulation.model_validate({"task": f"gym:{envs[0]}", "learn": True, **given})
+    except ValidationError as e:
+        parser.error(f"--ppo {args.ppo!r}: {e.errors()[0]['msg']} ({e.errors()[0]['loc']})")
+    jobs = [(e, a, s, args.steps, args.out, settings)
+            for e in envs for a in arms
+            for s in range(args.first_seed, args.first_seed + args.seeds)]  # fmt: skip
     rows, points = run_all(run_one, jobs, args.workers, args.keep)
     order = [pl.col("env"), pl.col("arm").replace_strict(list(ARMS), list(range(len(ARMS)))),
              pl.col("seed")]  # fmt: skip
