@@ -720,37 +720,8 @@ def _order(piece: _Kinds, carry: Carry) -> Finding | None:
             lambda i: (f"an episode numbered above {before[i]}", f"episode {numbers[i]}"),
         )
     ]
-    config = carry.config
-    if config is not None:
-        most = config.concurrency
-        checks.append(
-            _Check(
-                "episode-order",
-                is_start & (opened > most),
-                seq,
-                lambda i: (
-                    f"at most {most} episodes open at once (the run's concurrency)",
-                    f"{opened[i]} with episode {marks['episode'][i]}",
-                ),
-            )
-        )
-        told = marks["episodes"].fill_null(-1).to_numpy()
-        budget = config.episodes
-        economy = getattr(config, "economy", None)
-        exact = budget is not None and config.steps is None and economy is None
-        over = told > budget if budget is not None else np.zeros(len(told), dtype=bool)
-        wrong = over | (exact & (told != budget))
-        checks.append(
-            _Check(
-                "run-end",
-                is_end & wrong,
-                seq,
-                lambda i: (
-                    f"{'exactly' if exact else 'at most'} {budget} episodes (the run's budget)",
-                    f"{told[i]}",
-                ),
-            )
-        )
+    if carry.config is not None:
+        checks += _configured_order(marks, is_start, is_end, opened, carry.config)
     checks.append(
         _Check(
             "run-end",
@@ -760,15 +731,49 @@ def _order(piece: _Kinds, carry: Carry) -> Finding | None:
         )
     )
     if len(numbers):
-        carry.last_started = (
-            int(numbers.max())
-            if carry.last_started is None
-            else max(carry.last_started, int(numbers.max()))
-        )
+        top = int(numbers.max())
+        carry.last_started = top if carry.last_started is None else max(carry.last_started, top)
     carry.open = int(opened[-1])
     if is_end.any():
         carry.open = 0  # a closed run: a RunEnd with episodes open is its violation
     return _first(checks)
+
+
+def _configured_order(
+    marks: pl.DataFrame,
+    is_start: NDArray[np.bool_],
+    is_end: NDArray[np.bool_],
+    opened: NDArray[np.int64],
+    config: RunConfig | ControlRunConfig,
+) -> list[_Check]:
+    """`episode-order` against the run's concurrency, `run-end` against its budget."""
+    seq, most = marks["seq"].to_numpy(), config.concurrency
+    told = marks["episodes"].fill_null(-1).to_numpy()
+    budget = config.episodes
+    economy = getattr(config, "economy", None)
+    exact = budget is not None and config.steps is None and economy is None
+    over = told > budget if budget is not None else np.zeros(len(told), dtype=bool)
+    wrong = over | (exact & (told != budget))
+    return [
+        _Check(
+            "episode-order",
+            is_start & (opened > most),
+            seq,
+            lambda i: (
+                f"at most {most} episodes open at once (the run's concurrency)",
+                f"{opened[i]} with episode {marks['episode'][i]}",
+            ),
+        ),
+        _Check(
+            "run-end",
+            is_end & wrong,
+            seq,
+            lambda i: (
+                f"{'exactly' if exact else 'at most'} {budget} episodes (the run's budget)",
+                f"{told[i]}",
+            ),
+        ),
+    ]
 
 
 def _episode_starts(
@@ -983,12 +988,54 @@ def _auctions(
     carry.states = stand.carried
     if steps.is_empty():
         return []
-    named = ("seq", "state", "primitive", "nxt", "step", "done", "duration")
-    seq, state, primitive, nxt, step, done, duration = (steps[c].to_numpy() for c in named)
-    auction, reward, r_at, ended = (steps[c].to_numpy() for c in ("sold", "r", "r_at", "ended"))
+    a = _Transforms.of(steps)
+    want = world.expect(a.state, a.primitive, a.nxt)
+    ok = ~stand.foreign & want.valid
+    checks = [
+        *_winner_checks(piece, steps, a, stand, world),
+        *_world_checks(a, want, ~stand.foreign, world),
+    ]
+    if want.obs is not None:
+        checks.append(_observations("transition", steps, ok, want.obs[ok], "its next state"))
+    return [_first(checks)]
+
+
+class _Transforms(NamedTuple):
+    """A chunk's Transform rows as arrays, each with its auction's reward (`r`, at `r_at`)
+    and whether its transaction ends the episode."""
+
+    seq: NDArray[np.int64]
+    state: NDArray[np.int64]
+    primitive: NDArray[np.int64]
+    nxt: NDArray[np.int64]
+    step: NDArray[np.int64]
+    done: NDArray[np.bool_]
+    duration: NDArray[np.float64]
+    sold: NDArray[np.bool_]
+    r: NDArray[np.int64]
+    r_at: NDArray[np.int64]
+    ended: NDArray[np.bool_]
+
+    @classmethod
+    def of(cls, steps: pl.DataFrame) -> _Transforms:
+        return cls(*(steps[c].to_numpy() for c in (
+            "seq", "state", "primitive", "nxt", "step", "done", "duration", "sold", "r", "r_at",
+            "ended",
+        )))  # fmt: skip
+
+    def told(self, i: int) -> str:
+        return f"primitive {self.primitive[i]} on state {self.state[i]}"
+
+
+def _winner_checks(
+    piece: _Kinds, steps: pl.DataFrame, a: _Transforms, stand: _Stand, world: AuctionWorld
+) -> list[_Check]:
+    """`transition`: each step is its auction's winner running the primitive its account is
+    named after, from where its episode stood."""
+    mine = ~stand.foreign
     # Speed: the primitive each winner runs, by its name, read per (account, primitive) pair
     pairs = (
-        (steps.filter(pl.Series(~stand.foreign)) if stand.foreign.any() else steps)
+        (steps.filter(pl.Series(mine)) if stand.foreign.any() else steps)
         .group_by("account", "primitive")
         .agg(_C("seq").min())
     )
@@ -996,26 +1043,6 @@ def _auctions(
     runs = world.runs(pairs["account"].to_list())
     known = stand.prev >= 0
     prev = _take(stand.pool.fill_null(-1).to_numpy(), stand.prev, -1)
-    mine = ~stand.foreign
-    want = world.expect(state, primitive, nxt)
-    ok = mine & want.valid
-    last = want.done | (step == world.horizon - 1)
-    reward_bad = reward != want.reward
-    if want.reward_any is not None:
-        reward_bad = np.where(want.reward_any, (reward != 0) & (reward != UNIT), reward_bad)
-
-    def told(i: int) -> str:
-        return f"primitive {primitive[i]} on state {state[i]}"
-
-    def next_said(i: int) -> str:
-        if want.next_state[i] < 0:
-            return world.next_any
-        return f"next state {want.next_state[i]} ({world.name}: {told(i)})"
-
-    def reward_said(i: int) -> str:
-        if want.reward_any is not None and want.reward_any[i]:
-            return f"0 or {UNIT} units ({world.name}: {told(i)}, a reading of the classifier)"
-        return f"{want.reward[i]} units ({world.name}: {told(i)})"
 
     def sold_said(i: int) -> tuple[str, str]:
         sold = piece.of("allocate").filter(_C("tx") == steps["tx"][i])
@@ -1024,11 +1051,11 @@ def _auctions(
         account, prim, at = sold.select("account", "primitive", "state").row(0)
         return (
             f"the auction's: {account} running primitive {prim} on state {at}",
-            f"{steps['account'][i]} running {told(i)}",
+            f"{steps['account'][i]} running {a.told(i)}",
         )
 
-    checks = [
-        _Check("transition", mine & ~auction, seq, sold_said),
+    return [
+        _Check("transition", mine & ~a.sold, a.seq, sold_said),
         _Check(
             "transition",
             runs != paired,
@@ -1042,50 +1069,75 @@ def _auctions(
         ),
         _Check(
             "transition",
-            mine & known & (prev != state),
-            seq,
-            lambda i: (f"state {prev[i]} (where the episode stood)", f"state {state[i]}"),
+            mine & known & (prev != a.state),
+            a.seq,
+            lambda i: (f"state {prev[i]} (where the episode stood)", f"state {a.state[i]}"),
         ),
+    ]
+
+
+def _world_checks(
+    a: _Transforms, want: Expected, mine: NDArray[np.bool_], world: AuctionWorld
+) -> list[_Check]:
+    """`transition`, `duration` and `reward-value`: each step of the run's own episodes
+    (`mine`) goes where the task says, as fast, and is paid what it pays."""
+    ok = mine & want.valid
+    last = want.done | (a.step == world.horizon - 1)
+    reward_bad = a.r != want.reward
+    if want.reward_any is not None:
+        reward_bad = np.where(want.reward_any, (a.r != 0) & (a.r != UNIT), reward_bad)
+
+    def next_said(i: int) -> str:
+        if want.next_state[i] < 0:
+            return world.next_any
+        return f"next state {want.next_state[i]} ({world.name}: {a.told(i)})"
+
+    def reward_said(i: int) -> str:
+        if want.reward_any is not None and want.reward_any[i]:
+            return f"0 or {UNIT} units ({world.name}: {a.told(i)}, a reading of the classifier)"
+        return f"{want.reward[i]} units ({world.name}: {a.told(i)})"
+
+    return [
         _Check(
             "transition",
             mine & ~want.valid,
-            seq,
-            lambda i: (f"a state and primitive of {world.name}", f"{told(i)} to {nxt[i]}"),
+            a.seq,
+            lambda i: (f"a state and primitive of {world.name}", f"{a.told(i)} to {a.nxt[i]}"),
         ),
         _Check(
             "transition",
-            ok & (want.next_state != nxt),
-            seq,
-            lambda i: (next_said(i), f"next state {nxt[i]}"),
+            ok & (want.next_state != a.nxt),
+            a.seq,
+            lambda i: (next_said(i), f"next state {a.nxt[i]}"),
         ),
         _Check(
             "transition",
-            ok & (want.done != done),
-            seq,
-            lambda i: (f"done {bool(want.done[i])} ({world.name}: {told(i)})", f"done {done[i]}"),
+            ok & (want.done != a.done),
+            a.seq,
+            lambda i: (
+                f"done {bool(want.done[i])} ({world.name}: {a.told(i)})",
+                f"done {a.done[i]}",
+            ),
         ),
         _ends_here(
-            ok, last, ended, seq, "no end: the episode goes on (not done, before its horizon)"
+            ok, last, a.ended, a.seq, "no end: the episode goes on (not done, before its horizon)"
         ),
         _Check(
             "duration",
-            ok & (duration != want.duration),
-            seq,
+            ok & (a.duration != want.duration),
+            a.seq,
             lambda i: (
-                f"duration {want.duration[i]} ({world.name}: {told(i)})",
-                f"duration {duration[i]}",
+                f"duration {want.duration[i]} ({world.name}: {a.told(i)})",
+                f"duration {a.duration[i]}",
             ),
         ),
         _Check(
             "reward-value",
-            ok & (r_at >= 0) & reward_bad,
-            r_at,
-            lambda i: (reward_said(i), f"{reward[i]} units"),
+            ok & (a.r_at >= 0) & reward_bad,
+            a.r_at,
+            lambda i: (reward_said(i), f"{a.r[i]} units"),
         ),
     ]
-    if want.obs is not None:
-        checks.append(_observations("transition", steps, ok, want.obs[ok], "its next state"))
-    return [_first(checks)]
 
 
 def _control(
@@ -1096,8 +1148,7 @@ def _control(
     carry: Carry,
 ) -> list[Finding | None]:
     """`transition` and `reward-value` on a run's control steps."""
-    task, accounts = world.task, world.accounts
-    d, n = task.state_dim, len(accounts)
+    d, n = world.task.state_dim, len(world.accounts)
     drawn = [world.start() for _ in range(starts.height)]  # one per episode, in their order
     starts = starts.with_columns(pl.Series("nxt", drawn, dtype=pl.List(pl.Float64)))
     steps = piece.of("transition").with_columns(_C("next_x").alias("nxt"))
@@ -1109,7 +1160,6 @@ def _control(
         (_C("x").list.len() == d) & (_C("next_x").list.len() == d)
         & (_C("controls").list.len() == n)
     ).fill_null(False)  # fmt: skip
-    known = stand.prev >= 0
     prev = stand.pool.gather(np.maximum(stand.prev, 0))
     fill = {"x": [0.0] * d, "next_x": [0.0] * d, "controls": [0.0] * n}
     arrays = steps.select(
@@ -1120,24 +1170,43 @@ def _control(
             for c, v in fill.items()
         ),
     )
-    x, nx, u = (np.ascontiguousarray(arrays[c].to_numpy()) for c in ("x", "next_x", "controls"))
-    want = task.f(x, u)
-    units = np.rint(task.g(x, u) * UNIT).astype(np.int64)
-    tx, seq = steps["tx"].to_numpy(), steps["seq"].to_numpy()
-    step = steps["step"].fill_null(-1).to_numpy()
-    mine = ~stand.foreign
-    ok = mine & arrays["shaped"].to_numpy()
-    continues = ~known | arrays["continues"].to_numpy()
-    done = steps["done"].fill_null(False).to_numpy()
-    ended = _rows(tx, ends["tx"].to_numpy()).hit()
-    last = step == world.horizon - 1
-    orders = _orders(piece, steps, world)
-    paid = _rewards(piece, tx, world)
-    count_bad = np.zeros(len(seq), dtype=bool)
-    for counted in (orders, paid):
-        at = counted["_row"].to_numpy()
-        count_bad |= np.bincount(at[at >= 0], minlength=len(seq)) != n
+    x, u = (np.ascontiguousarray(arrays[c].to_numpy()) for c in ("x", "controls"))
+    ok = ~stand.foreign & arrays["shaped"].to_numpy()
+    tx = steps["tx"].to_numpy()
+    orders, paid = _orders(piece, steps, world), _rewards(piece, tx, world)
+    units = np.rint(world.task.g(x, u) * UNIT).astype(np.int64)
+    counted = _counted(ok, orders, paid, steps["seq"].to_numpy(), n)
     checks = [
+        *_plant_checks(steps, arrays, stand, prev, ok, ends, world, counted),
+        _ordered(ok, orders),
+        _paid(ok, paid, units, world),
+    ]
+    return [_first(checks)]
+
+
+def _plant_checks(
+    steps: pl.DataFrame,
+    arrays: pl.DataFrame,
+    stand: _Stand,
+    prev: pl.Series,
+    ok: NDArray[np.bool_],
+    ends: pl.DataFrame,
+    world: _Control,
+    counted: _Check,
+) -> list[_Check]:
+    """`transition`: each step of the run's own episodes has the plant's shapes, starts where
+    its episode stood, holds what `counted` checks, goes where f says, and ends the episode
+    exactly at the horizon."""
+    d, n = world.task.state_dim, len(world.accounts)
+    x, nx, u = (np.ascontiguousarray(arrays[c].to_numpy()) for c in ("x", "next_x", "controls"))
+    want = world.task.f(x, u)
+    seq, step = steps["seq"].to_numpy(), steps["step"].fill_null(-1).to_numpy()
+    mine = ~stand.foreign
+    continues = (stand.prev < 0) | arrays["continues"].to_numpy()
+    done = steps["done"].fill_null(False).to_numpy()
+    ended = _rows(steps["tx"].to_numpy(), ends["tx"].to_numpy()).hit()
+    last = step == world.horizon - 1
+    return [
         _Check(
             "transition",
             mine & ~ok,
@@ -1153,12 +1222,7 @@ def _control(
                 f"x = {steps['x'][i].to_list()}",
             ),
         ),
-        _Check(
-            "transition",
-            ok & count_bad,
-            seq,
-            lambda i: (f"{n} orders and {n} rewards, one per agent", "others"),
-        ),
+        counted,
         _Check(
             "transition",
             ok & (want != nx).any(axis=1),
@@ -1173,40 +1237,65 @@ def _control(
         ),
         _ends_here(ok, last, ended, seq, "no end before the horizon"),
     ]
-    o_row = orders["_row"].to_numpy()
-    checks.append(
-        _Check(
-            "transition",
-            (o_row >= 0) & _take(ok, o_row, False) & ~orders["fits"].to_numpy(),
-            orders["seq"].to_numpy(),
-            lambda i: (
-                "an order by agent {} of its action's control, as the step applied it".format(
-                    orders["primitive"][i]
-                ),
-                "{} ordering action {} as {}".format(
-                    *orders.select("account", "action", "control").row(i)
-                ),
-            ),
-        )
+
+
+def _counted(
+    ok: NDArray[np.bool_],
+    orders: pl.DataFrame,
+    paid: pl.DataFrame,
+    seq: NDArray[np.int64],
+    n: int,
+) -> _Check:
+    """`transition`: each step holds one order and one reward per agent."""
+    count_bad = np.zeros(len(seq), dtype=bool)
+    for counted in (orders, paid):
+        at = counted["_row"].to_numpy()
+        count_bad |= np.bincount(at[at >= 0], minlength=len(seq)) != n
+    return _Check(
+        "transition",
+        ok & count_bad,
+        seq,
+        lambda i: (f"{n} orders and {n} rewards, one per agent", "others"),
     )
+
+
+def _ordered(ok: NDArray[np.bool_], orders: pl.DataFrame) -> _Check:
+    """`transition`: each order is its agent's, of the control the step applied for it."""
+    o_row = orders["_row"].to_numpy()
+    return _Check(
+        "transition",
+        (o_row >= 0) & _take(ok, o_row, False) & ~orders["fits"].to_numpy(),
+        orders["seq"].to_numpy(),
+        lambda i: (
+            "an order by agent {} of its action's control, as the step applied it".format(
+                orders["primitive"][i]
+            ),
+            "{} ordering action {} as {}".format(
+                *orders.select("account", "action", "control").row(i)
+            ),
+        ),
+    )
+
+
+def _paid(
+    ok: NDArray[np.bool_], paid: pl.DataFrame, units: NDArray[np.int64], world: _Control
+) -> _Check:
+    """`reward-value`: each agent is paid what g gives it for the step (`units`)."""
     p_row, agent = paid["_row"].to_numpy(), paid["agent"].to_numpy()
     mapped = (p_row >= 0) & (agent >= 0)
     owed = np.where(mapped, units[np.maximum(p_row, 0), np.maximum(agent, 0)], 0)
     got = paid["r"].to_numpy()
-    checks.append(
-        _Check(
-            "reward-value",
-            (p_row >= 0) & _take(ok, p_row, False) & ((agent < 0) | (got != owed)),
-            paid["seq"].to_numpy(),
-            lambda i: (
-                f"{owed[i]} units ({world.name}'s g for agent {agent[i]})"
-                if agent[i] >= 0
-                else "a reward to one of the run's agents",
-                f"{got[i]} units",
-            ),
-        )
+    return _Check(
+        "reward-value",
+        (p_row >= 0) & _take(ok, p_row, False) & ((agent < 0) | (got != owed)),
+        paid["seq"].to_numpy(),
+        lambda i: (
+            f"{owed[i]} units ({world.name}'s g for agent {agent[i]})"
+            if agent[i] >= 0
+            else "a reward to one of the run's agents",
+            f"{got[i]} units",
+        ),
     )
-    return [_first(checks)]
 
 
 def _orders(piece: _Kinds, steps: pl.DataFrame, world: _Control) -> pl.DataFrame:
