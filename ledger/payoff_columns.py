@@ -14,8 +14,8 @@ discounted income is added in row order. `tests/test_payoff_columns.py` holds it
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -88,51 +88,18 @@ class BatchPayoffTracker:
             return
         carried = self._carried(batch.strings)
         m = len(carried.episode)
-        # Rows come in transactions, in order: number them, then number the auctions.
-        new_tx = cols["seq"] == cols["tx"]
-        tx_of_row = np.cumsum(new_tx) - 1
-        is_auction = np.zeros(int(tx_of_row[-1]) + 1, dtype=bool)
-        is_auction[tx_of_row[bid_rows]] = True
-        n = int(is_auction.sum())
-        auction_of_tx = np.where(is_auction, np.cumsum(is_auction) - 1 + m, -1)
-        at = auction_of_tx[tx_of_row]  # each row's auction (after the carried ones), or -1
-        first = bid_rows[np.flatnonzero(np.diff(at[bid_rows], prepend=-2))]
+        at, first = _auctions_of(cols, bid_rows, m)
         episode = np.concatenate([carried.episode, cols["episode"][first]])
         step = np.concatenate([carried.step, cols["step"][first]])
+        n = len(first)
         ended = np.zeros(m + n, dtype=bool)
         ended[at[(kind == _END) & (at >= 0)]] = True
-        disc = np.concatenate([carried.discount, np.zeros(n)])
-        transforms = np.flatnonzero((kind == _TRANSFORM) & (at >= 0))
-        durations = cols["duration"][transforms]
-        if durations.size and durations.min() == durations.max():  # the usual case: one value
-            disc[at[transforms]] = self._discount(float(durations[0]))
-        else:
-            values, which = np.unique(durations, return_inverse=True)
-            disc[at[transforms]] = np.array([self._discount(d) for d in values.tolist()])[which]
-
-        src, dst, amount = cols["src"], cols["dst"], cols["amount"]
+        disc = np.concatenate([carried.discount, self._discounts_at(batch, at, m, n)])
         env = batch.strings.index(ENVIRONMENT) if ENVIRONMENT in batch.strings else -1
-        own = np.zeros((m + n, len(batch.strings)), dtype=np.int64)
-        pays = np.flatnonzero((kind == _PAY) & (at >= 0))
-        np.subtract.at(own, (at[pays], src[pays]), amount[pays])
-        rewards = np.flatnonzero((kind == _REWARD) & (at >= 0))
-        to_env = dst[rewards] == env
-        who = np.where(to_env, src[rewards], dst[rewards])
-        np.add.at(own, (at[rewards], who), np.where(to_env, -amount[rewards], amount[rewards]))
-        utility = own.astype(np.float64)
+        utility = _own_terms(batch, at, m + n, env)
         utility[:m] = carried.utility
-
-        order = np.lexsort((np.arange(m + n), episode))
-        same = episode[order][1:] == episode[order][:-1]
-        prev = np.full(m + n, -1, dtype=np.int64)
-        succ = np.full(m + n, -1, dtype=np.int64)
-        prev[order[1:][same]] = order[:-1][same]
-        succ[order[:-1][same]] = order[1:][same]
-        income = np.flatnonzero(((kind == _PAY) | (kind == _MINT)) & (at >= 0) & (dst != env))
-        income = income[prev[at[income]] >= 0]
-        sold = prev[at[income]]
-        np.add.at(utility, (sold, dst[income]), disc[sold] * amount[income])
-
+        prev, succ = _neighbours(episode)
+        _add_income(utility, batch, at, prev, disc, env)
         final = ended | (succ >= 0)
         key = np.where(succ >= 0, 2 * succ, 2 * np.arange(m + n) + 1)
         finished = np.flatnonzero(final)
@@ -140,43 +107,33 @@ class BatchPayoffTracker:
         rank = np.full(m + n, -1, dtype=np.int64)
         rank[finished] = np.arange(len(finished))
 
-        bid_auction = np.concatenate([carried.bid_auction, at[bid_rows]])
-        account = np.concatenate([carried.account, cols["account"][bid_rows]])
-        primitive = np.concatenate([carried.primitive, cols["primitive"][bid_rows]])
-        state = np.concatenate([carried.state, cols["state"][bid_rows]])
-        bid = np.concatenate([carried.bid, amount[bid_rows]])
-        out = np.flatnonzero(rank[bid_auction] >= 0)
-        out = out[np.argsort(rank[bid_auction[out]], kind="stable")]
-        a = bid_auction[out]
-        samples = SampleColumns(
-            episode[a],
-            step[a],
-            account[out],
-            primitive[out],
-            state[out],
-            bid[out],
-            utility[a, account[out]],
-            rank[a],
-            batch.strings,
-        )
+        def joined(old: I64, column: str) -> I64:
+            new = at[bid_rows] if column == "auction" else cols[column][bid_rows]
+            return np.concatenate([old, new])
 
-        keep = ~final
-        renumber = np.cumsum(keep) - 1
-        stay = keep[bid_auction]
-        self._open = _Open(
-            episode[keep],
-            step[keep],
-            disc[keep],
-            utility[keep],
-            renumber[bid_auction[stay]],
-            account[stay],
-            primitive[stay],
-            state[stay],
-            bid[stay],
-            batch.strings,
-        )
+        bids = _Open(
+            episode, step, disc, utility, joined(carried.bid_auction, "auction"),
+            joined(carried.account, "account"), joined(carried.primitive, "primitive"),
+            joined(carried.state, "state"), joined(carried.bid, "amount"), batch.strings,
+        )  # fmt: skip
+        samples = _finished(bids, rank)
+        self._open = _still_open(bids, final)
         if len(samples):
             self.on_samples(samples)
+
+    def _discounts_at(self, batch: EventBatch, at: I64, m: int, n: int) -> NDArray[np.float64]:
+        """gamma^duration of each of the batch's `n` auctions (numbered from `m`), by its
+        Transform."""
+        disc = np.zeros(n)
+        transforms = np.flatnonzero((batch.kind == _TRANSFORM) & (at >= 0))
+        durations = batch.columns["duration"][transforms]
+        if durations.size and durations.min() == durations.max():  # the usual case: one value
+            disc[at[transforms] - m] = self._discount(float(durations[0]))
+        else:
+            values, which = np.unique(durations, return_inverse=True)
+            found = np.array([self._discount(d) for d in values.tolist()])
+            disc[at[transforms] - m] = found[which]
+        return disc
 
     def _carried(self, strings: tuple[str, ...]) -> _Open:
         """The open auctions, with their account codes in `strings`' numbering."""
@@ -197,3 +154,98 @@ class BatchPayoffTracker:
         if duration not in self._discounts:
             self._discounts[duration] = discount(self.gamma, duration)
         return self._discounts[duration]
+
+
+def _auctions_of(cols: Mapping[str, NDArray[Any]], bid_rows: I64, m: int) -> tuple[I64, I64]:
+    """Each row's auction, numbered after the `m` carried ones (-1: a row outside any), and
+    each auction's first bid row. Rows come in transactions, in order: number them, then
+    number the auctions."""
+    new_tx = cols["seq"] == cols["tx"]
+    tx_of_row = np.cumsum(new_tx) - 1
+    is_auction = np.zeros(int(tx_of_row[-1]) + 1, dtype=bool)
+    is_auction[tx_of_row[bid_rows]] = True
+    auction_of_tx = np.where(is_auction, np.cumsum(is_auction) - 1 + m, -1)
+    at: I64 = auction_of_tx[tx_of_row]
+    first: I64 = bid_rows[np.flatnonzero(np.diff(at[bid_rows], prepend=-2))]
+    return at, first
+
+
+def _own_terms(batch: EventBatch, at: I64, auctions: int, env: int) -> NDArray[np.float64]:
+    """(auctions, accounts): each account's reward less what it paid in each auction, summed
+    exactly as integers, in units."""
+    kind, cols = batch.kind, batch.columns
+    src, dst, amount = cols["src"], cols["dst"], cols["amount"]
+    own = np.zeros((auctions, len(batch.strings)), dtype=np.int64)
+    pays = np.flatnonzero((kind == _PAY) & (at >= 0))
+    np.subtract.at(own, (at[pays], src[pays]), amount[pays])
+    rewards = np.flatnonzero((kind == _REWARD) & (at >= 0))
+    to_env = dst[rewards] == env
+    who = np.where(to_env, src[rewards], dst[rewards])
+    np.add.at(own, (at[rewards], who), np.where(to_env, -amount[rewards], amount[rewards]))
+    return own.astype(np.float64)
+
+
+def _neighbours(episode: I64) -> tuple[I64, I64]:
+    """Each auction's previous and next auction of its episode (-1: none)."""
+    order = np.lexsort((np.arange(len(episode)), episode))
+    same = episode[order][1:] == episode[order][:-1]
+    prev = np.full(len(episode), -1, dtype=np.int64)
+    succ = np.full(len(episode), -1, dtype=np.int64)
+    prev[order[1:][same]] = order[:-1][same]
+    succ[order[:-1][same]] = order[1:][same]
+    return prev, succ
+
+
+def _add_income(
+    utility: NDArray[np.float64],
+    batch: EventBatch,
+    at: I64,
+    prev: I64,
+    disc: NDArray[np.float64],
+    env: int,
+) -> None:
+    """Add to each seller's utility for the auction it bought in what the next auction paid
+    it for the state, discounted, in row order."""
+    kind, cols = batch.kind, batch.columns
+    dst, amount = cols["dst"], cols["amount"]
+    income = np.flatnonzero(((kind == _PAY) | (kind == _MINT)) & (at >= 0) & (dst != env))
+    income = income[prev[at[income]] >= 0]
+    sold = prev[at[income]]
+    np.add.at(utility, (sold, dst[income]), disc[sold] * amount[income])
+
+
+def _finished(bids: _Open, rank: I64) -> SampleColumns:
+    """The samples of the auctions ranked (`rank` >= 0), in rank order."""
+    out = np.flatnonzero(rank[bids.bid_auction] >= 0)
+    out = out[np.argsort(rank[bids.bid_auction[out]], kind="stable")]
+    a = bids.bid_auction[out]
+    return SampleColumns(
+        bids.episode[a],
+        bids.step[a],
+        bids.account[out],
+        bids.primitive[out],
+        bids.state[out],
+        bids.bid[out],
+        bids.utility[a, bids.account[out]],
+        rank[a],
+        bids.strings,
+    )
+
+
+def _still_open(bids: _Open, final: NDArray[np.bool_]) -> _Open:
+    """The auctions not `final`, and their bids, renumbered."""
+    keep = ~final
+    renumber = np.cumsum(keep) - 1
+    stay = keep[bids.bid_auction]
+    return _Open(
+        bids.episode[keep],
+        bids.step[keep],
+        bids.discount[keep],
+        bids.utility[keep],
+        renumber[bids.bid_auction[stay]],
+        bids.account[stay],
+        bids.primitive[stay],
+        bids.state[stay],
+        bids.bid[stay],
+        bids.strings,
+    )
