@@ -403,11 +403,19 @@ def check_batch(
     first rule broken (not necessarily the earliest faulty event).
     """
     batch = batch.canonical()
-    n = len(batch)
-    if n == 0:
+    if len(batch) == 0:
         raise SequenceError("empty batch")
-    cols = batch.columns
-    seq, tx = cols["seq"], cols["tx"]
+    _check_sequence(batch, next_seq)
+    _check_transactions(batch)
+    _check_vectors(batch)
+    if closed:
+        _check_not_closed(batch, closed)
+    _check_transfers(batch, accounts)
+
+
+def _check_sequence(batch: EventBatch, next_seq: int) -> None:
+    """Sequence numbers run on from `next_seq`, one per row."""
+    seq, n = batch.columns["seq"], len(batch)
     first = int(seq[0])
     if first != next_seq:
         what = "duplicate" if first < next_seq else "out-of-order"
@@ -416,9 +424,17 @@ def check_batch(
     if off.size:
         i = int(off[0])
         raise SequenceError(f"out-of-order sequence number {int(seq[i])}: expected {next_seq + i}")
+
+
+def _check_transactions(batch: EventBatch) -> None:
+    """Rows come in whole transactions that share their header, and open or close nothing."""
+    cols = batch.columns
+    seq, tx = cols["seq"], cols["tx"]
     starts = seq == tx
     if not starts[0]:
-        raise SequenceError(f"event {first} names transaction {int(tx[0])}, expected {first}")
+        raise SequenceError(
+            f"event {int(seq[0])} names transaction {int(tx[0])}, expected {int(seq[0])}"
+        )
     inside = np.flatnonzero(~starts[1:]) + 1
     stray = inside[tx[inside] != tx[inside - 1]]
     if stray.size:
@@ -441,6 +457,11 @@ def check_batch(
             f"event {int(seq[lifecycle[0]])}: accounts are opened and closed by a transaction, "
             "not in a batch"
         )
+
+
+def _check_vectors(batch: EventBatch) -> None:
+    """Every row of a kind that carries a list column has it (optional ones may be absent)."""
+    seq, n = batch.columns["seq"], len(batch)
     for name in sorted(LIST_COLUMNS):
         carriers = np.flatnonzero(_HAS[name][batch.kind])
         held = batch.vectors.get(name)
@@ -451,8 +472,11 @@ def check_batch(
             raise InvalidEvent(
                 f"event {int(seq[i])}: a {MODELS[batch.kind[i]].__name__} without its {name} vector"
             )
-    if closed:
-        _check_not_closed(batch, closed)
+
+
+def _check_transfers(batch: EventBatch, accounts: frozenset[str]) -> None:
+    """Every transfer a non-negative amount between opened accounts, only a Pay to itself."""
+    cols, seq = batch.columns, batch.columns["seq"]
     moves = np.flatnonzero(IS_TRANSFER[batch.kind])
     if moves.size == 0:
         return
