@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import numpy as np
 import polars as pl
@@ -45,6 +45,9 @@ from simulation.flags import (
     value_type,
 )
 from simulation.runner import OPTION_TASKS, STORAGE_FAILED, Finished, Prepared, prepare
+
+if TYPE_CHECKING:
+    from simulation.sweep import Sweep
 
 
 class _HelpWithoutValue:
@@ -493,8 +496,7 @@ def sweep_cmd(
 
     Every cell's settings are checked before anything runs. Ctrl-C stops the sweep; the same
     command continues it."""
-    from analyses.runs import summarise_run
-    from simulation.sweep import Sweep, compare, execute, parse_axis, parse_seeds, plan, unfinished
+    from simulation.sweep import Sweep, axes_of, compare, parse_axis, parse_seeds, results
 
     if backend not in ("local", "ray"):
         fail(f"unknown backend {backend!r}; choose one of: local, ray")
@@ -506,6 +508,16 @@ def sweep_cmd(
     text = guarded(lambda: config.read_text(encoding="utf-8")) if config is not None else ""
     chosen_seeds = guarded(lambda: parse_seeds(seeds))
     sweep = Sweep(preset, tuple(assignments or ()), tuple(axes), chosen_seeds, text)
+    _run_sweep(sweep, out, workers, backend, address)
+    console.print(_frame_table("final return per cell", compare(results(out), axes_of(out))))
+    console.print(Text.assemble("sweep written to ", (str(out), "bold")))
+
+
+def _run_sweep(sweep: Sweep, out: Path, workers: int, backend: str, address: str | None) -> None:
+    """Run the sweep's unfinished cells under a progress bar; Ctrl-C says how far it got."""
+    from analyses.runs import summarise_run
+    from simulation.sweep import execute, plan, unfinished
+
     total = len(list(sweep.cells()))
     try:
         todo = guarded(lambda: plan(sweep, out))
@@ -530,10 +542,6 @@ def sweep_cmd(
             soft_wrap=True,
         )  # fmt: skip
         raise typer.Exit(130) from None
-    from simulation.sweep import axes_of, results
-
-    console.print(_frame_table("final return per cell", compare(results(out), axes_of(out))))
-    console.print(Text.assemble("sweep written to ", (str(out), "bold")))
 
 
 def _listing(title: str, *columns: str) -> Table:
