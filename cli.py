@@ -352,6 +352,14 @@ def audit_cmd(
     stated = guarded(
         lambda: rundir.summary_disagrees(run, report.last_run if report.closed else None)
     )
+    _show_audit(report, stated, anchors.head is None and anchors.since is None, unanchored)
+
+
+def _show_audit(
+    report: AuditReport, stated: str | None, vouched_by_none: bool, unanchored: bool
+) -> None:
+    """The verdict and, for a clean ledger, its tables; exit 1 unless the run is clean, its
+    summary agrees (`stated`: how it does not), and a head vouches for it (or `unanchored`)."""
     if report.ok and stated is not None:
         console.print(
             Text.assemble(("AUDIT FAILED", "bold red"), f" summary: {stated}"), soft_wrap=True
@@ -365,7 +373,7 @@ def audit_cmd(
     if report.auctions:  # a control run holds no auctions
         console.print(_audit_table(report))
     console.print(_lifecycle_table(report))
-    if anchors.head is None and anchors.since is None:
+    if vouched_by_none:
         console.print(
             Text.assemble(
                 ("UNANCHORED", "bold yellow"),
