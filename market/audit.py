@@ -879,16 +879,23 @@ def _bid_summary(bids: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _auction_rules() -> list[Rule]:
-    mech, step, fmt = _C("mechanism"), _C("step"), pl.format
-    b1, b2 = _C("b1"), _C("b2")
+def _mechanism_terms() -> tuple[pl.Expr, pl.Expr]:
+    """An auction's price (null: no payment) and mint under its mechanism, read from the
+    mechanism table row by row (`market.mechanisms.RULES`)."""
+    mech, step, b1, b2 = _C("mechanism"), _C("step"), _C("b1"), _C("b2")
     price: Any = pl.lit(None, pl.Int64)
     mint: Any = pl.lit(0, pl.Int64)
-    for key, rule in RULES.items():  # the mechanism table, row by row
+    for key, rule in RULES.items():
         if (paid := rule.price_of(b1, b2)) is not None:
             price = pl.when(mech == key.value).then(paid).otherwise(price)
         if (made := rule.mint_of(b1, b2)) is not None:
             mint = pl.when((mech == key.value) & (step > 0)).then(made).otherwise(mint)
+    return price, mint
+
+
+def _auction_rules() -> list[Rule]:
+    mech, step, fmt = _C("mechanism"), _C("step"), pl.format
+    price, mint = _mechanism_terms()
     seller = pl.when(step == 0).then(pl.lit(ENVIRONMENT)).otherwise(_C("prev_winner"))
     in_order = (
         pl.when(step == 0).then(_C("prev_step").is_null()).otherwise(_C("prev_step") == step - 1)
