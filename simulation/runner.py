@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from agents.learning import LearningSociety
     from agents.ppo_monolithic import MonolithicPPO
     from agents.tensorboard import Scalars
+    from agents.training import TrainingRecord
     from market.control import ControlPolicy, ControlRunConfig
 
 OnEpisode = Callable[[EpisodeResult], None]
@@ -259,11 +260,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         ensure_options()  # trained once into the cache (the CLI shows the progress)
     task = task_of(config)
     society = Society.of(task, config.cloned)
-    economy = None
-    if config.economy is not None and resume is not None:  # as its ledger left it
-        economy = Economy.restore(config.economy, society, ledger.scan())
-    elif config.economy is not None:
-        economy = Economy(config.economy, society)
+    economy = _economy(config, society, ledger if resume is not None else None)
     continue_at = ledger.next_seq if resume is not None else 0
     policy, learner = _policy(config, task, society, economy, continue_at)
     if config.init is not None:
@@ -277,16 +274,7 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         run, ledger = new_run(out, name, config.run_id, config.model_dump(mode="json"), sim)
         _record_env(run, task)
     bus = Bus(ledger)
-    record = None
-    if learner is not None:
-        from agents.learning import LearningSociety
-        from agents.training import TrainingRecord, latest_snapshot, load_snapshot
-
-        learner.attach(bus)
-        record = TrainingRecord(run, learner, society)
-        snapshot = latest_snapshot(run) if resume is not None else None
-        if snapshot is not None and isinstance(learner, LearningSociety):
-            load_snapshot(learner, snapshot)
+    record = _attached(learner, bus, run, society, resume is not None)
 
     def go(on_episode: OnEpisode | None) -> RunSummary:
         return simulate(
@@ -311,6 +299,37 @@ def prepare(sim: Simulation, out: Path | None, resume: Path | None = None) -> Pr
         resumable=resumable,
         scalars=_scalars(sim, run, learner),
     )
+
+
+def _economy(config: RunConfig, society: Society, resumed: DiskLedger | None) -> Economy | None:
+    """The run's economy, if it has one: new, or as the `resumed` run's ledger left it."""
+    if config.economy is None:
+        return None
+    if resumed is not None:
+        return Economy.restore(config.economy, society, resumed.scan())
+    return Economy(config.economy, society)
+
+
+def _attached(
+    learner: LearningSociety | MonolithicPPO | None,
+    bus: Bus,
+    run: Path,
+    society: Society,
+    resumed: bool,
+) -> TrainingRecord | None:
+    """The learners hear the bus, from their last snapshot if the run is `resumed`; their
+    training record (None: nothing learns)."""
+    if learner is None:
+        return None
+    from agents.learning import LearningSociety
+    from agents.training import TrainingRecord, latest_snapshot, load_snapshot
+
+    learner.attach(bus)
+    record = TrainingRecord(run, learner, society)
+    snapshot = latest_snapshot(run) if resumed else None
+    if snapshot is not None and isinstance(learner, LearningSociety):
+        load_snapshot(learner, snapshot)
+    return record
 
 
 def _scalars(sim: Simulation, run: Path, learner: Learner | None) -> Scalars | None:
