@@ -128,17 +128,10 @@ class RoundKernel(SlotKernel):
         for their states."""
         k, pos = len(idx), self._pos
         states, t = self._state[idx], self._t[idx]
-        drawn = np.asarray(answer, dtype=np.float64)
-        bids = np.clip(np.rint(drawn * UNIT), 0, UNIT).astype(np.int64)
-        w = bids.argmax(axis=1)  # the first maximum: the lowest id wins ties
-        rows = np.arange(k)
-        b1 = bids[rows, w]
-        b2 = np.sort(bids, axis=1)[:, -2] if bids.shape[1] > 1 else np.zeros(k, np.int64)
-        rule = RULES[self.mechanism]
-        price = rule.price_of(b1, b2)
+        bids = np.clip(np.rint(np.asarray(answer, dtype=np.float64) * UNIT), 0, UNIT)
+        bids = bids.astype(np.int64)
+        w, b1, price, mint = self._settle(bids, t)
         has_price = price is not None
-        minted = rule.mint_of(b1, b2)
-        mint = minted * (t > 0) if minted is not None else np.zeros(k, np.int64)
         prim, winner = self._prims[w], self._bidders[w]
         moved = self.task.transition(states, prim)
         nxt, done, duration = moved.next_state, moved.done, moved.duration
@@ -184,3 +177,18 @@ class RoundKernel(SlotKernel):
         )
         self._state[idx], self._seller[idx] = nxt, winner
         return Stepped(batch, reward, duration, last)
+
+    def _settle(
+        self, bids: NDArray[np.int64], t: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64] | None, NDArray[np.int64]]:
+        """Each auction's winner (the first maximum: the lowest id wins ties), its bid, the
+        price it pays (None: no payment under the mechanism) and the credit minted (none at
+        an episode's first sale), by the mechanism table's row."""
+        k = len(bids)
+        w = bids.argmax(axis=1)
+        b1 = bids[np.arange(k), w]
+        b2 = np.sort(bids, axis=1)[:, -2] if bids.shape[1] > 1 else np.zeros(k, np.int64)
+        rule = RULES[self.mechanism]
+        minted = rule.mint_of(b1, b2)
+        mint = minted * (t > 0) if minted is not None else np.zeros(k, np.int64)
+        return w, b1, rule.price_of(b1, b2), mint
