@@ -893,6 +893,15 @@ def _mechanism_terms() -> tuple[pl.Expr, pl.Expr]:
     return price, mint
 
 
+def _minted_as_told(mint: pl.Expr, seller: pl.Expr) -> pl.Expr:
+    """An auction's Mint, if any, is `mint` from the auctioneer to `seller`; none if 0."""
+    return (
+        pl.when(_C("minted").is_not_null())
+        .then((_C("minted") == mint) & (_C("minter") == AUCTIONEER) & (_C("mintee") == seller))
+        .otherwise(mint == 0)
+    )
+
+
 def _auction_rules() -> list[Rule]:
     mech, step, fmt = _C("mechanism"), _C("step"), pl.format
     price, mint = _mechanism_terms()
@@ -902,12 +911,7 @@ def _auction_rules() -> list[Rule]:
     )
     paid = _C("paid").is_not_null()
     pay_ok = pl.when(price.is_null()).then(~paid).otherwise(paid & (_C("paid") == price))
-    minted = _C("minted").is_not_null()
-    mint_ok = (
-        pl.when(minted)
-        .then((_C("minted") == mint) & (_C("minter") == AUCTIONEER) & (_C("mintee") == seller))
-        .otherwise(mint == 0)
-    )
+    mint_ok = _minted_as_told(mint, seller)
     reward_ok = ((_C("r_src") == ENVIRONMENT) & (_C("r_dst") == _C("winner"))) | (
         (_C("r_dst") == ENVIRONMENT) & (_C("r_src") == _C("winner"))
     )

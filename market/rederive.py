@@ -1076,6 +1076,10 @@ def _winner_checks(
     ]
 
 
+_GOES_ON = "no end: the episode goes on (not done, before its horizon)"
+"""Why an auction step that is not its episode's last holds no end."""
+
+
 def _world_checks(
     a: _Transforms, want: Expected, mine: NDArray[np.bool_], world: AuctionWorld
 ) -> list[_Check]:
@@ -1119,9 +1123,7 @@ def _world_checks(
                 f"done {a.done[i]}",
             ),
         ),
-        _ends_here(
-            ok, last, a.ended, a.seq, "no end: the episode goes on (not done, before its horizon)"
-        ),
+        _ends_here(ok, last, a.ended, a.seq, _GOES_ON),
         _Check(
             "duration",
             ok & (a.duration != want.duration),
