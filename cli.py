@@ -32,7 +32,7 @@ from ledger.units import to_credit
 from market.allocator import keep_freed_memory
 from market.anchors import Anchors, full_head
 from market.audit import AuditReport, audit
-from market.kernel import EpisodeResult
+from market.core import EpisodeResult
 from simulation import proofs, rundir
 from simulation.config import resolve
 from simulation.flags import (

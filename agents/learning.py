@@ -29,8 +29,8 @@ from ledger.store import Ledger
 from ledger.transaction import Transaction
 from ledger.units import UNIT
 from market.bus import Bus
+from market.core import EpisodeResult
 from market.economy import Economy, Seats
-from market.kernel import EpisodeResult
 from market.run import KernelChoice, RunConfig, RunSummary, simulate, task_of
 from market.society import Society
 from market.tasks import Task

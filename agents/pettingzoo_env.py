@@ -41,7 +41,7 @@ from ledger.units import UNIT
 from market.bus import Bus
 from market.control import ControlRunConfig, open_control
 from market.control_tasks import make_control_task
-from market.kernel import DRIVEN
+from market.core import DRIVEN
 from market.run import OpenRun, RunConfig, open_auction
 from market.society import Society
 from market.tasks import make_task

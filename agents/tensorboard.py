@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agents.learner import Learner
 from ledger.units import to_credit
-from market.kernel import EpisodeResult
+from market.core import EpisodeResult
 
 
 class Scalars:

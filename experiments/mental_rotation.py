@@ -27,7 +27,7 @@ from generated import RESULTS, Table, frame, median, publish, read, save_data, s
 from pool import Row, run_all
 
 from ledger.units import UNIT
-from market.kernel import EpisodeResult
+from market.core import EpisodeResult
 from market.mental_rotation import KINDS, PRIMITIVES, input_kind, solution
 from simulation.config import resolve
 from simulation.runner import prepare

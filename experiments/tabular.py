@@ -37,7 +37,7 @@ from agents.settings import PPOConfig
 from ledger.disk import DiskLedger
 from ledger.units import UNIT
 from market.audit import audit
-from market.kernel import EpisodeResult
+from market.core import EpisodeResult
 from market.run import RunConfig
 from market.tasks import Task, make_task
 

@@ -44,7 +44,7 @@ from ledger.store import Ledger
 from ledger.units import UNIT
 from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
-from market.kernel import EpisodeResult, Start
+from market.core import EpisodeResult, Start
 from market.run import Engine, OpenRun, Recorded, RunSummary
 from market.slots import SlotKernel, Stepped
 from market.tasks import gym_id

@@ -37,7 +37,7 @@ from ledger.events import (
     Transform,
 )
 from ledger.units import UNIT
-from market.kernel import Start
+from market.core import Start
 from market.mechanisms import RULES, Mechanism
 from market.slots import SlotKernel, Stepped
 from market.society import Policy, Society

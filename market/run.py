@@ -38,8 +38,9 @@ from ledger.events import (
 from ledger.replay import Balances, LiveBalances, replay_frame
 from ledger.store import Ledger
 from market.bus import Bus
+from market.core import Core, EpisodeResult, Start
 from market.economy import Economy, EconomyConfig
-from market.kernel import Core, EpisodeResult, Kernel, Start
+from market.kernel import Kernel
 from market.mechanisms import Mechanism
 from market.rounds import RoundKernel
 from market.society import Policy, Society
@@ -169,8 +170,8 @@ def open_auction(
     """Open a run of `config` with `policy` in `ledger`, its kernel ready to run episodes.
 
     Pass a `bus` over the same ledger to have subscribers (learners, monitors) see every
-    committed transaction. `kernel` picks the episode kernel (one SimPy process per
-    episode) or the round kernel (all concurrent episodes as arrays); both write the same
+    committed transaction. `kernel` picks the episode kernel (one auction at a time,
+    each its own transaction) or the round kernel (all concurrent episodes as arrays); both write the same
     ledger, so it is not part of the configuration. `auto` takes rounds when several
     episodes run at once. `policy` may be `DRIVEN`: the run's driver submits the bids. `task`,
     if given, is the run's task already made (`make_task(config.task, seed, gamma)`), so a

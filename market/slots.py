@@ -28,22 +28,27 @@ import simpy
 from numpy.typing import NDArray
 
 from ledger.batch import EventBatch, Grid
-from market.kernel import Budget, Core, EpisodeResult
+from market.core import Budget, Core, EpisodeResult
 
-_IDLE, _RUNNING, _STARTING = 0, 1, 2
+IDLE, RUNNING, STARTING = 0, 1, 2
+"""A slot's status: retired, running an episode, due to start one."""
 
 
 class Stepped(NamedTuple):
     """One instant's step of the due slots (arrays in their order)."""
 
-    batch: EventBatch
-    """Their transactions, numbered from the kernel's `seq`."""
+    batch: EventBatch | None
+    """Their transactions, numbered from the kernel's `seq`; None: the variant published
+    each as it went (the episode kernel)."""
     reward: NDArray[np.int64]
     """Each slot's reward this step, in units (the team's, for several agents)."""
     duration: NDArray[Any]
     """SimPy time until each slot is due again."""
     last: NDArray[np.bool_]
     """Whether the step ended the slot's episode."""
+    took: NDArray[np.bool_] | None = None
+    """Whether each slot took its step (None: all did); one that did not was retired by the
+    variant (an economy with nobody left to bid)."""
 
 
 class SlotKernel(Core):
@@ -51,7 +56,7 @@ class SlotKernel(Core):
 
     def _schedule(self, slots: int) -> None:
         """One SimPy process that steps every slot due at each instant."""
-        self._status = np.full(slots, _STARTING, dtype=np.int8)
+        self._status = np.full(slots, STARTING, dtype=np.int8)
         self._due = np.full(slots, self.env.now, dtype=np.float64)
         self._ep = np.zeros(slots, dtype=np.int64)
         self._t = np.zeros(slots, dtype=np.int64)
@@ -66,17 +71,17 @@ class SlotKernel(Core):
         self, budget: Budget, on_episode: Callable[[EpisodeResult], None] | None
     ) -> Generator[simpy.Event, Any, None]:
         while True:
-            live = self._status != _IDLE
+            live = self._status != IDLE
             if not live.any():
                 return
             now = float(self._due[live].min())
             if now > self.env.now:
                 yield self.env.timeout(now - self.env.now)
-            due = self._due == now
-            starting = np.flatnonzero(due & (self._status == _STARTING))
+            due = self._order(np.flatnonzero(self._due == now))
+            starting = due[self._status[due] == STARTING]
             if starting.size:
                 self._start(starting, budget, on_episode)
-            running = np.flatnonzero(due & (self._status == _RUNNING))
+            running = due[self._status[due] == RUNNING]
             if running.size:
                 question = self._question(running)
                 if self.driven:
@@ -100,9 +105,9 @@ class SlotKernel(Core):
         may = len(idx) if budget.allows(self.next_episode, self.steps) else 0
         if budget.last is not None:
             may = min(may, max(budget.last - self.next_episode, 0))
-        self._status[idx[may:]] = _IDLE
+        self._status[idx[may:]] = IDLE
         go = idx[:may]
-        self._status[go] = _RUNNING
+        self._status[go] = RUNNING
         self._ep[go] = self.next_episode + np.arange(may)
         self.next_episode += may
         self._t[go], self._total[go] = 0, 0
@@ -112,15 +117,24 @@ class SlotKernel(Core):
     def _publish(self, idx: NDArray[np.int64], now: float, step: Stepped) -> None:
         """Publish the step's batch and move its slots on: due again after their duration,
         their ended episodes to report."""
-        self.seq += len(step.batch)
+        if step.batch is not None:
+            self.seq += len(step.batch)
+            self.bus.publish_batch(step.batch)
+        if step.took is not None:
+            kept = step.took
+            idx = idx[kept]
+            step = Stepped(None, step.reward[kept], step.duration[kept], step.last[kept])
         self.steps += len(idx)
-        self.bus.publish_batch(step.batch)
         self._t[idx] += 1
         self._total[idx] += step.reward
         self._due[idx] = now + step.duration
         ended = idx[step.last]
-        self._status[ended] = _STARTING
+        self._status[ended] = STARTING
         self._ended[ended] = True
+
+    def _order(self, due: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The order the slots due at an instant go in: slot order."""
+        return due
 
     def _grid(
         self, present: NDArray[np.bool_], t: NDArray[np.int64], last: NDArray[np.bool_]

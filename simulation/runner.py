@@ -25,8 +25,8 @@ from ledger.disk import DiskLedger
 from market.audit import AuditReport
 from market.audit import audit as audit_ledger
 from market.bus import Bus
+from market.core import EpisodeResult
 from market.economy import Economy
-from market.kernel import EpisodeResult
 from market.mechanisms import parse as parse_mechanism
 from market.run import (
     KERNELS,

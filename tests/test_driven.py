@@ -15,7 +15,7 @@ from agents.fixed_control import RandomPolicy
 from ledger.store import MemoryLedger
 from market.audit import audit
 from market.control import ControlRunConfig, open_control
-from market.kernel import DRIVEN
+from market.core import DRIVEN
 from market.run import KernelChoice, OpenRun, RunConfig, open_auction
 from market.society import Society
 from market.tasks import make_task

@@ -14,7 +14,7 @@ import pytest
 from ledger.events import ENVIRONMENT
 from ledger.units import UNIT
 from market.control_tasks import Integrator, make_control_task
-from market.kernel import EpisodeResult
+from market.core import EpisodeResult
 from market.mental_rotation import NODES
 from market.tasks import make_task
 

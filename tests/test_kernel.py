@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Generator
+from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
+import simpy
+from numpy.typing import NDArray
 
 from agents.fixed import RandomBidder, make_bidder
 from ledger.errors import InvalidEvent, UnknownAccount
@@ -15,11 +20,12 @@ from ledger.store import MemoryLedger
 from ledger.transaction import Transaction
 from market.audit import audit
 from market.bus import Bus
-from market.kernel import Kernel, Start
+from market.core import Start
+from market.kernel import Kernel
 from market.mechanisms import Mechanism
 from market.run import RunConfig, simulate
 from market.society import Society
-from market.tasks import make_task
+from market.tasks import Chain, Outcome, make_task
 
 
 def run(config: RunConfig, ledger: MemoryLedger | None = None) -> MemoryLedger:
@@ -190,3 +196,64 @@ def test_one_episode_at_a_time_gives_the_same_bids_batched_or_not() -> None:
         for frame in (a.scan().collect(), b.scan().collect())
     ]
     assert bids[0] == bids[1] and len(bids[0]) > 0
+
+
+class _Staggered(Chain):
+    """Chain started in state episode % 3, each step lasting 1 + state % 3: episodes run out
+    of phase, so slots fall due together in another order than they were numbered."""
+
+    def starts(self, episodes: NDArray[np.int64]) -> NDArray[np.int64]:
+        return np.asarray(episodes, dtype=np.int64) % 3
+
+    def step(self, state: int, primitive: int) -> Outcome:
+        out = super().step(state, primitive)
+        return out._replace(duration=1.0 + state % 3)
+
+
+class _RightWins:
+    """R's bidders bid high, L's low: every auction goes right."""
+
+    def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        return np.tile([0.1, 0.1, 0.9, 0.8], (len(states), 1))
+
+
+def _first_due(task: Chain, episodes: int, concurrency: int) -> list[tuple[float, int, int]]:
+    """(time, episode, step) of every auction, in the order SimPy serves one process per
+    slot, each running episode after episode: the first scheduled is served first."""
+    env, served, numbered = simpy.Environment(), [], itertools.count()
+
+    def slot() -> Generator[simpy.Event, None, None]:
+        while (ep := next(numbered)) < episodes:
+            state = int(task.starts(np.array([ep]))[0])
+            for t in range(task.horizon):
+                served.append((env.now, ep, t))
+                out = task.step(state, 1)
+                yield env.timeout(out.duration)
+                if out.done:
+                    break
+                state = out.next_state
+
+    for _ in range(concurrency):
+        env.process(slot())
+    env.run()
+    return served
+
+
+def _auctions_written(task: Chain, episodes: int, concurrency: int) -> list[tuple[Any, ...]]:
+    ledger = MemoryLedger()
+    config = RunConfig(task="chain", bidder="random", episodes=episodes, concurrency=concurrency)
+    simulate(config, ledger, _RightWins(), kernel="episodes", task=task)
+    frame = ledger.scan().filter(pl.col("kind") == "allocate").collect()
+    return list(frame.select("time", "episode", "step").iter_rows())
+
+
+def test_the_episode_kernel_serves_same_instant_slots_first_due_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unequal durations put slots out of step; each instant's auctions are written in the
+    order the slots fell due, as SimPy serves one process per slot (not in slot order)."""
+    task = _Staggered()
+    expected = _first_due(task, 30, 4)
+    assert _auctions_written(task, 30, 4) == expected
+    monkeypatch.setattr(Kernel, "_order", lambda self, due: due)  # slot order instead
+    assert _auctions_written(task, 30, 4) != expected  # the case tells the two orders apart

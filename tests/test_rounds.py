@@ -16,7 +16,7 @@ from agents.settings import PPOConfig
 from ledger.disk import DiskLedger
 from ledger.store import Ledger, MemoryLedger
 from market.audit import audit
-from market.kernel import EpisodeResult
+from market.core import EpisodeResult
 from market.run import KernelChoice, RunConfig, simulate
 from market.slots import Stepped
 from market.society import Society
