@@ -139,7 +139,8 @@ def tables(data: Path) -> list[Table]:
 
 
 def plots(data: Path, img: Path) -> None:
-    """The rolling mean return against env steps, one line per run, per env."""
+    """The rolling mean return against env steps, one line per run, per env: named after
+    the data's directory (and the env, where the data hold several)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,11 +149,14 @@ def plots(data: Path, img: Path) -> None:
     curves = read(data, "curves")
     img.mkdir(parents=True, exist_ok=True)
     colours = {"ccv": "tab:blue", "bb": "tab:green", "monolithic": "tab:orange"}
+    several = curves["env"].n_unique() > 1
     for (env,), part in curves.group_by("env", maintain_order=True):
         fig, ax = plt.subplots(figsize=(7, 4))
-        for (arm, seed), run in part.group_by("arm", "seed", maintain_order=True):
-            ax.plot(run["env_steps"], run["rolling"], color=colours[str(arm)], lw=1,
-                    label=LABELS[str(arm)] if seed == 0 else None)  # fmt: skip
+        labelled: set[str] = set()
+        for (arm, _), run in part.group_by("arm", "seed", maintain_order=True):
+            label = None if arm in labelled else LABELS[str(arm)]
+            labelled.add(str(arm))
+            ax.plot(run["env_steps"], run["rolling"], color=colours[str(arm)], lw=1, label=label)
         threshold = THRESHOLDS[str(env)]
         ax.axhline(threshold, color="grey", ls="--", lw=1, label="solved")
         low, high = ax.get_ylim()
@@ -162,5 +166,6 @@ def plots(data: Path, img: Path) -> None:
         ax.set_title(f"gym:{env}")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(img / f"gymnasium-{str(env).lower()}.png", dpi=110)
+        name = f"{data.name}-{str(env).lower()}" if several else data.name
+        fig.savefig(img / f"{name}.png", dpi=110)
         plt.close(fig)
