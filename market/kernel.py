@@ -1,24 +1,19 @@
-"""The episode kernel: the reference, one auction at a time, each its own transaction.
+"""The SimPy kernel: each running episode is a process that holds one auction per step.
 
 One step of an episode, as one atomic transaction on the bus:
   Bid (every bidder) -> Allocate (argmax, lowest id on ties) -> Pay (+ Mint)
   -> Transform (the winner's primitive) -> Reward; then SimPy time advances by the
-transformation's duration. `concurrency` episodes run at once as the slots of the slot
-scheduler (`market.slots.SlotKernel`), whose single sequence counter totally orders their
-events. At each instant the due slots go in the order they became due (first scheduled,
-first served, as SimPy serves its events): those whose episode ended settle the economy
-and start the next episode, then every due slot's bids come from one policy call, and each
-slot's auction is settled, stepped and published in turn, so with an economy each auction's
-budget caps read the balances every earlier transaction left.
+transformation's duration. `concurrency` episodes run at once in one environment; the
+kernel's single sequence counter totally orders their events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable, Generator, Sequence
+from typing import NamedTuple, cast
 
 import numpy as np
-from numpy.typing import NDArray
+import simpy
 
 from ledger.events import (
     AUCTIONEER,
@@ -36,10 +31,9 @@ from ledger.events import (
 )
 from ledger.transaction import Body, Transaction
 from ledger.units import quantise_bids, to_units
-from market.core import Budget, EpisodeResult, Start
+from market.core import Core, EpisodeResult, Start
 from market.economy import Economy
 from market.mechanisms import Mechanism, Settlement, settle
-from market.slots import IDLE, RUNNING, SlotKernel, Stepped
 from market.society import Policy, Society
 from market.tasks import Outcome, Task
 
@@ -47,7 +41,7 @@ EXTINCT = "the society went extinct: no living member has credit left to bid"
 """Why an economy's run stops before its budget."""
 
 
-class Kernel(SlotKernel):
+class Kernel(Core):
     """Runs auction episodes of one task, society and mechanism into a bus."""
 
     def __init__(
@@ -66,10 +60,13 @@ class Kernel(SlotKernel):
         (bankruptcies, dividends, births)."""
         super().__init__(start, policy)
         self.economy = economy
+        self._owners: dict[int, str] = {}
+        """Each running episode's current seller: a member that must not close yet."""
         self.task, self.society = task, society
         self.mechanism, self.policy, self.gamma = mechanism, policy, gamma
         if economy is not None:  # it folds its settlements' events, after the live balances
             self.bus.subscribe_all(economy.apply)
+        self._waiting: list[tuple[int, simpy.Event]] = []
 
     @property
     def _accounts(self) -> Sequence[str]:
@@ -85,60 +82,26 @@ class Kernel(SlotKernel):
         return self.society.primitive_of if self.economy is None else self.economy.primitive
 
     def _schedule(self, slots: int) -> None:
-        """Each slot's state up for auction and its seller; the order the slots became due."""
+        """A SimPy process per slot, each running one episode after another."""
         if self.driven and slots > 1:
             raise ValueError("a driven run on the episode kernel runs one episode at a time")
-        self._states = [0] * slots
-        self._sellers = [ENVIRONMENT] * slots
-        self._owners: dict[int, str] = {}
-        """Per slot that has auctioned in its running episode, its current seller: a member
-        that must not close yet."""
-        self._ticket = np.arange(slots)
-        self._tickets = slots
-        super()._schedule(slots)
+        for _ in range(slots):
+            self.env.process(self._worker(self._on_episode))
 
-    def _order(self, due: NDArray[np.int64]) -> NDArray[np.int64]:
-        """First due, first served: in the order the slots were last scheduled."""
-        return due[np.argsort(self._ticket[due], kind="stable")]
-
-    def _start(
-        self,
-        idx: NDArray[np.int64],
-        budget: Budget,
-        on_episode: Callable[[EpisodeResult], None] | None,
-    ) -> None:
-        """Slot by slot: an ended episode settles the economy and is reported; then the slot
-        starts the next episode if the budget allows and someone can bid, else retires."""
-        for i in idx.tolist():
-            if self._ended[i]:
-                self._ended[i] = False
-                self._finish(i, on_episode)
-            if not budget.allows(self.next_episode, self.steps):
-                self._status[i] = IDLE
-            elif self.economy is not None and not self.economy.solvent(self.economy.living()):
-                self.stopped = EXTINCT  # nobody is left who can bid, or ever will
-                self._status[i] = IDLE
-            else:
-                self._status[i] = RUNNING
-                self._ep[i], self._t[i], self._total[i] = self.next_episode, 0, 0
-                self.next_episode += 1
-                self._begin(np.array([i]))
-
-    def _begin(self, slots: NDArray[np.int64]) -> None:
-        """Each starting slot's episode begins at its start state, the environment selling."""
-        for i, state in zip(
-            slots.tolist(), self.task.starts(self._ep[slots]).tolist(), strict=True
-        ):
-            self._states[i], self._sellers[i] = int(state), ENVIRONMENT
-
-    def _finish(self, i: int, on_episode: Callable[[EpisodeResult], None] | None) -> None:
-        """Slot `i`'s episode is over: the economy settles, and the episode is reported
-        (unless it ended before its first auction)."""
-        self._owners.pop(i, None)
-        if self.economy is not None:
-            self._settle()
-        if on_episode is not None and self._t[i]:
-            on_episode(EpisodeResult(int(self._ep[i]), int(self._t[i]), int(self._total[i])))
+    def _worker(
+        self, on_episode: Callable[[EpisodeResult], None] | None
+    ) -> Generator[simpy.Event, list[int], None]:
+        while self._budget.allows(self.next_episode, self.steps):
+            if self.economy is not None and not self.economy.solvent(self.economy.living()):
+                self.stopped = EXTINCT
+                return  # nobody is left who can bid, or ever will
+            ep = self.next_episode
+            self.next_episode += 1
+            result = yield from self._episode(ep)
+            if self.economy is not None:
+                self._settle()
+            if on_episode is not None and result.steps:  # not one ended before its 1st auction
+                on_episode(result)
 
     def _settle(self) -> None:
         """The economy's settlement between episodes (bankruptcies, dividends, births), as
@@ -149,66 +112,66 @@ class Kernel(SlotKernel):
             self.bus.publish(Transaction((self.seq, self.run, -1, -1, self.env.now), own))
             self.seq += len(own)
 
-    def _question(self, slots: NDArray[np.int64]) -> tuple[NDArray[np.int64]]:
-        """The states up for auction."""
-        return (np.array([self._states[i] for i in slots.tolist()], dtype=np.int64),)
+    def _episode(self, ep: int) -> Generator[simpy.Event, list[int], EpisodeResult]:
+        task, seller, total = self.task, ENVIRONMENT, 0
+        state = int(task.starts(np.array([ep], dtype=np.int64))[0])
+        for t in range(task.horizon):
+            bids = yield from self._bids(state)
+            members = caps = renters = None
+            rent = 0
+            if self.economy is not None:
+                renters, members, caps, bids = self._budgets(bids)
+                rent = self.economy.rent
+                if not members:  # everyone went bankrupt while this episode ran
+                    return self._extinct(ep, t, total)
+            s = settle(self.mechanism, bids, first_sale=t == 0)
+            if members is not None:
+                s = s._replace(winner=members[s.winner])  # from the living to all bidders
+            out = task.step(state, self._prims[s.winner])
+            reward = to_units(out.reward)
+            total += reward
+            self.steps += 1
+            step = _Step(ep, t, state, bids, seller, s, out, reward, members, caps, renters, rent)
+            last = out.done or t == task.horizon - 1
+            self.bus.publish(self._step_events(step, episode_return=total if last else None))
+            state, seller = out.next_state, self._accounts[s.winner]
+            self._owners[ep] = seller
+            yield self.env.timeout(out.duration)
+            if last:
+                del self._owners[ep]
+                return EpisodeResult(ep, t + 1, total)
+        raise AssertionError("unreachable: the last step of the horizon returns above")
 
-    def _decide(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
-        """Every bidder's bid for each state: one policy call for the instant's auctions."""
-        return self.policy.bids(states)
+    def _bids(self, state: int) -> Generator[simpy.Event, list[int], list[int]]:
+        """Every bidder's bid for `state`, in units.
 
-    def _step(self, slots: NDArray[np.int64], now: float, answer: Any) -> Stepped:
-        """Each due slot's auction on its row of `answer`, in turn, each published as it is
-        settled; a slot whose economy has no member left to bid ends its episode instead."""
-        n = len(slots)
-        reward, duration = np.zeros(n, dtype=np.int64), np.zeros(n)
-        last, took = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
-        for k, (i, drawn) in enumerate(zip(slots.tolist(), np.asarray(answer), strict=True)):
-            stepped = self._auction(i, quantise_bids(drawn.tolist()), now)
-            if stepped is None:
-                took[k] = False
-                continue
-            reward[k], duration[k], last[k] = stepped
-            self._ticket[i], self._tickets = self._tickets, self._tickets + 1
-        return Stepped(None, reward, duration, last, took)
+        With several episodes running, the bids of all episodes auctioning at the same SimPy
+        time come from one policy call (a round): the first to ask schedules the round with
+        a zero delay, which SimPy runs after every episode already due at that time.
+        """
+        if self._concurrency == 1:
+            states = np.array([state], dtype=np.int64)
+            if self.driven:
+                drawn = (yield from self._asked(states))[0]
+            else:
+                drawn = self.policy.bids(states)[0]
+            return quantise_bids(drawn.tolist())
+        if not self._waiting:
+            self.env.timeout(0).callbacks.append(self._draw_round)
+        ready = self.env.event()
+        self._waiting.append((state, ready))
+        bids: list[int] = yield ready
+        return bids
 
-    def _auction(self, i: int, bids: list[int], now: float) -> tuple[int, float, bool] | None:
-        """Slot `i`'s auction on `bids` (in units), published: its reward, duration and
-        whether it ended the episode; None if no member could bid (the episode ended)."""
-        ep, t, state = int(self._ep[i]), int(self._t[i]), self._states[i]
-        members = caps = renters = None
-        rent = 0
-        if self.economy is not None:
-            renters, members, caps, bids = self._budgets(bids)
-            rent = self.economy.rent
-            if not members:  # everyone went bankrupt while this episode ran
-                self._extinct(i, now)
-                return None
-        s = settle(self.mechanism, bids, first_sale=t == 0)
-        if members is not None:
-            s = s._replace(winner=members[s.winner])  # from the living to all bidders
-        out = self.task.step(state, self._prims[s.winner])
-        reward = to_units(out.reward)
-        total = int(self._total[i]) + reward
-        seller = self._sellers[i]
-        step = _Step(ep, t, state, bids, seller, s, out, reward, members, caps, renters, rent)
-        last = out.done or t == self.task.horizon - 1
-        self.bus.publish(self._step_events(step, total if last else None, now))
-        self._states[i], self._sellers[i] = out.next_state, self._accounts[s.winner]
-        self._owners[i] = self._sellers[i]
-        return reward, out.duration, last
-
-    def _extinct(self, i: int, now: float) -> None:
-        """End slot `i`'s episode before its next auction: no member is left to buy its
-        state. It settles and retires: with no member able to bid, none can be born."""
+    def _extinct(self, ep: int, t: int, total: int) -> EpisodeResult:
+        """End episode `ep` before its auction `t`: no member is left to buy its state."""
         self.stopped = EXTINCT
-        self._status[i] = IDLE
-        ep, t, total = int(self._ep[i]), int(self._t[i]), int(self._total[i])
+        self._owners.pop(ep, None)
         if t > 0:
             own: list[Body] = [(EpisodeEnd, (t, total))]
-            self.bus.publish(Transaction((self.seq, self.run, ep, t, now), own))
+            self.bus.publish(Transaction((self.seq, self.run, ep, t, self.env.now), own))
             self.seq += 1
-        self._finish(i, self._on_episode)
+        return EpisodeResult(ep, t, total)
 
     def _budgets(self, bids: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
         """The living members' ids (who pay rent); the solvent ones' ids (who bid), their
@@ -221,6 +184,12 @@ class Kernel(SlotKernel):
         capped = [min(bids[i], c) for i, c in zip(members, caps, strict=True)]
         return living, members, caps, capped
 
+    def _draw_round(self, _round: simpy.Event) -> None:
+        waiting, self._waiting = self._waiting, []
+        drawn = self.policy.bids(np.array([state for state, _ in waiting], dtype=np.int64))
+        for (_, ready), row in zip(waiting, drawn.tolist(), strict=True):
+            ready.succeed(quantise_bids(row))
+
     def _recorded(self, state: int) -> list[float] | None:
         """What the task observed of `state`, as a Transform or EpisodeStart records it."""
         if not self.task.records:
@@ -228,7 +197,7 @@ class Kernel(SlotKernel):
         seen: list[float] = self.task.recorded(np.array([state], dtype=np.int64))[0].tolist()
         return seen
 
-    def _step_events(self, st: _Step, episode_return: int | None, now: float) -> Transaction:
+    def _step_events(self, st: _Step, episode_return: int | None) -> Transaction:
         """The events of one auction step, numbered from the kernel's sequence counter.
 
         Speed: the compact form, not models (see `ledger.transaction`): one header, then each
@@ -260,7 +229,7 @@ class Kernel(SlotKernel):
             own += [(Rent, (self._accounts[i], TREASURY, st.rent)) for i in st.renters]
         if episode_return is not None:
             own.append((EpisodeEnd, (st.t + 1, episode_return)))
-        header = (self.seq, self.run, st.ep, st.t, now)
+        header = (self.seq, self.run, st.ep, st.t, self.env.now)
         self.seq += len(own)
         return Transaction(header, own)
 

@@ -170,9 +170,9 @@ def open_auction(
     """Open a run of `config` with `policy` in `ledger`, its kernel ready to run episodes.
 
     Pass a `bus` over the same ledger to have subscribers (learners, monitors) see every
-    committed transaction. `kernel` picks the episode kernel (one auction at a time,
-    each its own transaction) or the round kernel (all concurrent episodes as arrays); both write the same
-    ledger, so it is not part of the configuration. `auto` takes rounds when several
+    committed transaction. `kernel` picks the episode kernel (one SimPy process per
+    episode) or the round kernel (all concurrent episodes as arrays); both write
+    the same ledger, so it is not part of the configuration. `auto` takes rounds when several
     episodes run at once. `policy` may be `DRIVEN`: the run's driver submits the bids. `task`,
     if given, is the run's task already made (`make_task(config.task, seed, gamma)`), so a
     task with a classifier or options to load is made once. A run with `config.economy` runs

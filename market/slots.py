@@ -20,6 +20,7 @@ step's duration, and starts the next episode then, if the budget allows (else it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
@@ -30,25 +31,20 @@ from numpy.typing import NDArray
 from ledger.batch import EventBatch, Grid
 from market.core import Budget, Core, EpisodeResult
 
-IDLE, RUNNING, STARTING = 0, 1, 2
-"""A slot's status: retired, running an episode, due to start one."""
+_IDLE, _RUNNING, _STARTING = 0, 1, 2
 
 
 class Stepped(NamedTuple):
     """One instant's step of the due slots (arrays in their order)."""
 
-    batch: EventBatch | None
-    """Their transactions, numbered from the kernel's `seq`; None: the variant published
-    each as it went (the episode kernel)."""
+    batch: EventBatch
+    """Their transactions, numbered from the kernel's `seq`."""
     reward: NDArray[np.int64]
     """Each slot's reward this step, in units (the team's, for several agents)."""
     duration: NDArray[Any]
     """SimPy time until each slot is due again."""
     last: NDArray[np.bool_]
     """Whether the step ended the slot's episode."""
-    took: NDArray[np.bool_] | None = None
-    """Whether each slot took its step (None: all did); one that did not was retired by the
-    variant (an economy with nobody left to bid)."""
 
 
 class SlotKernel(Core):
@@ -56,7 +52,7 @@ class SlotKernel(Core):
 
     def _schedule(self, slots: int) -> None:
         """One SimPy process that steps every slot due at each instant."""
-        self._status = np.full(slots, STARTING, dtype=np.int8)
+        self._status = np.full(slots, _STARTING, dtype=np.int8)
         self._due = np.full(slots, self.env.now, dtype=np.float64)
         self._ep = np.zeros(slots, dtype=np.int64)
         self._t = np.zeros(slots, dtype=np.int64)
@@ -71,17 +67,18 @@ class SlotKernel(Core):
         self, budget: Budget, on_episode: Callable[[EpisodeResult], None] | None
     ) -> Generator[simpy.Event, Any, None]:
         while True:
-            live = self._status != IDLE
-            if not live.any():
+            now = float(self._due.min())  # a retired slot is never due (`_retire`)
+            if now == math.inf:
                 return
-            now = float(self._due[live].min())
             if now > self.env.now:
                 yield self.env.timeout(now - self.env.now)
-            due = self._order(np.flatnonzero(self._due == now))
-            starting = due[self._status[due] == STARTING]
+            due = np.flatnonzero(self._due == now)
+            status = self._status[due]
+            starting = due[status == _STARTING]
             if starting.size:
                 self._start(starting, budget, on_episode)
-            running = due[self._status[due] == RUNNING]
+                status = self._status[due]
+            running = due[status == _RUNNING]
             if running.size:
                 question = self._question(running)
                 if self.driven:
@@ -105,9 +102,9 @@ class SlotKernel(Core):
         may = len(idx) if budget.allows(self.next_episode, self.steps) else 0
         if budget.last is not None:
             may = min(may, max(budget.last - self.next_episode, 0))
-        self._status[idx[may:]] = IDLE
+        self._retire(idx[may:])
         go = idx[:may]
-        self._status[go] = RUNNING
+        self._status[go] = _RUNNING
         self._ep[go] = self.next_episode + np.arange(may)
         self.next_episode += may
         self._t[go], self._total[go] = 0, 0
@@ -117,24 +114,21 @@ class SlotKernel(Core):
     def _publish(self, idx: NDArray[np.int64], now: float, step: Stepped) -> None:
         """Publish the step's batch and move its slots on: due again after their duration,
         their ended episodes to report."""
-        if step.batch is not None:
-            self.seq += len(step.batch)
-            self.bus.publish_batch(step.batch)
-        if step.took is not None:
-            kept = step.took
-            idx = idx[kept]
-            step = Stepped(None, step.reward[kept], step.duration[kept], step.last[kept])
+        self.seq += len(step.batch)
         self.steps += len(idx)
+        self.bus.publish_batch(step.batch)
         self._t[idx] += 1
         self._total[idx] += step.reward
         self._due[idx] = now + step.duration
-        ended = idx[step.last]
-        self._status[ended] = STARTING
-        self._ended[ended] = True
+        if step.last.any():
+            ended = idx[step.last]
+            self._status[ended] = _STARTING
+            self._ended[ended] = True
 
-    def _order(self, due: NDArray[np.int64]) -> NDArray[np.int64]:
-        """The order the slots due at an instant go in: slot order."""
-        return due
+    def _retire(self, slots: NDArray[np.int64] | int) -> None:
+        """`slots` start no other episode: never due again."""
+        self._status[slots] = _IDLE
+        self._due[slots] = math.inf
 
     def _grid(
         self, present: NDArray[np.bool_], t: NDArray[np.int64], last: NDArray[np.bool_]

@@ -8,6 +8,7 @@ bidders at once, batched over states, so that many concurrent episodes cost one 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -41,12 +42,12 @@ class Society:
         """Bidders per primitive: 2 when cloned, else 1."""
         return 2 if self.cloned else 1
 
-    @property
+    @cached_property
     def primitive_of(self) -> tuple[int, ...]:
-        """The primitive each bidder id runs."""
+        """The primitive each bidder id runs (made once: a kernel reads it every auction)."""
         return tuple(i for i in range(len(self.primitive_names)) for _ in range(self.copies))
 
-    @property
+    @cached_property
     def accounts(self) -> tuple[str, ...]:
-        """The account of each bidder id, e.g. `R.0` and its clone `R.1`."""
+        """The account of each bidder id, e.g. `R.0` and its clone `R.1` (made once)."""
         return tuple(f"{n}.{c}" for n in self.primitive_names for c in range(self.copies))
