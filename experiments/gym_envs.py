@@ -73,11 +73,18 @@ def run_one(
         "final_return": float(episodes["ret"].tail(WINDOW).to_numpy().mean()),
         "steps_per_s": taken / seconds,
         "audit_clean": finished.report is not None and finished.report.ok,
+        "settings": described(given),
     }  # fmt: skip
     every = max(1, episodes.height // POINTS)
     curve = episodes.gather_every(every).select("env_steps", "rolling")
     points = [{"env": env, "arm": arm, "seed": seed, **p} for p in curve.to_dicts()]
     return row, points
+
+
+def described(settings: dict[str, Any]) -> str:
+    """Settings over an arm's, as `--ppo` and the reward flags spell them ("" for none)."""
+    flat = {**settings.get("ppo", {}), **{k: v for k, v in settings.items() if k != "ppo"}}
+    return ",".join(f"{k}={v:g}" for k, v in flat.items())
 
 
 def episode_table(events: pl.LazyFrame, scale: float, offset: float = 0.0) -> pl.DataFrame:
@@ -112,10 +119,16 @@ def tables(data: Path) -> list[Table]:
     whether every ledger audited clean; then, where the data hold CartPole, CleanRL's PPO on
     the same criterion. Tables are named after the data's directory (`--name`)."""
     runs = read(data, "runs")
+    if "settings" not in runs.columns:  # saved before runs recorded their settings
+        runs = runs.with_columns(pl.lit("").alias("settings"))
+    several = runs["settings"].n_unique() > 1
     rows = []
-    for (env, arm), part in runs.group_by("env", "arm", maintain_order=True):
-        row = {"env": str(env), "run": LABELS[str(arm)], "seeds": str(part.height),
-               "solved": f"{part['solved_at'].is_not_null().sum()} of {part.height}"}  # fmt: skip
+    for (env, arm, given), part in runs.group_by("env", "arm", "settings", maintain_order=True):
+        row = {"env": str(env), "run": LABELS[str(arm)]}
+        if several:
+            row["settings"] = str(given) or "GYM_PPO's"
+        row |= {"seeds": str(part.height),
+                "solved": f"{part['solved_at'].is_not_null().sum()} of {part.height}"}  # fmt: skip
         row |= {head: spread(part[col], fmt) for head, col, fmt in COLUMNS}
         row["audits"] = "clean" if part["audit_clean"].all() else "NOT CLEAN"
         rows.append(row)
