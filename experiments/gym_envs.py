@@ -160,16 +160,23 @@ def plots(data: Path, img: Path) -> None:
     import matplotlib.pyplot as plt
 
     curves = read(data, "curves")
+    if "settings" not in curves.columns:
+        curves = curves.with_columns(pl.lit("").alias("settings"))
     img.mkdir(parents=True, exist_ok=True)
-    colours = {"ccv": "tab:blue", "bb": "tab:green", "monolithic": "tab:orange"}
+    # a line's colour tells its arm, or its settings where the data hold several
+    by = "settings" if curves["settings"].n_unique() > 1 else "arm"
+    keys = curves[by].unique(maintain_order=True).to_list()
+    arms = {"ccv": "tab:blue", "bb": "tab:green", "monolithic": "tab:orange"}
+    colours = arms if by == "arm" else {k: f"C{i}" for i, k in enumerate(keys)}
     several = curves["env"].n_unique() > 1
     for (env,), part in curves.group_by("env", maintain_order=True):
         fig, ax = plt.subplots(figsize=(7, 4))
         labelled: set[str] = set()
-        for (arm, _), run in part.group_by("arm", "seed", maintain_order=True):
-            label = None if arm in labelled else LABELS[str(arm)]
-            labelled.add(str(arm))
-            ax.plot(run["env_steps"], run["rolling"], color=colours[str(arm)], lw=1, label=label)
+        for (key, _, _), run in part.group_by(by, "arm", "seed", maintain_order=True):
+            name = LABELS[str(key)] if by == "arm" else str(key) or "GYM_PPO's"
+            label = None if key in labelled else name
+            labelled.add(str(key))
+            ax.plot(run["env_steps"], run["rolling"], color=colours[str(key)], lw=1, label=label)
         threshold = THRESHOLDS[str(env)]
         ax.axhline(threshold, color="grey", ls="--", lw=1, label="solved")
         low, high = ax.get_ylim()
