@@ -571,3 +571,23 @@ def test_a_kept_study_runs_only_the_jobs_not_yet_kept(tmp_path: Path) -> None:
     assert len(list(keep.glob("*.pickle"))) == 3 and not list(keep.glob("*.partial"))
     pool.run_each(_logged_square, [(2, log)], workers=1)  # without keep: always run
     assert log.read_text().split().count("2") == 2
+
+
+def test_a_gymnasium_table_shows_the_settings_only_where_its_runs_differ(tmp_path: Path) -> None:
+    """Runs record the settings they ran over their arm's (`described`, as --ppo spells
+    them); a table of one setting has no settings column, one of several groups by it."""
+    assert gym_envs.described({}) == ""
+    assert gym_envs.described({"ppo": {"entropy_coef": 0.0}, "reward_offset": 1.0}) == (
+        "entropy_coef=0,reward_offset=1"
+    )
+    row = {"env": "Acrobot-v1", "arm": "ccv", "seed": 0, "solved_at": None,
+           "solved_seconds": None, "final_return": -500.0, "steps_per_s": 1.0,
+           "audit_clean": True}  # fmt: skip
+    for name, settings in (("one", ["", ""]), ("two", ["", "epochs=8"])):
+        data = tmp_path / name
+        data.mkdir()
+        runs = [row | {"seed": i, "settings": s} for i, s in enumerate(settings)]
+        pl.DataFrame(runs).write_parquet(data / "runs.parquet")
+        (table,) = gym_envs.tables(data)
+        assert ("settings" in table.frame.columns) == (name == "two")
+        assert table.frame.height == (1 if name == "one" else 2)
