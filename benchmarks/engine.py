@@ -38,6 +38,8 @@ from market.tasks import make_task
 
 COMPONENTS = {
     "market/kernel.py": "kernel (auction loop, event records)",
+    "market/core.py": "kernel (auction loop, event records)",
+    "market/society.py": "kernel (auction loop, event records)",
     "market/rounds.py": "round kernel (settle and build a round's columns)",
     "ledger/batch.py": "batch checks and Arrow build",
     "ledger/transaction.py": "ledger append checks",
