@@ -990,11 +990,9 @@ def _auctions(
         return []
     a = _Transforms.of(steps)
     want = world.expect(a.state, a.primitive, a.nxt)
-    ok = ~stand.foreign & want.valid
-    checks = [
-        *_winner_checks(piece, steps, a, stand, world),
-        *_world_checks(a, want, ~stand.foreign, world),
-    ]
+    mine = ~stand.foreign
+    ok = mine & want.valid
+    checks = [*_winner_checks(piece, steps, a, stand, world), *_world_checks(a, want, mine, world)]
     if want.obs is not None:
         checks.append(_observations("transition", steps, ok, want.obs[ok], "its next state"))
     return [_first(checks)]
@@ -1018,10 +1016,7 @@ class _Transforms(NamedTuple):
 
     @classmethod
     def of(cls, steps: pl.DataFrame) -> _Transforms:
-        return cls(*(steps[c].to_numpy() for c in (
-            "seq", "state", "primitive", "nxt", "step", "done", "duration", "sold", "r", "r_at",
-            "ended",
-        )))  # fmt: skip
+        return cls(*(steps[c].to_numpy() for c in cls._fields))
 
     def told(self, i: int) -> str:
         return f"primitive {self.primitive[i]} on state {self.state[i]}"
@@ -1172,14 +1167,15 @@ def _control(
             for c, v in fill.items()
         ),
     )
-    x, u = (np.ascontiguousarray(arrays[c].to_numpy()) for c in ("x", "controls"))
+    x, nx, u = (np.ascontiguousarray(arrays[c].to_numpy()) for c in ("x", "next_x", "controls"))
     ok = ~stand.foreign & arrays["shaped"].to_numpy()
     tx = steps["tx"].to_numpy()
     orders, paid = _orders(piece, steps, world), _rewards(piece, tx, world)
     units = np.rint(world.task.g(x, u) * UNIT).astype(np.int64)
     counted = _counted(ok, orders, paid, steps["seq"].to_numpy(), n)
+    moved = (world.task.f(x, u), nx)
     checks = [
-        *_plant_checks(steps, arrays, stand, prev, ok, ends, world, counted),
+        *_plant_checks(steps, arrays, moved, stand, prev, ok, ends, world, counted),
         _ordered(ok, orders),
         _paid(ok, paid, units, world),
     ]
@@ -1189,6 +1185,7 @@ def _control(
 def _plant_checks(
     steps: pl.DataFrame,
     arrays: pl.DataFrame,
+    moved: tuple[NDArray[np.float64], NDArray[np.float64]],
     stand: _Stand,
     prev: pl.Series,
     ok: NDArray[np.bool_],
@@ -1197,11 +1194,10 @@ def _plant_checks(
     counted: _Check,
 ) -> list[_Check]:
     """`transition`: each step of the run's own episodes has the plant's shapes, starts where
-    its episode stood, holds what `counted` checks, goes where f says, and ends the episode
-    exactly at the horizon."""
+    its episode stood, holds what `counted` checks, goes where f says (`moved`: f's next
+    states and the recorded ones), and ends the episode exactly at the horizon."""
     d, n = world.task.state_dim, len(world.accounts)
-    x, nx, u = (np.ascontiguousarray(arrays[c].to_numpy()) for c in ("x", "next_x", "controls"))
-    want = world.task.f(x, u)
+    want, nx = moved
     seq, step = steps["seq"].to_numpy(), steps["step"].fill_null(-1).to_numpy()
     mine = ~stand.foreign
     continues = (stand.prev < 0) | arrays["continues"].to_numpy()
