@@ -101,21 +101,18 @@ class BatchPayoffTracker:
         prev, succ = _neighbours(episode)
         _add_income(utility, batch, at, prev, disc, env)
         final = ended | (succ >= 0)
-        key = np.where(succ >= 0, 2 * succ, 2 * np.arange(m + n) + 1)
-        finished = np.flatnonzero(final)
-        finished = finished[np.argsort(key[finished], kind="stable")]
-        rank = np.full(m + n, -1, dtype=np.int64)
-        rank[finished] = np.arange(len(finished))
-
-        def joined(old: I64, column: str) -> I64:
-            new = at[bid_rows] if column == "auction" else cols[column][bid_rows]
-            return np.concatenate([old, new])
-
+        old = (carried.bid_auction, carried.account, carried.primitive, carried.state, carried.bid)
+        new = (
+            at[bid_rows],
+            *(cols[c][bid_rows] for c in ("account", "primitive", "state", "amount")),
+        )
+        auction, account, primitive, state, bid = (
+            np.concatenate(pair) for pair in zip(old, new, strict=True)
+        )
         bids = _Open(
-            episode, step, disc, utility, joined(carried.bid_auction, "auction"),
-            joined(carried.account, "account"), joined(carried.primitive, "primitive"),
-            joined(carried.state, "state"), joined(carried.bid, "amount"), batch.strings,
-        )  # fmt: skip
+            episode, step, disc, utility, auction, account, primitive, state, bid, batch.strings
+        )
+        rank = _finishing_order(final, succ)
         samples = _finished(bids, rank)
         self._open = _still_open(bids, final)
         if len(samples):
@@ -212,6 +209,18 @@ def _add_income(
     income = income[prev[at[income]] >= 0]
     sold = prev[at[income]]
     np.add.at(utility, (sold, dst[income]), disc[sold] * amount[income])
+
+
+def _finishing_order(final: NDArray[np.bool_], succ: I64) -> I64:
+    """Each final auction's rank among them (-1: still open), in the order the tracker of
+    single transactions finishes them: by the transaction that finishes each (an auction's
+    successor's, or its own ending's), an episode's previous auction before its ending one."""
+    key = np.where(succ >= 0, 2 * succ, 2 * np.arange(len(final)) + 1)
+    finished = np.flatnonzero(final)
+    finished = finished[np.argsort(key[finished], kind="stable")]
+    rank = np.full(len(final), -1, dtype=np.int64)
+    rank[finished] = np.arange(len(finished))
+    return rank
 
 
 def _finished(bids: _Open, rank: I64) -> SampleColumns:
