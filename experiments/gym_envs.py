@@ -50,9 +50,9 @@ LABELS = {"ccv": "society, CCV", "bb": "society, bucket brigade", "monolithic": 
 def run_one(
     env: str, arm: str, seed: int, steps: int, out: Path, settings: dict[str, Any] | None = None
 ) -> tuple[Row, list[Row]]:
-    """One run (`settings` added to its arm's, a None ignored): its summary row and its curve
-    (the rolling mean return against env steps)."""
-    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    """One run (`settings` added to its arm's): its summary row and its curve (the rolling
+    mean return against env steps)."""
+    given = settings or {}
     sim = Simulation.model_validate({"task": f"gym:{env}", "steps": steps, "seed": seed,
                                      **ARMS[arm], **given})  # fmt: skip
     run_dir = out / f"{env}-{arm}-s{seed}"

@@ -54,8 +54,8 @@ def main() -> None:
     if unknown := [a for a in arms if a not in ARMS]:
         parser.error(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    settings: dict[str, object] = {"reward_scale": args.reward_scale,
-                                   "reward_offset": args.reward_offset}  # fmt: skip
+    rewards = {"reward_scale": args.reward_scale, "reward_offset": args.reward_offset}
+    settings: dict[str, object] = {k: v for k, v in rewards.items() if v is not None}
     if args.ppo:
         try:
             settings["ppo"] = {
@@ -64,8 +64,7 @@ def main() -> None:
         except ValueError:
             parser.error(f"--ppo {args.ppo!r}: expected KEY=NUMBER,..., e.g. policy_lr=0.001")
     try:  # every run's settings, checked before any run starts
-        given = {k: v for k, v in settings.items() if v is not None}
-        Simulation.model_validate({"task": f"gym:{envs[0]}", "learn": True, **given})
+        Simulation.model_validate({"task": f"gym:{envs[0]}", "learn": True, **settings})
     except ValidationError as e:
         parser.error(f"--ppo {args.ppo!r}: {e.errors()[0]['msg']} ({e.errors()[0]['loc']})")
     jobs = [(e, a, s, args.steps, args.out, settings)

@@ -39,9 +39,9 @@ def run_each(
     todo = list(jobs)
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        done = [job for job in jobs if kept_at(keep, run_one, job).exists()]
-        results = [pickle.loads(kept_at(keep, run_one, job).read_bytes()) for job in done]
-        todo = [job for job in jobs if job not in done]
+        paths = [kept_at(keep, run_one, job) for job in jobs]
+        results = [pickle.loads(path.read_bytes()) for path in paths if path.exists()]
+        todo = [job for job, path in zip(jobs, paths, strict=True) if not path.exists()]
     with ProcessPoolExecutor(workers) as pool, Progress() as progress:
         bar = progress.add_task("runs", total=len(jobs), completed=len(jobs) - len(todo))
         futures = {pool.submit(run_one, *job): job for job in todo}
