@@ -222,7 +222,8 @@ def checked_config(sim: Simulation) -> RunConfig:
     _kernel(sim)
     config = auction_config(sim)
     rewards = (config.reward_scale, config.reward_offset)
-    if config.task not in TABULAR_TASKS or config.primitives is not None or any(rewards):
+    given = config.primitives is not None or any(r is not None for r in rewards)
+    if config.task not in TABULAR_TASKS or given:
         check_task(config.task, config.primitives, *rewards)
     if config.learner is None:
         check_bidder(config.bidder)

@@ -209,6 +209,7 @@ def test_a_bad_task_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -
         ["--task", "gym:Pendulum-v1"],
         ["--task", "chain", "--reward-scale", "0.1"],
         ["--task", "bandit", "--reward-offset", "1"],
+        ["--task", "chain", "--reward-offset", "0"],
     ):
         done = subprocess.run(
             [*MARKET, "simulate", *argv, "--episodes", "2", "--out", str(tmp_path / "r")],
