@@ -13,7 +13,9 @@ stored ledger, not from the learners:
   from the joint controls of the Transition events;
 - greedy: after training, the agents' greedy policy (no exploration, no learning) runs 32
   episodes of its own, on pendulum-hanging for the pendulum (the swing-up every time), into
-  its own audited ledger: its return per agent and the share of episodes it holds.
+  its own audited ledger: its return per agent, the share of episodes it holds, and how
+  far from the goal its episodes end (the mean of `ControlTask.goal_error` at the last step:
+  a policy that stops just outside the band holds nothing and earns nearly the best return).
 Training episodes explore (epsilon-greedy), and the pendulum's start anywhere, so the greedy
 figures are the ones that say what was learned.
 On a Gymnasium plant (`--task gym:Pendulum-v1`) the reference is learned, not designed:
@@ -171,6 +173,7 @@ def evaluate(society: ControlSociety, trained: ControlRunConfig) -> dict[str, ob
     return {
         "greedy_return_per_agent": float(episodes["return_per_agent"].mean()),  # type: ignore[arg-type]
         "greedy_held_share": float(episodes["held"].mean()),  # type: ignore[arg-type]
+        "greedy_end_error": float(episodes["end_error"].mean()),  # type: ignore[arg-type]
         "greedy_audit_clean": audit(ledger).ok,
     }
 
@@ -222,6 +225,7 @@ def reference(task_name: str, agents: int) -> dict[str, object]:
         "agents": agents,
         "return_per_agent": float(episodes["return_per_agent"].mean()),  # type: ignore[arg-type]
         "held_share": float(episodes["held"].mean()),  # type: ignore[arg-type]
+        "end_error": float(episodes["end_error"].mean()),  # type: ignore[arg-type]
         "audit_clean": audit(ledger).ok,
     }
 
@@ -241,6 +245,7 @@ def episode_table(events: pl.LazyFrame, task: ControlTask) -> pl.DataFrame:
     coordinating = (coordination(u) > 0).mean(axis=1)
     steps = moves.with_columns(
         pl.Series("in_band", task.in_goal(next_x)),
+        pl.Series("goal_error", task.goal_error(next_x)),
         pl.Series("coordinating", coordinating),
         pl.int_range(1, pl.len() + 1).alias("env_steps"),
     )
@@ -251,6 +256,7 @@ def episode_table(events: pl.LazyFrame, task: ControlTask) -> pl.DataFrame:
             pl.col("env_steps").max().alias("env_steps"),
             pl.col("in_band").filter(pl.col("step") >= quarter).all().alias("held"),
             pl.col("in_band").any().alias("reached"),
+            pl.col("goal_error").sort_by("step").last().alias("end_error"),
             pl.col("env_steps").filter(pl.col("in_band")).min().alias("first_in_band"),
             pl.col("coordinating").mean(),
         )
@@ -298,6 +304,7 @@ def summarise(
 COLUMNS = (
     ("greedy return per agent", "greedy_return_per_agent", "{:,.0f}"),
     ("greedy held", "greedy_held_share", "{:.2f}"),
+    ("greedy distance from the goal at the end", "greedy_end_error", "{:.3f}"),
     ("training return per agent (last 10%)", "final_return_per_agent", "{:,.0f}"),
     ("training held", "held_share", "{:.2f}"),
     ("psi = +1", "psi_plus_share", "{:.2f}"),
@@ -316,7 +323,12 @@ def tables(data: Path) -> list[Table]:
     is one (`CENTRAL`)."""
     runs = read(data, "runs")
     banded = gym_id(str(runs["task"][0])) is None  # a Gymnasium plant has no goal band
-    columns = [c for c in COLUMNS if banded or ("hold" not in c[0] and "held" not in c[0])]
+    columns = [
+        c
+        for c in COLUMNS
+        if c[1] in runs.columns  # (studies saved before a column was added lack it)
+        and (banded or not c[1].startswith(("greedy_held", "held", "steps_to_hold", "greedy_end")))
+    ]
     order = {m: i for i, m in enumerate((*METHODS, JOINT))}
     rows = []
     for (n, method), part in runs.sort(
@@ -334,6 +346,11 @@ def tables(data: Path) -> list[Table]:
             "N": str(r["agents"]),
             "central controller: greedy return per agent": f"{r['return_per_agent']:,.0f}",
             "central controller: greedy held": f"{r['held_share']:.2f}",
+            **(
+                {"central controller: distance from the goal at the end": f"{r['end_error']:.3f}"}
+                if r.get("end_error") is not None
+                else {}
+            ),
             "audit clean": str(r["audit_clean"]),
         }
         for r in read(data, "reference").sort("agents").iter_rows(named=True)
@@ -424,6 +441,7 @@ def main() -> None:
                 "agents": pl.Int64,
                 "return_per_agent": pl.Float64,
                 "held_share": pl.Float64,
+                "end_error": pl.Float64,
                 "audit_clean": pl.Boolean,
             },
         ),

@@ -127,6 +127,11 @@ class ControlTask:
         """Whether each state of x (B, state_dim) is in the goal band: (B,)."""
         raise NotImplementedError
 
+    def goal_error(self, x: Array) -> Array:
+        """How far each state of x (B, state_dim) is from the goal in the band's first
+        measure (the angle off theta*, the position off p*): (B,); NaN without a band."""
+        return np.full(len(x), np.nan)
+
     def features(self, x: Array) -> Array:
         """What a learner's network reads of states x (B, state_dim): the states themselves
         unless a task says otherwise."""
@@ -190,8 +195,12 @@ class Pendulum(ControlTask):
         return np.stack([np.cos(x[:, 0]), np.sin(x[:, 0]), x[:, 1]], axis=1)
 
     def in_goal(self, x: Array) -> NDArray[np.bool_]:
-        near = np.abs(wrap(x[:, 0] - self.theta_star)) < self.angle_band
+        near = self.goal_error(x) < self.angle_band
         return near & (np.abs(x[:, 1]) < self.omega_band)
+
+    def goal_error(self, x: Array) -> Array:
+        out: Array = np.abs(wrap(x[:, 0] - self.theta_star))
+        return out
 
 
 class Integrator(ControlTask):
@@ -228,8 +237,12 @@ class Integrator(ControlTask):
         return -(error**2) - self.effort_cost * u**2
 
     def in_goal(self, x: Array) -> NDArray[np.bool_]:
-        near = np.abs(x[:, 0] - self.target) < self.position_band
+        near = self.goal_error(x) < self.position_band
         return near & (np.abs(x[:, 1]) < self.velocity_band)
+
+    def goal_error(self, x: Array) -> Array:
+        out: Array = np.abs(x[:, 0] - self.target)
+        return out
 
 
 class Stiction(Integrator):
