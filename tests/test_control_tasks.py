@@ -226,6 +226,9 @@ def test_pendulum_goal_band() -> None:
     x = np.array([[0.5, 0.0], [0.59, 0.49], [0.41, -0.49], [0.61, 0.0], [0.5, 0.51], [-0.5, 0.0]])
     x = np.concatenate([x, [[0.5 + 2 * np.pi, 0.0]]])  # an unwrapped angle counts too
     np.testing.assert_array_equal(task.in_goal(x), [True, True, True, False, False, False, True])
+    np.testing.assert_allclose(
+        task.goal_error(x), [0.0, 0.09, 0.09, 0.11, 0.0, 1.0, 0.0], atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("n", [2, 4, 8, 16])
@@ -331,6 +334,16 @@ def test_integrator_goal_band() -> None:
     task = Integrator(2)
     x = np.array([[0.0, 0.0], [0.049, -0.099], [0.051, 0.0], [0.0, 0.11], [-1.0, 0.0]])
     np.testing.assert_array_equal(task.in_goal(x), [True, True, False, False, False])
+    np.testing.assert_allclose(task.goal_error(x), [0.0, 0.049, 0.051, 0.0, 1.0])
+
+
+def test_stiction_goal_error_is_the_distance_from_the_target() -> None:
+    """How far a state ends from the goal: |p - 1|, whatever its velocity, in the band's
+    terms (a state inside the position band and at rest is in the goal)."""
+    task = Stiction(4)
+    x = np.array([[1.0, 0.0], [0.904, 0.0], [1.03, 0.0], [1.2, 0.5], [0.0, 0.0]])
+    np.testing.assert_allclose(task.goal_error(x), [0.0, 0.096, 0.03, 0.2, 1.0], atol=1e-12)
+    np.testing.assert_array_equal(task.in_goal(x), task.goal_error(x) < task.position_band)
 
 
 def test_integrator_one_agent_alone_reaches_the_goal() -> None:

@@ -382,15 +382,16 @@ def control_episodes() -> pl.LazyFrame:
 def test_control_episode_table_holds_the_band_only_through_the_whole_last_quarter() -> None:
     """Held: in the band at every step of the last quarter; reached: at any step. Env steps
     count every episode's steps in ledger order; the return per agent is the team's over the
-    agents; psi's share over steps and agents."""
+    agents; psi's share over steps and agents; the end error is the last step's distance
+    from the goal (|p| here)."""
     table = control.episode_table(control_episodes(), ShortIntegrator(2))
     assert table.select(
         "episode", "env_steps", "held", "reached", "first_in_band", "coordinating",
-        "team_return", "return_per_agent",
+        "team_return", "return_per_agent", "end_error",
     ).rows() == [
-        (0, 15, True, True, 13, 1.0, -6.0, -3.0),
-        (1, 16, False, True, 6, 0.0, -2.0, -1.0),
-        (2, 24, False, False, None, 1.0, -10.0, -5.0),
+        (0, 15, True, True, 13, 1.0, -6.0, -3.0, 0.0),
+        (1, 16, False, True, 6, 0.0, -2.0, -1.0, 0.0),
+        (2, 24, False, False, None, 1.0, -10.0, -5.0, 0.5),
     ]  # fmt: skip
 
 
@@ -469,10 +470,21 @@ def test_control_tables_give_the_median_and_range_over_seeds_in_method_order(
                         "0.50 [0.00, 1.00]", "0.90 [0.80, 1.00]", "500", "2 [1, 3]", "1",
                         "False"]  # fmt: skip
     assert central[1] == ["2", "-265", "1.00", "True"]
+    # a study saved after the end error was recorded shows it, for the central controller too
+    ended = runs.with_columns(seed=pl.Series([0, 1, 2, 0]),
+                              greedy_end_error=pl.Series([0.1, 0.2, 0.3, 0.04]))  # fmt: skip
+    later = saved(tmp_path, "control-later", runs=ended,
+                  reference=reference.with_columns(end_error=pl.lit(0.018)))  # fmt: skip
+    table, central = (md_rows(t.markdown()) for t in control.tables(later))
+    assert table[0][5] == "greedy distance from the goal at the end"
+    assert table[1][5] == "0.040" and table[2][5].startswith("0.200 [")
+    assert central[0][3] == "central controller: distance from the goal at the end"
+    assert central[1] == ["2", "-265", "1.00", "0.018", "True"]
     plant = runs.with_columns(seed=pl.Series([0, 1, 2, 0]), task=pl.lit("gym:Pendulum-v1"))
+    plant = plant.with_columns(greedy_end_error=pl.lit(float("nan")))
     on_gym = saved(tmp_path, "control-gym", runs=plant, reference=reference.clear())
     (gym,) = (md_rows(t.markdown()) for t in control.tables(on_gym))  # no designed controller
-    assert not any("held" in h or "hold" in h for h in gym[0])  # a Gymnasium plant has no band
+    assert not any(w in h for h in gym[0] for w in ("held", "hold", "goal"))  # it has no band
 
 
 # --- economy.py: solved, lineages, the table ------------------------------------------------
