@@ -54,6 +54,11 @@ def run_each(
                 partial.replace(path)  # whole or absent, even if the study is killed here
             results.append(result)
             progress.advance(bar)
+            # a line a run, which a log file keeps too (the bar draws only on a terminal)
+            done = int(progress.tasks[bar].completed)
+            what = ", ".join(str(a) for a in futures[future])
+            line = f"{done}/{len(jobs)} {run_one.__name__}: {what}"
+            progress.console.print(line, soft_wrap=True, markup=False, highlight=False)
     return results
 
 

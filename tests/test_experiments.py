@@ -573,12 +573,16 @@ def _logged_square(x: int, log: Path) -> int:
     return x * x
 
 
-def test_a_kept_study_runs_only_the_jobs_not_yet_kept(tmp_path: Path) -> None:
+def test_a_kept_study_runs_only_the_jobs_not_yet_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     log, keep = tmp_path / "calls", tmp_path / "keep"
     first = pool.run_each(_logged_square, [(2, log), (3, log)], workers=1, keep=keep)
     assert sorted(first) == [4, 9]
+    capsys.readouterr()
     again = pool.run_each(_logged_square, [(2, log), (3, log), (4, log)], workers=1, keep=keep)
     assert sorted(again) == [4, 9, 16]
+    assert f"3/3 _logged_square: 4, {log}\n" in capsys.readouterr().out  # a line a run
     assert sorted(log.read_text().split()) == ["2", "3", "4"]  # 2 and 3 were read, not run
     assert len(list(keep.glob("*.pickle"))) == 3 and not list(keep.glob("*.partial"))
     pool.run_each(_logged_square, [(2, log)], workers=1)  # without keep: always run
