@@ -135,8 +135,16 @@ def run_one(
         "steps_per_s": steps / seconds,
         "events": summary.events,
         "audit_clean": clean,
+        "episodes_in_order": True,
     }
     return row, [{**p, "agents": agents, "method": method, "seed": seed} for p in curve]
+
+
+ORDERED = ("final_return_per_agent", "held_share")
+"""The columns that read the training episodes in the order they ended (the last tenth):
+shown only for runs that record `episodes_in_order`. Runs saved before it joined their
+returns in no particular order, so these figures, and their curves, are not the last tenth
+of training or its blocks, and are left out."""
 
 
 JOINT = "joint"
@@ -271,7 +279,11 @@ def episode_table(events: pl.LazyFrame, task: ControlTask) -> pl.DataFrame:
         .agg((signed.sum() / UNIT).alias("team_return"), agent.n_unique().alias("n"))
         .collect()
     )
-    table = per_episode.join(returns.select("episode", "team_return", "n"), on="episode")
+    # (a join keeps no order unless asked: the summary's last tenth and the curve's blocks
+    # are episodes in the order they ended)
+    table = per_episode.join(
+        returns.select("episode", "team_return", "n"), on="episode", maintain_order="left"
+    )
     return table.with_columns((pl.col("team_return") / pl.col("n")).alias("return_per_agent"))
 
 
@@ -323,10 +335,12 @@ def tables(data: Path) -> list[Table]:
     is one (`CENTRAL`)."""
     runs = read(data, "runs")
     banded = gym_id(str(runs["task"][0])) is None  # a Gymnasium plant has no goal band
+    ordered = "episodes_in_order" in runs.columns
     columns = [
         c
         for c in COLUMNS
         if c[1] in runs.columns  # (studies saved before a column was added lack it)
+        and (ordered or c[1] not in ORDERED)
         and (banded or not c[1].startswith(("greedy_held", "held", "steps_to_hold", "greedy_end")))
     ]
     order = {m: i for i, m in enumerate((*METHODS, JOINT))}
@@ -369,8 +383,11 @@ def plots(data: Path, img: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = read(data, "runs")
+    if "episodes_in_order" not in runs.columns:
+        return  # its curves' blocks are not consecutive episodes (`ORDERED`)
     curves = read(data, "curves")
-    task = str(read(data, "runs")["task"][0])
+    task = str(runs["task"][0])
     img.mkdir(parents=True, exist_ok=True)
     for n in curves["agents"].unique().sort():
         part = curves.filter(pl.col("agents") == n)

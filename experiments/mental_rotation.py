@@ -85,9 +85,8 @@ def _choices(events: pl.LazyFrame) -> list[Row]:
         .pivot(on="step", index="episode", values=["state", "primitive"])
     )
     ends = events.filter(pl.col("kind") == "episode_end").select("episode", "episode_return")
-    frame = won.join(ends.collect(), on="episode").with_columns(
-        pl.Series("input_kind", input_kind(won["state_0"].to_numpy()))
-    )
+    kinds = won.with_columns(pl.Series("input_kind", input_kind(won["state_0"].to_numpy())))
+    frame = kinds.join(ends.collect(), on="episode")  # each episode keeps its own kind
     rows: list[Row] = []
     for kind in range(len(KINDS)):
         part = frame.filter(pl.col("input_kind") == kind)

@@ -395,6 +395,22 @@ def test_control_episode_table_holds_the_band_only_through_the_whole_last_quarte
     ]  # fmt: skip
 
 
+def test_control_episode_table_lists_episodes_in_the_order_they_ended() -> None:
+    """The summary's last tenth and the curve's blocks read episodes in the order they
+    ended: the rewards joined in keep that order, whatever order the returns come in."""
+    n = 300
+    rows: list[dict[str, Any]] = []
+    for k, episode in enumerate(reversed(range(n))):  # the last-numbered episode ends first
+        rows.append({"kind": "transition", "episode": episode, "step": 0,
+                     "controls": [0.0, 0.0], "next_x": OUT})  # fmt: skip
+        rows.append({"kind": "reward", "episode": episode, "step": 0, "src": "alice",
+                     "dst": ENVIRONMENT, "amount": credit(k + 1)})  # fmt: skip
+    table = control.episode_table(events(rows), ShortIntegrator(2))
+    assert table["env_steps"].to_list() == list(range(1, n + 1))
+    assert table["episode"].to_list() == list(reversed(range(n)))
+    assert table["team_return"].to_list() == pytest.approx([-(k + 1.0) for k in range(n)])
+
+
 def test_control_psi_sums_the_others_controls_over_the_others_only() -> None:
     """psi_i = sgn(u_i * sum_{j != i} u_j), +1 at 0 (docs/control.md). With the pendulum's
     four-agent controls (-u, -u/2, 0, u), agent 1's others sum to exactly 0 (+1), though
@@ -466,18 +482,21 @@ def test_control_tables_give_the_median_and_range_over_seeds_in_method_order(
                  reference=reference)  # fmt: skip
     table, central = (md_rows(t.markdown()) for t in control.tables(data))
     assert [r[1] for r in table] == ["method", "independent", "full"]
-    assert table[2] == ["2", "full", "3", "-2 [-3, -1]", "0.00", "-200 [-300, -100]",
-                        "0.50 [0.00, 1.00]", "0.90 [0.80, 1.00]", "500", "2 [1, 3]", "1",
-                        "False"]  # fmt: skip
+    # saved before runs recorded their episodes' order: no training figures of the last tenth
+    assert table[2] == ["2", "full", "3", "-2 [-3, -1]", "0.00", "0.90 [0.80, 1.00]", "500",
+                        "2 [1, 3]", "1", "False"]  # fmt: skip
     assert central[1] == ["2", "-265", "1.00", "True"]
     # a study saved after the end error was recorded shows it, for the central controller too
     ended = runs.with_columns(seed=pl.Series([0, 1, 2, 0]),
-                              greedy_end_error=pl.Series([0.1, 0.2, 0.3, 0.04]))  # fmt: skip
+                              greedy_end_error=pl.Series([0.1, 0.2, 0.3, 0.04]),
+                              episodes_in_order=pl.lit(True))  # fmt: skip
     later = saved(tmp_path, "control-later", runs=ended,
                   reference=reference.with_columns(end_error=pl.lit(0.018)))  # fmt: skip
     table, central = (md_rows(t.markdown()) for t in control.tables(later))
     assert table[0][5] == "greedy distance from the goal at the end"
     assert table[1][5] == "0.040" and table[2][5].startswith("0.200 [")
+    assert table[0][6:8] == ["training return per agent (last 10%)", "training held"]
+    assert table[2][6:8] == ["-200 [-300, -100]", "0.50 [0.00, 1.00]"]
     assert central[0][3] == "central controller: distance from the goal at the end"
     assert central[1] == ["2", "-265", "1.00", "0.018", "True"]
     plant = runs.with_columns(seed=pl.Series([0, 1, 2, 0]), task=pl.lit("gym:Pendulum-v1"))
