@@ -78,7 +78,10 @@ def run_report(run: Path, points: int = 200) -> Report:
             population_figure(series, clock), out / "population.png", series
         )
         living = living_over_time(over_time).join(
-            ginis.select("seq", pl.col("gini").alias(f"gini ({ALL_OPENED})")), on="seq", how="left"
+            ginis.select("seq", pl.col("gini").alias(f"gini ({ALL_OPENED})")),
+            on="seq",
+            how="left",
+            maintain_order="left",  # a series in time order, as it is plotted
         )
         report.plots["the living members' wealth"] = _save(
             living_figure(living, clock), out / "living.png", living
