@@ -326,6 +326,14 @@ COLUMNS = (
 """The table's spread columns: heading, runs.parquet column, format."""
 
 
+def in_order(runs: pl.DataFrame) -> bool:
+    """Whether every run recorded its training episodes in the order they ended (`ORDERED`);
+    a study whose kept runs are partly older is not."""
+    if "episodes_in_order" not in runs.columns:
+        return False
+    return bool(runs["episodes_in_order"].fill_null(False).all())
+
+
 def tables(data: Path) -> list[Table]:
     """Per number of agents and method, over seeds: COLUMNS as mean [95% bootstrap confidence
     interval] (`generated.interval`), the seeds
@@ -335,7 +343,7 @@ def tables(data: Path) -> list[Table]:
     is one (`CENTRAL`)."""
     runs = read(data, "runs")
     banded = gym_id(str(runs["task"][0])) is None  # a Gymnasium plant has no goal band
-    ordered = "episodes_in_order" in runs.columns
+    ordered = in_order(runs)
     columns = [
         c
         for c in COLUMNS
@@ -384,7 +392,7 @@ def plots(data: Path, img: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = read(data, "runs")
-    if "episodes_in_order" not in runs.columns:
+    if not in_order(runs):
         return  # its curves' blocks are not consecutive episodes (`ORDERED`)
     curves = read(data, "curves")
     task = str(runs["task"][0])
