@@ -140,7 +140,10 @@ def run_one(
     return row, [{**p, "agents": agents, "method": method, "seed": seed} for p in curve]
 
 
-ORDERED = ("final_return_per_agent", "held_share")
+BANDED = frozenset({"greedy_held_share", "greedy_end_error", "held_share", "steps_to_hold"})
+"""The columns that read the goal band: none on a Gymnasium plant, which has none."""
+
+ORDERED = frozenset({"final_return_per_agent", "held_share"})
 """The columns that read the training episodes in the order they ended (the last tenth):
 shown only for runs that record `episodes_in_order`. Runs saved before it joined their
 returns in no particular order, so these figures, and their curves, are not the last tenth
@@ -349,7 +352,7 @@ def tables(data: Path) -> list[Table]:
         for c in COLUMNS
         if c[1] in runs.columns  # (studies saved before a column was added lack it)
         and (ordered or c[1] not in ORDERED)
-        and (banded or not c[1].startswith(("greedy_held", "held", "steps_to_hold", "greedy_end")))
+        and (banded or c[1] not in BANDED)
     ]
     order = {m: i for i, m in enumerate((*METHODS, JOINT))}
     rows = []

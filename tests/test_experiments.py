@@ -497,12 +497,12 @@ def test_control_tables_give_the_median_and_range_over_seeds_in_method_order(
     assert table[1][5] == "0.040" and table[2][5].startswith("0.200 [")
     assert table[0][6:8] == ["training return per agent (last 10%)", "training held"]
     assert table[2][6:8] == ["-200 [-300, -100]", "0.50 [0.00, 1.00]"]
+    assert central[0][3] == "central controller: distance from the goal at the end"
+    assert central[1] == ["2", "-265", "1.00", "0.018", "True"]
     mixed = ended.with_columns(episodes_in_order=pl.Series([True, True, None, True]))
     partly = saved(tmp_path, "mixed", runs=mixed, reference=reference)
     table = md_rows(control.tables(partly)[0].markdown())
     assert "training held" not in table[0]  # one run saved before: none of them shows it
-    assert central[0][3] == "central controller: distance from the goal at the end"
-    assert central[1] == ["2", "-265", "1.00", "0.018", "True"]
     plant = runs.with_columns(seed=pl.Series([0, 1, 2, 0]), task=pl.lit("gym:Pendulum-v1"))
     plant = plant.with_columns(greedy_end_error=pl.lit(float("nan")))
     on_gym = saved(tmp_path, "control-gym", runs=plant, reference=reference.clear())
