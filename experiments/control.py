@@ -217,6 +217,7 @@ class Reference:
 CENTRAL: dict[str, Callable[[ControlTask], ControlPolicy]] = {
     "pendulum": lambda task: Reference(cast(Pendulum, task)),
     "stiction": lambda task: PushAndCoast(cast(Stiction, task)),
+    "stiction-l1": lambda task: PushAndCoast(cast(Stiction, task)),
 }
 """The designed central controller of each task that has one, for scale."""
 

@@ -51,6 +51,13 @@ targets spread over p* = 1 +- 0.02; g_i = -(p - p*_i)^2 - 0.01 u_i^2; goal band
 about -11 (agents/fixed_control.py, `PushAndCoast`). Coordination is needed: an agent that
 pushes alone pays for it and gains nothing.
 
+`StictionL1` ("stiction-l1"): the same cart, each agent paying its distance from its target
+rather than its square: g_i = -|p - p*_i| - 0.01 u_i^2. The squared distance ranks the goal
+only weakly near it: resting 0.1 short of p* costs 0.01 a step, as much as one agent's full
+push, so policies that stop short of the band, or keep one agent pushing against friction,
+earn nearly the central controller's return (docs/control.md). Here resting 0.1 short costs
+0.1 a step, ten full pushes. Doing nothing still earns -100 per agent.
+
 `Integrator` ("integrator"): a sanity task, the linear double integrator (p, v) with
 x' = (p + dt v, v + dt sum_i u_i), dt = 0.1, controls linspace(-1, 1, 5), starting at
 p = -1 (+- noise), v = 0; targets spread over 0 +- 0.05; g_i = -(p - p*_i)^2 - 0.01 u_i^2;
@@ -234,7 +241,12 @@ class Integrator(ControlTask):
 
     def g(self, x: Array, u: Array) -> Array:
         error = x[:, :1] - self._targets[None, :]
-        return -(error**2) - self.effort_cost * u**2
+        return -self.distance_cost(error) - self.effort_cost * u**2
+
+    def distance_cost(self, error: Array) -> Array:
+        """What an agent pays a step for the position's `error` from its target: its square."""
+        out: Array = error**2
+        return out
 
     def in_goal(self, x: Array) -> NDArray[np.bool_]:
         near = self.goal_error(x) < self.position_band
@@ -273,6 +285,17 @@ class Stiction(Integrator):
         return np.stack([p + self.dt * v_next, v_next], axis=1)
 
 
+class StictionL1(Stiction):
+    """The stiction cart whose agents pay their distance from their targets, not its square
+    (see the module docstring)."""
+
+    name = "stiction-l1"
+
+    def distance_cost(self, error: Array) -> Array:
+        out: Array = np.abs(error)
+        return out
+
+
 class HangingPendulum(Pendulum):
     """The pendulum, every episode started hanging down: the swing-up every time."""
 
@@ -281,7 +304,7 @@ class HangingPendulum(Pendulum):
 
 
 CONTROL_TASKS: dict[str, type[ControlTask]] = {
-    t.name: t for t in (Pendulum, HangingPendulum, Integrator, Stiction)
+    t.name: t for t in (Pendulum, HangingPendulum, Integrator, Stiction, StictionL1)
 }
 
 

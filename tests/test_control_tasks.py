@@ -14,6 +14,7 @@ from market.control_tasks import (
     Integrator,
     Pendulum,
     Stiction,
+    StictionL1,
     make_control_task,
     wrap,
 )
@@ -419,3 +420,41 @@ def test_stiction_all_n_agents_reach_and_hold_the_goal(n: int) -> None:
         x = task.f(x, task.controls[central.act(x, np.zeros((len(x), n)))])
         first = np.where((first < 0) & task.in_goal(x), k + 1, first)
     assert np.all((first > 0) & (first <= 30)) and np.all(task.in_goal(x))
+
+
+# --- the cart whose agents pay their distance -------------------------------------------------
+
+
+def test_stiction_l1_reward_by_hand_and_the_same_cart() -> None:
+    """g_i = -|p - p*_i| - 0.01 u_i^2 with targets 1 +- 0.02; the dynamics, the band and the
+    start are the stiction cart's."""
+    task, cart = StictionL1(2), Stiction(2)
+    x, u = np.array([[0.5, 0.0], [1.1, 0.0]]), np.array([[1.0, -0.5], [0.0, 0.0]])
+    np.testing.assert_allclose(task.g(x, u), [[-0.48 - 0.01, -0.52 - 0.0025], [-0.12, -0.08]])
+    x, u = _random_batch(task, np.random.default_rng(1), 64)
+    np.testing.assert_array_equal(task.f(x, u), cart.f(x, u))
+    np.testing.assert_array_equal(task.in_goal(x), cart.in_goal(x))
+    rng = np.random.default_rng(2)
+    np.testing.assert_array_equal(task.reset(rng, 8), cart.reset(np.random.default_rng(2), 8))
+
+
+def _central_return(task: Stiction, margin: float) -> float:
+    """Mean return per agent of `PushAndCoast(task, margin)` over 32 seeded starts."""
+    policy = PushAndCoast(task, margin)
+    x, total = task.reset(np.random.default_rng(5), 32), 0.0
+    for _ in range(task.horizon):
+        u = task.controls[policy.act(x, np.zeros_like(x))]
+        total, x = total + float(task.g(x, u).mean()), task.f(x, u)
+    return total
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_stiction_l1_ranks_stopping_short_of_the_goal(n: int) -> None:
+    """The central controller that stops 0.1 short of p* (outside the band) loses less than one
+    credit per agent to the one that stops in the band under the squared distance, and
+    several credits under the distance itself: the reason the task exists."""
+    gaps = [
+        _central_return(task, 0.02) - _central_return(task, -0.1)
+        for task in (Stiction(n), StictionL1(n))
+    ]
+    assert 0 < gaps[0] < 1 and gaps[1] > 5
