@@ -41,7 +41,7 @@ from ledger.events import (
     Transition,
 )
 from ledger.store import Ledger
-from ledger.units import UNIT
+from ledger.units import to_units_array
 from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
 from market.core import EpisodeResult, Start
@@ -193,7 +193,7 @@ class ControlKernel(SlotKernel):
         actions = np.asarray(answer, dtype=np.int64)
         u = task.controls[actions]
         nxt, rewards = task.f(x, u), task.g(x, u)
-        units = np.rint(rewards * UNIT).astype(np.int64)
+        units = to_units_array(rewards)
         reward = units.sum(axis=1)
         ends = t == task.horizon - 1
         total = self._total[idx] + reward

@@ -60,7 +60,7 @@ from pydantic import ValidationError
 
 from ledger import schema
 from ledger.events import CONTROL, ENVIRONMENT
-from ledger.units import UNIT
+from ledger.units import UNIT, to_units, to_units_array
 from market.tasks import (
     GYM,
     MENTAL_ROTATION,
@@ -241,7 +241,7 @@ class _Tabular(AuctionWorld):
         self.primitives, self._task = task.primitive_names, task
         t = task.tables()
         self._next, self._done, self._duration = t.next_state, t.done, t.duration
-        self._reward = np.rint(t.reward * UNIT).astype(np.int64)
+        self._reward = to_units_array(t.reward)
 
     def starts(self, episodes: NDArray[np.int64]) -> NDArray[np.int64]:
         return self._task.starts(episodes)
@@ -376,7 +376,7 @@ class _TwoRooms(AuctionWorld):
             np.where(stopped, x, -1),
             rooms.episode_over(x),
             steps.astype(np.float64),
-            np.rint(reward * UNIT).astype(np.int64),
+            to_units_array(reward),
         )
 
 
@@ -433,7 +433,7 @@ class _Gym(AuctionWorld):
             except GymTaskError:
                 continue
             valid[i], done[i], obs[i] = True, terminated, flat(seen)
-            reward[i] = np.rint(self._task.credit(r) * UNIT)
+            reward[i] = to_units(self._task.credit(r))
         nxt = np.asarray(states, dtype=np.int64) + 1
         return Expected(valid, nxt, done, np.ones(n), reward, obs=obs)
 
@@ -1171,7 +1171,7 @@ def _control(
     ok = ~stand.foreign & arrays["shaped"].to_numpy()
     tx = steps["tx"].to_numpy()
     orders, paid = _orders(piece, steps, world), _rewards(piece, tx, world)
-    units = np.rint(world.task.g(x, u) * UNIT).astype(np.int64)
+    units = to_units_array(world.task.g(x, u))
     counted = _counted(ok, orders, paid, steps["seq"].to_numpy(), n)
     moved = (world.task.f(x, u), nx)
     checks = [

@@ -36,7 +36,7 @@ from ledger.events import (
     Reward,
     Transform,
 )
-from ledger.units import UNIT
+from ledger.units import quantise_bid_array, to_units_array
 from market.core import Start
 from market.mechanisms import RULES, Mechanism
 from market.slots import SlotKernel, Stepped
@@ -128,14 +128,13 @@ class RoundKernel(SlotKernel):
         for their states."""
         k, pos = len(idx), self._pos
         states, t = self._state[idx], self._t[idx]
-        bids = np.clip(np.rint(np.asarray(answer, dtype=np.float64) * UNIT), 0, UNIT)
-        bids = bids.astype(np.int64)
+        bids = quantise_bid_array(answer)
         w, b1, price, mint = self._settle(bids, t)
         has_price = price is not None
         prim, winner = self._prims[w], self._bidders[w]
         moved = self.task.transition(states, prim)
         nxt, done, duration = moved.next_state, moved.done, moved.duration
-        reward = np.rint(moved.reward * UNIT).astype(np.int64)
+        reward = to_units_array(moved.reward)
         last = done | (t == self.task.horizon - 1)
         total = self._total[idx] + reward
 
