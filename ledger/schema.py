@@ -11,7 +11,6 @@ existed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -24,8 +23,6 @@ from ledger.transaction import HEADER, OWN, Transaction
 
 _MODELS = tuple(FIELDS)
 _CODE = {m: i for i, m in enumerate(_MODELS)}
-_KINDS = pa.array([KIND[m] for m in _MODELS], type=pa.string())
-"""Each model's kind, by its code."""
 
 SCHEMA = pa.schema(
     [
@@ -113,10 +110,12 @@ def to_table(txs: Sequence[Transaction]) -> pa.Table:
     firsts = np.asarray(headers[0], dtype=np.int64)
     offsets = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     common = {"seq": pa.array(np.repeat(firsts, sizes) + offsets)} | {
-        name: _spread(pa.array(values, type=SCHEMA.field(name).type), sizes, owner)
+        name: pa.array(values, type=SCHEMA.field(name).type).take(owner)
         for name, values in zip(HEADER, headers, strict=True)
     }
-    models, values = zip(*chain.from_iterable(t.body for t in txs), strict=True)
+    body = [e for t in txs for e in t.body]
+    models = list(map(itemgetter(0), body))
+    values = list(map(itemgetter(1), body))
     codes = np.fromiter(map(_CODE.__getitem__, models), dtype=np.int64, count=len(models))
     parts = []
     for code in np.unique(codes):
@@ -128,28 +127,14 @@ def to_table(txs: Sequence[Transaction]) -> pa.Table:
             n: pa.array(v, type=SCHEMA.field(n).type)
             for n, v in zip(names, zip(*rows, strict=True), strict=True)
         }
+        cols["kind"] = pa.array([KIND[model]] * len(at), type=pa.string())
         cols["_at"] = pa.array(at)
         parts.append(pa.table(cols))
     table = pa.concat_tables(parts, promote_options="default")
     table = table.take(pc.sort_indices(table["_at"])).drop_columns("_at")
-    table = table.append_column("kind", _KINDS.take(pa.array(codes)))
     for name, column in common.items():
         table = table.append_column(name, column)
     return _conform(table)
-
-
-def _spread(per_tx: pa.Array, sizes: np.ndarray, owner: pa.Array) -> pa.Array:
-    """A header column, one value per transaction, repeated for each of its events.
-
-    Speed: a single value (a run's id) is repeated, and numbers without nulls by NumPy;
-    Arrow's `take` by `owner` (each row's transaction) does the rest.
-    """
-    if per_tx.null_count == 0:
-        if len(per_tx.unique()) == 1:
-            return pa.repeat(per_tx[0], int(sizes.sum()))
-        if not pa.types.is_string(per_tx.type):
-            return pa.array(np.repeat(per_tx.to_numpy(), sizes), type=per_tx.type)
-    return per_tx.take(owner)
 
 
 def _conform(table: pa.Table) -> pa.Table:

@@ -148,14 +148,11 @@ class Core:
 
 
 @contextmanager
-def fewer_collections(gen0: int = 200_000) -> Iterator[None]:
+def fewer_collections(gen0: int = 50_000) -> Iterator[None]:
     """Run with a higher generation-0 threshold for Python's cycle collector.
 
     Speed: the loop allocates millions of short-lived tuples; at the default threshold
-    (700) collections cost about a quarter of the run's time (benchmarks/engine.py). A
-    segment's staged events are some 200,000 live objects, which every older collection
-    walks again: at 50,000 the episode kernel spent about 5% more CPU time than at 200,000,
-    and switching the collector off gained nothing more (three interleaved runs each).
+    (700) collections cost about a quarter of the run's time (benchmarks/engine.py).
     """
     saved = gc.get_threshold()
     gc.set_threshold(gen0, *saved[1:])
