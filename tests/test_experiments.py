@@ -27,6 +27,7 @@ import mental_rotation
 import pool
 import tabular
 import two_rooms
+from generated import save_data
 
 SCHEMA: dict[str, Any] = {
     "seq": pl.Int64, "kind": pl.String, "episode": pl.Int64, "step": pl.Int64,
@@ -587,6 +588,34 @@ def test_a_gymnasium_run_is_solved_when_its_last_100_episodes_average_the_thresh
     at = 100 * 10 + 95 * 500
     assert gym_envs.solved_at(episodes, 475.0) == at
     assert gym_envs.solved_at(episodes, 501.0) is None
+
+
+def test_a_gymnasium_study_draws_one_line_per_run_in_its_arms_colours(tmp_path: Path) -> None:
+    """Curves of two arms, two seeds each, all at GYM_PPO's settings: one plot, a line per
+    run, each coloured by its arm, and the solved threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [
+        {"env": "MiniGrid-DoorKey-5x5-v0", "arm": arm, "seed": seed, "env_steps": step,
+         "rolling": 0.1 * step + seed}
+        for arm in ("ccv", "monolithic") for seed in (0, 1) for step in (1, 2, 3)
+    ]  # fmt: skip
+    data = save_data(tmp_path, "doorkey", "gymnasium", {"curves": pl.DataFrame(rows)})
+    drawn: list[list[str]] = []
+    saved = plt.Figure.savefig
+
+    def keep_lines(fig: Any, *args: Any, **kwargs: Any) -> None:
+        drawn.append([line.get_color() for line in fig.axes[0].get_lines()])
+        saved(fig, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plt.Figure, "savefig", keep_lines)
+        gym_envs.plots(data, tmp_path / "img")
+    assert (tmp_path / "img" / "doorkey.png").is_file()
+    assert drawn == [["tab:blue"] * 2 + ["tab:orange"] * 2 + ["grey"]]
 
 
 def _logged_square(x: int, log: Path) -> int:
