@@ -204,18 +204,19 @@ class Kernel(Core):
         event's model and own values in `OWN` order; `tests/test_kernel.py` validates every
         event of real runs against its model.
         """
-        s, out, state, bids, prims = st.settlement, st.outcome, st.state, st.bids, self._prims
-        w, winner = s.winner, self._accounts[s.winner]
+        s, out, state, bids = st.settlement, st.outcome, st.state, st.bids
+        accounts, prims = self._accounts, self._prims
+        w, winner = s.winner, accounts[s.winner]
         own: list[Body] = []
         if st.t == 0:
             opened = (self.task.name, self.mechanism.value, self.society.cloned, self.gamma)
             own.append((EpisodeStart, (*opened, state, self._recorded(state))))
         if st.members is None:
-            bidders = zip(self._accounts, prims, bids, strict=True)
+            bidders = zip(accounts, prims, bids, strict=True)
             own += [(Bid, (a, p, state, b, None)) for a, p, b in bidders]  # no cap: no budget
         else:
             capped = zip(st.members, bids, st.caps or [], strict=True)
-            own += [(Bid, (self._accounts[i], prims[i], state, b, c)) for i, b, c in capped]
+            own += [(Bid, (accounts[i], prims[i], state, b, c)) for i, b, c in capped]
         own.append((Allocate, (winner, prims[w], state, s.b1)))
         if s.price is not None:
             own.append((Pay, (winner, st.seller, s.price)))
@@ -226,7 +227,7 @@ class Kernel(Core):
         paid_to = (ENVIRONMENT, winner) if st.reward >= 0 else (winner, ENVIRONMENT)
         own.append((Reward, (*paid_to, abs(st.reward))))
         if st.renters is not None and st.rent:
-            own += [(Rent, (self._accounts[i], TREASURY, st.rent)) for i in st.renters]
+            own += [(Rent, (accounts[i], TREASURY, st.rent)) for i in st.renters]
         if episode_return is not None:
             own.append((EpisodeEnd, (st.t + 1, episode_return)))
         header = (self.seq, self.run, st.ep, st.t, self.env.now)
