@@ -258,7 +258,7 @@ class PPOBidders:
             low = torch.where(gain, -math.inf, 1 - cfg.clip)
             high = torch.where(gain, 1 + cfg.clip, math.inf)
         table, entropy_table = beta_terms(*self.bank.policy_table())
-        ratio = torch.exp(_beta_log_prob(table, s, features) - old_logp)
+        ratio = policy_ratio(_beta_log_prob(table, s, features), old_logp)
         surrogate = adv * torch.clamp(ratio, low, high)  # = min(ratio adv, clip(ratio) adv)
         entropy = entropy_table.gather(1, s).mean(dim=1)
         error = values - u
@@ -299,6 +299,23 @@ def beta_terms(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, t
     lgamma = torch.lgamma(c)
     entropy = (lgamma - (c - _SHIFT) * torch.digamma(c)) @ _SIGN
     return torch.cat([c - 1, lgamma], dim=-1), entropy
+
+
+LOG_RATIO_CAP = 20.0
+"""The largest log-ratio log(pi / pi_old) a PPO step exponentiates (`policy_ratio`)."""
+
+
+def policy_ratio(log_prob: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """pi / pi_old of each sample, its log capped at `LOG_RATIO_CAP`.
+
+    A Beta's log-density is unbounded: once a bid policy is concentrated (bids near 0, a
+    Beta(2, 3000) say), a sample drawn under the old policy can be hundreds of nats more
+    likely under the new one. exp of that overflows float32 to inf; a negative advantage
+    then makes the loss -inf and every gradient NaN, through the norm clip, into the
+    weights. Beyond the cap the sample's surrogate is constant (no gradient), as the clip
+    makes it for a positive advantage. Below it nothing changes, bit for bit.
+    """
+    return torch.exp(torch.clamp(log_prob - old, max=LOG_RATIO_CAP))
 
 
 def beta_features(b: torch.Tensor) -> torch.Tensor:

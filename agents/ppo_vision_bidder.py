@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from agents.encoders import ConvFeatures, VectorFeatures, observation_features
-from agents.ppo_bidder import beta_features, beta_terms, clip_per_primitive
+from agents.ppo_bidder import beta_features, beta_terms, clip_per_primitive, policy_ratio
 from agents.settings import PPOConfig
 
 Observe = Callable[[NDArray[np.int64]], NDArray[np.float32]]
@@ -237,7 +237,7 @@ class VisionBidders:
             low = torch.where(gain, -math.inf, 1 - cfg.clip)
             high = torch.where(gain, 1 + cfg.clip, math.inf)
         terms, entropy_all = beta_terms(*self.bank.beta(x))
-        ratio = torch.exp((terms * features).sum(-1) - old)
+        ratio = policy_ratio((terms * features).sum(-1), old)
         surrogate = (adv * torch.clamp(ratio, low, high)).mean(1)  # min(r A, clip(r) A)
         entropy = entropy_all.mean(1)
         error = values - u

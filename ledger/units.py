@@ -28,16 +28,26 @@ def to_credit(units: int) -> float:
     return units / UNIT
 
 
+NOT_A_NUMBER = "a bid is not a number: the bidders' policy diverged"
+"""Why a NaN bid is refused (it has no place in [0, 1] credit)."""
+
+
 def quantise_bids(bids: list[float]) -> list[int]:
     """Bids drawn as credit, clipped to [0, 1] credit and quantised to whole units (ties to
-    even); a NaN bid raises ValueError.
+    even); a NaN bid raises ValueError(`NOT_A_NUMBER`).
 
     Speed: a comparison before the product, not min/max after it, is 2.5 times faster on a
     row of five bids (0.6 against 1.6 us), and the NumPy form costs several us a call.
     """
-    return [UNIT if b >= 1.0 else 0 if b <= 0.0 else round(b * UNIT) for b in bids]
+    try:
+        return [UNIT if b >= 1.0 else 0 if b <= 0.0 else round(b * UNIT) for b in bids]
+    except ValueError:  # round(nan): the only bid that fails every comparison
+        raise ValueError(NOT_A_NUMBER) from None
 
 
 def quantise_bid_array(bids: ArrayLike) -> NDArray[np.int64]:
     """`quantise_bids` of every row at once."""
-    return np.clip(np.rint(np.asarray(bids, dtype=np.float64) * UNIT), 0, UNIT).astype(np.int64)
+    credit = np.asarray(bids, dtype=np.float64)
+    if np.isnan(credit).any():
+        raise ValueError(NOT_A_NUMBER)
+    return np.clip(np.rint(credit * UNIT), 0, UNIT).astype(np.int64)

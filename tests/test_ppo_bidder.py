@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from agents.ppo_bidder import PPOBidders
+from agents.ppo_bidder import PPOBidders, beta_features, policy_ratio
+from agents.ppo_vision_bidder import VisionBidders
 from agents.settings import PPOConfig
 
 
@@ -54,3 +57,20 @@ def test_without_updates_bids_stay_uniform() -> None:
     agent = train(np.array([[0.2, 0.8]]), updates=0)
     mean = agent.bank.distribution(torch.arange(2)).mean.detach().numpy()
     assert np.allclose(mean, 0.5)
+
+
+def test_a_sample_far_likelier_under_the_new_policy_leaves_the_nets_finite() -> None:
+    """A step on samples whose old log-probability is 500 nats below the new one (a bid
+    policy that concentrated between two updates): exp(500) overflows float32, and without
+    the cap on the log-ratio the weights turn NaN."""
+    obs = np.zeros((8, 4), dtype=np.float32)
+    bidders = VisionBidders(lambda s: obs[s], (4,), (0, 0, 1, 1), PPOConfig(minibatch=16), 0)
+    x = torch.as_tensor(obs[np.zeros((2, 16), dtype=np.int64)])
+    features = beta_features(torch.full((2, 16), 0.5))
+    u = torch.linspace(-1.0, 1.0, 32).reshape(2, 16)  # advantages of both signs
+    with torch.no_grad():
+        now = bidders._log_prob(x, features)
+    assert float((now - (now - 500.0)).min()) > math.log(torch.finfo(torch.float32).max)
+    bidders._step(x, features, u, now - 500.0)
+    assert all(bool(torch.isfinite(p).all()) for p in bidders.bank.parameters())
+    assert policy_ratio(torch.tensor([0.5, 500.0]), torch.zeros(2)).isfinite().all()

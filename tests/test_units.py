@@ -34,9 +34,13 @@ def test_ties_go_to_the_even_unit() -> None:
     assert to_units(2.5e-9) == 2 and to_units(-0.5e-9) == 0
 
 
-def test_a_nan_bid_is_refused() -> None:
-    with pytest.raises(ValueError):
+def test_a_nan_bid_is_refused_in_either_form() -> None:
+    """A NaN has no place in [0, 1]: both forms refuse it with the same reason (cast to
+    int64 unchecked, it would be -2**63 units)."""
+    with pytest.raises(ValueError, match="not a number"):
         quantise_bids([0.5, math.nan])
+    with pytest.raises(ValueError, match="not a number"):
+        quantise_bid_array(np.array([[0.5, math.nan]]))
 
 
 @given(st.lists(finite, max_size=8))
