@@ -596,7 +596,7 @@ def test_a_gymnasium_study_draws_one_line_per_run_in_its_arms_colours(tmp_path: 
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = [
         {"env": "MiniGrid-DoorKey-5x5-v0", "arm": arm, "seed": seed, "env_steps": step,
@@ -605,14 +605,14 @@ def test_a_gymnasium_study_draws_one_line_per_run_in_its_arms_colours(tmp_path: 
     ]  # fmt: skip
     data = save_data(tmp_path, "doorkey", "gymnasium", {"curves": pl.DataFrame(rows)})
     drawn: list[list[str]] = []
-    saved = plt.Figure.savefig
+    saved = Figure.savefig
 
     def keep_lines(fig: Any, *args: Any, **kwargs: Any) -> None:
         drawn.append([line.get_color() for line in fig.axes[0].get_lines()])
         saved(fig, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(plt.Figure, "savefig", keep_lines)
+        mp.setattr(Figure, "savefig", keep_lines)
         gym_envs.plots(data, tmp_path / "img")
     assert (tmp_path / "img" / "doorkey.png").is_file()
     assert drawn == [["tab:blue"] * 2 + ["tab:orange"] * 2 + ["grey"]]
