@@ -11,9 +11,9 @@ seconds by then are the run's clock at its end.
 episodes first at or above its threshold (CartPole-v1 475, Acrobot-v1 -100, LunarLander-v3
 200, which needs the box2d extra), the one CleanRL's figures use
 (docs/results/data/cleanrl.csv); MiniGrid-DoorKey-5x5-v0 has no usual one (`THRESHOLDS`).
-Saves runs.parquet (one row per run) and curves.parquet
-(that rolling mean at most `POINTS` times a run) under <results>/data/<name>/, then writes
-the table and plot they make under <results>/.
+Saves runs.parquet (one row per run) and curves.parquet (that rolling mean at most `POINTS`
+times a run) under <results>/data/<name>/, then writes the table and plot they make under
+<results>/.
 """
 
 from __future__ import annotations
