@@ -302,8 +302,21 @@ class _Part:
     def of(cls, df: pl.DataFrame) -> _Part:
         world = rederive.prepare(df)
         df = df.select(_RULED)
-        moves = df.filter(_C("kind").is_in(sorted(TRANSFER_KINDS)))
-        return cls(df, moves, _sold(df.lazy()).collect(), world)
+        moves = _rows(df, sorted(TRANSFER_KINDS), *_MOVE_COLUMNS)
+        return cls(df, moves, _sold(df.lazy()), world)
+
+
+_MOVE_COLUMNS = ("seq", "tx", "kind", "src", "dst", "amount")
+"""The columns of a chunk's transfers (`_Part.moves`) that the rules read."""
+
+
+def _rows(df: pl.DataFrame, kinds: list[str], *columns: str | pl.Expr) -> pl.DataFrame:
+    """`columns` of the rows of `df` of one of `kinds`.
+
+    Speed: the columns are picked before the rows (a lazy query), where an eager filter
+    copies every column of the rows it keeps: a third to a seventh of the time on a chunk.
+    """
+    return df.lazy().filter(_C("kind").is_in(kinds)).select(*columns).collect()
 
 
 CHUNK_EVENTS = 1 << 19
@@ -416,7 +429,7 @@ def _audit_chunk(part: _Part, carry: _Carry, report: AuditReport) -> None:
     starts, ends = _bounds(events, carry)
     auctions = _auctions(part.sold, starts, ends, carry).collect()
     transfers = _transfers(moves, parents, safe).lazy()
-    economy = df.filter((_C("kind") == "close") | _C("cap").is_not_null()).height > 0
+    economy = bool(df.select(((_C("kind") == "close") | _C("cap").is_not_null()).any()).item())
     base = carry.held
     held = _held(moves.lazy(), base) if economy else pl.DataFrame()  # for economy rules
     sequenced = events.with_row_index("_at", offset=carry.at).with_columns(
@@ -486,7 +499,7 @@ def _merge_lives(carry: _Carry, events: pl.LazyFrame) -> pl.DataFrame:
 def _merge_parents(carry: _Carry, df: pl.DataFrame) -> pl.DataFrame:
     """Who endowed each account first, up to the end of this chunk."""
     endows = (
-        df.filter(_C("kind") == "endow")
+        _rows(df, ["endow"], "src", "dst")
         .group_by("dst", maintain_order=True)
         .agg(_C("src").first().alias("parent"))
         .rename({"dst": "account"})
@@ -516,8 +529,7 @@ def _carry_over(
         carry.held = carry.held.join(moved, "account", "full", coalesce=True).select(
             "account", (_C("base").fill_null(0) + _C("delta").fill_null(0)).alias("base")
         )
-    kind = _C("kind")
-    starts = df.filter(kind == "episode_start").select("episode", "mechanism")
+    starts = _rows(df, ["episode_start"], "episode", "mechanism")
     last = auctions.group_by("episode").agg(_C("winner").last(), _C("step").last())
     known = (
         pl.concat(
@@ -779,10 +791,15 @@ def _bounds(events: pl.LazyFrame, carry: _Carry) -> tuple[pl.LazyFrame, pl.LazyF
     return starts, ends
 
 
-def _sold(events: pl.LazyFrame) -> pl.LazyFrame:
+def _sold(events: pl.LazyFrame) -> pl.DataFrame:
     """One row per auction transaction: its bids' summary and what was recorded."""
     kind = _C("kind")
-    recorded = events.filter(kind.is_in(["allocate", "pay", "mint", "reward"])).collect().lazy()
+    recorded = (
+        events.filter(kind.is_in(["allocate", "pay", "mint", "reward"]))
+        .select("seq", "tx", "kind", "account", "src", "dst", "amount")
+        .collect()
+        .lazy()
+    )
 
     def one(k: str, **cols: str) -> pl.LazyFrame:
         return recorded.filter(kind == k).select("tx", **{n: _C(c) for n, c in cols.items()})
@@ -795,6 +812,7 @@ def _sold(events: pl.LazyFrame) -> pl.LazyFrame:
         .join(one("pay", paid="amount", payer="src", payee="dst", pay_at="seq"), "tx", "left")
         .join(one("mint", minted="amount", minter="src", mintee="dst", mint_at="seq"), "tx", "left")
         .join(one("reward", r_src="src", r_dst="dst", r_amount="amount", r_at="seq"), "tx", "left")
+        .collect()
     )
 
 
@@ -966,8 +984,8 @@ def _auction_rules() -> list[Rule]:
 def _run_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:
     """The first RunEnd whose episode count is not the number of episodes that ended since
     its run started."""
-    marks = df.filter(_C("kind").is_in(["run_start", "episode_end", "run_end"])).select(
-        "seq", "kind", "episodes", "episode_return"
+    marks = _rows(
+        df, ["run_start", "episode_end", "run_end"], "seq", "kind", "episodes", "episode_return"
     )
     ended, found = carry.ended, None
     for seq, kind, episodes, returned in marks.iter_rows():
@@ -1018,12 +1036,12 @@ def _episode_ends(df: pl.DataFrame, carry: _Carry) -> Violation | None:
     kind = _C("kind")
     signed = pl.when(_C("src") == ENVIRONMENT).then(_C("amount")).otherwise(-_C("amount"))
     ends = (  # each episode's first end (a second one breaks the sequence rules)
-        df.filter(kind == "episode_end")
-        .select("seq", "episode", "episode_return", "steps")
-        .unique("episode", keep="first", maintain_order=True)
+        _rows(df, ["episode_end"], "seq", "episode", "episode_return", "steps").unique(
+            "episode", keep="first", maintain_order=True
+        )
     )
-    rows = df.filter(kind.is_in(["reward", "allocate", "transition"])).select(
-        "seq", "episode",
+    rows = _rows(
+        df, ["reward", "allocate", "transition"], "seq", "episode",
         pl.when(kind == "reward").then(signed).otherwise(0).alias("ret"),
         (kind != "reward").cast(pl.Int64).alias("n"),
     )  # fmt: skip
@@ -1061,7 +1079,7 @@ def _closing(
     df: pl.DataFrame, moves: pl.DataFrame, base: pl.DataFrame, report: AuditReport
 ) -> Violation | None:
     """The first balance statement that is not the replay of every event before it."""
-    statements = df.filter(_C("kind") == "balance")
+    statements = _rows(df, ["balance"], "tx", "seq", "account", "amount")
     opening, found = dict(base.iter_rows()), None
     for (tx,), group in statements.group_by("tx", maintain_order=True):
         assert isinstance(tx, int)
@@ -1104,9 +1122,11 @@ def _totals(df: pl.DataFrame, a: pl.DataFrame, carry: _Carry) -> None:
     if carry.per_mechanism is not None:
         per = pl.concat([carry.per_mechanism, per]).group_by("mechanism").agg(pl.all().sum())
     carry.per_mechanism = per
-    rows = df.filter(
-        _C("kind").is_in(["open", "episode_start", "run_end", *sorted(LIFECYCLE_KINDS)])
-    )
+    rows = _rows(
+        df,
+        ["open", "episode_start", "run_end", *sorted(LIFECYCLE_KINDS)],
+        "kind", "src", "amount",
+    )  # fmt: skip
     per_kind = rows.group_by("kind").agg(
         pl.len().cast(pl.Int128).alias("count"), _C("amount").cast(pl.Int128).sum()
     )
