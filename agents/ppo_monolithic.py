@@ -8,16 +8,20 @@ It runs in the same market, under the `env` mechanism with a solitary society: a
 auction it bids 1 credit for the primitive it picks and 0 for the others, so the allocation
 is its action and no money but rewards moves. Its data comes from the bus like everyone
 else's: the state auctioned, the primitive allocated and the reward paid, per episode; at an
-episode's end each step's discounted return-to-go G_t becomes a sample. PPO settings are the
-primitives' (methods.md): advantage G - V(s) normalised, clip 0.2, entropy 0.1, one pass of
-minibatches of 256 over 4096 samples, value MSE + 1e-3 L2, grad-norm 40, Adam 4e-5 / 5e-3.
+episode's end each step becomes a sample. PPO settings are the primitives' (methods.md): clip
+0.2, entropy 0.1, `epochs` passes (one) of minibatches of 256 over 4096 samples, value MSE +
+1e-3 L2, grad-norm 40, Adam 4e-5 / 5e-3. A sample's target is its discounted return-to-go G_t
+and its advantage G_t - V(s_t), normalised per minibatch; with `gae_lambda` set, its
+advantage is GAE(lambda) over the episode (Schulman et al., 2016) from the value net as the
+episode ends, and its target that advantage plus V(s_t). An episode's last step is terminal
+either way (a time-out too, as docs/gymnasium.md says).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,7 +53,7 @@ class MonolithicPPO:
         self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=config.policy_lr)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
         self._open: dict[int, list[tuple[int, int, float]]] = {}
-        self._samples: list[tuple[int, int, float]] = []
+        self._samples: list[Sample] = []
         self.updates: list[dict[str, float]] = []
         self.recent: deque[int] = deque(maxlen=1000)
         """The last primitives chosen (their shares are the mean one-hot bids)."""
@@ -94,13 +98,21 @@ class MonolithicPPO:
             self._finish(self._open.pop(episode))
 
     def _finish(self, trajectory: list[tuple[int, int, float]]) -> None:
-        g = 0.0
-        returns = []
-        for _, _, r in reversed(trajectory):
-            g = r + self.config.gamma * g
-            returns.append(g)
-        for (s, a, _), ret in zip(trajectory, reversed(returns), strict=True):
-            self._samples.append((s, a, ret))
+        states = np.array([s for s, _, _ in trajectory], dtype=np.int64)
+        rewards = np.array([r for _, _, r in trajectory], dtype=np.float64)
+        gamma, lam = self.config.gamma, self.config.gae_lambda
+        if lam is None:
+            targets = discounted(rewards, gamma)
+            advantages: list[float | None] = [None] * len(trajectory)
+        else:
+            with torch.no_grad():
+                values = self.value(inputs(self.task, states))[:, 0].double().numpy()
+            adv = gae(rewards, values, gamma, lam)
+            targets, advantages = adv + values, adv.tolist()
+        for (s, a, _), target, advantage in zip(
+            trajectory, targets.tolist(), advantages, strict=True
+        ):
+            self._samples.append(Sample(s, a, target, advantage))
         if len(self._samples) >= self.config.batch:
             batch, self._samples = (
                 self._samples[: self.config.batch],
@@ -109,35 +121,38 @@ class MonolithicPPO:
             if not self.frozen:
                 self._update(batch)
 
-    def _update(self, batch: list[tuple[int, int, float]]) -> None:
+    def _update(self, batch: list[Sample]) -> None:
         cfg = self.config
-        x = inputs(self.task, np.array([b[0] for b in batch], dtype=np.int64))
-        a = torch.tensor([b[1] for b in batch])
-        g = torch.tensor([b[2] for b in batch], dtype=torch.float32)
+        x = inputs(self.task, np.array([b.state for b in batch], dtype=np.int64))
+        a = torch.tensor([b.action for b in batch])
+        g = torch.tensor([b.target for b in batch], dtype=torch.float32)
+        given = None if cfg.gae_lambda is None else [b.advantage for b in batch]
+        advantages = None if given is None else torch.tensor(given, dtype=torch.float32)
         with torch.no_grad():
             old_logp = Categorical(logits=self.policy(x)).log_prob(a)
-        order = torch.randperm(len(batch), generator=self.generator)
         losses = []
-        for start in range(0, len(batch), cfg.minibatch):
-            i = order[start : start + cfg.minibatch]
-            values = self.value(x[i])[:, 0]
-            adv = g[i] - values.detach()
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            dist = Categorical(logits=self.policy(x[i]))
-            ratio = torch.exp(dist.log_prob(a[i]) - old_logp[i])
-            clipped = torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip)
-            policy_loss = -torch.min(ratio * adv, clipped * adv).mean()
-            policy_loss = policy_loss - cfg.entropy_coef * dist.entropy().mean()
-            l2 = torch.stack([(w**2).sum() for w in self.value.parameters()]).sum()
-            value_loss = ((values - g[i]) ** 2).mean() + cfg.value_l2 * l2
-            self.policy_opt.zero_grad()
-            self.value_opt.zero_grad()
-            (policy_loss + value_loss).backward()
-            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-            nn.utils.clip_grad_norm_(self.value.parameters(), cfg.max_grad_norm)
-            self.policy_opt.step()
-            self.value_opt.step()
-            losses.append(float(policy_loss.detach()))
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(batch), generator=self.generator)
+            for start in range(0, len(batch), cfg.minibatch):
+                i = order[start : start + cfg.minibatch]
+                values = self.value(x[i])[:, 0]
+                adv = g[i] - values.detach() if advantages is None else advantages[i]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                dist = Categorical(logits=self.policy(x[i]))
+                ratio = torch.exp(dist.log_prob(a[i]) - old_logp[i])
+                clipped = torch.clamp(ratio, 1 - cfg.clip, 1 + cfg.clip)
+                policy_loss = -torch.min(ratio * adv, clipped * adv).mean()
+                policy_loss = policy_loss - cfg.entropy_coef * dist.entropy().mean()
+                l2 = torch.stack([(w**2).sum() for w in self.value.parameters()]).sum()
+                value_loss = ((values - g[i]) ** 2).mean() + cfg.value_l2 * l2
+                self.policy_opt.zero_grad()
+                self.value_opt.zero_grad()
+                (policy_loss + value_loss).backward()
+                nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(self.value.parameters(), cfg.max_grad_norm)
+                self.policy_opt.step()
+                self.value_opt.step()
+                losses.append(float(policy_loss.detach()))
         metrics = {"policy_loss": float(np.mean(losses)), "mean_return": float(g.mean())}
         self.updates.append(metrics)
         if self.on_update is not None:
@@ -171,6 +186,36 @@ class MonolithicPPO:
         with torch.no_grad():
             logits = self.policy(inputs(self.task, states))
         return np.asarray(logits.argmax(-1).numpy(), dtype=np.int64)
+
+
+class Sample(NamedTuple):
+    """One step of a finished episode, as the update reads it."""
+
+    state: int
+    action: int
+    target: float
+    """What the value net regresses to: G_t, or with GAE the advantage plus V(s_t)."""
+    advantage: float | None
+    """GAE's advantage; None: G_t - V(s_t), taken at the update."""
+
+
+def discounted(rewards: NDArray[np.float64], gamma: float) -> NDArray[np.float64]:
+    """Each step's discounted return-to-go, the last step terminal."""
+    out, g = np.empty_like(rewards), 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        g = float(rewards[t]) + gamma * g
+        out[t] = g
+    return out
+
+
+def gae(
+    rewards: NDArray[np.float64], values: NDArray[np.float64], gamma: float, lam: float
+) -> NDArray[np.float64]:
+    """GAE(lambda) advantages of one episode, its last step terminal: the sum over k of
+    (gamma lambda)^k delta_{t+k}, delta_t = r_t + gamma V(s_{t+1}) - V(s_t)."""
+    following = np.append(values[1:], 0.0)
+    deltas = rewards + gamma * following - values
+    return discounted(deltas, gamma * lam)
 
 
 def _net(task: Task, config: PPOConfig, outputs: int) -> nn.Sequential:

@@ -11,11 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from market.recorded import Recorded
 
-class PPOConfig(BaseModel):
+
+class PPOConfig(Recorded):
     """Hyper-parameters of the bidding primitives (methods.md, "Learning")."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    added = ("gae_lambda",)
 
     hidden: int = Field(16, ge=1, description="width of the encoder and the value net")
     channels: int = Field(16, ge=1, description="channels of each conv layer (image tasks)")
@@ -29,6 +31,15 @@ class PPOConfig(BaseModel):
     max_grad_norm: float = Field(40.0, gt=0, description="per-primitive gradient-norm clip")
     policy_lr: float = Field(4e-5, gt=0, description="Adam step size of the bid policy")
     value_lr: float = Field(5e-3, gt=0, description="Adam step size of the value net")
+    gae_lambda: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "the monolithic PPO's GAE lambda (unset: Monte Carlo returns); a bidder's sample "
+            "is one auction, nothing to bootstrap"
+        ),
+    )
 
 
 GYM_PPO: dict[str, Any] = {

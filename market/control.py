@@ -45,7 +45,8 @@ from ledger.units import to_units_array
 from market.bus import Bus
 from market.control_tasks import CONTROL_TASKS, ControlTask, make_control_task
 from market.core import EpisodeResult, Start
-from market.run import Engine, OpenRun, Recorded, RunSummary
+from market.recorded import Recorded
+from market.run import Engine, OpenRun, RunSummary
 from market.slots import SlotKernel, Stepped
 from market.tasks import gym_id
 

@@ -11,16 +11,11 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    SerializationInfo,
-    SerializerFunctionWrapHandler,
-    model_serializer,
     model_validator,
 )
 
@@ -42,26 +37,10 @@ from market.core import Core, EpisodeResult, Start
 from market.economy import Economy, EconomyConfig
 from market.kernel import Kernel
 from market.mechanisms import Mechanism
+from market.recorded import Recorded
 from market.rounds import RoundKernel
 from market.society import Policy, Society
 from market.tasks import Task, make_task
-
-
-class Recorded(BaseModel):
-    """A run's configuration as its RunStart records it (and its run id hashes). Settings
-    added since ledgers were first written (`added`) are left out while unset, so a
-    configuration that does not use them dumps (and hashes) as it always did."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    added: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        data = handler(self)
-        for name in self.added:
-            if isinstance(data, dict) and data.get(name) is None:
-                data.pop(name, None)
-        return data
 
 
 class RunConfig(Recorded):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from agents.ppo_monolithic import MonolithicPPO
+from agents.ppo_monolithic import MonolithicPPO, discounted, gae
 from agents.settings import PPOConfig
 from cli import app
 from ledger.store import MemoryLedger
@@ -55,6 +58,46 @@ def test_monolithic_ppo_solves_chain() -> None:
     assert (agent.greedy()[:5] == 1).all()
     ends = ledger.scan().collect().filter(kind="episode_end")["episode_return"].tail(200)
     assert float(ends.to_numpy().mean()) >= 0.75 * 10**9
+
+
+def test_monolithic_ppo_with_gae_solves_chain() -> None:
+    """The same, its advantages GAE(0.95) from its value net instead of G - V(s)."""
+    config = PPOConfig(batch=512, minibatch=128, policy_lr=3e-3, gae_lambda=0.95)
+    ledger, agent = run("chain", 60_000, config)
+    assert (agent.greedy()[:5] == 1).all()
+    ends = ledger.scan().collect().filter(kind="episode_end")["episode_return"].tail(200)
+    assert float(ends.to_numpy().mean()) >= 0.75 * 10**9
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_an_update_makes_epochs_passes_over_its_batch(epochs: int) -> None:
+    """`epochs` passes of batch / minibatch gradient steps each (Adam counts its steps)."""
+    _, agent = run("chain", 300, PPOConfig(batch=128, minibatch=32, epochs=epochs))
+    steps = {int(s["step"]) for s in agent.policy_opt.state.values()}
+    assert steps == {len(agent.updates) * epochs * 128 // 32}
+
+
+rewards = st.lists(st.floats(-1, 1, width=32), min_size=1, max_size=12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rewards, st.floats(0.5, 1.0), st.data())
+def test_gae_spans_one_step_td_to_monte_carlo(
+    r: list[float], gamma: float, data: st.DataObject
+) -> None:
+    """GAE(1) + V is the discounted return; GAE(0) is the one-step TD error, the last step
+    terminal."""
+    values = np.array(data.draw(st.lists(st.floats(-2, 2), min_size=len(r), max_size=len(r))))
+    r_ = np.array(r, dtype=np.float64)
+    assert np.allclose(gae(r_, values, gamma, 1.0) + values, discounted(r_, gamma))
+    following = np.append(values[1:], 0.0)
+    assert np.allclose(gae(r_, values, gamma, 0.0), r_ + gamma * following - values)
+
+
+def test_an_unset_gae_lambda_is_not_recorded() -> None:
+    """A run that does not use GAE records its settings as before (the pinned heads)."""
+    assert "gae_lambda" not in PPOConfig().model_dump()
+    assert PPOConfig(gae_lambda=0.9).model_dump()["gae_lambda"] == 0.9
 
 
 def test_the_cli_runs_the_baseline_under_env_with_a_solitary_society(
