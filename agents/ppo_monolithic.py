@@ -14,7 +14,10 @@ episode's end each step becomes a sample. PPO settings are the primitives' (meth
 and its advantage G_t - V(s_t), normalised per minibatch; with `gae_lambda` set, its
 advantage is GAE(lambda) over the episode (Schulman et al., 2016) from the value net as the
 episode ends, and its target that advantage plus V(s_t). An episode's last step is terminal
-either way (a time-out too, as docs/gymnasium.md says).
+either way (a time-out too, as docs/gymnasium.md says). The ratio's old log-probability is
+the one the policy acted with, recorded when it bid: a sample may wait many updates for its
+episode to end (128 episodes run at once), and a ratio against the policy of the update would
+let back-to-back updates on the same old samples each move it a full clip further.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ class MonolithicPPO:
         self.value = _net(task, config, 1)
         self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=config.policy_lr)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
-        self._open: dict[int, list[tuple[int, int, float]]] = {}
+        self._open: dict[int, list[Step]] = {}
         self._samples: list[Sample] = []
+        self._acting: dict[int, NDArray[np.float32]] = {}
+        """Each state of the last `bids` call: the log-probabilities the policy acted with."""
         self.updates: list[dict[str, float]] = []
         self.recent: deque[int] = deque(maxlen=1000)
         """The last primitives chosen (their shares are the mean one-hot bids)."""
@@ -69,7 +74,12 @@ class MonolithicPPO:
     @torch.no_grad()
     def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
         """One-hot bids: 1 credit for the sampled primitive at each state, 0 for the rest."""
-        probs = torch.softmax(self.policy(inputs(self.task, states)), -1).numpy()
+        logits = self.policy(inputs(self.task, states))
+        probs = torch.softmax(logits, -1).numpy()
+        # the round's transactions, published before the next call, read these
+        self._acting = dict(
+            zip(states.tolist(), torch.log_softmax(logits, -1).numpy(), strict=True)
+        )
         u = self.rng.random((len(states), 1))
         actions = np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), self.n_actions - 1)
         self.recent.extend(actions.tolist())
@@ -93,13 +103,15 @@ class MonolithicPPO:
                 ended = True
         if state is None or action is None:
             return
-        self._open.setdefault(episode, []).append((state, action, reward))
+        row = self._acting.get(state)
+        acted = None if row is None else float(row[action])
+        self._open.setdefault(episode, []).append(Step(state, action, reward, acted))
         if ended:
             self._finish(self._open.pop(episode))
 
-    def _finish(self, trajectory: list[tuple[int, int, float]]) -> None:
-        states = np.array([s for s, _, _ in trajectory], dtype=np.int64)
-        rewards = np.array([r for _, _, r in trajectory], dtype=np.float64)
+    def _finish(self, trajectory: list[Step]) -> None:
+        states = np.array([step.state for step in trajectory], dtype=np.int64)
+        rewards = np.array([step.reward for step in trajectory], dtype=np.float64)
         gamma, lam = self.config.gamma, self.config.gae_lambda
         if lam is None:
             targets = discounted(rewards, gamma)
@@ -109,10 +121,8 @@ class MonolithicPPO:
                 values = self.value(inputs(self.task, states))[:, 0].double().numpy()
             adv = gae(rewards, values, gamma, lam)
             targets, advantages = adv + values, adv.tolist()
-        for (s, a, _), target, advantage in zip(
-            trajectory, targets.tolist(), advantages, strict=True
-        ):
-            self._samples.append(Sample(s, a, target, advantage))
+        for step, target, advantage in zip(trajectory, targets.tolist(), advantages, strict=True):
+            self._samples.append(Sample(step.state, step.action, target, advantage, step.acted))
         if len(self._samples) >= self.config.batch:
             batch, self._samples = (
                 self._samples[: self.config.batch],
@@ -130,6 +140,10 @@ class MonolithicPPO:
         advantages = None if given is None else torch.tensor(given, dtype=torch.float32)
         with torch.no_grad():
             old_logp = Categorical(logits=self.policy(x)).log_prob(a)
+        acted = [(i, b.acted) for i, b in enumerate(batch) if b.acted is not None]
+        if acted:  # PPO's ratio is against the policy that acted, not today's
+            rows, values = zip(*acted, strict=True)
+            old_logp[list(rows)] = torch.tensor(values, dtype=torch.float32)
         losses = []
         for _ in range(cfg.epochs):
             order = torch.randperm(len(batch), generator=self.generator)
@@ -188,6 +202,17 @@ class MonolithicPPO:
         return np.asarray(logits.argmax(-1).numpy(), dtype=np.int64)
 
 
+class Step(NamedTuple):
+    """One auction of a running episode, as the learner heard it."""
+
+    state: int
+    action: int
+    reward: float
+    acted: float | None
+    """log pi(action | state) of the policy that chose it (None: not known, as after a
+    resume; the update then takes today's policy's)."""
+
+
 class Sample(NamedTuple):
     """One step of a finished episode, as the update reads it."""
 
@@ -197,6 +222,8 @@ class Sample(NamedTuple):
     """What the value net regresses to: G_t, or with GAE the advantage plus V(s_t)."""
     advantage: float | None
     """GAE's advantage; None: G_t - V(s_t), taken at the update."""
+    acted: float | None
+    """The acting policy's log-probability of `action` (`Step.acted`)."""
 
 
 def discounted(rewards: NDArray[np.float64], gamma: float) -> NDArray[np.float64]:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from agents.encoders import inputs
 from agents.ppo_monolithic import MonolithicPPO, discounted, gae
 from agents.settings import PPOConfig
 from cli import app
@@ -75,6 +77,21 @@ def test_an_update_makes_epochs_passes_over_its_batch(epochs: int) -> None:
     _, agent = run("chain", 300, PPOConfig(batch=128, minibatch=32, epochs=epochs))
     steps = {int(s["step"]) for s in agent.policy_opt.state.values()}
     assert steps == {len(agent.updates) * epochs * 128 // 32}
+
+
+def test_samples_carry_the_log_probability_the_policy_acted_with() -> None:
+    """Before any update (a batch larger than the run), each sample's `acted` is the acting
+    policy's log-probability of its action: the ratio's denominator is the policy that bid,
+    however many updates the sample waits for its episode to end."""
+    _, agent = run("chain", 300, PPOConfig(batch=10_000))
+    assert not agent.updates and agent._samples
+    states = np.array([s.state for s in agent._samples], dtype=np.int64)
+    with torch.no_grad():
+        logp = torch.log_softmax(agent.policy(inputs(agent.task, states)), -1).numpy()
+    actions = [s.action for s in agent._samples]
+    assert [s.acted for s in agent._samples] == pytest.approx(
+        logp[np.arange(len(actions)), actions].tolist(), abs=1e-6
+    )
 
 
 rewards = st.lists(st.floats(-1, 1, width=32), min_size=1, max_size=12)
