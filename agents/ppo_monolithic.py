@@ -136,14 +136,17 @@ class MonolithicPPO:
         x = inputs(self.task, np.array([b.state for b in batch], dtype=np.int64))
         a = torch.tensor([b.action for b in batch])
         g = torch.tensor([b.target for b in batch], dtype=torch.float32)
-        given = None if cfg.gae_lambda is None else [b.advantage for b in batch]
-        advantages = None if given is None else torch.tensor(given, dtype=torch.float32)
-        with torch.no_grad():
-            old_logp = Categorical(logits=self.policy(x)).log_prob(a)
-        acted = [(i, b.acted) for i, b in enumerate(batch) if b.acted is not None]
-        if acted:  # PPO's ratio is against the policy that acted, not today's
-            rows, values = zip(*acted, strict=True)
-            old_logp[list(rows)] = torch.tensor(values, dtype=torch.float32)
+        advantages = (
+            None
+            if cfg.gae_lambda is None
+            else torch.tensor([b.advantage for b in batch], dtype=torch.float32)
+        )
+        # PPO's ratio is against the policy that acted; today's only where that is unknown
+        old_logp = torch.tensor([b.acted or 0.0 for b in batch], dtype=torch.float32)
+        unknown = [i for i, b in enumerate(batch) if b.acted is None]
+        if unknown:
+            with torch.no_grad():
+                old_logp[unknown] = Categorical(logits=self.policy(x[unknown])).log_prob(a[unknown])
         losses = []
         for _ in range(cfg.epochs):
             order = torch.randperm(len(batch), generator=self.generator)
