@@ -28,8 +28,26 @@ from torch.distributions import Beta
 
 from agents.settings import PPOConfig
 
-_UNIFORM_NU = math.log(math.expm1(2.0))
+UNIFORM_NU = math.log(math.expm1(2.0))
 """softplus^-1(2): with mu = 1/2 this makes Beta(mu nu, (1 - mu) nu) = Beta(1, 1)."""
+BETA_FLOOR = 1e-6
+"""The least alpha and beta of a bid policy (`beta_head`)."""
+
+
+def beta_head(mu_logit: torch.Tensor, nu_logit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bid policy's Beta(alpha, beta) from its head's two outputs: mu = sigmoid, nu =
+    softplus, alpha = mu nu and beta = (1 - mu) nu, each at least `BETA_FLOOR`.
+
+    The floor keeps a collapsing policy's arithmetic finite. Without an entropy bonus a
+    policy can drive mu toward 0 (a bucket brigade's on CartPole did: alpha near 1e-20 after
+    some 400k env steps). The entropy's gradient holds trigamma(alpha), about 1 / alpha^2,
+    which overflows float32 there, and 0 x inf turned every weight NaN. At the floor a Beta
+    already puts all but about 1e-5 of its mass within 1e-6 of 0 (of 1, for beta), where
+    drawn bids are clipped anyway, so the floor changes hardly any bid a policy can draw;
+    where it does not bind it changes nothing, bit for bit.
+    """
+    mu, nu = torch.sigmoid(mu_logit), nn.functional.softplus(nu_logit)
+    return (mu * nu).clamp(min=BETA_FLOOR), ((1 - mu) * nu).clamp(min=BETA_FLOOR)
 
 
 def _stacked(p: int, n_in: int, n_out: int, scale: float | None) -> nn.Parameter:
@@ -49,7 +67,7 @@ class BidderBank(nn.Module):
         bound = 1 / math.sqrt(s)
         self.enc_w, self.enc_b = _stacked(p, s, h, bound), nn.Parameter(torch.zeros(p, 1, h))
         self.head_w = _stacked(p, h, 2, None)  # zero weights: every state starts uniform
-        self.head_b = nn.Parameter(torch.tensor([0.0, _UNIFORM_NU]).repeat(p, 1, 1))
+        self.head_b = nn.Parameter(torch.tensor([0.0, UNIFORM_NU]).repeat(p, 1, 1))
         self.v1_w, self.v1_b = _stacked(p, s, h, bound), nn.Parameter(torch.zeros(p, 1, h))
         self.v2_w, self.v2_b = (
             _stacked(p, h, 1, 1 / math.sqrt(h)),
@@ -66,7 +84,7 @@ class BidderBank(nn.Module):
         self.v2_w[row].uniform_(-1 / math.sqrt(h), 1 / math.sqrt(h), generator=generator)
         for b in (self.enc_b, self.head_w, self.v1_b, self.v2_b):
             b[row].zero_()
-        self.head_b[row] = torch.tensor([[0.0, _UNIFORM_NU]])
+        self.head_b[row] = torch.tensor([[0.0, UNIFORM_NU]])
 
     def policy_params(self) -> list[nn.Parameter]:
         """The bid policy's parameters."""
@@ -84,9 +102,7 @@ class BidderBank(nn.Module):
         """
         h = torch.relu(self.enc_w + self.enc_b)
         out = torch.baddbmm(self.head_b, h, self.head_w)
-        mu_logit, nu_logit = out.unbind(-1)
-        mu, nu = torch.sigmoid(mu_logit), nn.functional.softplus(nu_logit)
-        return mu * nu, (1 - mu) * nu
+        return beta_head(*out.unbind(-1))
 
     def value_table(self) -> torch.Tensor:
         """Each primitive's V(s) in every state: (P, S), as `policy_table`."""

@@ -32,14 +32,18 @@ from numpy.typing import NDArray
 from torch import nn
 
 from agents.encoders import ConvFeatures, VectorFeatures, observation_features
-from agents.ppo_bidder import beta_features, beta_terms, clip_per_primitive, policy_ratio
+from agents.ppo_bidder import (
+    UNIFORM_NU,
+    beta_features,
+    beta_head,
+    beta_terms,
+    clip_per_primitive,
+    policy_ratio,
+)
 from agents.settings import PPOConfig
 
 Observe = Callable[[NDArray[np.int64]], NDArray[np.float32]]
 """A task's `observe`: state ids to observations (n, C, H, W)."""
-
-_UNIFORM_NU = math.log(math.expm1(2.0))
-"""softplus^-1(2): with mu = 1/2 this makes Beta(mu nu, (1 - mu) nu) = Beta(1, 1)."""
 
 
 def _stack(tensors: Sequence[torch.Tensor]) -> nn.Parameter:
@@ -135,13 +139,11 @@ class VisionBank(nn.Module):
         self.value = _net(n_primitives, shape, config, 1)
         with torch.no_grad():  # every state starts at Beta(1, 1)
             self.policy.out.weight.zero_()
-            self.policy.out.bias.copy_(torch.tensor([0.0, _UNIFORM_NU]))
+            self.policy.out.bias.copy_(torch.tensor([0.0, UNIFORM_NU]))
 
     def beta(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each primitive's Beta (alpha, beta) at its observations x (P, m, ...): (P, m) each."""
-        mu_logit, nu_logit = self.policy(x).unbind(-1)
-        mu, nu = torch.sigmoid(mu_logit), nn.functional.softplus(nu_logit)
-        return mu * nu, (1 - mu) * nu
+        return beta_head(*self.policy(x).unbind(-1))
 
 
 class VisionBidders:

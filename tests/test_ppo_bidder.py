@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from agents.ppo_bidder import PPOBidders, beta_features, policy_ratio
+from agents.ppo_bidder import BETA_FLOOR, PPOBidders, beta_features, policy_ratio
 from agents.ppo_vision_bidder import VisionBidders
 from agents.settings import PPOConfig
 
@@ -74,3 +74,24 @@ def test_a_sample_far_likelier_under_the_new_policy_leaves_the_nets_finite() -> 
     bidders._step(x, features, u, now - 500.0)
     assert all(bool(torch.isfinite(p).all()) for p in bidders.bank.parameters())
     assert policy_ratio(torch.tensor([0.5, 500.0]), torch.zeros(2)).isfinite().all()
+
+
+def test_a_policy_collapsed_onto_zero_bids_leaves_the_nets_finite() -> None:
+    """A bid policy whose mu's logit reached -50 (alpha = mu nu about 1e-22, as a bucket
+    brigade's did on CartPole without an entropy bonus) takes a step: the entropy's gradient
+    holds trigamma(alpha), about 1 / alpha^2, which overflows float32, and without the floor
+    on alpha and beta the weights turn NaN, entropy bonus or none."""
+    obs = np.zeros((8, 4), dtype=np.float32)
+    config = PPOConfig(minibatch=16, entropy_coef=0.0)
+    bidders = VisionBidders(lambda s: obs[s], (4,), (0, 0, 1, 1), config, 0)
+    with torch.no_grad():
+        bidders.bank.policy.out.bias[..., 0] = -50.0
+    x = torch.as_tensor(obs[np.zeros((2, 16), dtype=np.int64)])
+    alpha, _ = bidders.bank.beta(x)
+    assert bool((alpha == torch.tensor(BETA_FLOOR)).all())  # sigmoid(-50) nu is far below it
+    features = beta_features(torch.full((2, 16), 1e-6))
+    u = torch.linspace(-1.0, 1.0, 32).reshape(2, 16)
+    with torch.no_grad():
+        old = bidders._log_prob(x, features)
+    bidders._step(x, features, u, old)
+    assert all(bool(torch.isfinite(p).all()) for p in bidders.bank.parameters())
