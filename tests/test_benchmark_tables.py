@@ -155,23 +155,26 @@ def test_regenerate_finds_each_benchmark_by_the_name_it_saves(tmp_path: Path, na
     assert hasattr(gymnasium, "spaces")
 
 
-def test_gymnasium_throughput_is_judged_on_the_learning_society(tmp_path: Path) -> None:
+def test_gymnasium_throughput_is_judged_on_both_halves_of_its_target(tmp_path: Path) -> None:
     """Raw 100k and 140k /s (median 120k); the learning society 10k, 30k, 20k: median 20k,
-    0.17 of the raw rate, the target met."""
+    0.17 of the raw rate, 20k met; random bidders 30k, 50k, 39k: median 39k, 0.33 of the raw
+    rate, short of a third (40k): within 3x not met."""
     rates = pl.DataFrame(
         {
-            "run": ["raw", "learning"] * 3,
-            "repeat": [0, 0, 1, 1, 2, 2],
-            "per_s": [1e5, 1e4, 1.4e5, 3e4, 1.2e5, 2e4],
+            "run": ["raw", "random", "learning"] * 3,
+            "repeat": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+            "per_s": [1e5, 3e4, 1e4, 1.4e5, 5e4, 3e4, 1.2e5, 3.9e4, 2e4],
         }
     )
     module = experiment(saved(tmp_path, "gymnasium-throughput", {}))
     (table,) = module.tables(saved(tmp_path, "gymnasium-throughput", {"rates": rates}))
     assert rows(table) == [
         {"run": "raw vector env, random actions", "env steps/s": "120,000",
-         "of the raw rate": "1.00", "target (20,000 env steps/s)": ""},
+         "of the raw rate": "1.00", "target": ""},
+        {"run": "society, random bidders", "env steps/s": "39,000",
+         "of the raw rate": "0.33", "target": "within 3x of the raw rate: not met"},
         {"run": "society, learning (PPO primitives)", "env steps/s": "20,000",
-         "of the raw rate": "0.17", "target (20,000 env steps/s)": "met"},
+         "of the raw rate": "0.17", "target": ">= 20,000 env steps/s: met"},
     ]  # fmt: skip
 
 
