@@ -70,7 +70,6 @@ _STATEMENT = np.array([m is Balance for m in MODELS], dtype=bool)
 """The kind that may name a closed account (a statement; `transaction.ADDRESS_AT`)."""
 _ADDRESS = ("account", "src", "dst")
 """The columns that name who an event is addressed to (`events.accounts_of`)."""
-_KIND_NAMES = pa.array([KIND[m] for m in MODELS], type=pa.string())
 _NUMPY_TYPE = {
     pa.int64(): np.int64,
     pa.float64(): np.float64,
@@ -159,7 +158,7 @@ class EventBatch:
         arrays: list[pa.Array] = []
         for field in schema.SCHEMA:
             if field.name == "kind":
-                arrays.append(_KIND_NAMES.take(pa.array(self.kind)))
+                arrays.append(schema.KIND_NAMES.take(pa.array(self.kind)))
                 continue
             if field.name in LIST_COLUMNS:
                 arrays.append(self._list_array(field.name, field.type))

@@ -23,8 +23,8 @@ from ledger.transaction import HEADER, OWN, Transaction
 
 _MODELS = tuple(FIELDS)
 _CODE = {m: i for i, m in enumerate(_MODELS)}
-_KINDS = pa.array([KIND[m] for m in _MODELS], type=pa.string())
-"""Each model's kind, by its code (`_CODE`)."""
+KIND_NAMES = pa.array([KIND[m] for m in _MODELS], type=pa.string())
+"""Each model's kind, in `FIELDS` order: a kind code's name (in a batch and here)."""
 
 SCHEMA = pa.schema(
     [
@@ -102,9 +102,8 @@ def to_table(txs: Sequence[Transaction]) -> pa.Table:
 
     Speed: headers are expanded with NumPy (one per transaction, not per event); events are
     grouped by kind with NumPy, each field's values taken at C level (`map(itemgetter(i))`,
-    a quarter of `zip(*rows)`'s cost on a segment's hundreds of thousands of rows), then put
-    back in order by one `take`. A row-by-row, column-by-column loop costs several times
-    more.
+    about a third of `zip(*rows)`'s cost on a segment's rows), then put back in order by
+    one `take`. A row-by-row, column-by-column loop costs several times more.
     """
     if not txs:
         return SCHEMA.empty_table()
@@ -138,7 +137,7 @@ def to_table(txs: Sequence[Transaction]) -> pa.Table:
     table = pa.concat_tables(parts, promote_options="default")
     back = np.empty(len(codes), dtype=np.int64)  # each event's row in the kinds' concatenation
     back[np.concatenate(places)] = np.arange(len(codes))
-    table = table.take(back).append_column("kind", _KINDS.take(codes))
+    table = table.take(back).append_column("kind", KIND_NAMES.take(codes))
     for name, column in common.items():
         table = table.append_column(name, column)
     return _conform(table)
