@@ -113,12 +113,12 @@ def to_table(txs: Sequence[Transaction]) -> pa.Table:
     offsets = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     common = {"seq": pa.array(np.repeat(firsts, sizes) + offsets)}
     for name, per_tx in zip(HEADER, headers, strict=True):
-        kind = SCHEMA.field(name).type
-        if kind == pa.string():
+        type_ = SCHEMA.field(name).type
+        if type_ == pa.string():
             owner = pa.array(np.repeat(np.arange(len(txs)), sizes))
-            common[name] = pa.array(per_tx, type=kind).take(owner)
+            common[name] = pa.array(per_tx, type=type_).take(owner)
         else:
-            common[name] = pa.array(np.repeat(np.asarray(per_tx, kind.to_pandas_dtype()), sizes))
+            common[name] = pa.array(np.repeat(np.asarray(per_tx, type_.to_pandas_dtype()), sizes))
     body = [e for t in txs for e in t.body]
     models = list(map(itemgetter(0), body))
     values = list(map(itemgetter(1), body))

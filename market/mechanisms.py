@@ -94,8 +94,8 @@ def settle(mechanism: Mechanism, bids: Sequence[int], first_sale: bool) -> Settl
     """Settle one auction of integer bids; `first_sale` when the seller is the environment."""
     w, b1, b2 = winner(bids)
     rule = RULES[mechanism]
-    mint = 0 if first_sale or rule.mint is None else rule.mint(b1, b2)
-    return Settlement(w, b1, b2, None if rule.price is None else rule.price(b1, b2), mint)
+    mint = None if first_sale else rule.mint_of(b1, b2)
+    return Settlement(w, b1, b2, rule.price_of(b1, b2), 0 if mint is None else mint)
 
 
 def parse(name: str) -> Mechanism:
