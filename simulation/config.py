@@ -297,8 +297,12 @@ def _section(loc: tuple[Any, ...]) -> type[BaseModel]:
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """`update` into `into`, section by section. A section is copied, never shared: a later
+    `--set` into it must not change the preset (or file) it came from."""
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
+        if isinstance(value, dict):
+            if not isinstance(into.get(key), dict):
+                into[key] = {}
             _merge(into[key], value)
         else:
             into[key] = value

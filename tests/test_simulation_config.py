@@ -37,6 +37,19 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
     assert resolve().task is None and resolve().mechanism == "ccv"
 
 
+def test_a_set_changes_the_run_not_the_preset() -> None:
+    """`--set ppo.channels=4` on one preset leaves every preset as it was: presets over
+    images share one PPO section, which a run resolved before must not have changed."""
+    before = json.dumps({name: preset.settings for name, preset in PRESETS.items()})
+    tuned = resolve("tworooms", assignments=["ppo.channels=4"])
+    assert tuned.ppo.channels == 4
+    assert json.dumps({name: preset.settings for name, preset in PRESETS.items()}) == before
+    assert (
+        resolve("mental-rotation").ppo.channels
+        == PRESETS["mental-rotation"].settings["ppo"]["channels"]
+    )
+
+
 def test_a_config_round_trips_through_toml(tmp_path: Path) -> None:
     """Every setting survives to_toml -> file -> resolve."""
     sim = resolve("pendulum-full", None, {"seed": 2}, ["dqn.hidden=32", "gamma=0.95"])
