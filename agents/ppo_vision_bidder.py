@@ -81,10 +81,13 @@ class StackedConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p, m = x.shape[:2]
         h = x.transpose(0, 1).reshape(m, -1, *x.shape[3:])  # (m, P * C, H, W)
+        # Speed: channels last, where oneDNN's grouped convolution is about 1.7 times as fast
+        # forward and back, and a PPO update of DoorKey's seven primitives 1.4 times
+        h = h.contiguous(memory_format=torch.channels_last)
         for w, b, stride in ((self.w1, self.b1, self.stride), (self.w2, self.b2, (2, 2))):
             conv = nn.functional.conv2d(h, w.flatten(0, 1), b.flatten(), stride, 1, groups=p)
             h = torch.relu(conv)
-        return h.reshape(m, p, -1).transpose(0, 1)
+        return h.contiguous().reshape(m, p, -1).transpose(0, 1)
 
 
 class StackedVector(nn.Module):
