@@ -123,6 +123,12 @@ COLUMNS = (
 )
 
 
+def _return_format(env: str) -> str:
+    """Returns to one decimal, or three where the solved threshold is below 10 (DoorKey's
+    returns lie in [0, 1])."""
+    return "{:,.3f}" if abs(THRESHOLDS.get(env, 10.0)) < 10 else "{:,.1f}"
+
+
 def tables(data: Path) -> list[Table]:
     """Per env and arm, over seeds: how many solved, COLUMNS as median [min, max], and
     whether every ledger audited clean; then, where the data hold CartPole, CleanRL's PPO on
@@ -138,7 +144,10 @@ def tables(data: Path) -> list[Table]:
             row["settings"] = str(given) or "GYM_PPO's"
         row |= {"seeds": str(part.height),
                 "solved": f"{part['solved_at'].is_not_null().sum()} of {part.height}"}  # fmt: skip
-        row |= {head: spread(part[col], fmt) for head, col, fmt in COLUMNS}
+        row |= {
+            head: spread(part[col], _return_format(str(env)) if col == "final_return" else fmt)
+            for head, col, fmt in COLUMNS
+        }
         row["audits"] = "clean" if part["audit_clean"].all() else "NOT CLEAN"
         rows.append(row)
     made = [Table(data.name, frame(rows))]

@@ -659,3 +659,21 @@ def test_a_gymnasium_table_shows_the_settings_only_where_its_runs_differ(tmp_pat
         (table,) = gym_envs.tables(data)
         assert ("settings" in table.frame.columns) == (name == "two")
         assert table.frame.height == (1 if name == "one" else 2)
+
+
+def test_a_gymnasium_table_gives_returns_in_0_to_1_to_three_decimals(tmp_path: Path) -> None:
+    """DoorKey's returns lie in [0, 1], where one decimal would show 0.962 and 0.958 alike as
+    1.0; envs with returns in the hundreds keep one decimal."""
+    for env, final, shown in (
+        ("MiniGrid-DoorKey-5x5-v0", 0.96173, "0.962"),
+        ("CartPole-v1", 493.84, "493.8"),
+    ):
+        data = tmp_path / env
+        data.mkdir()
+        row = {"env": env, "arm": "monolithic", "seed": 0, "solved_at": 1, "solved_seconds": 1.0,
+               "final_return": final, "steps_per_s": 1.0, "audit_clean": True}  # fmt: skip
+        pl.DataFrame([row]).write_parquet(data / "runs.parquet")
+        if env == "CartPole-v1":
+            (tmp_path / "cleanrl.csv").write_text("steps_to_solve,steps_per_s,source\n1,1,x\n")
+        table = gym_envs.tables(data)[0]
+        assert table.frame["final return (last 100)"].to_list() == [shown]
