@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,13 @@ SMALL_BATCH = 4
 Tx = list[EventBase]
 Move = tuple[type[Transfer], str, str, int]
 """(kind, src, dst, amount) of one transfer."""
+
+
+def as_in_a_terminal() -> None:
+    """A child process's `preexec_fn`: SIGINT at its default, as a command typed in a terminal
+    starts. Without it a child inherits this process's SIGINT, which is ignored when the suite
+    runs as a background job, and a test's Ctrl-C could not reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def head(seq: int, tx: int, step: int = 0) -> dict[str, Any]:

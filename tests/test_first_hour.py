@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import as_in_a_terminal
 from typer.testing import CliRunner, Result
 
 from cli import app
@@ -110,6 +111,7 @@ def run_market(*args: str, cwd: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=as_in_a_terminal,
     )
 
 

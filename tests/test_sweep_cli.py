@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import as_in_a_terminal
 from typer.testing import CliRunner
 
 from cli import app
@@ -72,7 +73,7 @@ def test_ctrl_c_stops_a_sweep_in_one_line_and_the_same_command_continues_it(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=_as_in_a_terminal,
+        preexec_fn=as_in_a_terminal,
     )
     deadline = time.monotonic() + 120
     while not list(out.glob("results/**/part-0.parquet")) and sweep.poll() is None:
@@ -92,13 +93,6 @@ def test_ctrl_c_stops_a_sweep_in_one_line_and_the_same_command_continues_it(
     assert re.search(r"3 runs, [12] already finished, [12] to run", again.stdout)
     table = results(out)
     assert sorted(table["mechanism"]) == ["bb", "ccv", "v"] and table["audit_clean"].all()
-
-
-def _as_in_a_terminal() -> None:
-    """SIGINT at its default, as a command typed in a terminal starts. Without this the sweep
-    inherits this process's SIGINT, which is ignored when the suite runs as a background job
-    (or after another test left it so), and a Ctrl-C could not reach it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ray_address_auto_without_a_cluster_is_one_line_naming_the_fix(
