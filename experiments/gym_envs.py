@@ -131,8 +131,10 @@ def _return_format(env: str) -> str:
 
 def tables(data: Path) -> list[Table]:
     """Per env and arm, over seeds: how many solved, COLUMNS as median [min, max], and
-    whether every ledger audited clean; then, where the data hold CartPole, CleanRL's PPO on
-    the same criterion. Tables are named after the data's directory (`--name`)."""
+    whether every ledger audited clean; then the returns other implementations published for
+    these envs (docs/results/data/published.csv), and, where the data hold CartPole,
+    CleanRL's PPO run here on the same criterion. Tables are named after the data's
+    directory (`--name`)."""
     runs = read(data, "runs")
     if "settings" not in runs.columns:  # saved before runs recorded their settings
         runs = runs.with_columns(pl.lit("").alias("settings"))
@@ -151,7 +153,10 @@ def tables(data: Path) -> list[Table]:
         row["audits"] = "clean" if part["audit_clean"].all() else "NOT CLEAN"
         rows.append(row)
     made = [Table(data.name, frame(rows))]
-    if "CartPole-v1" not in runs["env"].to_list():
+    envs = runs["env"].unique(maintain_order=True).to_list()
+    if published := _published(data.parent / "published.csv", envs):
+        made.append(Table(f"{data.name}-published", frame(published)))
+    if "CartPole-v1" not in envs:
         return made
     peers = data.parent / "cleanrl.csv"
     if not peers.is_file():
@@ -167,6 +172,25 @@ def tables(data: Path) -> list[Table]:
     }
     made.append(Table(f"{data.name}-cleanrl", frame([peer])))
     return made
+
+
+def _published(peers: Path, envs: list[str]) -> list[dict[str, str]]:
+    """The published returns of other implementations on `envs`, as their pages give them
+    (`peers`: one row per env and implementation, with its source); none without the file."""
+    if not peers.is_file():
+        return []
+    listed = pl.read_csv(peers).filter(pl.col("env").is_in(envs))
+    return [
+        {
+            "env": row["env"],
+            "run": f"{row['implementation']} (published)",
+            "seeds": str(row["seeds"]),
+            "env steps per run": f"{row['env_steps']:,}",
+            "return": f"{row['return']:.2f} ± {row['spread']:.2f}",
+            "source": row["source"],
+        }
+        for row in listed.iter_rows(named=True)
+    ]
 
 
 def plots(data: Path, img: Path) -> None:

@@ -677,3 +677,27 @@ def test_a_gymnasium_table_gives_returns_in_0_to_1_to_three_decimals(tmp_path: P
             (tmp_path / "cleanrl.csv").write_text("steps_to_solve,steps_per_s,source\n1,1,x\n")
         table = gym_envs.tables(data)[0]
         assert table.frame["final return (last 100)"].to_list() == [shown]
+
+
+def test_a_gymnasium_table_is_followed_by_the_returns_published_for_its_envs(
+    tmp_path: Path,
+) -> None:
+    """Published returns (data/published.csv) are shown for the envs the runs hold, each
+    with its source, and for no other env; without the file there is no such table."""
+    data = tmp_path / "data" / "acrobot"
+    data.mkdir(parents=True)
+    row = {"env": "Acrobot-v1", "arm": "ccv", "seed": 0, "solved_at": None,
+           "solved_seconds": None, "final_return": -500.0, "steps_per_s": 1.0,
+           "audit_clean": True}  # fmt: skip
+    pl.DataFrame([row]).write_parquet(data / "runs.parquet")
+    assert [t.name for t in gym_envs.tables(data)] == ["acrobot"]
+    (data.parent / "published.csv").write_text(
+        "env,implementation,seeds,env_steps,return,spread,source\n"
+        "CartPole-v1,X,3,500000,488.75,18.4,page a\n"
+        "Acrobot-v1,X,3,500000,-82.48,5.93,page b\n"
+    )
+    _, published = gym_envs.tables(data)
+    assert published.name == "acrobot-published"
+    assert published.frame.rows() == [
+        ("Acrobot-v1", "X (published)", "3", "500,000", "-82.48 ± 5.93", "page b")
+    ]
