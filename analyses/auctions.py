@@ -37,16 +37,19 @@ def auctions(events: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def prices(events: pl.LazyFrame, episodes_per_point: int = 1) -> pl.DataFrame:
+def prices(
+    events: pl.LazyFrame, episodes_per_point: int = 1, per_state: bool = True
+) -> pl.DataFrame:
     """Mean, min and max price (credit) per state over time: one row per state and block of
-    `episodes_per_point` episodes (named by its first episode)."""
+    `episodes_per_point` episodes (named by its first episode); `per_state` False, one row
+    per block, its state null (every state: a task whose states do not recur)."""
     # The rows of `auctions` with a price; the mint it joins adds no row and no column used.
     won, paid = _sales(events, "episode", "state")
     block = (pl.col("episode") // episodes_per_point * episodes_per_point).alias("episode")
     price = pl.col("price").cast(pl.Float64)
     return (
         won.join(paid.filter(pl.col("price").is_not_null()), on="tx", how="inner")
-        .group_by(block, "state")
+        .group_by(block, _state(per_state))
         .agg(
             (price.mean() / UNIT).alias("mean_price"),
             (price.min() / UNIT).alias("min_price"),
@@ -60,19 +63,30 @@ def prices(events: pl.LazyFrame, episodes_per_point: int = 1) -> pl.DataFrame:
     )
 
 
-def winners(events: pl.LazyFrame, since_episode: int = 0) -> pl.DataFrame:
+def winners(events: pl.LazyFrame, since_episode: int = 0, per_state: bool = True) -> pl.DataFrame:
     """Which primitive wins each state, from episode `since_episode` on: wins and their share
-    of the state's auctions, most frequent winner first within a state."""
+    of the state's auctions, most frequent winner first within a state; `per_state` False,
+    over every state at once (state null)."""
     # One allocation per auction (the audit's `sequence` rule), so counting allocations
     # counts auctions; the streaming engine folds them without holding them (memory flat).
     won = events.filter((pl.col("kind") == "allocate") & (pl.col("episode") >= since_episode))
     return (
-        won.group_by("state", "primitive")
+        won.group_by(_state(per_state), "primitive")
         .agg(pl.len().alias("wins"))
         .with_columns((pl.col("wins") / pl.col("wins").sum().over("state")).alias("share"))
         .sort("state", "wins", "primitive", descending=[False, True, False])
         .collect(engine="streaming")
     )
+
+
+def _state(per_state: bool) -> pl.Expr:
+    """The state a row is tallied under: its own, or null for every state at once.
+
+    Per state where states recur (the built-in tasks); at once where each state id names one
+    step of one episode (a Gymnasium env: `market.gym_tasks`), so that a table per state would
+    grow with the ledger and show every state won once (`analyses.report.states_recur`).
+    """
+    return pl.col("state") if per_state else pl.lit(None, dtype=pl.Int64).alias("state")
 
 
 def _sales(events: pl.LazyFrame, *columns: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
@@ -97,11 +111,12 @@ def _sales(events: pl.LazyFrame, *columns: str) -> tuple[pl.LazyFrame, pl.LazyFr
     return allocations, payments
 
 
-def bids(events: pl.LazyFrame, since_episode: int = 0) -> pl.DataFrame:
-    """Every primitive's mean bid (credit) per state, from episode `since_episode` on."""
+def bids(events: pl.LazyFrame, since_episode: int = 0, per_state: bool = True) -> pl.DataFrame:
+    """Every primitive's mean bid (credit) per state, from episode `since_episode` on;
+    `per_state` False, over every state at once (state null)."""
     return (
         events.filter((pl.col("kind") == "bid") & (pl.col("episode") >= since_episode))
-        .group_by("state", "primitive")
+        .group_by(_state(per_state), "primitive")
         .agg(
             (pl.col("amount").cast(pl.Float64).mean() / UNIT).alias("mean_bid"),
             pl.len().alias("bids"),

@@ -35,7 +35,7 @@ from analyses.runs import LATE_SHARE
 from analyses.wealth import late_episode, returns_curve, steps_before, wealth, wealth_over_time
 from market.control import ControlRunConfig, control_task_of
 from market.control_tasks import ControlTask
-from market.tasks import TABULAR_TASKS, Task, gym_id, make_task
+from market.tasks import TABULAR_TASKS, Task, built_in, gym_id, make_task
 from simulation import rundir
 
 REPORT = "report"
@@ -164,7 +164,11 @@ def _add_auctions(
     report.plots["learning curve"] = _save(returns_figure(curve), out / "returns.png", curve)
     since = late_episode(events, LATE_SHARE)
     names = primitive_names_of(config)
-    report.tables["winners (last 10% of episodes)"] = _named(winners(events, since), names)
+    if states_recur(config):
+        won = winners(events, since)
+    else:  # one row per primitive, over every state
+        won = winners(events, since, per_state=False).drop("state")
+    report.tables["winners (last 10% of episodes)"] = _named(won, names)
     q = q_star_of(config)
     if q is not None:
         table = _named(bids_against(bids(events, since), q), names)
@@ -282,6 +286,16 @@ def _tabular_task(config: dict[str, Any]) -> Task | None:
         return None
     primitives = config.get("primitives")
     return make_task(str(task), primitives=primitives if isinstance(primitives, int) else None)
+
+
+def states_recur(config: dict[str, Any]) -> bool:
+    """Whether the run's state ids name states an episode can come back to, so that a table
+    per state stays as small as the task: a built-in task's do. A Gymnasium env's name one
+    step of one episode each (`market.gym_tasks`), and another package's task may do the
+    same, so their winners, bids and prices are tallied over every state at once. A run
+    that names no task (written by hand, or before there were others) is taken as built in."""
+    task = config.get("task")
+    return not isinstance(task, str) or built_in(task)
 
 
 def primitive_names_of(config: dict[str, Any]) -> tuple[str, ...] | None:

@@ -271,6 +271,12 @@ GYM = "gym:"
 """The prefix of a task named by its Gymnasium id (`gym:CartPole-v1`)."""
 
 
+def built_in(task: str) -> bool:
+    """Whether task name `task` is one of this package's own tasks' (`TASKS`), rather than a
+    Gymnasium env's (`gym:ID`) or another package's (`PREFIX:NAME`)."""
+    return ":" not in task
+
+
 def gym_id(task: str) -> str | None:
     """The Gymnasium id a task name gives (`gym:ID`), or None."""
     return task[len(GYM) :] if task.startswith(GYM) else None
@@ -298,7 +304,7 @@ def make_task(
 
         _no_primitives(name, primitives)
         return GymTask(env, seed, reward_scale, reward_offset)
-    if ":" in name:
+    if not built_in(name):
         _no_primitives(name, primitives)
         return _offered(name, seed, gamma)
     check_task(name, primitives)
@@ -315,7 +321,7 @@ def check_task(
     nothing for the built-in tasks (a task over images reads its data only when made); a
     Gymnasium env or another package's task is made once to see that it fits."""
     _rewards_fit(name, reward_scale, reward_offset)
-    if ":" in name:
+    if not built_in(name):
         make_task(name, primitives=primitives, reward_scale=reward_scale,
                   reward_offset=reward_offset)  # fmt: skip
         return

@@ -118,6 +118,14 @@ def test_prices_winners_and_bids_by_hand() -> None:
     gaps = bids_against(table, q)
     assert np.allclose(gaps["gap"].to_numpy(), table["mean_bid"].to_numpy() - q.ravel())
     assert bids(events, since_episode=1).height == 0
+    # over every state at once (a task whose states do not recur): one row per primitive
+    assert prices(events, per_state=False).select("state", "auctions").rows() == [(None, 3)]
+    assert prices(events, per_state=False)["mean_price"].to_list() == pytest.approx([6e-9])
+    overall = winners(events, per_state=False)
+    assert overall.select("state", "primitive", "wins", "share").rows() == [(None, 0, 3, 1.0)]
+    overall = bids(events, per_state=False)
+    assert overall.select("state", "primitive", "bids").rows() == [(None, 0, 3), (None, 1, 3)]
+    assert overall["mean_bid"].to_list() == pytest.approx([9e-9, 6e-9])
 
 
 def test_gini_by_hand_with_and_without_debt() -> None:

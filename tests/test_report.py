@@ -307,3 +307,30 @@ def test_a_control_runs_report_shows_time_in_the_band_and_psi(tmp_path: Path) ->
     late = report.tables["goal band and coordination (last 10% of episodes)"]
     assert late.rows() == [(1, 0.01, 0.0, 0.5)]
     assert (run / "report" / "band.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_gymnasium_runs_winners_are_tallied_per_primitive_in_report_and_watch(
+    tmp_path: Path,
+) -> None:
+    """A Gymnasium env's state ids name one step of one episode each, so a table per state
+    would list every state once, won once, and grow with the ledger: `market report` and
+    `market watch` tally its winners (and the watch its prices and bids) over every state,
+    one row per primitive, each primitive's share of all the auctions."""
+    from analyses.watch.follow import EVERY_STATE, RunFollower
+
+    run = simulate(tmp_path, "--task", "gym:CartPole-v1", "--bidder", "random", "--episodes", "30")
+    allocations = DiskLedger.open_existing(run / rundir.LEDGER).scan().filter(kind="allocate")
+    late = allocations.filter(pl.col("episode") >= 27).collect()  # the last 10% of 30
+    expected = late.group_by("primitive").len().sort("primitive")
+    table = run_report(run).tables["winners (last 10% of episodes)"].sort("primitive")
+    assert table.columns == ["primitive", "wins", "share"]
+    assert table.select("primitive", "wins").rows() == expected.rows()
+    assert table["share"].sum() == pytest.approx(1.0)
+    follow = RunFollower(run)
+    while follow.poll():
+        pass
+    state = follow.state()
+    assert {(w["state"], w["primitive"]) for w in state["winners"]} == {(None, 0), (None, 1)}
+    assert sum(w["wins"] for w in state["winners"]) == allocations.collect().height
+    assert list(state["prices"]["states"]) == [EVERY_STATE]
+    assert {b["state"] for b in state["bids"]} == {None}

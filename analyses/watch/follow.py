@@ -35,7 +35,7 @@ from analyses.control import agent_returns, trajectory
 from analyses.flows import CLOSE, STEP_KINDS, flows, postings
 from analyses.inequality import ALL_OPENED, LIVING, NOT_AGENTS, gini, inequality_of, lorenz_of
 from analyses.population import lifecycle
-from analyses.report import primitive_names_of, q_star_of
+from analyses.report import primitive_names_of, q_star_of, states_recur
 from analyses.wealth import returns, wealth_over_time
 from ledger import chain, merkle
 from ledger.disk import SCHEMA_EMPTY, DiskLedger, Link, check_link
@@ -53,6 +53,8 @@ SUB = 16
 """Checkpoints of the wealth and Gini series per segment folded."""
 PER_POLL = 16
 """The most segments one poll folds, so the page updates while a long run is caught up."""
+EVERY_STATE = "all"
+"""The price series of a run whose states do not recur (`states_recur`): every state's."""
 _EMPTY = pl.DataFrame(SCHEMA_EMPTY)
 
 
@@ -139,6 +141,9 @@ class RunFollower:
         self.config = _json(run / rundir.CONFIG)
         self.q_star = q_star_of(self.config)
         self.names = primitive_names_of(self.config)
+        self.per_state = states_recur(self.config)
+        """Prices, wins and bids per state; else over every state at once (state None, its
+        prices under `EVERY_STATE`), so what is held grows with the society, not the ledger."""
         self.tree = merkle.Tree()
         self.audit = LiveAudit()
         self.folded = 0
@@ -158,8 +163,8 @@ class RunFollower:
         self.episode_returns = Series()
         self.episodes = 0
         self.prices = Series()
-        self.wins: dict[tuple[int, int], int] = {}
-        self.bid_sums: dict[tuple[int, int], tuple[float, int]] = {}
+        self.wins: dict[tuple[int | None, int], int] = {}
+        self.bid_sums: dict[tuple[int | None, int], tuple[float, int]] = {}
         self.open_rewards: dict[tuple[int, str], int] = {}
         self.agent_returns = Series()
         self.followed: int | None = None
@@ -266,18 +271,20 @@ class RunFollower:
             self.episode_returns.add({"episode": int(episode), "credit": _num(value)})
 
     def _fold_auctions(self, events: pl.LazyFrame) -> None:
-        block = prices(events, episodes_per_point=1 << 62)
+        per_state = self.per_state
+        block = prices(events, episodes_per_point=1 << 62, per_state=per_state)
         self.prices.add(
             {"env_steps": self.env_steps,
-             **{str(s): _num(p) for s, p in block.select("state", "mean_price").iter_rows()}}
+             **{EVERY_STATE if s is None else str(s): _num(p)
+                for s, p in block.select("state", "mean_price").iter_rows()}}
         )  # fmt: skip
         for state, primitive, wins in (
-            winners(events).select("state", "primitive", "wins").iter_rows()
+            winners(events, per_state=per_state).select("state", "primitive", "wins").iter_rows()
         ):
-            key = (int(state), int(primitive))
+            key = (state, int(primitive))
             self.wins[key] = self.wins.get(key, 0) + int(wins)
-        for state, primitive, mean, n in bids(events).iter_rows():
-            key = (int(state), int(primitive))
+        for state, primitive, mean, n in bids(events, per_state=per_state).iter_rows():
+            key = (state, int(primitive))
             total, count = self.bid_sums.get(key, (0.0, 0))
             self.bid_sums[key] = (total + float(mean) * int(n), count + int(n))
 
@@ -415,7 +422,8 @@ class RunFollower:
         return {"accounts": accounts, "credit": grid, "segments": len(self.window)}
 
     def _prices(self) -> dict[str, Any]:
-        states = sorted({k for p in self.prices.points for k in p} - {"env_steps"}, key=int)
+        keys = {k for p in self.prices.points for k in p} - {"env_steps"}
+        states = sorted(keys, key=int) if self.per_state else sorted(keys)
         return {"env_steps": self.prices.column("env_steps"),
                 "states": {s: self.prices.column(s) for s in states}}  # fmt: skip
 
@@ -424,7 +432,7 @@ class RunFollower:
         return names[primitive] if names is not None and primitive < len(names) else str(primitive)
 
     def _winners(self) -> list[dict[str, Any]]:
-        per_state: dict[int, int] = {}
+        per_state: dict[int | None, int] = {}
         for (state, _), n in self.wins.items():
             per_state[state] = per_state.get(state, 0) + n
         return [

@@ -103,16 +103,17 @@ function drawRun(s) {
   const states = Object.keys(s.prices.states);
   show("prices-box", states.length > 0);
   draw("prices", states.map(st => ({ x: s.prices.env_steps, y: s.prices.states[st],
-    name: "state " + st })), axes("env steps", "mean price (credit)"));
+    name: st === "all" ? "every state" : "state " + st })), axes("env steps", "mean price (credit)"));
   show("bids-box", s.bids.length > 0);
-  const labels = s.bids.map(b => "s" + b.state + " " + b.name);
+  // a state of null: every state at once (a task whose states do not recur)
+  const labels = s.bids.map(b => b.state === null ? b.name : "s" + b.state + " " + b.name);
   const bidTraces = [{ type: "bar", x: labels, y: s.bids.map(b => b.mean_bid), name: "mean bid" }];
   if (s.bids.length && s.bids[0].q_star !== undefined) {
     bidTraces.push({ type: "bar", x: labels, y: s.bids.map(b => b.q_star), name: "Q*(state, primitive)" });
   }
   draw("bids", bidTraces, axes("state, primitive", "credit", { barmode: "group" }));
   show("winners-box", s.winners.length > 0);
-  rows("winners", s.winners, w => [w.state, w.name, w.wins.toLocaleString("en"), fmt(w.share, 3)]);
+  rows("winners", s.winners, w => [w.state === null ? "all" : w.state, w.name, w.wins.toLocaleString("en"), fmt(w.share, 3)]);
   const m = s.metrics, keys = Object.keys(m).filter(k => k !== "update");
   show("metrics-box", keys.length > 0 && m.update !== undefined);
   const select = $("metric");
