@@ -103,7 +103,8 @@ function drawRun(s) {
   const states = Object.keys(s.prices.states);
   show("prices-box", states.length > 0);
   draw("prices", states.map(st => ({ x: s.prices.env_steps, y: s.prices.states[st],
-    name: st === "all" ? "every state" : "state " + st })), axes("env steps", "mean price (credit)"));
+    name: st === "all" ? "every state" : "state " + st })),
+    axes("env steps", "mean price (credit)"));
   show("bids-box", s.bids.length > 0);
   // a state of null: every state at once (a task whose states do not recur)
   const labels = s.bids.map(b => b.state === null ? b.name : "s" + b.state + " " + b.name);
@@ -113,7 +114,8 @@ function drawRun(s) {
   }
   draw("bids", bidTraces, axes("state, primitive", "credit", { barmode: "group" }));
   show("winners-box", s.winners.length > 0);
-  rows("winners", s.winners, w => [w.state === null ? "all" : w.state, w.name, w.wins.toLocaleString("en"), fmt(w.share, 3)]);
+  rows("winners", s.winners, w => [w.state === null ? "all" : w.state, w.name,
+                                   w.wins.toLocaleString("en"), fmt(w.share, 3)]);
   const m = s.metrics, keys = Object.keys(m).filter(k => k !== "update");
   show("metrics-box", keys.length > 0 && m.update !== undefined);
   const select = $("metric");
