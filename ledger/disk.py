@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -68,16 +69,21 @@ class DiskLedger(Ledger):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.batch_events = batch_events
-        self.links, self.torn_tail = _read_manifest(self.path)
+        self._links, self.torn_tail = _read_manifest(self.path)
         self._staged: list[Transaction | EventBatch] = []
         self._staged_events = 0
+        self._committing: Future[None] | None = None
+        """The commit in flight on the writer thread, if any (`_hand_off`)."""
+        self._handed: list[Transaction | EventBatch] = []
+        """What that commit holds: staged again if it fails."""
+        self._writer: ThreadPoolExecutor | None = None
         self._verified = not self.links
         self._group_from: dict[str, int] = {}
         """Per optional column group stored, the index of the first link whose segment
         stores it."""
         self._layout_read = not self.links
-        if self.links:
-            self.next_seq = self.links[-1].last_seq + 1
+        if self._links:
+            self.next_seq = self._links[-1].last_seq + 1
         self._tree: merkle.Tree | None = None
         self.signer: Signer | None = None
         """Signs the tree head after each commit, when set."""
@@ -113,6 +119,12 @@ class DiskLedger(Ledger):
         return cls(path)
 
     @property
+    def links(self) -> list[Link]:
+        """The committed batches, in order (once the commit in flight, if any, has landed)."""
+        self._settle()
+        return self._links
+
+    @property
     def committed(self) -> int:
         """How many events are on disk, in committed segments (staged ones are not)."""
         return self.links[-1].last_seq + 1 if self.links else 0
@@ -126,9 +138,13 @@ class DiskLedger(Ledger):
     @property
     def tree(self) -> merkle.Tree:
         """The Merkle tree over the committed batches (built from the manifest once)."""
+        self._settle()
+        return self._tree_now()
+
+    def _tree_now(self) -> merkle.Tree:
         if self._tree is None:
             self._tree = merkle.Tree()
-            for link in self.links:
+            for link in self._links:
                 self._tree.append(link.digest, link.first_seq, link.last_seq)
         return self._tree
 
@@ -149,43 +165,90 @@ class DiskLedger(Ledger):
                 head, item = item.split(end)
                 self._staged.append(head)
                 self._staged_events += len(head)
-                self.flush()
+                try:
+                    self._hand_off()
+                except BaseException:  # the rest stays staged too, for a retry to commit
+                    self._staged.append(item)
+                    self._staged_events += len(item)
+                    raise
                 end = item.boundary_after(self.batch_events)
         self._staged.append(item)
         self._staged_events += len(item)
         if self._staged_events >= self.batch_events:
-            self.flush()
+            self._hand_off()
 
     def flush(self) -> None:
+        """Commit every staged transaction; on return every appended event is committed."""
+        self._hand_off()
+        self._settle()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
+
+    def _hand_off(self) -> None:
+        """Commit the staged transactions as one segment: the table is made here, then
+        encoded, hashed, written, synced and committed on the writer thread while the run
+        goes on. One commit is in flight at most, so segments land in order; the one before
+        lands first, and its failure is raised here with its events staged again.
+
+        Speed: encoding, hashing and syncing hold no GIL, so the kernel runs beside them on
+        the machine's second core (docs/engine.md, "Writing a segment")."""
         if not self._staged:
             return
+        table = table_of(self._staged)
+        self._settle()
         if self.torn_tail:
             self._set_aside_torn()
-        table = table_of(self._staged)
         groups = self._groups_from()
         for group in schema.uses(table) - groups.keys():
-            groups[group] = len(self.links)
-        data = _encode(schema.stored(table, frozenset(groups)))
+            groups[group] = len(self._links)
+        stored = schema.stored(table, frozenset(groups))
         first = self._staged[0].first_seq
         last = first + self._staged_events - 1
+        self._handed, self._staged, self._staged_events = self._staged, [], 0
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
+        self._committing = self._writer.submit(self._write, stored, first, last)
+
+    def _settle(self) -> None:
+        """Wait for the commit in flight, if any; if it failed, stage its events again
+        (before any staged since) and raise its error."""
+        pending, self._committing = self._committing, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except BaseException:
+            self._staged[:0] = self._handed
+            self._staged_events += sum(len(item) for item in self._handed)
+            raise
+        finally:
+            self._handed = []
+
+    def _write(self, table: pa.Table, first: int, last: int) -> None:
+        """Write, sync and commit one segment (on the writer thread)."""
+        data = _encode(table)
         name = f"seg-{first:012d}.arrow"
         _write_atomic(self.path / name, data)
         self._commit(name, chain.digest(data), first, last)
-        self._staged.clear()
-        self._staged_events = 0
 
     def _commit(self, name: str, d: str, first: int, last: int) -> None:
         """Write the manifest line that commits segment `name` (digest `d`): its chain link
         and, with a signer, the signed tree head it makes."""
-        prev = self.links[-1].link if self.links else chain.GENESIS
-        tree = self.tree
+        prev = self._links[-1].link if self._links else chain.GENESIS
+        tree = self._tree_now()
         tree.append(d, first, last)
         try:
             signature = None if self.signer is None else self.signer.sign(tree.head())
             link = chain.link(prev, d, first, last)
             entry = Link(segment=name, first_seq=first, last_seq=last, digest=d, prev=prev,
                          link=link, signature=signature)  # fmt: skip
-            if self.links or (self.path / MANIFEST).exists():
+            if self._links or (self.path / MANIFEST).exists():
                 with open(self.path / MANIFEST, "ab") as f:
                     storage.active().write(f, entry.line().encode())
                     storage.active().fsync(f)
@@ -198,7 +261,7 @@ class DiskLedger(Ledger):
             # `with` block's close) must not append after half a line or repeat a whole one.
             self.torn_tail = self.torn_tail or [f"{name}: its commit failed, not committed"]
             raise
-        self.links.append(entry)
+        self._links.append(entry)
 
     def scan(self) -> pl.LazyFrame:
         return self._scan(0)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 import pyarrow as pa
@@ -30,6 +32,7 @@ from ledger import schema
 from ledger.disk import MANIFEST, DiskLedger
 from ledger.errors import CorruptLedger, SequenceError, UnknownAccount
 from ledger.events import ENVIRONMENT, EventBase, Pay, Reward
+from ledger.storage import Storage, installed
 from market.audit import audit
 
 pytestmark = pytest.mark.usefixtures("small_chunks")
@@ -130,6 +133,33 @@ def test_small_batches_make_several_segments(tmp_path: Path) -> None:
     lines = _manifest(path)
     assert len(lines) >= 3
     assert [line["segment"] for line in lines] == [p.name for p in _segments(path)]
+
+
+class _Threads(Storage):
+    """The operating system's calls, each noted with the thread that made it."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, str, str]] = []
+
+    def write(self, file: BinaryIO, data: bytes) -> None:
+        self.ops.append((threading.current_thread().name, "write", Path(file.name).name))
+        super().write(file, data)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        self.ops.append((threading.current_thread().name, "rename", dst.name))
+        super().rename(src, dst)
+
+
+def test_full_batches_are_committed_on_the_writer_thread_in_order(tmp_path: Path) -> None:
+    """A full batch is written and committed on the writer thread, one segment after
+    another; `close()` returns with every appended event committed."""
+    with installed(_Threads()) as noted, DiskLedger(tmp_path, batch_events=SMALL_BATCH) as led:
+        append_all(led, history())
+    assert noted.ops and all(name.startswith("ledger-commit") for name, _, _ in noted.ops)
+    renamed = [f for _, op, f in noted.ops if op == "rename"]
+    assert renamed.count(MANIFEST) == 1 and len(_segments(tmp_path)) >= 3
+    assert [f for f in renamed if f != MANIFEST] == [p.name for p in _segments(tmp_path)]
+    assert list(DiskLedger(tmp_path).events()) == _flat(history())
 
 
 def test_segments_hold_the_seq_range_the_manifest_records(tmp_path: Path) -> None:
