@@ -217,18 +217,17 @@ class DiskLedger(Ledger):
 
     def _settle(self) -> None:
         """Wait for the commit in flight, if any; if it failed, stage its events again
-        (before any staged since) and raise its error."""
-        pending, self._committing = self._committing, None
+        (before any staged since) and raise its error. Interrupted while waiting (Ctrl-C),
+        the commit stays in flight, for the next wait."""
+        pending = self._committing
         if pending is None:
             return
-        try:
-            pending.result()
-        except BaseException:
-            self._staged[:0] = self._handed
-            self._staged_events += sum(len(item) for item in self._handed)
-            raise
-        finally:
-            self._handed = []
+        failure = pending.exception()
+        self._committing, handed, self._handed = None, self._handed, []
+        if failure is not None:
+            self._staged[:0] = handed
+            self._staged_events += sum(len(item) for item in handed)
+            raise failure
 
     def _write(self, table: pa.Table, first: int, last: int) -> None:
         """Write, sync and commit one segment (on the writer thread)."""
