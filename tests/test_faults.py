@@ -216,7 +216,8 @@ def test_a_failed_commit_is_retried_cleanly(tmp_path: Path, fault: Fault) -> Non
     again (the disk has room again; `close()` on leaving a `with` block does so): the
     ledger reopens whole (before the fix, a retry appended after half a manifest line, or
     repeated a whole one whose fsync had failed: the ledger no longer opened), with every
-    event once, in order, and no torn tail."""
+    event appended before the failure once, in order (those of the failed commit staged
+    again and committed by the retry), and no torn tail."""
     ops = _history_ops(tmp_path / "counted")
     events = [e for tx in history() for e in tx]
     for at in range(len(ops)):
@@ -234,6 +235,7 @@ def test_a_failed_commit_is_retried_cleanly(tmp_path: Path, fault: Fault) -> Non
         assert reopened.torn_tail == [], where
         assert reopened.links == ledger.links, where  # what memory holds committed, is
         assert committed(reopened) == events[: reopened.committed], where
+        assert reopened.committed == ledger.next_seq, where  # every appended event, once
 
 
 # Faults while a resumed run sets its torn tail aside -------------------------------------
