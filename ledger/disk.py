@@ -190,6 +190,11 @@ class DiskLedger(Ledger):
                 self._writer.shutdown()
                 self._writer = None
 
+    def wait(self) -> None:
+        """Wait for the commit in flight, if any, to land; if it failed, raise its error
+        (its events staged again). Nothing staged is committed."""
+        self._settle()
+
     def _hand_off(self) -> None:
         """Commit the staged transactions as one segment: the table is made here, then
         encoded, hashed, written, synced and committed on the writer thread while the run

@@ -145,10 +145,13 @@ class Prepared:
         summary.json records the committed head, with `stopped` saying why. A new run that
         committed nothing is removed, so no folder is left that is neither a run nor empty.
 
-        What was committed is read again from disk: Ctrl-C can land inside a commit, after
-        the manifest line is written and before the in-memory ledger counts it."""
+        What was committed is read again from disk, once the commit in flight on the
+        ledger's writer thread has landed (or failed): Ctrl-C can land inside a commit,
+        after the manifest line is written and before the in-memory ledger counts it."""
         run = self.run
         if self.phase == "running" and self.ledger.path.is_dir():
+            with contextlib.suppress(Exception):  # a failed commit: what landed is read below
+                self.ledger.wait()
             self.ledger = DiskLedger(self.ledger.path)
         committed = self.ledger.committed
         if self.phase == "auditing":
