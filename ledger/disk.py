@@ -121,7 +121,7 @@ class DiskLedger(Ledger):
     @property
     def links(self) -> list[Link]:
         """The committed batches, in order (once the commit in flight, if any, has landed)."""
-        self._settle()
+        self.wait()
         return self._links
 
     @property
@@ -138,7 +138,7 @@ class DiskLedger(Ledger):
     @property
     def tree(self) -> merkle.Tree:
         """The Merkle tree over the committed batches (built from the manifest once)."""
-        self._settle()
+        self.wait()
         return self._tree_now()
 
     def _tree_now(self) -> merkle.Tree:
@@ -180,7 +180,7 @@ class DiskLedger(Ledger):
     def flush(self) -> None:
         """Commit every staged transaction; on return every appended event is committed."""
         self._hand_off()
-        self._settle()
+        self.wait()
 
     def close(self) -> None:
         try:
@@ -189,11 +189,6 @@ class DiskLedger(Ledger):
             if self._writer is not None:
                 self._writer.shutdown()
                 self._writer = None
-
-    def wait(self) -> None:
-        """Wait for the commit in flight, if any, to land; if it failed, raise its error
-        (its events staged again). Nothing staged is committed."""
-        self._settle()
 
     def _hand_off(self) -> None:
         """Commit the staged transactions as one segment: the table is made here, then
@@ -206,7 +201,7 @@ class DiskLedger(Ledger):
         if not self._staged:
             return
         table = table_of(self._staged)
-        self._settle()
+        self.wait()
         if self.torn_tail:
             self._set_aside_torn()
         groups = self._groups_from()
@@ -220,10 +215,10 @@ class DiskLedger(Ledger):
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
         self._committing = self._writer.submit(self._write, stored, first, last)
 
-    def _settle(self) -> None:
-        """Wait for the commit in flight, if any; if it failed, stage its events again
-        (before any staged since) and raise its error. Interrupted while waiting (Ctrl-C),
-        the commit stays in flight, for the next wait."""
+    def wait(self) -> None:
+        """Wait for the commit in flight, if any, to land (nothing staged is committed); if
+        it failed, stage its events again (before any staged since) and raise its error.
+        Interrupted while waiting (Ctrl-C), the commit stays in flight, for the next wait."""
         pending = self._committing
         if pending is None:
             return
