@@ -275,10 +275,23 @@ class LearningSociety:
         self.auctions = int(state["auctions"])
 
 
-def one_thread() -> None:
-    """Run torch on one thread: the nets are tiny, and a second thread only adds
-    synchronisation (fused Adam on two threads costs several times its one-thread time)."""
+def set_up_torch() -> None:
+    """Run torch as a learning run needs: on one thread, subnormal floats flushed to zero.
+
+    One thread: the nets are tiny, and a second thread only adds synchronisation (fused
+    Adam on two threads costs several times its one-thread time).
+
+    Flushed subnormals: a net whose units stop receiving gradient (a critic whose ReLUs all
+    died) is shrunk by its L2 term until its weights and Adam moments are subnormal (below
+    1.2e-38), where the CPU's arithmetic takes a slow path. On CartPole the learning
+    society's PPO update went from 30 ms to 110-140 ms once nearly every weight of the value
+    nets was subnormal, about 60,000 env steps in, and the run from 12,000 to 5,000 env
+    steps/s (docs/learning.md). Flushed, such a weight is 0 instead of 1e-39: a run is as
+    deterministic as before, but once subnormals appear it is not the run it was without
+    the flush, bit for bit.
+    """
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
 
 
 def learner_seed(run_seed: int) -> int:
@@ -295,7 +308,7 @@ def run_learning(
     kernel: KernelChoice = "auto",
 ) -> tuple[RunSummary, LearningSociety]:
     """Run `config` (whose `learner` holds a PPOConfig) with a learning society."""
-    one_thread()
+    set_up_torch()
     task = task_of(config)
     ppo = PPOConfig.model_validate(config.learner or {})
     society = Society.of(task, config.cloned)

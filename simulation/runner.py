@@ -460,11 +460,11 @@ def _policy(
             config.bidder, task, society, config.gamma, rng, config.constant, economy
         )
         return bidder, None
-    from agents.learning import LearningSociety, learner_seed, one_thread
+    from agents.learning import LearningSociety, learner_seed, set_up_torch
     from agents.ppo_monolithic import MonolithicPPO
     from agents.settings import PPOConfig
 
-    one_thread()
+    set_up_torch()
     ppo = PPOConfig.model_validate(config.learner)
     seed = learner_seed(config.seed)
     learner: LearningSociety | MonolithicPPO
@@ -531,10 +531,10 @@ def _control_policy(config: ControlRunConfig) -> tuple[ControlPolicy, ControlSoc
         rng = np.random.default_rng(rng_seed)
         return RandomPolicy(len(task.controls), task.n_agents, rng), None
     from agents.control_learning import ControlSociety
-    from agents.learning import learner_seed, one_thread
+    from agents.learning import learner_seed, set_up_torch
     from agents.settings import ControlDQNConfig
 
-    one_thread()
+    set_up_torch()
     dqn = ControlDQNConfig.model_validate(config.learner)
     budget = config.steps or (config.episodes or 0) * task.horizon
     society = ControlSociety(task, config.accounts, dqn, learner_seed(config.seed), budget)

@@ -3,6 +3,8 @@ the update is removed), updates and audits on every task and mechanism, determin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -134,3 +136,17 @@ def test_same_seed_same_ledger_and_weights() -> None:
     assert not frames[0].equals(frames[2])
     assert not torch.equal(weights[0], weights[2])
     assert torch.isfinite(weights[0]).all()
+
+
+def test_a_learning_run_flushes_subnormal_floats(tmp_path: Path) -> None:
+    """A learning run's torch flushes subnormals to 0 (`set_up_torch`): a critic shrunk to
+    subnormal weights by its L2 term otherwise slows every update several times."""
+    from simulation.config import Simulation
+    from simulation.runner import prepare
+
+    torch.set_flush_denormal(False)  # as a process starts
+    subnormal = torch.tensor(1e-30) * torch.tensor(1e-10)
+    assert subnormal.item() != 0.0
+    prepare(Simulation.model_validate({"task": "chain", "learn": True, "steps": 10}), tmp_path)
+    assert (torch.tensor(1e-30) * torch.tensor(1e-10)).item() == 0.0
+    assert torch.get_num_threads() == 1
