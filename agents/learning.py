@@ -12,7 +12,8 @@ primitive has a full batch, all of them take one PPO update together.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -275,23 +276,38 @@ class LearningSociety:
         self.auctions = int(state["auctions"])
 
 
-def set_up_torch() -> None:
-    """Run torch as a learning run needs: on one thread, subnormal floats flushed to zero.
-
-    One thread: the nets are tiny, and a second thread only adds synchronisation (fused
-    Adam on two threads costs several times its one-thread time).
-
-    Flushed subnormals: a net whose units stop receiving gradient (a critic whose ReLUs all
-    died) is shrunk by its L2 term until its weights and Adam moments are subnormal (below
-    1.2e-38), where the CPU's arithmetic takes a slow path. On CartPole the learning
-    society's PPO update went from 30 ms to 110-140 ms once nearly every weight of the value
-    nets was subnormal, about 60,000 env steps in, and the run from 12,000 to 5,000 env
-    steps/s (docs/learning.md). Flushed, such a weight is 0 instead of 1e-39: a run is as
-    deterministic as before, but once subnormals appear it is not the run it was without
-    the flush, bit for bit.
-    """
+def one_thread() -> None:
+    """Run torch on one thread: the nets are tiny, and a second thread only adds
+    synchronisation (fused Adam on two threads costs several times its one-thread time)."""
     torch.set_num_threads(1)
+
+
+@contextmanager
+def flushing_subnormals() -> Iterator[None]:
+    """Flush subnormal floats (below 1.2e-38) to zero on this thread while the block runs,
+    as it was after: a learning run's loop runs in this block.
+
+    A net whose units stop receiving gradient is shrunk by its L2 term until its weights and
+    Adam moments are subnormal, where the CPU's arithmetic takes a slow path. On CartPole the
+    learning society's PPO update went from 30 ms to 110-140 ms once nearly every weight of
+    its value nets was subnormal, about 60,000 env steps in, and the run from 12,000 to
+    5,000 env steps/s (docs/learning.md). Flushed, such a weight is 0 instead of 1e-39: a
+    run is as deterministic as before, but not the run it was unflushed, bit for bit.
+
+    The setting is the thread's, so it is restored after: code that runs later in the same
+    process (a notebook, a test) sees IEEE arithmetic again.
+    """
+    was = _flushing()
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was)
+
+
+def _flushing() -> bool:
+    """Whether this thread flushes subnormals now (a product that would be one comes out 0)."""
+    return bool((torch.tensor(1e-30) * torch.tensor(1e-10)).item() == 0.0)
 
 
 def learner_seed(run_seed: int) -> int:
@@ -308,7 +324,7 @@ def run_learning(
     kernel: KernelChoice = "auto",
 ) -> tuple[RunSummary, LearningSociety]:
     """Run `config` (whose `learner` holds a PPOConfig) with a learning society."""
-    set_up_torch()
+    one_thread()
     task = task_of(config)
     ppo = PPOConfig.model_validate(config.learner or {})
     society = Society.of(task, config.cloned)
@@ -317,7 +333,9 @@ def run_learning(
     learner.keep_samples = keep_samples
     bus = Bus(ledger)
     learner.attach(bus)
-    summary = simulate(
-        config, ledger, learner, on_episode, bus=bus, kernel=kernel, task=task, economy=economy
-    )
+    with flushing_subnormals():
+        summary = simulate(
+            config, ledger, learner, on_episode, bus=bus, kernel=kernel, task=task,
+            economy=economy,
+        )  # fmt: skip
     return summary, learner

@@ -121,7 +121,8 @@ class Prepared:
         if self.scalars is not None:
             on_episode = self.scalars.watching(on_episode)
         try:
-            summary = self._go(on_episode)
+            with self._arithmetic():
+                summary = self._go(on_episode)
         finally:
             if self.scalars is not None:
                 self.scalars.close()
@@ -135,6 +136,14 @@ class Prepared:
         self._write(summary, "clean" if report.ok else str(report.violation))
         self.phase = "finished"
         return Finished(self.run, self.ledger, summary, report)
+
+    def _arithmetic(self) -> contextlib.AbstractContextManager[None]:
+        """Where the run loop runs: subnormals flushed when it learns (docs/learning.md)."""
+        if self.learner is None:
+            return contextlib.nullcontext()
+        from agents.learning import flushing_subnormals
+
+        return flushing_subnormals()
 
     def interrupted(self) -> str:
         """What an `execute` interrupted by Ctrl-C kept, in one line."""
@@ -460,11 +469,11 @@ def _policy(
             config.bidder, task, society, config.gamma, rng, config.constant, economy
         )
         return bidder, None
-    from agents.learning import LearningSociety, learner_seed, set_up_torch
+    from agents.learning import LearningSociety, learner_seed, one_thread
     from agents.ppo_monolithic import MonolithicPPO
     from agents.settings import PPOConfig
 
-    set_up_torch()
+    one_thread()
     ppo = PPOConfig.model_validate(config.learner)
     seed = learner_seed(config.seed)
     learner: LearningSociety | MonolithicPPO
@@ -531,10 +540,10 @@ def _control_policy(config: ControlRunConfig) -> tuple[ControlPolicy, ControlSoc
         rng = np.random.default_rng(rng_seed)
         return RandomPolicy(len(task.controls), task.n_agents, rng), None
     from agents.control_learning import ControlSociety
-    from agents.learning import learner_seed, set_up_torch
+    from agents.learning import learner_seed, one_thread
     from agents.settings import ControlDQNConfig
 
-    set_up_torch()
+    one_thread()
     dqn = ControlDQNConfig.model_validate(config.learner)
     budget = config.steps or (config.episodes or 0) * task.horizon
     society = ControlSociety(task, config.accounts, dqn, learner_seed(config.seed), budget)

@@ -13,7 +13,7 @@ import torch
 from numpy.typing import NDArray
 from typer.testing import CliRunner
 
-from agents.learning import LearningSociety, learner_seed, set_up_torch
+from agents.learning import LearningSociety, learner_seed, one_thread
 from agents.settings import PPOConfig
 from agents.training import latest_snapshot
 from cli import app
@@ -143,7 +143,7 @@ def test_a_society_of_cnn_bidders_learns_one_kind_of_mental_rotation(
     Without updates: 0.125, as random functions, the most chosen pair 12 times of 200 and not
     the solution."""
     monkeypatch.setenv("MARKET_CACHE", str(tmp_path / "cache"))  # the classifier: trained here
-    set_up_torch()
+    one_thread()
     task = OneKind(seed=0)
     ppo = PPOConfig(batch=128, minibatch=64, epochs=2, channels=4, policy_lr=3e-3)
     config = RunConfig(task="mental-rotation", mechanism="ccv", bidder="ppo", episodes=None,
