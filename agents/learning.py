@@ -285,7 +285,7 @@ def one_thread() -> None:
 @contextmanager
 def flushing_subnormals() -> Iterator[None]:
     """Flush subnormal floats (below 1.2e-38) to zero on this thread while the block runs,
-    as it was after: a learning run's loop runs in this block.
+    and restore the thread's setting after: a learning run's loop runs in this block.
 
     A net whose units stop receiving gradient is shrunk by its L2 term until its weights and
     Adam moments are subnormal, where the CPU's arithmetic takes a slow path. On CartPole the
@@ -297,7 +297,7 @@ def flushing_subnormals() -> Iterator[None]:
     The setting is the thread's, so it is restored after: code that runs later in the same
     process (a notebook, a test) sees IEEE arithmetic again.
     """
-    was = _flushing()
+    was = flushes_subnormals()
     torch.set_flush_denormal(True)
     try:
         yield
@@ -305,7 +305,7 @@ def flushing_subnormals() -> Iterator[None]:
         torch.set_flush_denormal(was)
 
 
-def _flushing() -> bool:
+def flushes_subnormals() -> bool:
     """Whether this thread flushes subnormals now (a product that would be one comes out 0)."""
     return bool((torch.tensor(1e-30) * torch.tensor(1e-10)).item() == 0.0)
 
@@ -335,7 +335,6 @@ def run_learning(
     learner.attach(bus)
     with flushing_subnormals():
         summary = simulate(
-            config, ledger, learner, on_episode, bus=bus, kernel=kernel, task=task,
-            economy=economy,
-        )  # fmt: skip
+            config, ledger, learner, on_episode, bus=bus, kernel=kernel, task=task, economy=economy
+        )
     return summary, learner

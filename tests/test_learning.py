@@ -138,22 +138,19 @@ def test_same_seed_same_ledger_and_weights() -> None:
     assert torch.isfinite(weights[0]).all()
 
 
-def _subnormal_survives() -> bool:
-    return (torch.tensor(1e-30) * torch.tensor(1e-10)).item() != 0.0
-
-
 def test_a_learning_run_flushes_subnormals_while_it_runs_and_only_then(tmp_path: Path) -> None:
     """A learning run's loop flushes subnormal floats to 0 (a critic shrunk to subnormal
     weights by its L2 term otherwise slows every update several times); before and after
     it, the process's arithmetic is IEEE's again."""
+    from agents.learning import flushes_subnormals
     from simulation.config import Simulation
     from simulation.runner import prepare
 
-    survived: list[bool] = []
+    flushed: list[bool] = []
     run = prepare(
         Simulation.model_validate({"task": "chain", "learn": True, "steps": 50}), tmp_path
     )
-    assert _subnormal_survives()
-    run.execute(lambda _: survived.append(_subnormal_survives()), audit=False)
-    assert survived and not any(survived)
-    assert _subnormal_survives()
+    assert not flushes_subnormals()
+    run.execute(lambda _: flushed.append(flushes_subnormals()), audit=False)
+    assert flushed and all(flushed)
+    assert not flushes_subnormals()
