@@ -6,8 +6,9 @@ Layout of a ledger directory:
 
 A segment stores the table in `schema.BASE_SCHEMA`, the layout of every ledger before economies,
 plus each optional column group (`schema.OPTIONAL`: the economy's, the observations) from the
-first segment that uses it on. A ledger without an economy or observations is therefore
-stored byte for byte as before, and `scan` reads every layout (the missing columns null).
+first segment that uses it on, its `schema.DICTIONARY` strings dictionary-encoded (plain in
+segments written before the encoding). `scan` reads every layout (the missing columns null,
+the strings as strings); `chunks(..., categories=True)` gives the strings as categories.
 
 A batch is committed when its manifest line is written, after its segment is in place
 (written to a temporary name, synced, renamed). A run killed at any moment therefore leaves
@@ -18,6 +19,7 @@ next commit so the sequence continues from the last committed event.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from collections.abc import Iterator, Sequence
@@ -207,6 +209,7 @@ class DiskLedger(Ledger):
         groups = self._groups_from()
         for group in schema.uses(table) - groups.keys():
             groups[group] = len(self._links)
+        groups.setdefault(schema.ENCODED, len(self._links))  # every segment written now is
         stored = schema.stored(table, frozenset(groups))
         first = self._staged[0].first_seq
         last = first + self._staged_events - 1
@@ -230,8 +233,8 @@ class DiskLedger(Ledger):
             raise failure
 
     def _write(self, table: pa.Table, first: int, last: int) -> None:
-        """Write, sync and commit one segment (on the writer thread)."""
-        data = _encode(table)
+        """Encode, write, sync and commit one segment (on the writer thread)."""
+        data = _encode(schema.encode(table))
         name = f"seg-{first:012d}.arrow"
         _write_atomic(self.path / name, data)
         self._commit(name, chain.digest(data), first, last)
@@ -265,7 +268,9 @@ class DiskLedger(Ledger):
     def scan(self) -> pl.LazyFrame:
         return self._scan(0)
 
-    def chunks(self, events: int, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
+    def chunks(
+        self, events: int, columns: Sequence[str] | None = None, categories: bool = False
+    ) -> Iterator[pl.DataFrame]:
         """Consecutive runs of whole segments of about `events` rows (a segment larger than
         that is sliced), read one run at a time: memory holds one chunk, not the ledger."""
         size, first = max(events, 1), 0
@@ -274,7 +279,7 @@ class DiskLedger(Ledger):
             while last < len(self.links) and (rows == 0 or rows + _rows(self.links[last]) <= size):
                 rows += _rows(self.links[last])
                 last += 1
-            frame = self._scan(first, last)
+            frame = self._scan(first, last, categories)
             whole = (frame.select(columns) if columns is not None else frame).collect()
             first = last
             for i in range(0, whole.height, size):
@@ -296,9 +301,10 @@ class DiskLedger(Ledger):
             self._layout_read = True
         return self._group_from
 
-    def _scan(self, first: int, end: int | None = None) -> pl.LazyFrame:
+    def _scan(self, first: int, end: int | None = None, categories: bool = False) -> pl.LazyFrame:
         """The segments of links `first`, `first + 1`, ... (up to `end`) in `schema.SCHEMA`:
-        one scan per run of segments in one layout, the groups they leave out as nulls."""
+        one scan per run of segments in one layout, the groups they leave out as nulls, the
+        `schema.DICTIONARY` columns as strings (as categories, with `categories`)."""
         end = len(self.links) if end is None else end
         groups = self._groups_from()
         cuts = sorted({first, end, *(i for i in groups.values() if first < i < end)})
@@ -309,9 +315,12 @@ class DiskLedger(Ledger):
             frame = pl.scan_ipc(files, glob=False)
             if nulls:
                 frame = frame.with_columns(*(c for n in nulls for c in n)).select(schema.COLUMNS)
+            if categories != (groups.get(schema.ENCODED, end) <= a):
+                frame = frame.with_columns(_as(pl.Categorical if categories else pl.String))
             parts.append(frame)
         if not parts:
-            return pl.LazyFrame(pl.DataFrame(SCHEMA_EMPTY))
+            empty = pl.LazyFrame(pl.DataFrame(SCHEMA_EMPTY))
+            return empty.with_columns(_as(pl.Categorical)) if categories else empty
         return pl.concat(parts) if len(parts) > 1 else parts[0]
 
     def _since(self, start: int) -> tuple[pl.LazyFrame | None, list[Transaction | EventBatch]]:
@@ -354,11 +363,27 @@ class DiskLedger(Ledger):
 
 
 SCHEMA_EMPTY = schema.SCHEMA.empty_table()
+_TYPES = pl.DataFrame(SCHEMA_EMPTY).schema
 _NULLS = {
-    group: [pl.lit(None, dtype=pl.DataFrame(SCHEMA_EMPTY).schema[n]).alias(n) for n in cols]
+    group: [pl.lit(None, dtype=_TYPES[n]).alias(n) for n in cols]
     for group, cols in schema.OPTIONAL.items()
 }
 """Per optional group, its columns as nulls (for a segment that leaves them out)."""
+
+
+def _as(dtype: type[pl.DataType]) -> list[pl.Expr]:
+    """The `schema.DICTIONARY` columns cast to `dtype` (strings, or categories)."""
+    return [pl.col(c).cast(dtype) for c in schema.DICTIONARY]
+
+
+def read_segment(data: bytes) -> pl.DataFrame:
+    """A segment's stored bytes as events in the whole ledger schema (an older layout's
+    missing columns null, strings as strings)."""
+    frame = pl.read_ipc(io.BytesIO(data))
+    missing = [c for c in schema.COLUMNS if c not in frame.columns]
+    if missing:
+        frame = frame.with_columns(pl.lit(None, _TYPES[c]).alias(c) for c in missing)
+    return frame.select(schema.COLUMNS).with_columns(_as(pl.String))
 
 
 def _rows(link: Link) -> int:
@@ -366,18 +391,22 @@ def _rows(link: Link) -> int:
 
 
 def _groups_in(segment: Path) -> list[str]:
-    """The optional column groups a segment stores."""
+    """The optional column groups a segment stores, and `schema.ENCODED` if it stores its
+    string columns dictionary-encoded."""
     try:
         with pa.memory_map(str(segment)) as source:
-            names = set(ipc.open_file(source).schema.names)
+            layout = ipc.open_file(source).schema
     except (OSError, pa.ArrowInvalid):
         raise CorruptLedger(f"{segment}: not a readable Arrow IPC segment") from None
-    return [g for g, cols in schema.OPTIONAL.items() if cols[0] in names]
+    names = set(layout.names)
+    groups = [g for g, cols in schema.OPTIONAL.items() if cols[0] in names]
+    return [*groups, schema.ENCODED] if schema.encoded(layout) else groups
 
 
 def _first_storing(path: Path, links: list[Link], group: str) -> int:
     """The index of the first link whose segment stores `group` (the last does): every
-    later one does too, so a bisection reads a few footers only."""
+    later one does too (a store writes a group, and the encoding, from the first segment
+    that has them on), so a bisection reads a few footers only."""
     lo, hi = 0, len(links) - 1
     while lo < hi:
         mid = (lo + hi) // 2

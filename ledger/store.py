@@ -118,11 +118,16 @@ class Ledger(abc.ABC):
     def scan(self) -> pl.LazyFrame:
         """Committed events as a lazy Polars frame in `schema.SCHEMA`, ordered by seq."""
 
-    def chunks(self, events: int, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
+    def chunks(
+        self, events: int, columns: Sequence[str] | None = None, categories: bool = False
+    ) -> Iterator[pl.DataFrame]:
         """Committed events in seq order, as consecutive frames of about `events` rows
         (`columns` only, if given): a whole-ledger fold reads one at a time, in bounded
-        memory. A frame may end inside a transaction."""
+        memory. A frame may end inside a transaction. With `categories`, the
+        `schema.DICTIONARY` columns come as categories, not strings."""
         frame = self.scan()
+        if categories:
+            frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in schema.DICTIONARY)
         if columns is not None:
             frame = frame.select(columns)
         whole = frame.collect()

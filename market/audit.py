@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from ledger import schema
 from ledger.disk import DiskLedger
 from ledger.errors import CorruptLedger
 from ledger.events import (
@@ -177,7 +178,8 @@ def audit(
         if broken is not None:
             report.violation = Violation(broken.seq, broken.rule, broken.expected, broken.found)
             return report
-    return audit_chunks(ledger.chunks(chunk_events or CHUNK_EVENTS, _AUDITED), report, progress)
+    chunks = ledger.chunks(chunk_events or CHUNK_EVENTS, _AUDITED, categories=True)
+    return audit_chunks(chunks, report, progress)
 
 
 def _ahead(parts: Iterator[_Part]) -> Iterator[_Part]:
@@ -334,13 +336,14 @@ def _conformed(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(_AUDITED).with_columns(_C(c).cast(pl.Categorical) for c in _CATEGORIES)
 
 
-_CATEGORIES = ("kind", "account", "src", "dst")
-"""The string columns an audit reads as categories (`_conformed`)."""
+_CATEGORIES = [c for c in schema.DICTIONARY if c in _AUDITED]
+"""The string columns an audit reads as categories (`_conformed`): those a segment stores
+dictionary-encoded, so that reading them as categories decodes no string."""
 _ACCOUNT = pl.Categorical
 """An account name in the audit's frames and carried state."""
 _LIVES = {"account": _ACCOUNT, "o": pl.Int64, "o_tx": pl.Int64, "c": pl.Int64, "c_tx": pl.Int64}
 _EPISODES = {
-    "episode": pl.Int64, "mechanism": pl.String, "winner": _ACCOUNT, "step": pl.Int64,
+    "episode": pl.Int64, "mechanism": pl.Categorical, "winner": _ACCOUNT, "step": pl.Int64,
 }  # fmt: skip
 
 
@@ -541,7 +544,7 @@ def _carry_over(
             [
                 carry.episodes.select("episode", "mechanism"),
                 starts,
-                last.select("episode", pl.lit(None, pl.String).alias("mechanism")),
+                last.select("episode", pl.lit(None, pl.Categorical).alias("mechanism")),
             ]
         )
         .group_by("episode", maintain_order=True)
@@ -878,7 +881,7 @@ def _bid_summary(bids: pl.DataFrame) -> pl.DataFrame:
     amount = bids["amount"].to_numpy()
     starts = np.flatnonzero(np.r_[True, tx[1:] != tx[:-1]]) if len(tx) else np.array([], int)
     if not len(starts):
-        empty = {"b1": pl.Int64, "b2": pl.Int64, "argmax": pl.String}
+        empty = {"b1": pl.Int64, "b2": pl.Int64, "argmax": _ACCOUNT}
         return (
             bids.head(0)
             .drop("account", "amount")

@@ -55,6 +55,7 @@ def drop_last_episodes(run: Path, kept: int) -> None:
         .otherwise(pl.col("amount")),
     )
     rewritten = pl.concat([left, closing]).to_arrow().cast(table.schema)
+    rewritten = rewritten.unify_dictionaries().combine_chunks()  # one dictionary per column
     sink = pa.BufferOutputStream()
     options = ipc.IpcWriteOptions(compression="lz4")
     with ipc.new_file(sink, rewritten.schema, options=options) as writer:

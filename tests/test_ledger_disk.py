@@ -182,15 +182,69 @@ def test_transactions_never_split_across_segments(tmp_path: Path) -> None:
     assert max(t.num_rows for t in tables) > SMALL_BATCH
 
 
+def _strings(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.col(c).cast(pl.String) for c in schema.DICTIONARY)
+
+
 def test_polars_reads_the_directory_directly(tmp_path: Path) -> None:
     """`pl.scan_ipc` over the segments gives one row per event, in seq order (without the
     optional groups' columns, which a ledger without an economy or observations does not
-    store)."""
+    store), its dictionary-encoded strings as categories."""
     path = _filled(tmp_path)
     frame = pl.scan_ipc(path / "seg-*.arrow").collect()
     assert frame.columns == schema.BASE_SCHEMA.names
     assert frame["seq"].to_list() == list(range(EVENTS))
-    assert frame.equals(DiskLedger(path).scan().select(schema.BASE_SCHEMA.names).collect())
+    assert frame.schema["account"] == pl.Categorical
+    read = DiskLedger(path).scan().select(schema.BASE_SCHEMA.names).collect()
+    assert read.schema["account"] == pl.String
+    assert _strings(frame).equals(read)
+
+
+def _layouts(path: Path) -> list[bool]:
+    """Per segment, in order: whether it stores its strings dictionary-encoded."""
+    return [
+        schema.encoded(ipc.open_file(pa.memory_map(str(p))).schema)
+        for p in sorted(path.glob("seg-*.arrow"))
+    ]
+
+
+def test_segments_store_strings_encoded_and_read_as_strings_or_categories(
+    tmp_path: Path,
+) -> None:
+    """Every segment stores `schema.DICTIONARY` encoded; a reader gets strings, or with
+    `categories` (the audit) categories, the same values."""
+    path = _filled(tmp_path)
+    assert _layouts(path) == [True] * len(_layouts(path))
+    ledger = DiskLedger(path)
+    strings = ledger.scan().collect()
+    categories = pl.concat(ledger.chunks(7, categories=True))
+    assert all(strings.schema[c] == pl.String for c in schema.DICTIONARY)
+    assert all(categories.schema[c] == pl.Categorical for c in schema.DICTIONARY)
+    assert _strings(categories).equals(strings)
+
+
+def test_a_ledger_of_plain_strings_reads_and_goes_on_encoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments written before the encoding (plain strings) read as before, and appending to
+    such a ledger writes encoded segments after them: every reader sees one ledger."""
+    path, txs = tmp_path / "ledger", history()
+    half = len(txs) // 2
+    with monkeypatch.context() as before:
+        before.setattr(schema, "encode", lambda table: table)
+        with DiskLedger(path, batch_events=SMALL_BATCH) as ledger:
+            append_all(ledger, txs[:half])
+    with DiskLedger(path, batch_events=SMALL_BATCH) as ledger:
+        append_all(ledger, txs[half:])
+    layouts = _layouts(path)
+    assert layouts == sorted(layouts) and True in layouts and False in layouts
+    again = DiskLedger(path)
+    assert list(again.events()) == _flat(txs)
+    strings, categories = (pl.concat(again.chunks(7, categories=c)) for c in (False, True))
+    assert strings.schema["account"] == pl.String
+    assert categories.schema["account"] == pl.Categorical
+    assert _strings(categories).equals(strings)
+    assert audit(again).ok
 
 
 def test_clean_ledger_passes_chain_and_audit(tmp_path: Path) -> None:

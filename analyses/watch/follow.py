@@ -17,7 +17,6 @@ ledger), `metrics.parquet`, `config.json` and `summary.json` as they stand.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -38,7 +37,7 @@ from analyses.population import lifecycle
 from analyses.report import primitive_names_of, q_star_of, states_recur
 from analyses.wealth import returns, wealth_over_time
 from ledger import chain, merkle
-from ledger.disk import SCHEMA_EMPTY, DiskLedger, Link, check_link
+from ledger.disk import DiskLedger, Link, check_link, read_segment
 from ledger.errors import CorruptLedger
 from ledger.units import UNIT
 from market.audit import AuditStream
@@ -55,7 +54,6 @@ PER_POLL = 16
 """The most segments one poll folds, so the page updates while a long run is caught up."""
 EVERY_STATE = "all"
 """The price series of a run whose states do not recur (`states_recur`): every state's."""
-_EMPTY = pl.DataFrame(SCHEMA_EMPTY)
 
 
 class NotARun(ValueError):
@@ -77,15 +75,6 @@ class Series:
 
     def column(self, name: str) -> list[Any]:
         return [p.get(name) for p in self.points]
-
-
-def read_segment(data: bytes) -> pl.DataFrame:
-    """A segment's events in the whole ledger schema (an older layout's missing columns null)."""
-    frame = pl.read_ipc(io.BytesIO(data))
-    missing = [c for c in _EMPTY.columns if c not in frame.columns]
-    if missing:
-        frame = frame.with_columns(pl.lit(None, _EMPTY.schema[c]).alias(c) for c in missing)
-    return frame.select(_EMPTY.columns)
 
 
 @dataclass
