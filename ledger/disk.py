@@ -35,7 +35,7 @@ from ledger import chain, merkle, schema, storage
 from ledger.batch import EventBatch, table_of
 from ledger.errors import CorruptLedger
 from ledger.signing import Signer
-from ledger.store import Ledger, items_since
+from ledger.store import Ledger, dictionary_as, items_since
 from ledger.transaction import Transaction
 
 MANIFEST = "chain.jsonl"
@@ -209,7 +209,7 @@ class DiskLedger(Ledger):
         groups = self._groups_from()
         for group in schema.uses(table) - groups.keys():
             groups[group] = len(self._links)
-        groups.setdefault(schema.ENCODED, len(self._links))  # every segment written now is
+        groups.setdefault(schema.ENCODED, len(self._links))  # from here on, all encoded
         stored = schema.stored(table, frozenset(groups))
         first = self._staged[0].first_seq
         last = first + self._staged_events - 1
@@ -315,12 +315,13 @@ class DiskLedger(Ledger):
             frame = pl.scan_ipc(files, glob=False)
             if nulls:
                 frame = frame.with_columns(*(c for n in nulls for c in n)).select(schema.COLUMNS)
-            if categories != (groups.get(schema.ENCODED, end) <= a):
-                frame = frame.with_columns(_as(pl.Categorical if categories else pl.String))
+            if categories != (groups.get(schema.ENCODED, end) <= a):  # cast to what is asked
+                wanted = pl.Categorical if categories else pl.String
+                frame = frame.with_columns(dictionary_as(wanted))
             parts.append(frame)
         if not parts:
             empty = pl.LazyFrame(pl.DataFrame(SCHEMA_EMPTY))
-            return empty.with_columns(_as(pl.Categorical)) if categories else empty
+            return empty.with_columns(dictionary_as(pl.Categorical)) if categories else empty
         return pl.concat(parts) if len(parts) > 1 else parts[0]
 
     def _since(self, start: int) -> tuple[pl.LazyFrame | None, list[Transaction | EventBatch]]:
@@ -371,11 +372,6 @@ _NULLS = {
 """Per optional group, its columns as nulls (for a segment that leaves them out)."""
 
 
-def _as(dtype: type[pl.DataType]) -> list[pl.Expr]:
-    """The `schema.DICTIONARY` columns cast to `dtype` (strings, or categories)."""
-    return [pl.col(c).cast(dtype) for c in schema.DICTIONARY]
-
-
 def read_segment(data: bytes) -> pl.DataFrame:
     """A segment's stored bytes as events in the whole ledger schema (an older layout's
     missing columns null, strings as strings)."""
@@ -383,7 +379,7 @@ def read_segment(data: bytes) -> pl.DataFrame:
     missing = [c for c in schema.COLUMNS if c not in frame.columns]
     if missing:
         frame = frame.with_columns(pl.lit(None, _TYPES[c]).alias(c) for c in missing)
-    return frame.select(schema.COLUMNS).with_columns(_as(pl.String))
+    return frame.select(schema.COLUMNS).with_columns(dictionary_as(pl.String))
 
 
 def _rows(link: Link) -> int:

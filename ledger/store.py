@@ -127,7 +127,7 @@ class Ledger(abc.ABC):
         `schema.DICTIONARY` columns come as categories, not strings."""
         frame = self.scan()
         if categories:
-            frame = frame.with_columns(pl.col(c).cast(pl.Categorical) for c in schema.DICTIONARY)
+            frame = frame.with_columns(dictionary_as(pl.Categorical))
         if columns is not None:
             frame = frame.select(columns)
         whole = frame.collect()
@@ -169,6 +169,11 @@ class MemoryLedger(Ledger):
 
     def _since(self, start: int) -> tuple[pl.LazyFrame | None, list[Transaction | EventBatch]]:
         return None, items_since(self._items, start)
+
+
+def dictionary_as(dtype: type[pl.DataType]) -> list[pl.Expr]:
+    """The `schema.DICTIONARY` columns cast to `dtype` (strings, or categories)."""
+    return [pl.col(c).cast(dtype) for c in schema.DICTIONARY]
 
 
 def items_since(
